@@ -1,0 +1,152 @@
+"""The `distill` command: train, eval, samples, corpus, swap, bench.
+
+    distill train --recipe recipes/debug.yaml train.max_steps=20
+    accelerate launch --num_processes 2 -m distill train --recipe recipes/debug.yaml
+    distill eval --model teacher=gpt2 --model out/run/final --prompts professions --out out/eval
+    echo "He thanked his mother." | distill swap
+
+Each command's work lives in its own module, imported only when that command runs, so `distill --help` and
+`distill swap` start fast. A `UserError` anywhere becomes one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from distill.errors import UserError
+
+EPILOG = "Run `distill COMMAND --help` for the options of one command. Docs: README.md."
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser(
+        "train",
+        help="distil a teacher into a student from a YAML recipe",
+        description="Distil a teacher into a student. Writes OUTPUT_DIR/metrics.jsonl, checkpoints and final/.",
+        epilog="Example: distill train --recipe recipes/debug.yaml train.max_steps=50 loss.temperature=2",
+    )
+    p.add_argument("--recipe", required=True, help="YAML recipe (see recipes/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted recipe overrides")
+    p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+    p.add_argument("--help-recipe", action="store_true", help="list every recipe key with its default and exit")
+
+
+def _add_model_args(p, what: str) -> None:
+    p.add_argument("--model", action="append", required=True, metavar="M",
+                   help=f"model to {what}: hub id, local dir, .gguf file, or NAME=PATH to label it; repeatable")
+    p.add_argument("--prompts", required=True, metavar="SPEC",
+                   help="'professions' (the project's prompts in data/), a BOLD-format JSON file, or a hub dataset")
+    p.add_argument("--max-prompts", type=int, default=None, metavar="N", help="use at most N prompts (spread over groups)")
+    p.add_argument("--samples-per-prompt", type=int, default=4, metavar="K", help="generations per prompt (default 4)")
+    p.add_argument("--max-new-tokens", type=int, default=30, metavar="L", help="tokens generated per sample (default 30)")
+    p.add_argument("--seed", type=int, default=0, help="seed for prompt selection and sampling (default 0)")
+    p.add_argument("--batch-size", type=int, default=32, help="prompts generated together (default 32)")
+    p.add_argument("--top-k", type=int, default=40, help="sampling top-k (default 40, BOLD's setting)")
+    p.add_argument("--top-p", type=float, default=0.95, help="sampling top-p (default 0.95, BOLD's setting)")
+    p.add_argument("--sampling-temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser(
+        "eval",
+        help="score models for generation disparity and utility",
+        description="Generate from profession prompts, score gender polarity and disparity (with bootstrap CIs), "
+        "perplexity and teacher agreement; writes DIR/results.json, report.md and plots.",
+        epilog="Example: distill eval --model teacher=gpt2 --model student=out/run/final --prompts professions "
+        "--text data/heldout.txt --out out/eval",
+    )
+    _add_model_args(p, "score")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--text", default=None, metavar="FILE", help="held-out text (txt/jsonl file or dataset) for perplexity")
+    p.add_argument("--teacher", default=None, metavar="NAME",
+                   help="which --model is the teacher for agreement (default: the first)")
+    p.add_argument("--group-by", default="category", choices=("category", "profession"), help="disparity groups")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
+
+
+def _add_samples(sub) -> None:
+    p = sub.add_parser(
+        "samples",
+        help="side-by-side generations of several models on the same prompts and seeds",
+        epilog="Example: distill samples --model a=gpt2 --model b=out/run/final --prompts professions --out s.html",
+    )
+    _add_model_args(p, "sample from")
+    p.add_argument("--out", required=True, metavar="FILE", help="FILE.md or FILE.html")
+
+
+def _add_corpus(sub) -> None:
+    p = sub.add_parser(
+        "corpus",
+        help="build (or reuse) the teacher-written transfer set of a recipe",
+        epilog="Example: distill corpus --recipe recipes/demo_kd.yaml",
+    )
+    p.add_argument("--recipe", required=True, help="YAML recipe with data.transfer_set")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted recipe overrides")
+
+
+def _add_swap(sub) -> None:
+    p = sub.add_parser(
+        "swap",
+        help="print the gender-swapped counterfactual of stdin, line by line",
+        epilog="Example: echo 'She gave him her book.' | distill swap",
+    )
+    p.add_argument("--lexicon", default=None, help="word-pair file (default: data/lexicon/word_pairs.tsv)")
+    p.add_argument("--names", default=None, help="name-pair file (default: data/lexicon/name_pairs.tsv)")
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="measure step time, memory and throughput ratios; writes out/bench.json")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes, a few repeats: checks that every key is written")
+    p.add_argument("--out", default="out/bench.json", help="where to write the JSON (default out/bench.json)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill",
+        description="Distil causal LMs with counterfactual role reversal, and score their gender disparity.",
+        epilog=EPILOG,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in (_add_train, _add_eval, _add_samples, _add_corpus, _add_swap, _add_bench):
+        add(sub)
+    return parser
+
+
+def _dispatch(args) -> int | None:
+    # Imports stay inside each branch: torch/transformers load only for the commands that need them.
+    if args.command == "train":
+        from distill.train import main as run
+    elif args.command == "eval":
+        from distill.evaluation import run_eval as run
+    elif args.command == "samples":
+        from distill.evaluation import run_samples as run
+    elif args.command == "corpus":
+        from distill.transfer import main as run
+    elif args.command == "swap":
+        from distill.counterfactual import swap_main as run
+    elif args.command == "bench":
+        from distill.bench import main as run
+    else:
+        raise AssertionError(args.command)
+    return run(args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        sys.exit(2)
+    try:
+        code = _dispatch(args)
+    except UserError as exc:
+        print(f"distill {args.command}: error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"distill {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

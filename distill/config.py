@@ -1,0 +1,258 @@
+"""Typed run configuration: a YAML recipe plus dotted `key=value` overrides, validated before any compute.
+
+    from distill.config import load_config
+    cfg = load_config("recipes/debug.yaml", ["train.max_steps=20", "loss.temperature=2.0"])
+
+Every field has a help string and, where it matters, a range or a set of choices. Unknown keys are refused
+with the closest valid key; values out of range are refused with the allowed range. Recipes are data: the code
+holds no default model or dataset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.errors import UserError
+
+
+def opt(default, help: str, *, range: tuple | None = None, choices: tuple | None = None, factory=None):
+    """A dataclass field with a help string and an optional inclusive range / set of choices."""
+    meta = {"help": help, "range": range, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+INF = math.inf
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str | None = opt(None, "hub id, local model dir, or .gguf file")
+    config: dict | None = opt(None, "random-initialise from this config (needs `model_type`, e.g. gpt2)")
+    tokenizer: str | None = opt(None, "tokenizer hub id or dir; defaults to name_or_path")
+    from_teacher_layers: list | None = opt(None, "student only: keep these teacher blocks (DistilGPT-2 style)")
+    dtype: str = opt("float32", "weights dtype", choices=("float32", "bfloat16", "float16"))
+    trust_remote_code: bool = opt(False, "run model code from the hub repo (off unless you trust it)")
+
+
+@dataclass
+class DataConfig:
+    path: str | None = opt(None, "local text/json/jsonl/parquet file or directory")
+    name: str | None = opt(None, "hub dataset name (e.g. Skylion007/openwebtext)")
+    config_name: str | None = opt(None, "hub dataset config")
+    split: str = opt("train", "split to train on")
+    text_field: str = opt("text", "column holding the text")
+    validation_path: str | None = opt(None, "separate validation file; else a share of the training data")
+    validation_split: float = opt(0.05, "share of documents held out for validation", range=(0.0, 0.5))
+    max_documents: int | None = opt(None, "use at most this many documents (after shuffling)", range=(1, INF))
+    block_size: int = opt(128, "tokens per packed training block", range=(8, 1_000_000))
+    transfer_set: dict | None = opt(None, "no corpus: sample one from the teacher (see distill/transfer.py)")
+    num_proc: int | None = opt(None, "processes for tokenisation", range=(1, 256))
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = opt(1000, "optimizer steps", range=(1, INF))
+    batch_size: int = opt(8, "sequences per micro-batch per process", range=(1, INF))
+    grad_accum: int = opt(1, "micro-batches per optimizer step", range=(1, INF))
+    lr: float = opt(5e-4, "peak learning rate (AdamW)", range=(0.0, 10.0))
+    weight_decay: float = opt(0.0, "AdamW weight decay", range=(0.0, 10.0))
+    warmup_steps: int = opt(0, "linear warmup steps before the cosine decay", range=(0, INF))
+    min_lr_ratio: float = opt(0.1, "cosine decays to lr * min_lr_ratio", range=(0.0, 1.0))
+    max_grad_norm: float = opt(1.0, "clip the global grad norm (0 = off)", range=(0.0, INF))
+    mixed_precision: str = opt("auto", "auto: bf16 where the GPU supports it, else fp32",
+                               choices=("auto", "no", "bf16", "fp16"))
+    log_steps: int = opt(10, "log every N steps", range=(1, INF))
+    eval_steps: int = opt(200, "validation loss every N steps (0 = only at the end)", range=(0, INF))
+    eval_batches: int = opt(20, "validation micro-batches per evaluation", range=(1, INF))
+    save_steps: int = opt(500, "checkpoint every N steps (0 = only the final model)", range=(0, INF))
+    keep_checkpoints: int = opt(2, "checkpoints kept on disk", range=(1, INF))
+
+
+@dataclass
+class LossConfig:
+    alpha_kd: float = opt(1.0, "weight of the distillation divergence", range=(0.0, INF))
+    alpha_ce: float = opt(0.0, "weight of the next-token cross-entropy on the data", range=(0.0, INF))
+    alpha_cos: float = opt(0.0, "weight of the hidden-state cosine loss (needs equal widths)", range=(0.0, INF))
+    temperature: float = opt(2.0, "loss temperature T: both distributions softened by T, KD term scaled by T^2",
+                             range=(1e-6, INF))
+    divergence: str = opt("forward_kl", "D(teacher, student)", choices=("forward_kl", "reverse_kl", "jsd"))
+    jsd_beta: float = opt(0.5, "generalized JSD mixing weight (0 -> forward KL, 1 -> reverse KL)", range=(0.0, 1.0))
+    chunk_size: int = opt(1024, "tokens per chunk of the full-vocabulary KD term", range=(1, INF))
+
+
+@dataclass
+class CRRConfig:
+    augment: str = opt("none", "gender-swap augmentation of the text", choices=("none", "replace", "both"))
+    p: float = opt(0.5, "swap probability for augment=replace", range=(0.0, 1.0))
+    teacher: str = opt("none", "perturbation of the teacher's next-token targets",
+                       choices=("none", "pair_mean", "cf_mean", "cf_max", "cf_expmean"))
+    lexicon: str | None = opt(None, "gendered word pairs file (default: data/lexicon/word_pairs.tsv)")
+    names: str | None = opt(None, "given-name pairs file (default: data/lexicon/name_pairs.tsv)")
+
+
+@dataclass
+class Config:
+    output_dir: str = opt("out/run", "where checkpoints, metrics.jsonl and final/ go")
+    seed: int = opt(0, "seed for init, data order and sampling", range=(0, 2**32 - 1))
+    report_to: list = opt(None, "accelerate trackers, e.g. [tensorboard]", factory=list)
+    teacher: ModelConfig = opt(None, "the teacher", factory=ModelConfig)
+    student: ModelConfig = opt(None, "the student", factory=ModelConfig)
+    data: DataConfig = opt(None, "training data", factory=DataConfig)
+    train: TrainConfig = opt(None, "the optimisation loop", factory=TrainConfig)
+    loss: LossConfig = opt(None, "the loss terms", factory=LossConfig)
+    crr: CRRConfig = opt(None, "counterfactual role reversal", factory=CRRConfig)
+    description: str = opt("", "free text shown in the model card")
+
+
+def load_config(recipe: str | Path, overrides: list[str] = ()) -> Config:
+    path = Path(recipe)
+    if not path.is_file():
+        raise UserError(f"recipe {str(recipe)!r} not found; see recipes/ for examples")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise UserError(f"recipe {recipe}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(raw, dict):
+        raise UserError(f"recipe {recipe}: expected a mapping of keys at the top level")
+    for item in overrides:
+        _apply_override(raw, item)
+    cfg = _build(Config, raw, prefix="")
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(raw: dict) -> Config:
+    cfg = _build(Config, copy_dict(raw), prefix="")
+    validate(cfg)
+    return cfg
+
+
+def copy_dict(d):
+    return yaml.safe_load(yaml.safe_dump(d))
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _apply_override(raw: dict, item: str) -> None:
+    if "=" not in item:
+        raise UserError(f"override {item!r} must look like key=value (e.g. train.max_steps=100)")
+    key, value = item.split("=", 1)
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise UserError(f"override {item!r}: {part!r} is not a section")
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+def _build(cls, raw: Any, prefix: str):
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'recipe'}: expected a section of keys, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for key, value in raw.items():
+        if key not in fields:
+            valid = [prefix + k for k in fields]
+            close = difflib.get_close_matches(prefix + str(key), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
+            raise UserError(f"unknown recipe key {prefix + str(key)!r}{hint}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            values[key] = _build(hint, value, prefix + key + ".")
+        else:
+            values[key] = _coerce(value, hint, prefix + key)
+    return cls(**values)
+
+
+def _coerce(value, hint, name: str):
+    if value is None:
+        return None
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    allowed = [typing.get_origin(a) or a for a in allowed if a is not type(None)]
+    for typ in allowed:
+        if typ is float and isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            try:
+                return float(value)
+            except ValueError:
+                continue
+        if typ is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if typ is int and isinstance(value, float) and value.is_integer():
+            return int(value)
+        if typ is bool and isinstance(value, bool):
+            return value
+        if typ in (str, dict, list) and isinstance(value, typ):
+            return value
+    names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
+    raise UserError(f"recipe key {name!r} must be {names}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Ranges and choices from field metadata, then the cross-field rules."""
+    _check_fields(cfg, "")
+    for role in ("teacher", "student"):
+        m = getattr(cfg, role)
+        sources = [m.name_or_path is not None, m.config is not None, m.from_teacher_layers is not None]
+        if sum(sources) != 1:
+            raise UserError(
+                f"{role}: give exactly one of {role}.name_or_path, {role}.config"
+                + (", student.from_teacher_layers" if role == "student" else "")
+            )
+        if m.config is not None and not (m.tokenizer or role == "student"):
+            raise UserError(f"{role}.config needs {role}.tokenizer (a random model has no tokenizer of its own)")
+    if cfg.teacher.from_teacher_layers is not None:
+        raise UserError("teacher.from_teacher_layers is for the student only")
+    if cfg.data.path is None and cfg.data.name is None and cfg.data.transfer_set is None:
+        raise UserError("data: give data.path (local files), data.name (hub dataset) or data.transfer_set")
+    if cfg.loss.alpha_kd + cfg.loss.alpha_ce + cfg.loss.alpha_cos == 0:
+        raise UserError("loss: all of alpha_kd, alpha_ce, alpha_cos are 0; nothing to train on")
+    if cfg.crr.teacher != "none" and cfg.loss.alpha_kd == 0:
+        raise UserError(f"crr.teacher={cfg.crr.teacher} perturbs the KD targets, but loss.alpha_kd is 0")
+
+
+def _check_fields(obj, prefix: str) -> None:
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        name = prefix + f.name
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, name + ".")
+            continue
+        lo_hi, choices = f.metadata.get("range"), f.metadata.get("choices")
+        if value is None:
+            continue
+        if choices and value not in choices:
+            raise UserError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+        if lo_hi and not (lo_hi[0] <= value <= lo_hi[1]):
+            lo, hi = lo_hi
+            bound = f">= {lo}" if hi == INF else f"in [{lo}, {hi}]"
+            raise UserError(f"{name}={value!r} is out of range: must be {bound}")
+
+
+def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, help) for every recipe key; printed by `distill train --help-recipe`."""
+    rows = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += describe(hints[f.name], prefix + f.name + ".")
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append((prefix + f.name, repr(default), f.metadata["help"]))
+    return rows

@@ -1,0 +1,158 @@
+"""Load teachers and students: hub ids, local dirs, GGUF files, random-initialised configs, layer subsets.
+
+    from distill.models import load_model_and_tokenizer
+    model, tok = load_model_and_tokenizer("cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf")
+
+One code path serves every source, so the offline default teacher (a GGUF file) loads exactly like a user's
+local model. Safe defaults: safetensors where the checkpoint has them, no `trust_remote_code` unless asked.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from distill.errors import UserError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _source_kwargs(name_or_path: str) -> tuple[str, dict]:
+    """Map a user string to (from_pretrained path, extra kwargs); refuse missing local paths up front."""
+    path = Path(name_or_path).expanduser()
+    if name_or_path.endswith(".gguf"):
+        if not path.is_file():
+            raise UserError(
+                f"GGUF file {name_or_path!r} not found; for the default teacher run `make teacher` "
+                "(or `python -m distill.fetch_teacher`) to fetch it"
+            )
+        return str(path.parent), {"gguf_file": path.name}
+    if path.exists():
+        if not path.is_dir() or not (path / "config.json").is_file():
+            raise UserError(f"model path {name_or_path!r} is not a model directory (no config.json in it)")
+        return str(path), {}
+    if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        raise UserError(f"model path {name_or_path!r} does not exist; give a local model dir, a .gguf file or a hub id")
+    return name_or_path, {}  # a hub id such as "gpt2" or "HuggingFaceTB/SmolLM2-135M"
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    src, extra = _source_kwargs(name_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **extra)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"could not load a tokenizer from {name_or_path!r}: {_first_line(exc)}") from exc
+    if tok.pad_token is None:
+        # Packed training never pads; generation pads on the left and masks, so EOS as pad is harmless.
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False) -> torch.nn.Module:
+    src, extra = _source_kwargs(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            src, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code, **extra
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        hint = " (is the file complete? re-fetch it with `make teacher`)" if extra.get("gguf_file") else ""
+        raise UserError(f"could not load a model from {name_or_path!r}{hint}: {_first_line(exc)}") from exc
+    return model
+
+
+def load_model_and_tokenizer(
+    name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False
+) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
+    """Tokenizer first: it is cheap, and a model dir without one should fail before the weights load."""
+    tok = load_tokenizer(name_or_path, trust_remote_code)
+    return load_model(name_or_path, dtype, trust_remote_code), tok
+
+
+def build_random_model(config: dict, tokenizer: PreTrainedTokenizerBase, seed: int) -> torch.nn.Module:
+    """A random-initialised model from a config dict (`model_type` plus its fields), sized to the tokenizer."""
+    fields = dict(config)
+    model_type = fields.pop("model_type", None)
+    if not model_type:
+        raise UserError("a model `config` needs a `model_type` (e.g. gpt2 or llama)")
+    fields.setdefault("vocab_size", len(tokenizer))
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        fields.setdefault(key, getattr(tokenizer, key))
+    try:
+        cfg = AutoConfig.for_model(model_type, **fields)
+    except (ValueError, TypeError) as exc:
+        raise UserError(f"model config is invalid: {_first_line(exc)}") from exc
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(cfg)
+
+
+# Decoder blocks live under `.h.<i>.` (GPT-2 family) or `.layers.<i>.` (Llama, Mistral, Qwen, ...).
+_BLOCK_KEY = re.compile(r"^(.*?\.(?:h|layers)\.)(\d+)(\..*)$")
+
+
+def num_layers(config) -> int:
+    return config.num_hidden_layers
+
+
+def student_from_teacher_layers(teacher: torch.nn.Module, layers: list[int]) -> torch.nn.Module:
+    """A shallower student holding the teacher's blocks `layers` (in order) plus embeddings, final norm, LM head.
+
+    DistilGPT-2 style (Sanh et al. 2019; the reference recipe keeps GPT-2 blocks [0, 2, 4, 7, 9, 11]).
+    Works on any layout whose blocks are keyed `.h.<i>.` or `.layers.<i>.`.
+    """
+    n_teacher = num_layers(teacher.config)
+    bad = [i for i in layers if not 0 <= i < n_teacher]
+    if not layers or bad or len(set(layers)) != len(layers):
+        raise UserError(
+            f"student.from_teacher_layers={layers} must be distinct indices in 0..{n_teacher - 1} "
+            f"(the teacher has {n_teacher} layers)"
+        )
+    cfg = copy.deepcopy(teacher.config)
+    cfg.num_hidden_layers = len(layers)
+    if isinstance(getattr(cfg, "layer_types", None), list):  # per-layer attention types (sliding/full)
+        cfg.layer_types = [cfg.layer_types[i] for i in layers]
+    student = AutoModelForCausalLM.from_config(cfg).to(next(teacher.parameters()).dtype)
+    teacher_state = teacher.state_dict()
+    new_state = {}
+    for key in student.state_dict():
+        match = _BLOCK_KEY.match(key)
+        src = f"{match[1]}{layers[int(match[2])]}{match[3]}" if match else key
+        new_state[key] = teacher_state[src].clone()
+    student.load_state_dict(new_state)
+    student.tie_weights()
+    return student
+
+
+def check_same_tokenizer(teacher_tok: PreTrainedTokenizerBase, student_tok: PreTrainedTokenizerBase) -> None:
+    """Distillation compares distributions row by row, so both models must index the same vocabulary."""
+    tv, sv = teacher_tok.get_vocab(), student_tok.get_vocab()
+    if tv != sv:
+        diff = sorted(set(tv.items()) ^ set(sv.items()), key=lambda kv: kv[1])[:3]
+        raise UserError(
+            f"teacher and student tokenizers differ ({len(tv)} vs {len(sv)} tokens; e.g. {diff}); "
+            "distillation needs one vocabulary: use a student from the teacher's family"
+        )
+
+
+def shared_vocab_size(teacher: torch.nn.Module, student: torch.nn.Module, tokenizer_len: int) -> int:
+    """Rows both output layers share. Padded embedding rows (e.g. 50257 vs 50304) are sliced away."""
+    t_rows = teacher.get_output_embeddings().weight.shape[0]
+    s_rows = student.get_output_embeddings().weight.shape[0]
+    rows = min(t_rows, s_rows)
+    if rows < tokenizer_len:
+        raise UserError(f"an output layer has {rows} rows but the tokenizer has {tokenizer_len} tokens")
+    return rows
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:300]
