@@ -1,0 +1,155 @@
+"""Pure loss functions for distillation. Shapes: logits (B, T, V) or (N, V); labels (B, T) or (N,).
+
+    from distill.losses import distill_loss
+    total, kd_sum, ce_sum = distill_loss(student_logits, teacher_probs, labels, w_kd=1 / n, w_ce=0.0,
+                                         temperature=2.0, kind="forward_kl")
+
+Conventions shared by every function here:
+- Masking: a position whose label is -100 contributes nothing; `labels[b, t]` is the token that position
+  `t` predicts (the caller shifts once, see `shift_labels`), so logits are never sliced or copied to shift.
+- Every function returns a SUM over the unmasked positions. The training loop divides by the global count of
+  real tokens of the whole optimizer step (all micro-batches, all processes), so batch 4 x accum 1 equals
+  batch 1 x accum 4 (the bug of TRL issue 4719 is a per-micro-batch mean). An all-masked input gives 0.
+- Divergences are computed in fp32 whatever the input dtype (a bf16 teacher against an fp32 student gave
+  negative JSD elsewhere); teacher targets arrive as probabilities at the loss temperature.
+- Temperature T has one meaning: both distributions are softened by T and the KD term is scaled by T^2
+  (Hinton et al. 2015) so its gradient scale does not shrink as T grows. Sampling has its own knob.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+_TINY = 1e-30  # log(0) guard for teacher probabilities that underflowed or were perturbed to 0
+
+
+def shift_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """labels[b, t] = input_ids[b, t + 1]; the last position and padding become -100."""
+    labels = torch.full_like(input_ids, -100)
+    labels[:, :-1] = input_ids[:, 1:]
+    if attention_mask is not None:
+        labels[:, :-1][attention_mask[:, 1:] == 0] = -100
+    return labels
+
+
+def divergence(teacher_logp: torch.Tensor, student_logp: torch.Tensor, kind: str, beta: float = 0.5) -> torch.Tensor:
+    """Per-position divergence D(teacher, student) over the last axis; returns shape `logp.shape[:-1]`.
+
+    forward_kl: KL(p_t || p_s) = sum p_t (log p_t - log p_s)     (mean-seeking; the classic KD loss)
+    reverse_kl: KL(p_s || p_t) = sum p_s (log p_s - log p_t)     (mode-seeking)
+    jsd:        generalized JSD(beta) = beta KL(p_t || m) + (1 - beta) KL(p_s || m), m = beta p_t + (1 - beta) p_s
+                (Agarwal et al. 2024). Its endpoints are the KL directions: JSD/beta -> forward KL as beta -> 0
+                and JSD/(1 - beta) -> reverse KL as beta -> 1, so beta = 0 and 1 are defined as those.
+    """
+    t_logp, s_logp = teacher_logp.float(), student_logp.float()
+    if kind == "jsd" and beta == 0.0:
+        kind = "forward_kl"
+    if kind == "jsd" and beta == 1.0:
+        kind = "reverse_kl"
+    if kind == "forward_kl":
+        return (t_logp.exp() * (t_logp - s_logp)).sum(-1)
+    if kind == "reverse_kl":
+        return (s_logp.exp() * (s_logp - t_logp)).sum(-1)
+    if kind == "jsd":
+        m_logp = torch.logsumexp(
+            torch.stack([t_logp + torch.log(torch.tensor(beta)), s_logp + torch.log(torch.tensor(1 - beta))]), 0
+        )
+        kl_t = (t_logp.exp() * (t_logp - m_logp)).sum(-1)
+        kl_s = (s_logp.exp() * (s_logp - m_logp)).sum(-1)
+        return beta * kl_t + (1 - beta) * kl_s
+    raise ValueError(f"unknown divergence {kind!r}; choose one of {DIVERGENCES}")
+
+
+def kd_loss(
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    temperature: float,
+    kind: str = "forward_kl",
+    beta: float = 0.5,
+) -> torch.Tensor:
+    """T^2 * sum over unmasked positions of D(teacher_T, student_T). Reference (unchunked) version."""
+    mask = labels != -100
+    s_logp = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    t_logp = teacher_probs.float().clamp_min(_TINY).log()
+    per_pos = divergence(t_logp, s_logp, kind, beta)
+    return temperature**2 * torch.where(mask, per_pos, 0.0).sum()
+
+
+def ce_loss(student_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum of next-token cross-entropy (at T=1) over unmasked positions."""
+    v = student_logits.shape[-1]
+    return F.cross_entropy(student_logits.reshape(-1, v).float(), labels.reshape(-1), ignore_index=-100,
+                           reduction="sum")
+
+
+def cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over unmasked positions of 1 - cos(h_s, h_t) (DistilBERT's alignment loss); widths must match."""
+    cos = F.cosine_similarity(student_hidden.float(), teacher_hidden.float(), dim=-1)
+    return torch.where(labels != -100, 1.0 - cos, 0.0).sum()
+
+
+class _ChunkedDistillLoss(torch.autograd.Function):
+    """w_kd * kd_loss + w_ce * ce_loss, computed over row chunks with the gradient taken inside forward.
+
+    Why: autograd on the plain expression keeps several fp32 (N, V) intermediates alive until backward
+    (log-softmaxes, teacher log-probs, products). Here each chunk's intermediates die with the chunk, and the
+    only extra full-size tensor is the gradient w.r.t. the logits, which backward needs anyway.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, teacher_probs, labels, w_kd, w_ce, temperature, kind, beta, chunk_size):
+        n = logits.shape[0]
+        grad = torch.zeros_like(logits) if ctx.needs_input_grad[0] else None
+        kd_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
+        ce_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
+        for start in range(0, n, chunk_size):
+            rows = slice(start, min(start + chunk_size, n))
+            with torch.enable_grad():
+                z = logits[rows].detach().float().requires_grad_(grad is not None)
+                kd = (kd_loss(z, teacher_probs[rows], labels[rows], temperature=temperature, kind=kind, beta=beta)
+                      if teacher_probs is not None else z.new_zeros(()))
+                ce = ce_loss(z, labels[rows])
+                if grad is not None:
+                    (g,) = torch.autograd.grad(w_kd * kd + w_ce * ce, z)
+                    grad[rows] = g.to(grad.dtype)
+            kd_sum += kd.detach().double()
+            ce_sum += ce.detach().double()
+        ctx.save_for_backward(grad)
+        total = (w_kd * kd_sum + w_ce * ce_sum).float()
+        ctx.mark_non_differentiable(kd_sum, ce_sum)
+        return total, kd_sum.float(), ce_sum.float()
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_kd, _grad_ce):
+        (grad,) = ctx.saved_tensors
+        return grad.mul_(grad_total.to(grad.dtype)), None, None, None, None, None, None, None, None
+
+
+def distill_loss(
+    student_logits: torch.Tensor,
+    teacher_probs: torch.Tensor | None,
+    labels: torch.Tensor,
+    *,
+    w_kd: float,
+    w_ce: float,
+    temperature: float,
+    kind: str = "forward_kl",
+    beta: float = 0.5,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(w_kd * kd_loss + w_ce * ce_loss, kd_sum, ce_sum), memory-lean: see `_ChunkedDistillLoss`.
+
+    student_logits (B, T, V) or (N, V); teacher_probs the same shape at `temperature`, or None for CE only;
+    labels (B, T) or (N,) with -100 masking. The weights carry the 1/global-token-count normalisation, so
+    only `total` has a gradient; kd_sum and ce_sum are detached raw sums for logging. kd_sum includes T^2.
+    """
+    v = student_logits.shape[-1]
+    flat_t = teacher_probs.reshape(-1, v) if teacher_probs is not None else None
+    return _ChunkedDistillLoss.apply(
+        student_logits.reshape(-1, v), flat_t, labels.reshape(-1), float(w_kd), float(w_ce), float(temperature),
+        kind, float(beta), int(chunk_size),
+    )

@@ -1,0 +1,364 @@
+"""The distillation loop on accelerate: setup -> fit -> evaluate -> save.
+
+    distill train --recipe recipes/debug.yaml
+    accelerate launch --num_processes 2 --cpu -m distill train --recipe recipes/debug.yaml
+
+Everything the algorithm does per step is in `fit`: fetch the step's micro-batches, count the step's real
+tokens across processes, then per micro-batch: student forward -> teacher targets under inference mode
+(plain, pair-equalised or counterfactual-combined) -> losses -> backward; then clip -> optimizer step ->
+schedule -> log -> checkpoint. No Trainer subclass and no callbacks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from distill import checkpoint as ckpt
+from distill.config import Config, describe, load_config
+from distill.errors import TrainingDiverged, UserError
+from distill.losses import cosine_loss, distill_loss, shift_labels
+
+
+@dataclass
+class Setup:
+    """Everything `fit` needs, built once by `build`."""
+
+    teacher: torch.nn.Module
+    student: torch.nn.Module
+    tokenizer: object
+    train_blocks: object
+    val_blocks: object
+    vocab_rows: int
+    lexicon: object = None
+    swap_table: object = None
+    data_stats: object = None
+
+
+def build(cfg: Config, accelerator: Accelerator) -> Setup:
+    """Load teacher, student, tokenizer and data; refuse incompatible pieces before any training."""
+    from distill import models
+    from distill.data import build_datasets
+
+    t = cfg.teacher
+    tokenizer = models.load_tokenizer(t.tokenizer or t.name_or_path, t.trust_remote_code)
+    if t.config is not None:
+        teacher = models.build_random_model(t.config, tokenizer, seed=cfg.seed)
+    else:
+        teacher = models.load_model(t.name_or_path, t.dtype, t.trust_remote_code)
+    teacher.to(dtype=models.DTYPES[t.dtype]).eval().requires_grad_(False)
+
+    s = cfg.student
+    if s.from_teacher_layers is not None:
+        student = models.student_from_teacher_layers(teacher, list(s.from_teacher_layers))
+    elif s.config is not None:
+        student = models.build_random_model(s.config, tokenizer, seed=cfg.seed + 1)
+    else:
+        models.check_same_tokenizer(tokenizer, models.load_tokenizer(s.tokenizer or s.name_or_path,
+                                                                     s.trust_remote_code))
+        student = models.load_model(s.name_or_path, "float32", s.trust_remote_code)
+    student.float().train()  # fp32 master weights; mixed precision is autocast, not a bf16 copy
+    vocab_rows = models.shared_vocab_size(teacher, student, len(tokenizer))
+    if cfg.loss.alpha_cos > 0 and teacher.config.hidden_size != student.config.hidden_size:
+        raise UserError(
+            f"loss.alpha_cos needs equal hidden widths (teacher {teacher.config.hidden_size}, "
+            f"student {student.config.hidden_size}); set loss.alpha_cos=0"
+        )
+    teacher.to(accelerator.device)
+
+    lexicon = swap_table = None
+    if cfg.crr.augment != "none" or cfg.crr.teacher != "none":
+        from distill.counterfactual import build_token_swap_table, load_lexicon
+
+        lexicon = load_lexicon(cfg.crr.lexicon, cfg.crr.names)
+        if cfg.crr.teacher != "none":
+            swap_table = build_token_swap_table(tokenizer, lexicon)
+
+    data_cfg = cfg.data
+    if data_cfg.transfer_set is not None:
+        from distill.transfer import ensure_transfer_set
+
+        # The main process samples (or reuses) the transfer set; the others wait and then read the cache.
+        with accelerator.main_process_first():
+            ts = ensure_transfer_set(cfg, teacher if t.config is None else None, tokenizer,
+                                     device=accelerator.device, show_progress=accelerator.is_main_process)
+        data_cfg = type(data_cfg)(**{**vars(data_cfg), "path": ts.train_path, "validation_path": ts.heldout_path,
+                                     "transfer_set": None})
+    with accelerator.main_process_first():  # datasets' cache: tokenise once, reuse in the other processes
+        train_blocks, val_blocks, stats = build_datasets(data_cfg, cfg.crr, tokenizer, cfg.seed, lexicon)
+    global_batch = cfg.train.batch_size * cfg.train.grad_accum * accelerator.num_processes
+    if len(train_blocks) < global_batch:
+        raise UserError(
+            f"the training data has {len(train_blocks)} blocks, fewer than one global batch of {global_batch} "
+            "(batch_size x grad_accum x processes); give more text or lower train.batch_size"
+        )
+    return Setup(teacher, student, tokenizer, train_blocks, val_blocks, vocab_rows, lexicon, swap_table, stats)
+
+
+def lr_lambda(cfg: Config):
+    """Linear warmup to the peak, then cosine decay to lr * min_lr_ratio at max_steps."""
+    warm, total, floor = cfg.train.warmup_steps, cfg.train.max_steps, cfg.train.min_lr_ratio
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        progress = min(1.0, (step - warm) / max(1, total - warm))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+def micro_batch_losses(cfg: Config, setup: Setup, student, input_ids: torch.Tensor, scale: float) -> dict:
+    """Forward both models on one micro-batch; returns the loss to backpropagate and the raw term sums.
+
+    `scale` turns this process's sums into its share of the global mean (see `fit`).
+    """
+    from distill.teacher import teacher_targets
+
+    labels = shift_labels(input_ids)
+    want_hidden = cfg.loss.alpha_cos > 0
+    cf = None
+    if cfg.crr.teacher.startswith("cf"):
+        from distill.counterfactual import counterfactual_batch
+
+        cf = counterfactual_batch(input_ids.cpu(), setup.tokenizer, setup.swap_table, setup.lexicon)
+        cf = _to_device(cf, input_ids.device)
+    target = None
+    if cfg.loss.alpha_kd > 0 or want_hidden:
+        target = teacher_targets(setup.teacher, input_ids, mode=cfg.crr.teacher, temperature=cfg.loss.temperature,
+                                 vocab_rows=setup.vocab_rows, table=setup.swap_table, cf=cf,
+                                 want_hidden=want_hidden)
+    out = student(input_ids=input_ids, output_hidden_states=want_hidden)
+    logits = out.logits[..., : setup.vocab_rows]
+    total, kd_sum, ce_sum = distill_loss(
+        logits, target.probs if cfg.loss.alpha_kd > 0 else None, labels,
+        w_kd=cfg.loss.alpha_kd * scale, w_ce=cfg.loss.alpha_ce * scale, temperature=cfg.loss.temperature,
+        kind=cfg.loss.divergence, beta=cfg.loss.jsd_beta, chunk_size=cfg.loss.chunk_size,
+    )
+    cos_sum = torch.zeros((), device=input_ids.device)
+    if want_hidden:
+        cos_sum = cosine_loss(out.hidden_states[-1], target.hidden, labels)
+        total = total + cfg.loss.alpha_cos * scale * cos_sum
+    return {
+        "total": total, "kd": kd_sum.detach(), "ce": ce_sum.detach(), "cos": cos_sum.detach(),
+        "changed_share": target.changed_share if target is not None else 0.0,
+        "cf_exact": cf.n_exact if cf is not None else 0, "cf_aligned": cf.n_aligned if cf is not None else 0,
+    }
+
+
+def _to_device(cf, device):
+    for name, value in vars(cf).items():
+        if isinstance(value, torch.Tensor):
+            setattr(cf, name, value.to(device))
+    return cf
+
+
+@torch.no_grad()
+def evaluate(cfg: Config, setup: Setup, student, accelerator: Accelerator) -> dict:
+    """Validation: student CE (and perplexity) and plain KD against the teacher, token-weighted."""
+    from distill.teacher import teacher_targets
+
+    if setup.val_blocks is None:
+        return {}
+    student.eval()
+    sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # ce, kd, tokens
+    bs = cfg.train.batch_size
+    n = min(len(setup.val_blocks), cfg.train.eval_batches * bs * accelerator.num_processes)
+    for start in range(accelerator.process_index * bs, n, bs * accelerator.num_processes):
+        ids = setup.val_blocks[start : start + bs]["input_ids"].to(accelerator.device)
+        labels = shift_labels(ids)
+        with accelerator.autocast():
+            target = teacher_targets(setup.teacher, ids, mode="none", temperature=cfg.loss.temperature,
+                                     vocab_rows=setup.vocab_rows)
+            logits = student(input_ids=ids).logits[..., : setup.vocab_rows]
+        _, kd, ce = distill_loss(logits, target.probs, labels, w_kd=0.0, w_ce=0.0,
+                                 temperature=cfg.loss.temperature, kind=cfg.loss.divergence,
+                                 beta=cfg.loss.jsd_beta, chunk_size=cfg.loss.chunk_size)
+        sums += torch.stack([ce.double(), kd.double(), (labels != -100).sum().double()])
+    student.train()
+    ce, kd, tokens = accelerator.reduce(sums, "sum").tolist()
+    if tokens == 0:
+        return {}
+    return {"val_ce": ce / tokens, "val_ppl": math.exp(min(ce / tokens, 50.0)), "val_kd": kd / tokens}
+
+
+def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resume: bool) -> dict:
+    from distill.data import BlockSampler
+
+    student = setup.student
+    decay = [p for n, p in student.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in student.named_parameters() if p.ndim < 2]  # biases and norms: no weight decay
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.train.lr, betas=(0.9, 0.98), eps=1e-8,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
+    student, optimizer = accelerator.prepare(student, optimizer)
+    sampler = BlockSampler(len(setup.train_blocks), cfg.train.batch_size, cfg.train.grad_accum,
+                           accelerator.num_processes, accelerator.process_index, cfg.seed)
+    state = {"step": 0, "tokens_seen": 0}
+    if resume:
+        state = ckpt.load_latest(run_dir, accelerator, student, optimizer, scheduler, sampler)
+        accelerator.print(f"resuming from step {state['step']} ({run_dir / 'checkpoints'})")
+
+    log_file = run_dir / "metrics.jsonl"
+    if accelerator.is_main_process and not resume:
+        log_file.write_text("")
+    # DDP averages gradients over processes; our losses are already divided by the global token count,
+    # so each process scales its share up by the process count to make the average the global mean.
+    world = accelerator.num_processes
+    bar = tqdm(total=cfg.train.max_steps, initial=state["step"], desc="distill", unit="step",
+               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+    window = {"t0": time.perf_counter(), "tokens": 0}
+    last = {}
+    while state["step"] < cfg.train.max_steps:
+        micro = sampler.next_step()
+        batches = [setup.train_blocks[idx] for idx in micro]
+        local_tokens = sum((shift_labels(b["input_ids"]) != -100).sum().item() for b in batches)
+        n_global = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum").item())
+        scale = world / max(n_global, 1)
+        sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # kd, ce, cos, swapped rows
+        extras = {"changed_share": 0.0, "cf_exact": 0, "cf_aligned": 0}
+        for m, batch in enumerate(batches):
+            ids = batch["input_ids"].to(accelerator.device)
+            sync = contextlib.nullcontext() if m == len(batches) - 1 else accelerator.no_sync(student)
+            with sync:
+                with accelerator.autocast():
+                    out = micro_batch_losses(cfg, setup, student, ids, scale)
+                if not torch.isfinite(out["total"]):
+                    raise TrainingDiverged(_diverged_message(out["total"].item(), state["step"] + 1, run_dir))
+                accelerator.backward(out["total"])
+            sums += torch.stack([out["kd"].double(), out["ce"].double(), out["cos"].double(),
+                                 batch["swapped"].sum().double()])
+            extras["changed_share"] += out["changed_share"] / len(batches)
+            extras["cf_exact"] += out["cf_exact"]
+            extras["cf_aligned"] += out["cf_aligned"]
+        grad_norm = _clip(accelerator, student, cfg.train.max_grad_norm)
+        if not math.isfinite(grad_norm):
+            raise TrainingDiverged(_diverged_message(grad_norm, state["step"] + 1, run_dir, what="gradient norm"))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        state["step"] += 1
+        state["tokens_seen"] += n_global
+        window["tokens"] += n_global
+        bar.update(1)
+
+        step = state["step"]
+        if step % cfg.train.log_steps == 0 or step == cfg.train.max_steps:
+            kd, ce, cos, swapped = (accelerator.reduce(sums, "sum") / torch.tensor(
+                [n_global, n_global, n_global, sampler.global_batch], device=sums.device)).tolist()
+            elapsed = time.perf_counter() - window["t0"]
+            last = {
+                "step": step,
+                "loss": cfg.loss.alpha_kd * kd + cfg.loss.alpha_ce * ce + cfg.loss.alpha_cos * cos,
+                "kd": kd, "ce": ce, "cos": cos,
+                "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
+                "tokens_per_s": window["tokens"] / max(elapsed, 1e-9), "tokens_seen": state["tokens_seen"],
+                "epoch": sampler.epoch,
+                "swapped_share": swapped,
+                "teacher_changed_share": extras["changed_share"],
+                "cf_exact": extras["cf_exact"], "cf_aligned": extras["cf_aligned"],
+            }
+            window = {"t0": time.perf_counter(), "tokens": 0}
+            bar.set_postfix(loss=f"{last['loss']:.3f}", kd=f"{kd:.3f}", ce=f"{ce:.3f}")
+        evaluated = {}
+        if cfg.train.eval_steps and step % cfg.train.eval_steps == 0 or step == cfg.train.max_steps:
+            evaluated = evaluate(cfg, setup, student, accelerator)
+        if accelerator.is_main_process and (last.get("step") == step or evaluated):
+            record = {**(last if last.get("step") == step else {"step": step}), **evaluated}
+            with log_file.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            accelerator.log(record, step=step)
+            if evaluated:
+                bar.write(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in evaluated.items()))
+        last.update(evaluated)
+        if cfg.train.save_steps and step % cfg.train.save_steps == 0 and step < cfg.train.max_steps:
+            ckpt.save(run_dir, step, accelerator, student, optimizer, scheduler, sampler, state,
+                      keep=cfg.train.keep_checkpoints)
+    bar.close()
+    return {"state": state, "last": last, "student": student}
+
+
+def _clip(accelerator, student, max_norm: float) -> float:
+    if max_norm > 0:
+        return float(accelerator.clip_grad_norm_(student.parameters(), max_norm))
+    norms = [p.grad.detach().float().norm() for p in student.parameters() if p.grad is not None]
+    return float(torch.stack(norms).norm()) if norms else 0.0
+
+
+def _diverged_message(value: float, step: int, run_dir: Path, what: str = "loss") -> str:
+    latest = ckpt.latest_checkpoint(run_dir)
+    keep = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+    return (f"{what} became {value} at step {step}; training stopped and nothing was saved for that step; "
+            f"{keep}. Lower train.lr or raise train.warmup_steps, then --resume")
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def main(args) -> int:
+    if args.help_recipe:
+        for key, default, help_text in describe():
+            print(f"{key:28s} {default:12s} {help_text}")
+        return 0
+    cfg = load_config(args.recipe, args.overrides)
+    run_dir = Path(cfg.output_dir)
+    ckpt.check_output_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision),
+                              log_with=cfg.report_to or None, project_dir=str(run_dir))
+    set_seed(cfg.seed)
+    setup = build(cfg, accelerator)
+    if accelerator.is_main_process:
+        ckpt.start_run(run_dir, cfg, resume=args.resume, overwrite=args.overwrite)
+        _print_plan(cfg, setup, accelerator)
+    accelerator.wait_for_everyone()
+    if cfg.report_to:
+        accelerator.init_trackers(run_dir.name, config=_flat(ckpt.config_dict(cfg)))
+    result = fit(cfg, setup, accelerator, run_dir, resume=args.resume)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final = ckpt.save_final(run_dir, cfg, accelerator.unwrap_model(result["student"]), setup.tokenizer,
+                                result["last"], setup)
+        accelerator.print(f"done: {result['state']['step']} steps; student written to {final}")
+    accelerator.end_training()
+    return 0
+
+
+def _print_plan(cfg: Config, setup: Setup, accelerator) -> None:
+    from distill.models import count_parameters
+
+    st = setup.data_stats
+    print(
+        f"teacher {count_parameters(setup.teacher) / 1e6:.1f}M params ({setup.teacher.config.num_hidden_layers} "
+        f"layers) -> student {count_parameters(setup.student) / 1e6:.1f}M ({setup.student.config.num_hidden_layers}"
+        f" layers); vocab {setup.vocab_rows}\n"
+        f"data: {st.train_documents} documents ({st.swapped_documents} gender-swapped) -> {st.train_blocks} blocks "
+        f"of {st.block_size} tokens; {st.validation_blocks} validation blocks\n"
+        f"loss: {cfg.loss.alpha_kd} x T^2 {cfg.loss.divergence} (T={cfg.loss.temperature}) + {cfg.loss.alpha_ce} "
+        f"x CE + {cfg.loss.alpha_cos} x cos; crr: augment={cfg.crr.augment}, teacher={cfg.crr.teacher}\n"
+        f"{cfg.train.max_steps} steps x {cfg.train.batch_size} x {cfg.train.grad_accum} accum x "
+        f"{accelerator.num_processes} processes on {accelerator.device} ({accelerator.mixed_precision})"
+    )
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out

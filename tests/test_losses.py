@@ -1,0 +1,117 @@
+"""Loss functions on vocab-5 tensors: exact values, masking, directions, chunking."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from distill.losses import ce_loss, cosine_loss, distill_loss, divergence, kd_loss, shift_labels
+
+V = 5
+
+
+def _rand(shape, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("kind", ["forward_kl", "reverse_kl", "jsd"])
+def test_divergence_is_zero_for_identical_distributions(kind):
+    logp = F.log_softmax(_rand((2, 3, V), 0), -1)
+    assert divergence(logp, logp, kind).abs().max() < 1e-6
+
+
+def test_forward_kl_matches_hand_computation():
+    p = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
+    q = torch.full((V,), 0.2)
+    expected = sum(pi * math.log(pi / 0.2) for pi in p.tolist())
+    assert divergence(p.log(), q.log(), "forward_kl").item() == pytest.approx(expected, abs=1e-6)
+    reverse = sum(0.2 * math.log(0.2 / pi) for pi in p.tolist())
+    assert divergence(p.log(), q.log(), "reverse_kl").item() == pytest.approx(reverse, abs=1e-6)
+
+
+def test_jsd_endpoints_are_the_kl_directions_and_interior_is_bounded():
+    t = F.log_softmax(_rand((4, V), 1), -1)
+    s = F.log_softmax(_rand((4, V), 2), -1)
+    torch.testing.assert_close(divergence(t, s, "jsd", 0.0), divergence(t, s, "forward_kl"))
+    torch.testing.assert_close(divergence(t, s, "jsd", 1.0), divergence(t, s, "reverse_kl"))
+    mid = divergence(t, s, "jsd", 0.5)
+    assert (mid >= 0).all() and (mid <= math.log(2) + 1e-6).all()  # JSD(0.5) is bounded by log 2
+    # near the endpoints JSD/beta approaches forward KL (the limit that defines the endpoint)
+    near = divergence(t, s, "jsd", 1e-4) / 1e-4
+    torch.testing.assert_close(near.float(), divergence(t, s, "forward_kl").float(), rtol=1e-2, atol=1e-3)
+
+
+def test_masked_positions_are_ignored_and_all_masked_gives_zero_not_nan():
+    logits = _rand((2, 3, V), 3).requires_grad_()
+    teacher = F.softmax(_rand((2, 3, V), 4), -1)
+    labels = torch.tensor([[1, -100, 2], [-100, -100, 0]])
+    full = kd_loss(logits, teacher, labels, temperature=1.0)
+    by_hand = sum(
+        kd_loss(logits[b, t][None], teacher[b, t][None], labels[b, t][None], temperature=1.0)
+        for b, t in [(0, 0), (0, 2), (1, 2)]
+    )
+    torch.testing.assert_close(full, by_hand)
+    none = torch.full_like(labels, -100)
+    for value in (kd_loss(logits, teacher, none, temperature=2.0), ce_loss(logits, none),
+                  cosine_loss(logits, logits.detach() + 1, none),
+                  distill_loss(logits, teacher, none, w_kd=1, w_ce=1, temperature=2.0)[0]):
+        assert value.item() == 0.0 and not torch.isnan(value)
+    total, _, _ = distill_loss(logits, teacher, none, w_kd=1, w_ce=1, temperature=2.0)
+    total.backward()
+    assert torch.equal(logits.grad, torch.zeros_like(logits))
+
+
+def test_temperature_squared_scaling():
+    logits = _rand((1, 4, V), 5)
+    teacher_logits = _rand((1, 4, V), 6)
+    labels = torch.zeros(1, 4, dtype=torch.long)
+    for t in (1.0, 2.0, 4.0):
+        teacher = F.softmax(teacher_logits / t, -1)
+        raw = divergence(teacher.log(), F.log_softmax(logits / t, -1), "forward_kl").sum()
+        assert kd_loss(logits, teacher, labels, temperature=t).item() == pytest.approx(t * t * raw.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind,beta", [("forward_kl", 0.5), ("reverse_kl", 0.5), ("jsd", 0.3)])
+@pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
+def test_chunked_equals_unchunked_value_and_gradient(kind, beta, chunk):
+    logits = _rand((3, 7, V), 7).float()
+    teacher = F.softmax(_rand((3, 7, V), 8).float() / 2, -1)
+    labels = torch.randint(0, V, (3, 7), generator=torch.Generator().manual_seed(9))
+    labels[0, 2] = labels[2, :] = -100
+    ref_logits = logits.clone().requires_grad_()
+    ref = 0.3 * kd_loss(ref_logits, teacher, labels, temperature=2.0, kind=kind, beta=beta) + 0.7 * ce_loss(
+        ref_logits, labels
+    )
+    ref.backward()
+    ch_logits = logits.clone().requires_grad_()
+    total, kd_sum, ce_sum = distill_loss(ch_logits, teacher, labels, w_kd=0.3, w_ce=0.7, temperature=2.0,
+                                         kind=kind, beta=beta, chunk_size=chunk)
+    total.backward()
+    assert abs(total.item() - ref.item()) < 1e-6 * max(1.0, abs(ref.item()))
+    assert abs(0.3 * kd_sum.item() + 0.7 * ce_sum.item() - ref.item()) < 1e-5
+    assert (ch_logits.grad - ref_logits.grad).abs().max().item() < 1e-6
+
+
+def test_distill_loss_handles_bf16_student_logits_in_fp32():
+    logits = _rand((2, 4, V), 10).to(torch.bfloat16).requires_grad_()
+    teacher = F.softmax(_rand((2, 4, V), 11).float(), -1)
+    labels = torch.zeros(2, 4, dtype=torch.long)
+    total, kd_sum, _ = distill_loss(logits, teacher, labels, w_kd=1.0, w_ce=0.0, temperature=1.0, kind="jsd")
+    total.backward()
+    assert kd_sum.item() >= 0 and logits.grad.dtype == torch.bfloat16
+
+
+def test_shift_labels_masks_last_position_and_padding():
+    ids = torch.tensor([[5, 6, 7, 8]])
+    mask = torch.tensor([[1, 1, 1, 0]])
+    assert shift_labels(ids).tolist() == [[6, 7, 8, -100]]
+    assert shift_labels(ids, mask).tolist() == [[6, 7, -100, -100]]
+
+
+def test_cosine_loss_zero_for_parallel_and_two_for_opposite():
+    h = _rand((1, 3, 4), 12)
+    labels = torch.zeros(1, 3, dtype=torch.long)
+    assert cosine_loss(h, 2 * h, labels).item() == pytest.approx(0.0, abs=1e-6)
+    assert cosine_loss(h, -h, labels).item() == pytest.approx(6.0, abs=1e-5)
