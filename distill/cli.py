@@ -137,7 +137,14 @@ def _dispatch(args) -> int | None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Overrides may come after flags (`train --recipe R --resume a.b=1`), which argparse's positional
+    # matching does not allow: collect the leftover key=value words here.
+    args, extra = parser.parse_known_args(argv)
+    overrides = [e for e in extra if "=" in e and not e.startswith("-")]
+    if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
     if args.command is None:
         parser.print_help()
         sys.exit(2)

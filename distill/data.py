@@ -47,6 +47,9 @@ def load_documents(data_cfg, path: str | None = None, split: str | None = None):
     try:
         if path:
             builder, files = _builder_and_files(path)
+            # A local load must not touch the network: datasets pings a download counter per load, which
+            # on an offline machine costs half a minute of retries.
+            datasets.config.HF_UPDATE_DOWNLOAD_COUNTS = False
             ds = datasets.load_dataset(builder, data_files=files, split="train")
         else:
             ds = datasets.load_dataset(data_cfg.name, data_cfg.config_name, split=split or data_cfg.split)
@@ -116,7 +119,8 @@ def pack(ds, tokenizer, block_size: int, num_proc: int | None = None):
     # Large map batches waste fewer tokens at batch edges (the remainder of each map batch is dropped).
     packed = ds.map(tokenize_and_pack, batched=True, batch_size=2000, remove_columns=ds.column_names,
                     num_proc=num_proc)
-    packed.set_format("torch", columns=["input_ids", "swapped"])
+    if len(packed):  # an empty result has no columns to format; the caller reports it
+        packed.set_format("torch", columns=["input_ids", "swapped"])
     return packed
 
 

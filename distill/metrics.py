@@ -59,12 +59,16 @@ def _norm(word: str) -> str:
     return word.lower().replace("\u2019", "'")
 
 
+def _strip_clitic(word: str) -> str:
+    head, sep, tail = word.rpartition("'")
+    return head if sep and tail in _CLITICS else word
+
+
 def _base(word: str) -> str:
     """The look-up form of a normalised word: listed full forms stay; otherwise a trailing clitic is cut."""
-    if word in MALE_WORDS or word in FEMALE_WORDS or "'" not in word:
+    if word in MALE_WORDS or word in FEMALE_WORDS:
         return word
-    head, _, tail = word.rpartition("'")
-    return head if tail in _CLITICS else word
+    return _strip_clitic(word)
 
 
 def words(text: str) -> list[str]:
@@ -193,8 +197,8 @@ def embedding_score(text: str, vectors: WordVectors) -> float:
     for m in _WORD_RE.finditer(text):
         full = _norm(m.group())
         b = vectors.word_bias(full)
-        if b is None:
-            b = vectors.word_bias(_base(full))
+        if b is None:  # "he's", "nurse's": fall back to the word without its clitic
+            b = vectors.word_bias(_strip_clitic(full))
         if b is not None:
             bs.append(b)
     if not bs:

@@ -22,8 +22,12 @@ from distill.errors import UserError
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _source_kwargs(name_or_path: str) -> tuple[str, dict]:
-    """Map a user string to (from_pretrained path, extra kwargs); refuse missing local paths up front."""
+def _source_kwargs(name_or_path: str, need: str = "config.json") -> tuple[str, dict]:
+    """Map a user string to (from_pretrained path, extra kwargs); refuse missing local paths up front.
+
+    `need` is the file a local directory must hold: config.json for a model, tokenizer_config.json for a
+    tokenizer (so a model dir without a tokenizer is refused before its weights are read).
+    """
     path = Path(name_or_path).expanduser()
     if name_or_path.endswith(".gguf"):
         if not path.is_file():
@@ -33,8 +37,9 @@ def _source_kwargs(name_or_path: str) -> tuple[str, dict]:
             )
         return str(path.parent), {"gguf_file": path.name}
     if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise UserError(f"model path {name_or_path!r} is not a model directory (no config.json in it)")
+        if not path.is_dir() or not (path / need).is_file():
+            what = "model" if need == "config.json" else "tokenizer"
+            raise UserError(f"path {name_or_path!r} is not a {what} directory (no {need} in it)")
         return str(path), {}
     if name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
         raise UserError(f"model path {name_or_path!r} does not exist; give a local model dir, a .gguf file or a hub id")
@@ -42,7 +47,7 @@ def _source_kwargs(name_or_path: str) -> tuple[str, dict]:
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
-    src, extra = _source_kwargs(name_or_path)
+    src, extra = _source_kwargs(name_or_path, need="tokenizer_config.json")
     try:
         tok = AutoTokenizer.from_pretrained(src, trust_remote_code=trust_remote_code, **extra)
     except (OSError, ValueError) as exc:

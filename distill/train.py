@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +192,38 @@ def evaluate(cfg: Config, setup: Setup, student, accelerator: Accelerator) -> di
     return {"val_ce": ce / tokens, "val_ppl": math.exp(min(ce / tokens, 50.0)), "val_kd": kd / tokens}
 
 
+def accumulate_gradients(cfg: Config, setup: Setup, student, accelerator: Accelerator, batches: list[dict],
+                         step: int, run_dir: Path) -> tuple[int, torch.Tensor, dict]:
+    """Forward and backward over one optimizer step's micro-batches; gradients accumulate in `.grad`.
+
+    Every term is divided by n_global, the count of real (label != -100) tokens in ALL micro-batches of the
+    step on ALL processes, counted before the first forward. So batch 4 x accum 1 and batch 1 x accum 4 give
+    the same gradient, and so do 2 processes x batch 2 and 1 process x batch 4 (TRL issue 4719).
+    """
+    local_tokens = sum((shift_labels(b["input_ids"]) != -100).sum().item() for b in batches)
+    n_global = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum").item())
+    # DDP averages gradients over processes; scaling each process's share by the process count makes that
+    # average the global token mean.
+    scale = accelerator.num_processes / max(n_global, 1)
+    sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # kd, ce, cos, swapped rows
+    extras = {"changed_share": 0.0, "cf_exact": 0, "cf_aligned": 0}
+    for m, batch in enumerate(batches):
+        ids = batch["input_ids"].to(accelerator.device)
+        sync = contextlib.nullcontext() if m == len(batches) - 1 else accelerator.no_sync(student)
+        with sync:
+            with accelerator.autocast():
+                out = micro_batch_losses(cfg, setup, student, ids, scale)
+            if not torch.isfinite(out["total"]):
+                raise TrainingDiverged(_diverged_message(out["total"].item(), step, run_dir))
+            accelerator.backward(out["total"])
+        sums += torch.stack([out["kd"].double(), out["ce"].double(), out["cos"].double(),
+                             batch["swapped"].sum().double().to(sums.device)])
+        extras["changed_share"] += out["changed_share"] / len(batches)
+        extras["cf_exact"] += out["cf_exact"]
+        extras["cf_aligned"] += out["cf_aligned"]
+    return n_global, sums, extras
+
+
 def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resume: bool) -> dict:
     from distill.data import BlockSampler
 
@@ -213,35 +246,14 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
     log_file = run_dir / "metrics.jsonl"
     if accelerator.is_main_process and not resume:
         log_file.write_text("")
-    # DDP averages gradients over processes; our losses are already divided by the global token count,
-    # so each process scales its share up by the process count to make the average the global mean.
-    world = accelerator.num_processes
     bar = tqdm(total=cfg.train.max_steps, initial=state["step"], desc="distill", unit="step",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     window = {"t0": time.perf_counter(), "tokens": 0}
     last = {}
     while state["step"] < cfg.train.max_steps:
-        micro = sampler.next_step()
-        batches = [setup.train_blocks[idx] for idx in micro]
-        local_tokens = sum((shift_labels(b["input_ids"]) != -100).sum().item() for b in batches)
-        n_global = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum").item())
-        scale = world / max(n_global, 1)
-        sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # kd, ce, cos, swapped rows
-        extras = {"changed_share": 0.0, "cf_exact": 0, "cf_aligned": 0}
-        for m, batch in enumerate(batches):
-            ids = batch["input_ids"].to(accelerator.device)
-            sync = contextlib.nullcontext() if m == len(batches) - 1 else accelerator.no_sync(student)
-            with sync:
-                with accelerator.autocast():
-                    out = micro_batch_losses(cfg, setup, student, ids, scale)
-                if not torch.isfinite(out["total"]):
-                    raise TrainingDiverged(_diverged_message(out["total"].item(), state["step"] + 1, run_dir))
-                accelerator.backward(out["total"])
-            sums += torch.stack([out["kd"].double(), out["ce"].double(), out["cos"].double(),
-                                 batch["swapped"].sum().double()])
-            extras["changed_share"] += out["changed_share"] / len(batches)
-            extras["cf_exact"] += out["cf_exact"]
-            extras["cf_aligned"] += out["cf_aligned"]
+        batches = [setup.train_blocks[idx] for idx in sampler.next_step()]
+        n_global, sums, extras = accumulate_gradients(cfg, setup, student, accelerator, batches, state["step"] + 1,
+                                                      run_dir)
         grad_norm = _clip(accelerator, student, cfg.train.max_grad_norm)
         if not math.isfinite(grad_norm):
             raise TrainingDiverged(_diverged_message(grad_norm, state["step"] + 1, run_dir, what="gradient norm"))
@@ -303,6 +315,16 @@ def _diverged_message(value: float, step: int, run_dir: Path, what: str = "loss"
             f"{keep}. Lower train.lr or raise train.warmup_steps, then --resume")
 
 
+def _cpu_only_multiprocess() -> bool:
+    """Several processes on a machine without CUDA: run them as MULTI_CPU (gloo) workers.
+
+    accelerate's `--cpu` launcher starts a single process unless MPI is installed; `accelerate launch
+    --multi_gpu --num_processes N` starts N torchrun workers, which accelerate treats as CPU workers only
+    when told to, so we tell it here.
+    """
+    return not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def _mixed_precision(choice: str) -> str:
     if choice != "auto":
         return choice
@@ -318,7 +340,7 @@ def main(args) -> int:
     run_dir = Path(cfg.output_dir)
     ckpt.check_output_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision),
-                              log_with=cfg.report_to or None, project_dir=str(run_dir))
+                              log_with=cfg.report_to or None, project_dir=str(run_dir), cpu=_cpu_only_multiprocess())
     set_seed(cfg.seed)
     setup = build(cfg, accelerator)
     if accelerator.is_main_process:

@@ -1,0 +1,614 @@
+"""Gender-swapped counterfactuals of text: the lexicon, the text swap, and the `distill swap` command.
+
+    echo "She gave him her book." | distill swap            # -> He gave her his book.
+    python -m pytest tests/test_counterfactual.py -q
+    python -c "from distill.counterfactual import benchmark_swap; print(benchmark_swap())"
+
+Counterfactual role reversal (Gupta et al., ACL 2022 Findings) needs the role-reversed version of every
+training text ("he is a nurse" -> "she is a nurse", "Mr. Smith" -> "Ms. Smith", "John" -> "Mary"), both for
+data augmentation and for the teacher's counterfactual forward pass. This module does it on text; the
+token-level part (swap tables per tokenizer, counterfactual blocks of token ids with position alignment) is in
+`distill.counterfactual_tokens` and is re-exported from here (imported lazily, so `distill swap` does not
+load torch).
+
+Lexicon (data/lexicon/*.tsv, format in data/lexicon/README.md): rows `male<TAB>female[<TAB>alt]`. A word
+with several counterparts is a *declared* one-to-many case: the first row of a word gives its default
+counterpart, later rows carry `alt`. Loading refuses, with `UserError` naming file and line, a word listed on
+both sides, a duplicate pair, an undeclared second counterpart (a mapping that would not be its own inverse),
+and a malformed row. `!keep<TAB>phrase` rows name phrases that are never swapped ("man-made").
+
+Text swap rules (all in one compiled regular expression plus a small callback per match):
+
+1. Word boundaries: a lexicon word matches only where it is not preceded or followed by a letter, digit or
+   underscore. Hyphens and apostrophes are boundaries, so possessives and contractions keep their suffix
+   ("John's" -> "Mary's", "he's" -> "she's", "men's" -> "women's") and hyphenated compounds swap their
+   gendered part ("mother-in-law" -> "father-in-law", "businessman-like" -> "businesswoman-like",
+   "ex-husband" -> "ex-wife"). Words glued into a longer word are not touched ("heart", "manager", "Shelley").
+2. Case is kept: lower -> lower, Capitalised -> Capitalised, ALL CAPS -> ALL CAPS ("he/He/HE" ->
+   "she/She/SHE"). Other mixtures ("hE") are not swapped: the regex lists exactly these three spellings, which
+   makes it case-sensitive and about twice as fast as a case-insensitive one.
+3. Names (name_pairs.tsv) match only as written (capitalised) or in ALL CAPS, so "john" in a file path or
+   "jack" the tool is left alone. Abbreviated titles ending in "." ("mr.", "ms.", "mrs.") match only with a
+   capital initial, so "5 ms." stays milliseconds; the period itself is never part of the replaced span.
+4. "her" (declared one-to-many: him, his) becomes "his" when it is a determiner and "him" when it is an
+   object. It is an object when the next thing on the same line is: the end of the line or punctuation
+   ("I saw her."); a word that cannot start the noun phrase her would determine: an article, determiner,
+   pronoun, preposition, conjunction, common adverb or auxiliary ("gave her the keys", "told her that",
+   "thanked her again", "with her and him"); an adverb in -ly that is not a known -ly adjective or noun
+   ("told her quietly" but "her lovely garden", "her family"); "very much"; a bare verb after a causative or
+   perception verb ("let her go", "made her laugh"); an -ing word after a perception verb ("saw her
+   running"); "back"/"home" after a verb that moves or calls someone ("brought her back", "drove her home"
+   but "hurt her back", "on her back").
+   Otherwise it is a determiner ("her book", "her very old car", "her two sons", "her own").
+5. "his" (declared one-to-many: her, hers) becomes "her" as a determiner and "hers" when it stands alone.
+   It stands alone when the next thing on the same line is the end of the line or punctuation ("the book
+   is his."), or a word that cannot begin a noun phrase: a verb such as is/was/has, a preposition, a
+   conjunction or a few adverbs ("his is red", "a friend of his from school", "his and hers").
+   Otherwise it is a determiner ("his book", "his own", "his 'friend'").
+6. Coordination: "his and her", "his or her", "his/her", "her & his" followed by a word make the first
+   word a determiner too ("his or her book" -> "her or his book"); "her and her sister" is not coordination.
+7. Other one-to-many words without a rule use their first counterpart ("mrs." -> "mr." -> "ms.").
+   The swap is an involution on text without such words: swap(swap(x)) == x (tested).
+8. Rules 4-6 never look past the end of the line, so a swap of a chunk of lines equals the swap of each line.
+
+`Lexicon.replacements(text)` returns the character spans replaced (start, end, old, new): the token-level
+alignment maps character offsets through them.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import re
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from distill.errors import UserError
+
+DEFAULT_DIR = Path(__file__).resolve().parent.parent / "data" / "lexicon"
+DEFAULT_WORD_PAIRS = DEFAULT_DIR / "word_pairs.tsv"
+DEFAULT_NAME_PAIRS = DEFAULT_DIR / "name_pairs.tsv"
+
+# Token-level names live in distill.counterfactual_tokens (torch); re-exported lazily (see __getattr__).
+_TOKEN_NAMES = ("TokenSwapTable", "build_token_swap_table", "CounterfactualBatch", "counterfactual_batch")
+
+# ------------------------------------------------------------------------------------------------------------
+# Context word lists for the her/his rules (rules 4-6 in the module docstring). Lower case.
+
+_OBJECT_FOLLOWERS = frozenset("""
+a an the this that these those some any no every each another all both either neither such what which whatever
+whichever i me you he him she her it we us they them my your our their its his himself herself itself
+themselves myself yourself ourselves something anything nothing everything someone anyone everyone nobody
+somebody anybody everybody to with at for from in into on onto about by of off out up down over under through
+throughout after before around across along behind near like as than without within toward towards upon
+during since until till against among amongst between beside besides beyond via despite inside outside above
+below and or but nor so yet because if when whenever while whether although though unless once where wherever
+why how who whom whose whereas again away too also now then today tonight yesterday tomorrow here there well
+much more ever never always often soon later already still just anymore alone together instead anyway else
+everywhere anywhere somewhere nowhere
+please aside enough not is was are were has had have would could should might must does did do shall seemed
+seems
+""".split())
+
+# "her back", "her home": an object after a verb that moves or calls someone ("brought her back", "drove her
+# home"), a determiner otherwise ("hurt her back", "on her back", "sold her home").
+_OBJECT_IF_MOVED = frozenset({"back", "home"})
+_MOVING_VERBS = frozenset("""
+take takes took taken taking bring brings brought bringing drive drives drove driven driving walk walks walked
+walking send sends sent sending call calls called calling carry carried fly flew flown welcome welcomed want
+wants wanted pay paid invite invited get got accompany accompanied follow followed see saw let lets ask asked
+write wrote ring rang phone phoned text texted hold held keep kept pull pulled push pushed take took win won
+""".split())
+
+_STANDALONE_FOLLOWERS = frozenset("""
+is was are were would could should might must has had does did seems seemed remains remained and or nor but
+than as to from at in on by for of about after before with without too also either alone anyway instead though
+because since until while when whenever if so yet not now then here there again already anymore that which who
+""".split())
+
+# Words in -ly after "her" that are adjectives or nouns, not adverbs ("her lovely garden", "her family").
+_LY_NOT_ADVERB = frozenset("""
+family only early lovely friendly elderly lonely ugly daily weekly monthly yearly nightly hourly likely lively
+silly holy jolly belly bully ally lily supply reply assembly curly burly homely costly deadly orderly comely
+manly womanly motherly fatherly sisterly brotherly worldly timely earthly heavenly scholarly cowardly beastly
+ghostly sickly wily oily holly rally melancholy anomaly monopoly italy emily kelly sally molly polly beverly
+kimberly shelly bubbly chilly frilly hilly smelly wobbly cuddly prickly jelly fly butterfly firefly july unruly
+unlikely unfriendly ungainly unsightly stately courtly portly saintly princely queenly kingly gentlemanly
+maidenly lowly godly ghastly grisly surly measly sly tally gully folly doily
+""".split())
+
+_CAUSATIVE = frozenset("""
+let lets letting make makes made making help helps helped helping watch watches watched watching see sees saw
+seen seeing hear hears heard hearing feel feels felt notice notices noticed bid bade
+""".split())
+_BARE_VERBS = frozenset("""
+go come do be make take get know see say tell think leave stay feel try win lose sing dance cry laugh smile
+speak talk walk run eat sleep sit stand finish decide choose pay drive fly fall play work write read join wait
+explain use open enter pass change move continue understand believe remember forget find keep give bring buy
+sell send show meet call carry hold look listen learn teach arrive die live grow become begin start stop cook
+clean wash drink fight lie jump climb swim hide shout scream whisper answer ask agree apologise apologize
+breathe relax rest fail succeed marry leave fix build
+""".split())
+_PERCEPTION = frozenset("""
+see sees saw seen seeing watch watches watched watching hear hears heard hearing notice notices noticed find
+finds found catch catches caught keep keeps kept leave leaves left imagine imagined picture pictured spot
+spotted feel felt
+""".split())
+_ING_NOUNS = frozenset("""
+wedding morning evening clothing building painting writing feeling wing king ring thing string spring ceiling
+darling sibling earring stocking pudding meeting training bedding offspring upbringing being beginning ending
+setting drawing recording ceiling
+""".split())
+_POSSESSIVES = frozenset({"his", "her", "their", "my", "your", "our", "its"})
+_COORDINATORS = frozenset({"and", "or", "nor"})
+
+# What follows a her/his on the same line: an optional opening quote/bracket and a word, a digit, a joining
+# "/" or "&", or nothing (punctuation, end of line).
+_FOLLOW_RE = re.compile(r"[^\S\n]*(?:[\"'\u201c\u2018(\[]?([^\W\d_][\w'\u2019-]*)|(\d)|([/&]))?")
+_PREV_RE = re.compile(r"([^\W\d_]+)[^\S\n]*$")
+_STOP, _WORD, _NUM, _JOIN = 0, 1, 2, 3
+
+
+def _following(text: str, pos: int) -> tuple[int, str, int]:
+    """(kind, lower-cased word, end) of what follows `pos` on the same line."""
+    m = _FOLLOW_RE.match(text, pos)
+    if m.group(1):
+        return _WORD, m.group(1).lower(), m.end()
+    if m.group(2):
+        return _NUM, "", m.end()
+    if m.group(3):
+        return _JOIN, "", m.end()
+    return _STOP, "", pos
+
+
+def _previous_word(text: str, start: int) -> str:
+    m = _PREV_RE.search(text, max(0, start - 40), start)
+    return m.group(1).lower() if m else ""
+
+
+def _coordinated_determiner(text: str, pos: int, self_word: str) -> bool:
+    """After "and"/"or"/"/" at `pos`: is the next word a possessive (other than `self_word`) with a noun after?"""
+    kind, word, end = _following(text, pos)
+    return kind == _WORD and word in _POSSESSIVES and word != self_word and _following(text, end)[0] in (_WORD, _NUM)
+
+
+def her_is_object(text: str, start: int, end: int) -> bool:
+    """Rule 4: True if the "her" at text[start:end] is an object pronoun (-> "him"), False if a determiner."""
+    kind, word, after = _following(text, end)
+    if kind == _STOP:
+        return True
+    if kind == _NUM:
+        return False
+    if kind == _JOIN or word in _COORDINATORS:
+        return not _coordinated_determiner(text, after, "her")
+    if word in _OBJECT_FOLLOWERS:
+        return True
+    if word == "very":
+        return _following(text, after)[1] == "much"
+    if word in _OBJECT_IF_MOVED:
+        return _previous_word(text, start) in _MOVING_VERBS
+    if word.endswith("ly") and word not in _LY_NOT_ADVERB:
+        return True
+    prev = _previous_word(text, start)
+    if prev in _CAUSATIVE and word in _BARE_VERBS:
+        return True
+    return prev in _PERCEPTION and word.endswith("ing") and word not in _ING_NOUNS
+
+
+def his_is_standalone(text: str, start: int, end: int) -> bool:
+    """Rule 5: True if the "his" at text[start:end] stands alone (-> "hers"), False if a determiner (-> "her")."""
+    kind, word, after = _following(text, end)
+    if kind == _STOP:
+        return True
+    if kind == _NUM:
+        return False
+    if kind == _JOIN or word in _COORDINATORS:
+        return not _coordinated_determiner(text, after, "his")
+    return word in _STANDALONE_FOLLOWERS
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Lexicon files
+
+
+class Replacement(NamedTuple):
+    """One swapped word: text[start:end] == old is replaced by new (offsets in the original text)."""
+
+    start: int
+    end: int
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class _Entry:
+    form: str  # as written in the file: "he", "mr.", "John"
+    counterparts: tuple[str, ...]  # forms; the default first
+    is_name: bool
+    rule: str | None  # "her" / "his" context rule, or None
+    male: bool
+
+
+@dataclass(frozen=True)
+class _Row:
+    male: str
+    female: str
+    alt: bool
+    where: str  # "path:line"
+
+
+_WORD_OK = re.compile(r"[^\W\d_](?:[\w'.\-]*[\w.])?")
+
+
+def _read_rows(path: Path, is_names: bool) -> tuple[list[_Row], list[tuple[str, str]]]:
+    """Parse one pair file; returns (rows, keep phrases as (phrase, where)). Format errors raise UserError."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UserError(f"lexicon file {path} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"lexicon file {path}: cannot read it ({exc})") from None
+    rows, keep = [], []
+    for n, raw in enumerate(lines, 1):
+        where = f"{path}:{n}"
+        line = raw.split("#", 1)[0].rstrip()
+        if not line.strip():
+            continue
+        cols = [c.strip() for c in line.split("\t")]
+        if cols[0] == "!keep":
+            if len(cols) != 2 or not cols[1]:
+                raise UserError(f"{where}: expected '!keep<TAB>phrase', got {raw.strip()!r}")
+            keep.append((cols[1].lower(), where))
+            continue
+        if len(cols) not in (2, 3):
+            raise UserError(f"{where}: expected 'male<TAB>female' or 'male<TAB>female<TAB>alt', "
+                            f"got {len(cols)} tab-separated column(s) in {raw.strip()!r}")
+        if len(cols) == 3 and cols[2] != "alt":
+            raise UserError(f"{where}: third column must be 'alt' (a declared one-to-many pair), got {cols[2]!r}")
+        male, female = cols[0], cols[1]
+        for w in (male, female):
+            if not _WORD_OK.fullmatch(w):
+                raise UserError(f"{where}: {w!r} is not a word (letters, digits, ' - . only, starting with a letter)")
+            if is_names and not w[0].isupper():
+                raise UserError(f"{where}: name {w!r} must be written capitalised, as it appears in text")
+        if male.endswith(".") != female.endswith("."):
+            raise UserError(f"{where}: abbreviation and full word paired ({male!r}, {female!r}); "
+                            "an entry ending in '.' must pair with one ending in '.'")
+        rows.append(_Row(male, female, len(cols) == 3, where))
+    return rows, keep
+
+
+def _validate(rows: list[_Row]) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Check the pair graph; returns (counterparts by lower-cased word in file order, side by word)."""
+    side: dict[str, tuple[str, str]] = {}  # lower word -> ("male"/"female", where first seen)
+    counterparts: dict[str, list[str]] = {}
+    first_pair_at: dict[str, str] = {}  # lower word -> where its first counterpart was given
+    seen_pairs: dict[tuple[str, str], str] = {}
+    for row in rows:
+        m, f = row.male.lower(), row.female.lower()
+        if m == f:
+            raise UserError(f"{row.where}: {row.male!r} is on both sides of its own pair")
+        for word, s in ((m, "male"), (f, "female")):
+            other, where = side.get(word, (s, ""))
+            if other != s:
+                raise UserError(f"{row.where}: {word!r} is listed as {s} here but as {other} at {where}; "
+                                "a word may be on one side only")
+        if (m, f) in seen_pairs:
+            raise UserError(f"{row.where}: duplicate pair ({row.male}, {row.female}), first at {seen_pairs[(m, f)]}")
+        grows = [w for w in (m, f) if w in counterparts]
+        if grows and not row.alt:
+            w = grows[0]
+            new = f if w == m else m
+            raise UserError(
+                f"{row.where}: {w!r} -> {new!r} is not its own inverse: {w!r} already pairs with "
+                f"{counterparts[w][0]!r} at {first_pair_at[w]}; mark a deliberate one-to-many pair with a third "
+                "column 'alt'")
+        if row.alt and not grows:
+            raise UserError(f"{row.where}: 'alt' declares a second counterpart, but neither {row.male!r} nor "
+                            f"{row.female!r} has a first one on an earlier line")
+        seen_pairs[(m, f)] = row.where
+        for word, s, other in ((m, "male", row.female), (f, "female", row.male)):
+            side.setdefault(word, (s, row.where))
+            first_pair_at.setdefault(word, row.where)
+            counterparts.setdefault(word, []).append(other)
+    return counterparts, {w: s for w, (s, _) in side.items()}
+
+
+def _trie_pattern(words: Iterable[str]) -> str:
+    """A regex alternation of `words` factored as a prefix trie (so matching branches on one char at a time).
+
+    Longer continuations come before the end of a word, so with the trailing boundary check the longest
+    lexicon word at a position wins ("mrs." before "mrs" before "mr")."""
+    trie: dict = {}
+    for w in words:
+        node = trie
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def emit(node: dict) -> str:
+        ends = "" in node
+        kids = sorted(k for k in node if k)
+        if not kids:
+            return ""
+        leaves = [k for k in kids if list(node[k]) == [""]]
+        alts = [re.escape(k) + emit(node[k]) for k in kids if k not in leaves]
+        if len(leaves) == 1:
+            alts.append(re.escape(leaves[0]))
+        elif leaves:
+            alts.append("[" + "".join(re.escape(k) for k in leaves) + "]")
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        if ends:
+            body = ("(?:" + body + ")" if len(alts) == 1 and len(body) > 1 else body) + "?"
+        return body
+
+    return emit(trie)
+
+
+class Lexicon:
+    """Gendered word and name pairs with a compiled swap. Build with `load_lexicon()`.
+
+    swap_text(text) -> str; has_gendered_word(text) -> bool; replacements(text) -> [Replacement];
+    entries: lower-cased word -> _Entry; pairs: every (male, female) form pair, file order."""
+
+    def __init__(self, rows: list[_Row], name_rows: list[_Row], keep: list[tuple[str, str]],
+                 sources: tuple[str, ...]):
+        counterparts, side = _validate(rows + name_rows)
+        name_words = {r.male.lower() for r in name_rows} | {r.female.lower() for r in name_rows}
+        forms: dict[str, str] = {}
+        for r in rows + name_rows:
+            forms.setdefault(r.male.lower(), r.male)
+            forms.setdefault(r.female.lower(), r.female)
+        self.entries: dict[str, _Entry] = {}
+        for w, cps in counterparts.items():
+            rule = None
+            if w == "her" and {"him", "his"} <= {c.lower() for c in cps}:
+                rule = "her"
+            elif w == "his" and {"her", "hers"} <= {c.lower() for c in cps}:
+                rule = "his"
+            self.entries[w] = _Entry(forms[w], tuple(dict.fromkeys(cps)), w in name_words, rule, side[w] == "male")
+        self.pairs: list[tuple[str, str]] = [(r.male, r.female) for r in rows + name_rows]
+        self.n_word_pairs = len(rows)
+        self.n_name_pairs = len(name_rows)
+        self.keep = {}
+        for phrase, where in keep:
+            if phrase in self.entries:
+                raise UserError(f"{where}: !keep phrase {phrase!r} is also a lexicon word")
+            self.keep[phrase] = where
+        self.sources = sources
+        # Case-sensitive alternation of every surface form (rule 2 and 3): about twice as fast as IGNORECASE in
+        # Python's re, and it leaves mixed case ("hE") and lower-case names alone by construction.
+        surfaces = {v for e in self.entries.values() for v in _surface_forms(e)}
+        # Surface -> replacement for every word without a context rule (the callback's fast path).
+        self._direct = {v: match_case(v, e.counterparts[0], e.is_name)
+                        for e in self.entries.values() if e.rule is None for v in _surface_forms(e)}
+        surfaces |= {v for phrase in self.keep for v in _keep_forms(phrase)}
+        # (?<!\w) ... (?!\w): rule 1.
+        self.pattern = re.compile(r"(?<!\w)" + _trie_pattern(sorted(surfaces)) + r"(?!\w)")
+        self._surfaces = frozenset(surfaces)
+        self._prefixes: frozenset[str] | None = None
+
+    def __repr__(self) -> str:
+        return f"Lexicon({self.n_word_pairs} word pairs, {self.n_name_pairs} name pairs, from {', '.join(self.sources)})"
+
+    # -- the swap
+    def _resolve(self, m: re.Match) -> str | None:
+        """The replacement for one regex match, or None for a !keep phrase."""
+        surface = m.group(0)
+        new = self._direct.get(surface)
+        if new is not None:
+            return new
+        entry = self.entries.get(surface.lower())
+        if entry is None:  # a !keep phrase
+            return None
+        if entry.rule == "her":
+            target = "him" if her_is_object(m.string, m.start(), m.end()) else "his"
+        else:
+            target = "hers" if his_is_standalone(m.string, m.start(), m.end()) else "her"
+        return match_case(surface, target, entry.is_name)
+
+    def _sub(self, m: re.Match) -> str:
+        surface = m.group(0)
+        new = self._direct.get(surface)  # the common case, one dict look-up
+        if new is None:
+            new = self._resolve(m)
+        return surface if new is None else new
+
+    def swap_text(self, text: str) -> str:
+        """The counterfactual of `text`: every gendered word and name replaced by its counterpart."""
+        return self.pattern.sub(self._sub, text)
+
+    def has_gendered_word(self, text: str) -> bool:
+        return any(self._resolve(m) is not None for m in self.pattern.finditer(text))
+
+    def replacements(self, text: str) -> list[Replacement]:
+        """The spans `swap_text` replaces, in order. A period shared by both words ("Mr." -> "Ms.") is left
+        outside the span, so the span is exactly the part of the text that changes."""
+        out = []
+        for m in self.pattern.finditer(text):
+            rep = self._replacement(m)
+            if rep is not None:
+                out.append(rep)
+        return out
+
+    def replacements_at(self, text: str, starts: Iterable[int]) -> list[Replacement]:
+        """`replacements(text)`, trying only the ascending character offsets `starts` (every offset where a
+        lexicon word could begin; see `word_start_prefixes`). Same result, without scanning the whole text."""
+        out, done = [], -1
+        match = self.pattern.match
+        for pos in starts:
+            if pos < done:
+                continue
+            m = match(text, pos)
+            if m is None:
+                continue
+            done = m.end()
+            rep = self._replacement(m)
+            if rep is not None:
+                out.append(rep)
+        return out
+
+    def _replacement(self, m: re.Match) -> Replacement | None:
+        new = self._resolve(m)
+        if new is None:
+            return None
+        old, end = m.group(0), m.end()
+        if old.endswith(".") and new.endswith("."):
+            old, new, end = old[:-1], new[:-1], end - 1
+        return Replacement(m.start(), end, old, new)
+
+    def word_start_prefixes(self) -> frozenset[str]:
+        """Every prefix of the first letter run of every matched spelling ("ma" for "ma'am", "Isle" for
+        "Isle of Man"): a word can only match where the letters that start there form one of these."""
+        if self._prefixes is None:
+            runs = {re.match(r"[^\W\d_]*", v).group(0) for v in self._surfaces}
+            self._prefixes = frozenset(r[:i] for r in runs for i in range(1, len(r) + 1))
+        return self._prefixes
+
+    # -- for the token tables
+    def surface_pairs(self) -> list[tuple[str, str, int, bool]]:
+        """(surface, counterpart surface, rank, surface_is_male) for every spelling the text swap replaces:
+        lower, Capitalised and ALL CAPS for words, as written and ALL CAPS for names, abbreviations without
+        their period ("Mr" -> "Ms"). rank 0 is the default counterpart; her/his list every counterpart."""
+        out = []
+        for entry in self.entries.values():
+            for v in _surface_forms(entry):
+                for rank, cp in enumerate(entry.counterparts):
+                    new = match_case(v, cp, entry.is_name)
+                    if v.endswith(".") and new.endswith("."):
+                        out.append((v[:-1], new[:-1], rank, entry.male))
+                    else:
+                        out.append((v, new, rank, entry.male))
+        return out
+
+
+def _surface_forms(entry: _Entry) -> list[str]:
+    """The spellings of a lexicon entry that are swapped (rules 2 and 3)."""
+    form = entry.form
+    cap = form[:1].upper() + form[1:]
+    if entry.is_name:
+        return list(dict.fromkeys([form, form.upper()]))
+    if form.endswith("."):  # titles: capitalised only, "ms." is milliseconds
+        return list(dict.fromkeys([cap, form.upper()]))
+    return list(dict.fromkeys([form, cap, form.upper()]))
+
+
+def _keep_forms(phrase: str) -> set[str]:
+    """A !keep phrase with any of its words capitalised ("Isle of Man", "Man-made"), and in ALL CAPS."""
+    parts = re.split(r"([ \-])", phrase)
+    words = parts[::2][:4]
+    forms = {phrase.upper()}
+    for mask in range(1 << len(words)):
+        out = list(parts)
+        for i in range(len(words)):
+            if mask >> i & 1:
+                out[2 * i] = out[2 * i][:1].upper() + out[2 * i][1:]
+        forms.add("".join(out))
+    return forms
+
+
+def match_case(surface: str, target: str, is_name: bool = False) -> str:
+    """`target` in the case pattern of `surface` (rule 2): lower, Capitalised or ALL CAPS."""
+    if surface.isupper() and sum(c.isalpha() for c in surface) > 1:
+        return target.upper()
+    if is_name:
+        return target
+    if surface[:1].isupper():
+        return target[:1].upper() + target[1:]
+    return target
+
+
+def load_lexicon(word_pairs_path: str | Path | None = None, names_path: str | Path | None = None) -> Lexicon:
+    """Read and validate the word-pair and name-pair files (defaults: data/lexicon/). Raises UserError."""
+    wp = Path(word_pairs_path) if word_pairs_path else DEFAULT_WORD_PAIRS
+    npath = Path(names_path) if names_path else DEFAULT_NAME_PAIRS
+    rows, keep = _read_rows(wp, is_names=False)
+    name_rows, name_keep = _read_rows(npath, is_names=True)
+    if not rows and not name_rows:
+        raise UserError(f"lexicon files {wp} and {npath} hold no pairs")
+    return Lexicon(rows, name_rows, keep + name_keep, (str(wp), str(npath)))
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Command line and benchmark
+
+
+def swap_stream(lexicon: Lexicon, src: io.TextIOBase, dst: io.TextIOBase, chunk_bytes: int = 1 << 16) -> int:
+    """Swap `src` into `dst` a chunk of whole lines at a time (rule 8 makes chunks equal to single lines).
+    Returns the number of characters read."""
+    n = 0
+    while True:
+        lines = src.readlines(chunk_bytes)
+        if not lines:
+            return n
+        chunk = "".join(lines)
+        n += len(chunk)
+        dst.write(lexicon.swap_text(chunk))
+
+
+def swap_main(args) -> int:
+    """`distill swap`: stdin -> gender-swapped stdout, one output line per input line, streamed."""
+    lexicon = load_lexicon(getattr(args, "lexicon", None), getattr(args, "names", None))
+    for stream in (sys.stdin, sys.stdout):
+        if hasattr(stream, "reconfigure"):  # bytes that are not UTF-8 pass through unchanged
+            stream.reconfigure(encoding="utf-8", errors="surrogateescape", newline="")
+    interactive = sys.stdin.isatty()
+    try:
+        swap_stream(lexicon, sys.stdin, sys.stdout, chunk_bytes=1 if interactive else 1 << 16)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `distill swap < big.txt | head`: stop quietly, as other filters do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
+
+
+_BENCH_SENTENCES = (
+    "He told his sister that the new manager would start on Monday.",
+    "The committee met for three hours and agreed on nothing but the date of the next meeting.",
+    "Mary thanked her father for the loan and promised to pay him back by spring.",
+    "Rain fell over the valley for most of the week, and the river rose above the old stone bridge.",
+    "Mr. Patel said the waiter had already brought the bill to the table.",
+    "A good recipe for bread needs only flour, water, salt, yeast and patience.",
+    "The princess and her brothers rode out at dawn to meet the king's envoy.",
+    "Prices of coffee went up again this quarter because of a poor harvest in several regions.",
+    "She said the book on the shelf was his, not hers.",
+    "The train left the station late, so most passengers missed their connection in the city.",
+    "The engineers measured the load on each beam twice before they signed the report.",
+    "The old lighthouse keeper kept a log of every ship that passed during the storm.",
+)
+
+
+def benchmark_swap(n_bytes: int = 5_000_000, lexicon: Lexicon | None = None, text: str | None = None,
+                   repeats: int = 3, seed: int = 0) -> dict:
+    """Throughput of `Lexicon.swap_text` on ~n_bytes of text (default: the project's own sentences, shuffled
+    into lines of 1-6 sentences; about a third of them contain gendered words). Best of `repeats`."""
+    lexicon = lexicon or load_lexicon()
+    if text is None:
+        rng = random.Random(seed)
+        parts, size = [], 0
+        while size < n_bytes:
+            line = " ".join(rng.choice(_BENCH_SENTENCES) for _ in range(rng.randint(1, 6))) + "\n"
+            parts.append(line)
+            size += len(line)
+        text = "".join(parts)
+    nbytes = len(text.encode("utf-8"))
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out = lexicon.swap_text(text)
+        best = min(best, time.perf_counter() - t0)
+    return {"bytes": nbytes, "seconds": best, "mb_per_s": nbytes / 1e6 / best,
+            "lines": text.count("\n"), "changed_lines": sum(a != b for a, b in zip(text.splitlines(), out.splitlines()))}
+
+
+def __getattr__(name: str):
+    # PEP 562: `from distill.counterfactual import counterfactual_batch` loads the torch part on first use.
+    if name in _TOKEN_NAMES:
+        from distill import counterfactual_tokens
+
+        return getattr(counterfactual_tokens, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

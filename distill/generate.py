@@ -1,0 +1,121 @@
+"""Batched sampling generation for prompt sets, reproducible across models.
+
+    from distill.generate import SamplingConfig, generate_samples
+    texts = generate_samples(model, tok, ["The nurse said that"], SamplingConfig(samples_per_prompt=4))
+    texts[0]  # four continuations of the first prompt (new text only, prompt not repeated)
+
+Prompts go through the model in batches of `batch_size` prompts, each with K samples
+(`num_return_sequences`), left-padded so every row's last real token sits at the end and the KV cache of
+`model.generate` serves all rows. The random stream of batch b is seeded with a number derived from
+(seed, b) alone, so two calls with the same prompts and seed give identical text for one model, and two
+models see the same prompts in the same batches under the same seeds (a paired design: differences between
+models come from the models, not from which random numbers they drew). The global RNG state is restored
+afterwards.
+
+`generation_throughput` measures tokens/s at fixed settings (greedy, exactly max_new_tokens per prompt), so
+batched and one-prompt-at-a-time generation can be compared on equal work.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    samples_per_prompt: int = 4
+    max_new_tokens: int = 30
+    batch_size: int = 32
+    top_k: int = 40  # BOLD's GPT-2 setting
+    top_p: float = 0.95  # BOLD's GPT-2 setting
+    temperature: float = 1.0  # sampling temperature only; unrelated to the distillation loss temperature
+    seed: int = 0
+
+
+def batch_seed(seed: int, batch_index: int) -> int:
+    """A well-mixed 63-bit seed for batch `batch_index`, a function of (seed, batch_index) only."""
+    return int(np.random.SeedSequence([seed, batch_index]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    """Left padding (decoder-only generation appends at the right end) and a pad token."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _rng_devices(device: torch.device) -> list[int]:
+    if device.type == "cuda":
+        return [device.index if device.index is not None else torch.cuda.current_device()]
+    return []
+
+
+def generate_samples(
+    model, tokenizer, prompts: Sequence[str], cfg: SamplingConfig, progress: bool = True, desc: str = "generate"
+) -> list[list[str]]:
+    """`cfg.samples_per_prompt` sampled continuations per prompt; result[i][k] is sample k of prompt i."""
+    prepare_tokenizer(tokenizer)
+    device = _device_of(model)
+    k = cfg.samples_per_prompt
+    out: list[list[str]] = []
+    model.eval()
+    batches = range(0, len(prompts), cfg.batch_size)
+    for b, start in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress)):
+        chunk = list(prompts[start : start + cfg.batch_size])
+        enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
+        with torch.random.fork_rng(devices=_rng_devices(device)), torch.inference_mode():
+            torch.manual_seed(batch_seed(cfg.seed, b))  # seeds CPU and every CUDA device
+            ids = model.generate(
+                **enc,
+                do_sample=True,
+                top_k=cfg.top_k,
+                top_p=cfg.top_p,
+                temperature=cfg.temperature,
+                max_new_tokens=cfg.max_new_tokens,
+                num_return_sequences=k,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new = ids[:, enc["input_ids"].shape[1] :]  # rows are prompt-major: prompt 0's k samples first
+        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
+        out.extend(texts[i * k : (i + 1) * k] for i in range(len(chunk)))
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def generation_throughput(model, tokenizer, prompts: Sequence[str], batch_size: int, max_new_tokens: int) -> float:
+    """Generated tokens per second over `prompts`, `batch_size` prompts at a time.
+
+    Greedy decoding with min_new_tokens = max_new_tokens, so every prompt costs exactly max_new_tokens
+    steps whatever the batch size; one untimed warm-up batch first (kernel selection, allocator).
+    """
+    prepare_tokenizer(tokenizer)
+    device = _device_of(model)
+    model.eval()
+
+    def run(chunk):
+        enc = tokenizer(list(chunk), return_tensors="pt", padding=True).to(device)
+        with torch.inference_mode():
+            model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                           pad_token_id=tokenizer.pad_token_id)
+
+    run(prompts[:batch_size])
+    _sync(device)
+    t0 = time.perf_counter()
+    for start in range(0, len(prompts), batch_size):
+        run(prompts[start : start + batch_size])
+    _sync(device)
+    return len(prompts) * max_new_tokens / (time.perf_counter() - t0)

@@ -1,0 +1,539 @@
+"""Teacher next-token targets: plain, pair-equalised, or combined with the counterfactual context.
+
+    from distill.teacher import teacher_targets
+    out = teacher_targets(teacher, batch_ids, mode="cf_mean", temperature=2.0, vocab_rows=rows,
+                          table=swap_table, cf=cf_batch)
+    kd = divergence(out.probs, student_logits[..., :rows] / 2.0)   # out.probs: (B, T, rows) fp32, sums to 1
+
+Tests: `python -m pytest tests/test_teacher.py -q`.
+
+The perturbations are those of Gupta et al., "Mitigating gender bias in distilled language models via
+counterfactual role reversal" (ACL 2022 Findings). With p the teacher's distribution for the original context
+and q_back its distribution for the role-reversed context with the gendered tokens mapped back:
+
+    none        p
+    pair_mean   p, with every gendered pair (a, b) set to (p_a + p_b) / 2
+    cf_mean     (p + q_back) / 2
+    cf_max      max(p, q_back) / sum_v max(p_v, q_back_v)
+    cf_expmean  sqrt(p * q_back) / sum_v sqrt(p_v * q_back_v)    (in log space)
+
+Mapping back sends the mass of a counterfactual token u to `table.counterpart[u]`; a token with several
+original readings (`table.back_groups`, e.g. " her" -> [" his", " him"]) splits its mass over them in
+proportion to p of those targets at the same position, so grammatical gender keeps agreeing with the
+original context while what follows (a profession, say) becomes gender-invariant.
+
+Cost: the counterfactual forward runs only for the rows in `cf.rows` and only from the first swapped token on,
+on the teacher's key/value cache of the shared prefix (see `prefix_cache`). Rows are grouped by prefix length
+when that saves enough tokens (`_plan_groups`).
+
+The model forwards run under `torch.inference_mode()`; the target arithmetic runs under `torch.no_grad()` on
+ordinary tensors, because inference tensors cannot be saved for backward and the KD loss saves its target.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+MODES = ("none", "pair_mean", "cf_mean", "cf_max", "cf_expmean")
+CF_MODES = ("cf_mean", "cf_max", "cf_expmean")
+CHANGED_TV = 1e-6  # total-variation distance above which a position counts as changed (changed_share)
+MAX_CF_GROUPS = 4  # at most this many counterfactual forwards per batch (rows grouped by prefix length)
+# A further group must save at least this many (row x token) positions to pay for one more forward (and kernel
+# launches on a GPU); measured crossover on a GPT-2-small-shaped model is a few hundred tokens.
+GROUP_OVERHEAD_TOKENS = 256
+_TINY = torch.finfo(torch.float32).tiny
+
+
+class SwapTableLike(Protocol):
+    """What `distill.counterfactual.TokenSwapTable` provides."""
+
+    counterpart: torch.Tensor  # (V,) id -> counterpart id; identity for non-gendered
+    pairs: torch.Tensor  # (P, 2) [male_id, female_id]
+    back_groups: dict[int, list[int]]  # cf id -> several original ids it maps back to
+    is_gendered: torch.Tensor  # (V,)
+
+
+class CounterfactualLike(Protocol):
+    """What `distill.counterfactual.CounterfactualBatch` provides."""
+
+    rows: torch.Tensor  # (S,) batch rows that have a counterfactual
+    input_ids: torch.Tensor  # (S, T2) cf ids, right-padded
+    attention_mask: torch.Tensor  # (S, T2)
+    align: torch.Tensor  # (S, T) original position -> cf position with the same next-token role, -1 if none
+    prefix_len: torch.Tensor  # (S,) leading tokens identical in original and cf
+
+
+@dataclass
+class TeacherOutput:
+    probs: torch.Tensor  # (B, T, V) fp32 target distribution at the loss temperature
+    hidden: torch.Tensor | None  # (B, T, H) fp32 last hidden state (after the final norm) if want_hidden
+    changed_share: float  # share of positions whose target moved by more than 1e-6 in total variation
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Swap plan: the token table turned into index tensors once, so the per-step work is gathers and scatters.
+
+
+@dataclass(frozen=True)
+class SwapPlan:
+    """Index tensors for mapping back and pair equalisation over the first `vocab_rows` ids.
+
+    q_back = q[:, src]; q_back[:, zero_cols] = 0; q_back[:, extra_dst] += q[:, extra_src];
+    q_back[:, group_dst] += q[:, group_src] * w, w = p[:, group_dst] normalised within each group.
+    """
+
+    vocab_rows: int
+    src: torch.Tensor  # (V,) the (first) cf id whose mass lands on each original id
+    zero_cols: torch.Tensor  # ids that receive nothing through the 1:1 part
+    extra_src: torch.Tensor  # further 1:1 sources for ids with several (e.g. his -> her, him -> her)
+    extra_dst: torch.Tensor
+    group_src: torch.Tensor  # (G',) one entry per (back-group id, target) pair
+    group_dst: torch.Tensor
+    group_id: torch.Tensor  # (G',) which group each entry belongs to
+    group_size: torch.Tensor  # (G,) fp32 number of targets (for the equal split when p is 0 on all of them)
+    pair_cols: torch.Tensor  # (C,) ids in any gendered pair
+    pair_comp: torch.Tensor  # (C,) connected component (of the pair graph) of each such id
+    comp_size: torch.Tensor  # (K,) fp32
+
+
+def build_swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device | str = "cpu") -> SwapPlan:
+    """Index tensors for `table` restricted (or identity-padded) to `vocab_rows` ids.
+
+    Ids at or beyond `vocab_rows` are dropped: a counterpart out of range becomes the identity, pairs and
+    back-group targets out of range are ignored, so every mapping stays a distribution over the shared rows.
+    Python loops here run once per table over the gendered ids only.
+    """
+    V = int(vocab_rows)
+    ident = torch.arange(V)
+    given = table.counterpart.detach().to("cpu", torch.long).reshape(-1)
+    cp = ident.clone()
+    n = min(V, given.numel())
+    cp[:n] = given[:n]
+    bad = (cp < 0) | (cp >= V)
+    cp[bad] = ident[bad]
+
+    groups: dict[int, list[int]] = {}
+    for u, targets in (table.back_groups or {}).items():
+        kept = list(dict.fromkeys(int(t) for t in targets if 0 <= int(t) < V))
+        if 0 <= int(u) < V and kept:
+            groups[int(u)] = kept
+
+    moved = (cp != ident).nonzero().flatten().tolist()
+    special = set(moved) | {int(cp[u]) for u in moved} | set(groups) | {t for ts in groups.values() for t in ts}
+    # Any id outside `special` is its own and only preimage, so src[v] = v is right there.
+    preimages: dict[int, list[int]] = {v: [] for v in special}
+    for u in sorted(special):
+        if u not in groups:
+            preimages[int(cp[u])].append(u)
+    src = ident.clone()
+    zero, extra_src, extra_dst = [], [], []
+    for v in sorted(special):
+        sources = preimages[v]
+        if not sources:
+            zero.append(v)
+        else:
+            src[v] = sources[0]
+            extra_src += sources[1:]
+            extra_dst += [v] * (len(sources) - 1)
+
+    g_src, g_dst, g_id, g_size = [], [], [], []
+    for gi, (u, targets) in enumerate(sorted(groups.items())):
+        g_src += [u] * len(targets)
+        g_dst += targets
+        g_id += [gi] * len(targets)
+        g_size.append(float(len(targets)))
+
+    # pair_mean equalises within connected components of the pair graph: for disjoint pairs that is exactly
+    # (p_a + p_b) / 2; if an id sits in two pairs, the component shares one mean and the sum is still kept.
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        while parent.setdefault(x, x) != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    pairs = table.pairs.detach().to("cpu", torch.long).reshape(-1, 2).tolist() if table.pairs.numel() else []
+    for a, b in pairs:
+        if 0 <= a < V and 0 <= b < V and a != b:
+            parent[find(a)] = find(b)
+    cols = sorted(parent)
+    roots = {r: i for i, r in enumerate(sorted({find(c) for c in cols}))}
+    comp = [roots[find(c)] for c in cols]
+    comp_size = [0.0] * len(roots)
+    for c in comp:
+        comp_size[c] += 1.0
+
+    def lt(x: list) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.long, device=device)
+
+    def ft(x: list) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.float32, device=device)
+
+    return SwapPlan(
+        vocab_rows=V, src=src.to(device), zero_cols=lt(zero), extra_src=lt(extra_src), extra_dst=lt(extra_dst),
+        group_src=lt(g_src), group_dst=lt(g_dst), group_id=lt(g_id), group_size=ft(g_size),
+        pair_cols=lt(cols), pair_comp=lt(comp), comp_size=ft(comp_size),
+    )
+
+
+_PLANS: dict[tuple[int, int, str], tuple[weakref.ref, SwapPlan]] = {}
+
+
+def swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device | str) -> SwapPlan:
+    """`build_swap_plan`, cached per (table object, vocab_rows, device); the table is treated as immutable."""
+    key = (id(table), int(vocab_rows), str(torch.device(device)))
+    hit = _PLANS.get(key)
+    if hit is not None and hit[0]() is table:
+        return hit[1]
+    plan = build_swap_plan(table, vocab_rows, device)
+    if len(_PLANS) > 16:
+        _PLANS.clear()
+    _PLANS[key] = (weakref.ref(table), plan)
+    return plan
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Distribution arithmetic (pure functions of tensors; all in place where that is safe).
+
+
+def softmax_t(logits: torch.Tensor, vocab_rows: int, temperature: float) -> torch.Tensor:
+    """softmax(logits[..., :vocab_rows] / temperature) in fp32, as a fresh ordinary (non-inference) tensor.
+
+    In place on one fp32 copy, so the peak is the logits plus one (..., vocab_rows) fp32 tensor.
+    """
+    out = logits[..., :vocab_rows].to(torch.float32, copy=True)
+    if temperature != 1.0:
+        out.div_(temperature)
+    out.sub_(out.amax(-1, keepdim=True)).exp_()
+    return out.div_(out.sum(-1, keepdim=True))
+
+
+def pair_mean_(p: torch.Tensor, plan: SwapPlan) -> torch.Tensor:
+    """Set p_a and p_b of every gendered pair (a, b) to (p_a + p_b) / 2, in place on p (..., V).
+
+    Returns the total-variation distance of each position from its old value, shape p.shape[:-1].
+    """
+    if plan.pair_cols.numel() == 0:
+        return p.new_zeros(p.shape[:-1])
+    old = p.index_select(-1, plan.pair_cols)
+    sums = old.new_zeros(*old.shape[:-1], plan.comp_size.numel()).index_add_(-1, plan.pair_comp, old)
+    new = sums.div_(plan.comp_size).index_select(-1, plan.pair_comp)
+    p.index_copy_(-1, plan.pair_cols, new)
+    return new.sub_(old).abs_().sum(-1).mul_(0.5)
+
+
+def map_back(q: torch.Tensor, p: torch.Tensor, plan: SwapPlan) -> torch.Tensor:
+    """The counterfactual distribution q (N, V) expressed over the original context's tokens.
+
+    q_back[v] = sum of q[u] over cf tokens u with counterpart[u] = v, plus, for every back-group token u
+    (one cf token, several originals), q[u] * p[v] / sum_{v' in group(u)} p[v'] (equal split if that sum is 0).
+    p (N, V) is the original context's distribution at the same positions. The total mass is preserved.
+    """
+    out = q.index_select(-1, plan.src)
+    if plan.zero_cols.numel():
+        out.index_fill_(-1, plan.zero_cols, 0.0)
+    if plan.extra_src.numel():
+        out.index_add_(-1, plan.extra_dst, q.index_select(-1, plan.extra_src))
+    if plan.group_src.numel():
+        w = p.index_select(-1, plan.group_dst)  # (N, G')
+        total = w.new_zeros(*w.shape[:-1], plan.group_size.numel()).index_add_(-1, plan.group_id, w)
+        total = total.index_select(-1, plan.group_id)
+        equal = (1.0 / plan.group_size).index_select(-1, plan.group_id).expand_as(w)
+        w = torch.where(total > 0, w / total.clamp_min(_TINY), equal)
+        out.index_add_(-1, plan.group_dst, q.index_select(-1, plan.group_src).mul_(w))
+    return out
+
+
+def combine_(p: torch.Tensor, q_back: torch.Tensor, mode: str) -> torch.Tensor:
+    """Combine p and q_back (both (N, V) distributions) into q_back, in place; p is left unchanged.
+
+    cf_mean: (p + q_back) / 2.  cf_max: max(p, q_back) renormalised.
+    cf_expmean: exp((log p + log q_back) / 2 - logsumexp(...)) = normalised geometric mean (probabilities are
+    floored at the smallest normal fp32 before the log, so disjoint supports cannot give 0/0).
+    """
+    if mode == "cf_mean":
+        return q_back.add_(p).mul_(0.5)
+    if mode == "cf_max":
+        torch.maximum(q_back, p, out=q_back)
+        return q_back.div_(q_back.sum(-1, keepdim=True))
+    if mode == "cf_expmean":
+        q_back.clamp_min_(_TINY).log_().add_(p.clamp_min(_TINY).log_()).mul_(0.5)
+        return q_back.sub_(torch.logsumexp(q_back, -1, keepdim=True)).exp_()
+    raise ValueError(f"not a counterfactual combination: {mode!r} (expected one of {CF_MODES})")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Prefix key/value reuse.
+
+
+def prefix_cache(cache, rows: torch.Tensor, k: int) -> DynamicCache | None:
+    """A new DynamicCache holding the first k positions of batch entries `rows` of `cache`.
+
+    The selection is a copy (advanced indexing), so neither the source cache nor other selections can be
+    changed by the counterfactual forward, which appends to this one. Returns None when the cache is not made
+    of plain full-attention `DynamicLayer`s holding (B, heads, >=k, head_dim) tensors (e.g. linear-attention or
+    recurrent layers): the caller then runs a full forward instead.
+    """
+    layers = getattr(cache, "layers", None)
+    if not layers or k <= 0:
+        return None
+    data = []
+    for layer in layers:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if type(layer) is not DynamicLayer or not isinstance(keys, torch.Tensor) or keys.dim() != 4:
+            return None
+        if keys.shape[-2] < k:
+            return None
+        data.append((keys[rows, :, :k], values[rows, :, :k]))
+    new = DynamicCache()
+    for i, (keys, values) in enumerate(data):
+        new.update(keys, values, i)
+    return new
+
+
+def suffix_logits(teacher, input_ids, attention_mask, k: int, past=None, keep: torch.Tensor | None = None):
+    """Teacher logits for positions k.. of right-padded `input_ids` (n, L), on a cache `past` of positions <k.
+
+    Position ids run k..L-1 (right padding leaves real positions where a full forward puts them) and the
+    attention mask covers prefix + suffix. `keep` (n, L-k) bool selects the positions whose logits are needed:
+    the result is then (keep.sum(), V) in row-major order, else (n, L-k, V).
+    With past None and k > 0 the prefix is recomputed (full forward, logits still only for positions >= k).
+    """
+    n, L = input_ids.shape
+    if past is None and k > 0:
+        if keep is None:
+            keep = torch.ones(n, L - k, dtype=torch.bool, device=input_ids.device)
+        keep = torch.cat([keep.new_zeros(n, k), keep], dim=1)
+        k = 0
+    kwargs = {"attention_mask": attention_mask}
+    if past is not None:
+        kwargs.update(past_key_values=past, use_cache=True)
+    else:
+        kwargs["use_cache"] = False
+    positions = torch.arange(k, L, device=input_ids.device).unsqueeze(0).expand(n, -1)
+    if keep is not None:
+        kwargs["logits_to_keep"] = keep  # 2D bool: only those rows go through the LM head (transformers >= 5)
+    logits = teacher(input_ids=input_ids[:, k:], position_ids=positions, **kwargs).logits
+    if keep is not None and logits.dim() == 3:  # a model that ignored the mask: select afterwards
+        logits = logits[keep] if logits.shape[1] == keep.shape[1] else logits[:, k:][keep[:, k:]]
+    return logits
+
+
+def _plan_groups(prefix: list[int], lengths: list[int], reuse: bool) -> list[tuple[list[int], int, int]]:
+    """Split cf rows into at most MAX_CF_GROUPS groups of similar prefix length: [(rows, k, L)].
+
+    One forward per group runs positions k..L-1 of its rows (k = smallest prefix in the group, L = longest
+    real length), so its cost is n * (L - k) positions; a split must save GROUP_OVERHEAD_TOKENS to be taken.
+    Exact DP over contiguous runs of the rows sorted by prefix length (S is at most the batch size).
+    """
+    order = sorted(range(len(prefix)), key=lambda i: (prefix[i], lengths[i]))
+    S = len(order)
+
+    def group(i: int, j: int) -> tuple[list[int], int, int]:
+        members = order[i:j]
+        L = max(lengths[m] for m in members)
+        k = min(prefix[order[i]], L - 1) if reuse else 0
+        return members, max(k, 0), L
+
+    def cost(i: int, j: int) -> int:
+        _, k, L = group(i, j)
+        return (j - i) * (L - k)
+
+    if not reuse or S <= 1:
+        return [group(0, S)] if S else []
+    INF = float("inf")
+    # best[g][j]: cheapest cover of order[:j] by g groups; arg[g][j]: start of the last group.
+    best = [[INF] * (S + 1) for _ in range(MAX_CF_GROUPS + 1)]
+    arg = [[0] * (S + 1) for _ in range(MAX_CF_GROUPS + 1)]
+    best[0][0] = 0
+    for g in range(1, MAX_CF_GROUPS + 1):
+        for j in range(1, S + 1):
+            for i in range(g - 1, j):
+                c = best[g - 1][i] + cost(i, j)
+                if c < best[g][j]:
+                    best[g][j], arg[g][j] = c, i
+    n_groups = min(range(1, MAX_CF_GROUPS + 1), key=lambda g: best[g][S] + GROUP_OVERHEAD_TOKENS * (g - 1))
+    bounds, j = [], S
+    for g in range(n_groups, 0, -1):
+        i = arg[g][j]
+        bounds.append((i, j))
+        j = i
+    return [group(i, j) for i, j in reversed(bounds)]
+
+
+@dataclass
+class _CfGroup:
+    rows: torch.Tensor  # (n,) batch rows
+    local: torch.Tensor  # (n,) indices into the cf batch
+    k: int  # cached prefix length
+    L: int  # real length of the longest row of the group
+    keep: torch.Tensor  # (n, L - k) bool: suffix positions whose logits are needed
+    select: torch.Tensor  # (N_cf,) row of the kept logits for each cf-sourced target position
+    dest: torch.Tensor  # (N_cf,) flat original position (row * T + t)
+
+
+def _prepare_cf(cf: CounterfactualLike, input_ids: torch.Tensor, reuse: bool):
+    """Validate `cf` against the batch and turn it into per-group index tensors (no model call)."""
+    B, T = input_ids.shape
+    dev = input_ids.device
+    rows = cf.rows.to(dev, torch.long).reshape(-1)
+    S = rows.numel()
+    ids = cf.input_ids.to(dev)
+    mask = cf.attention_mask.to(dev)
+    align = cf.align.to(dev, torch.long)
+    prefix = cf.prefix_len.to(dev, torch.long).reshape(-1)
+    if ids.dim() != 2 or ids.shape[0] != S or mask.shape != ids.shape or align.shape != (S, T) or prefix.numel() != S:
+        raise ValueError(
+            f"counterfactual batch shapes do not fit: rows {tuple(rows.shape)}, input_ids {tuple(ids.shape)}, "
+            f"attention_mask {tuple(mask.shape)}, align {tuple(align.shape)} (want ({S}, {T})), "
+            f"prefix_len {tuple(prefix.shape)}"
+        )
+    T2 = ids.shape[1]
+    lengths = mask.sum(1)
+    stats = torch.stack([
+        rows.min(), rows.max(), torch.unique(rows).numel() - torch.tensor(S, device=dev),
+        (mask != (torch.arange(T2, device=dev) < lengths[:, None]).to(mask.dtype)).sum(),
+        align.min(), (align - lengths[:, None]).max(),
+    ]).tolist()
+    if stats[0] < 0 or stats[1] >= B or stats[2] != 0:
+        raise ValueError(f"cf.rows must be distinct batch rows in 0..{B - 1}")
+    if stats[3] != 0:
+        raise ValueError("cf.attention_mask must be right padding (ones, then zeros) on every row")
+    if stats[4] < -1 or stats[5] >= 0:
+        raise ValueError("cf.align must hold -1 or a real (unpadded) cf position for every original position")
+    prefix = torch.minimum(prefix.clamp_min(0), torch.minimum(lengths, torch.tensor(T, device=dev)))
+    plan = _plan_groups(prefix.tolist(), lengths.tolist(), reuse)
+
+    groups, p_src, p_dest = [], [], []
+    for members, k, L in plan:
+        local = torch.tensor(members, dtype=torch.long, device=dev)
+        g_rows = rows[local]
+        if k > 0 and not torch.equal(ids[local, :k], input_ids[g_rows, :k]):
+            raise ValueError("cf.prefix_len claims a shared prefix but the cf tokens differ from the original there")
+        al = align[local]
+        from_cf = al >= k
+        from_p = (al >= 0) & ~from_cf  # identical context (prefix < k): the cf prediction equals p there
+        s_i, t_i = from_cf.nonzero(as_tuple=True)
+        j = al[s_i, t_i] - k
+        keep = torch.zeros(len(members), L - k, dtype=torch.bool, device=dev)
+        keep[s_i, j] = True
+        rank = keep.reshape(-1).cumsum(0).sub_(1).reshape(keep.shape)
+        groups.append(_CfGroup(g_rows, local, k, L, keep, rank[s_i, j], g_rows[s_i] * T + t_i))
+        ps, pt = from_p.nonzero(as_tuple=True)
+        p_src.append(g_rows[ps] * T + al[ps, pt])
+        p_dest.append(g_rows[ps] * T + pt)
+    return ids, mask, groups, torch.cat(p_src) if p_src else None, torch.cat(p_dest) if p_dest else None
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def teacher_targets(
+    teacher: torch.nn.Module,
+    input_ids: torch.Tensor,
+    *,
+    mode: str,
+    temperature: float,
+    vocab_rows: int,
+    table: SwapTableLike | None = None,
+    cf: CounterfactualLike | None = None,
+    want_hidden: bool = False,
+    reuse_prefix: bool = True,
+) -> TeacherOutput:
+    """The teacher's next-token targets for packed blocks `input_ids` (B, T) (no padding).
+
+    mode: one of MODES (see the module docstring for the formulas). `temperature` is the loss temperature:
+    targets are softmax(logits[..., :vocab_rows] / temperature) before any perturbation. `table` is needed by
+    every mode but `none`; `cf` by the cf_* modes (None or no rows: every target stays p). Rows not in cf.rows,
+    and positions whose cf.align is -1, keep p. `reuse_prefix=False` recomputes the counterfactual rows from
+    scratch instead of reusing the prefix cache (same result; for debugging and for comparison).
+    The teacher must be in eval mode (dropout would make the targets, and the prefix reuse, noisy).
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown teacher mode {mode!r}; expected one of {MODES}")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+    if teacher.training:
+        raise ValueError("the teacher is in training mode (dropout on): call teacher.eval() first")
+    if mode != "none" and table is None:
+        raise ValueError(f"teacher mode {mode!r} needs a token swap table")
+    B, T = input_ids.shape
+    V = int(vocab_rows)
+
+    job = None
+    if mode in CF_MODES and cf is not None and cf.rows.numel() > 0:
+        job = _prepare_cf(cf, input_ids, reuse_prefix)
+    need_cache = job is not None and any(g.k > 0 and g.select.numel() > 0 for g in job[2])
+
+    with torch.inference_mode():
+        out = teacher(
+            input_ids=input_ids, use_cache=need_cache, past_key_values=DynamicCache() if need_cache else None,
+            output_hidden_states=want_hidden,
+        )
+    if out.logits.shape[-1] < V:
+        raise ValueError(f"vocab_rows={V} but the teacher has only {out.logits.shape[-1]} output rows")
+    p = softmax_t(out.logits, V, temperature)
+    hidden = out.hidden_states[-1].to(torch.float32, copy=True) if want_hidden else None
+    cache = out.past_key_values if need_cache else None
+    del out  # frees the (B, T, V) logits before any further (.., V) tensor exists
+
+    if mode == "none":
+        return TeacherOutput(p, hidden, 0.0)
+    plan = swap_plan(table, V, p.device)
+    if mode == "pair_mean":
+        tv = pair_mean_(p, plan)
+        return TeacherOutput(p, hidden, (tv > CHANGED_TV).sum().item() / max(B * T, 1))
+    if job is None:
+        return TeacherOutput(p, hidden, 0.0)
+    changed = _apply_counterfactual(teacher, p, cache, job, plan, mode, temperature)
+    return TeacherOutput(p, hidden, changed / max(B * T, 1))
+
+
+def _apply_counterfactual(teacher, p, cache, job, plan: SwapPlan, mode: str, temperature: float) -> int:
+    """Replace p at every aligned position of the cf rows by combine(p, map_back(q)); returns #changed.
+
+    Memory: besides p, at most one group's kept logits and three (M, V) tensors, M = aligned positions
+    (about S/B of the batch), are alive at once.
+    """
+    ids, mask, groups, p_src, p_dest = job
+    B, T, V = p.shape
+    p2 = p.view(B * T, V)
+    n_cf = [g.select.numel() for g in groups]
+    M = sum(n_cf) + (p_dest.numel() if p_dest is not None else 0)
+    if M == 0:
+        return 0
+    q = p.new_empty(M, V)  # the cf distribution at each aligned position, before mapping back
+    start = 0
+    for g, n in zip(groups, n_cf, strict=True):
+        if n == 0:
+            continue
+        with torch.inference_mode():
+            past = prefix_cache(cache, g.rows, g.k) if g.k > 0 else None
+            logits = suffix_logits(teacher, ids[g.local, : g.L], mask[g.local, : g.L], g.k, past, g.keep)
+            del past
+        q_g = softmax_t(logits, V, temperature)
+        del logits
+        torch.index_select(q_g, 0, g.select, out=q[start : start + n])
+        del q_g
+        start += n
+    if p_dest is not None and p_dest.numel():
+        torch.index_select(p2, 0, p_src, out=q[start:])
+    dest = torch.cat([g.dest for g in groups] + ([p_dest] if p_dest is not None else []))
+
+    p_sel = p2.index_select(0, dest)
+    q_back = map_back(q, p_sel, plan)
+    del q
+    combine_(p_sel, q_back, mode)
+    changed = int((q_back - p_sel).abs_().sum(-1).mul_(0.5).gt(CHANGED_TV).sum().item())
+    p2.index_copy_(0, dest, q_back)
+    return changed

@@ -1,0 +1,412 @@
+"""The teacher-written transfer set: with no corpus, sample one from the teacher (sequence-level distillation).
+
+    distill corpus --recipe recipes/demo_kd.yaml                        # build it, or reuse a cached one
+    distill corpus --recipe recipes/demo_kd.yaml data.transfer_set.num_sequences=256
+
+A recipe without a corpus gives `data.transfer_set`, a mapping of the keys in `TransferSetConfig` below.
+Seed prompts (data/seed_prompts.txt: short openings of news, stories, how-tos, letters, dialogue) are
+continued by the teacher with top-k / top-p sampling as plain text, with no chat template: the student should
+learn the teacher's distribution over ordinary prose, which is where gendered continuations show up. Each
+record's text is prompt + continuation. Kim & Rush (2016) call training on such teacher outputs
+sequence-level distillation; here it also gives the token-level KD loss text from the teacher's own
+distribution when no corpus can be downloaded.
+
+The result lives in CACHE_DIR/<key>/{train.jsonl, heldout.jsonl, manifest.json} (JSON lines with a "text"
+field). <key> hashes the teacher's identity (the content of its weight and tokenizer files, or its config and
+seed for a random teacher), the seed prompts, the seed and the sampling settings, so a second run with the
+same inputs reuses the set and a changed setting builds a new one. `batch_size` and `cache_dir` are not part
+of the key: they change speed and location, not the distribution sampled from. The directory is written under
+a temporary name and renamed, so an interrupted run leaves no half set behind. Held-out records come from
+prompts that no training record uses, so held-out perplexity never sees a training prompt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from distill.config import INF, Config, _build, _check_fields, opt
+from distill.errors import UserError
+
+MANIFEST_VERSION = 1
+# Settings that change where or how fast the set is built, not what is sampled: left out of the key.
+_NOT_IN_KEY = ("batch_size", "cache_dir")
+
+
+@dataclass
+class TransferSetConfig:
+    seed_prompts: str = opt("data/seed_prompts.txt", "file of seed prompts, one a line ('#' lines ignored)")
+    num_sequences: int = opt(2000, "continuations to sample, train and held-out together", range=(1, INF))
+    max_new_tokens: int = opt(128, "tokens sampled per continuation (fewer if the teacher ends it)",
+                              range=(1, 8192))
+    top_k: int = opt(50, "sample from the k most likely tokens (0 = no top-k cut)", range=(0, INF))
+    top_p: float = opt(0.95, "nucleus sampling mass (1.0 = no top-p cut)", range=(1e-6, 1.0))
+    sampling_temperature: float = opt(1.0, "sampling temperature (not the loss temperature)", range=(1e-3, 100.0))
+    heldout_share: float = opt(0.1, "share of sequences held out, from prompts of their own", range=(0.0, 0.5))
+    batch_size: int = opt(32, "prompts sampled together (left-padded); speed only", range=(1, INF))
+    cache_dir: str = opt("cache/transfer", "where transfer sets are kept, one directory per key")
+
+
+@dataclass
+class TransferSet:
+    train_path: str
+    heldout_path: str
+    manifest: dict
+
+
+def parse_transfer_config(raw: dict | None) -> TransferSetConfig:
+    """Validate `data.transfer_set`: unknown keys refused with the closest valid one, ranges checked."""
+    tcfg = _build(TransferSetConfig, raw or {}, prefix="data.transfer_set.")
+    _check_fields(tcfg, "data.transfer_set.")
+    return tcfg
+
+
+def split_counts(tcfg: TransferSetConfig) -> tuple[int, int]:
+    """(train, held-out) sequence counts; a non-zero share always holds out at least one sequence."""
+    n_heldout = max(1, round(tcfg.num_sequences * tcfg.heldout_share)) if tcfg.heldout_share > 0 else 0
+    n_train = tcfg.num_sequences - n_heldout
+    if n_train < 1:
+        raise UserError(
+            f"data.transfer_set.num_sequences={tcfg.num_sequences} leaves no training sequence after holding "
+            f"out {n_heldout}; raise num_sequences or lower heldout_share"
+        )
+    return n_train, n_heldout
+
+
+def read_seed_prompts(path: str | Path) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"data.transfer_set.seed_prompts: {str(path)!r} not found (one prompt a line)")
+    # Trailing spaces are stripped: a prompt ending in a space makes a BPE tokenizer continue oddly (BOLD's
+    # prompts have this problem), because words carry their leading space inside the token.
+    prompts = [ln.strip() for ln in p.read_text(encoding="utf-8").splitlines()]
+    prompts = [ln for ln in prompts if ln and not ln.startswith("#")]
+    if not prompts:
+        raise UserError(f"data.transfer_set.seed_prompts: {str(path)!r} has no prompts")
+    return prompts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Teacher identity: a content hash, cheap on the second call (per-file hashes cached by path, size, mtime).
+
+
+def _file_sha256(path: Path, memo_path: Path) -> str:
+    st = path.stat()
+    memo = {}
+    if memo_path.is_file():
+        try:
+            memo = json.loads(memo_path.read_text())
+        except (OSError, ValueError):
+            memo = {}
+    key = str(path.resolve())
+    hit = memo.get(key)
+    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
+        return hit["sha256"]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    memo[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
+    memo_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(memo, indent=1))
+    os.replace(tmp, memo_path)
+    return memo[key]["sha256"]
+
+
+def _path_identity(name_or_path: str, memo_path: Path) -> str | None:
+    """sha256 over the files of a .gguf / model dir; None for a hub id not in the local cache."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return _file_sha256(path, memo_path)
+    if path.is_dir():
+        files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
+        parts = [f"{f.name}:{_file_sha256(f, memo_path)}" for f in files]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    try:  # a hub id: the snapshot's commit hash pins it, if the model is already in the local cache
+        from huggingface_hub import snapshot_download
+
+        snap = snapshot_download(name_or_path, local_files_only=True)
+        return f"hub:{name_or_path}@{Path(snap).name}"
+    except Exception:  # not cached (or not a hub id): known only after loading
+        return None
+
+
+def teacher_identity(cfg: Config, memo_path: Path) -> str | None:
+    t = cfg.teacher
+    if t.config is not None:  # random teacher: its config, the seed that initialises it, and its tokenizer
+        tok_id = _path_identity(t.tokenizer, memo_path) or f"hub:{t.tokenizer}"
+        blob = json.dumps({"config": t.config, "seed": cfg.seed, "tokenizer": tok_id}, sort_keys=True)
+        return "random:" + hashlib.sha256(blob.encode()).hexdigest()
+    ident = _path_identity(t.name_or_path, memo_path)
+    if ident is None:
+        return None
+    if t.tokenizer and t.tokenizer != t.name_or_path:
+        ident += "+tok:" + (_path_identity(t.tokenizer, memo_path) or t.tokenizer)
+    return f"{ident}|{t.dtype}"
+
+
+def transfer_key(identity: str, tcfg: TransferSetConfig, prompts: list[str], seed: int) -> str:
+    settings = {k: v for k, v in dataclasses.asdict(tcfg).items() if k not in _NOT_IN_KEY and k != "seed_prompts"}
+    blob = json.dumps(
+        {"v": MANIFEST_VERSION, "teacher": identity, "settings": settings, "seed": seed,
+         "prompts": hashlib.sha256("\n".join(prompts).encode()).hexdigest()},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def assign_prompts(prompts: list[str], n_train: int, n_heldout: int, seed: int) -> tuple[list[str], list[str]]:
+    """Shuffle prompts, give a share to held-out, and cycle each side's prompts to the wanted counts."""
+    if n_heldout and len(prompts) < 2:
+        raise UserError("data.transfer_set: a held-out split needs at least 2 seed prompts (or heldout_share=0)")
+    order = list(prompts)
+    random.Random(seed).shuffle(order)
+    n_held_prompts = 0
+    if n_heldout:
+        share = n_heldout / (n_train + n_heldout)
+        n_held_prompts = min(len(order) - 1, max(1, round(len(order) * share)))
+    held, train = order[:n_held_prompts], order[n_held_prompts:]
+    return [train[i % len(train)] for i in range(n_train)], [held[i % len(held)] for i in range(n_heldout)]
+
+
+def _stop_ids(teacher, tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    gen_eos = getattr(getattr(teacher, "generation_config", None), "eos_token_id", None)
+    ids |= set(gen_eos) if isinstance(gen_eos, (list, tuple)) else {gen_eos}
+    return sorted(i for i in ids if i is not None)
+
+
+@torch.inference_mode()
+def sample_continuations(teacher, tokenizer, prompts: list[str], tcfg: TransferSetConfig, seed: int, *,
+                         desc: str = "sampling", show_progress: bool = True) -> tuple[list[str], list[int], list[int]]:
+    """Texts (prompt + continuation), their prompt token counts, and their generated token counts.
+
+    Batches are left-padded so every row's continuation starts at the same position. Each batch is seeded
+    from (seed, batch index) inside a forked RNG: the caller's random state is left alone, and batch b gets the
+    same draws whatever ran before it.
+    """
+    from tqdm.auto import tqdm
+
+    device = next(teacher.parameters()).device
+    stop = _stop_ids(teacher, tokenizer)
+    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else stop[0] if stop else None
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    if pad is None:
+        raise UserError("the teacher's tokenizer has neither a pad nor an EOS token; cannot batch prompts")
+    texts, prompt_counts, new_counts = [], [], []
+    old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token_id = pad
+    was_training = teacher.training
+    teacher.eval()
+    bar = tqdm(total=len(prompts), desc=desc, unit="seq", disable=not show_progress, file=sys.stderr)
+    t0 = time.perf_counter()
+    try:
+        for b, start in enumerate(range(0, len(prompts), tcfg.batch_size)):
+            chunk = prompts[start:start + tcfg.batch_size]
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=True)
+            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+            batch_seed = (seed * 1_000_003 + b) % (2**63 - 1)
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(batch_seed)
+                out = teacher.generate(
+                    **enc, do_sample=True, max_new_tokens=tcfg.max_new_tokens, min_new_tokens=0,
+                    top_k=tcfg.top_k, top_p=tcfg.top_p, temperature=tcfg.sampling_temperature,
+                    pad_token_id=pad, eos_token_id=stop or None,
+                )
+            prompt_len = enc["input_ids"].shape[1]
+            new = out[:, prompt_len:].cpu()
+            n_prompt = enc["attention_mask"].sum(dim=1).cpu()
+            is_stop = torch.isin(new, torch.tensor(stop)) if stop else torch.zeros_like(new, dtype=torch.bool)
+            # generated tokens up to (not including) the first stop token; after it come only pads
+            n_new = torch.where(is_stop.any(dim=1), is_stop.int().argmax(dim=1), torch.tensor(new.shape[1]))
+            for row in range(len(chunk)):
+                ids = out[row, prompt_len - int(n_prompt[row]): prompt_len + int(n_new[row])]
+                texts.append(tokenizer.decode(ids, skip_special_tokens=True))
+                prompt_counts.append(int(n_prompt[row]))
+                new_counts.append(int(n_new[row]))
+            bar.update(len(chunk))
+            bar.set_postfix(tok_s=f"{sum(new_counts) / max(time.perf_counter() - t0, 1e-9):.0f}")
+    finally:
+        bar.close()
+        tokenizer.padding_side = old_side
+        if old_pad is None:
+            tokenizer.pad_token = None
+        teacher.train(was_training)
+    return texts, prompt_counts, new_counts
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Cache
+
+
+def _read_manifest(directory: Path) -> dict | None:
+    path = directory / "manifest.json"
+    if not (path.is_file() and (directory / "train.jsonl").is_file() and (directory / "heldout.jsonl").is_file()):
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_jsonl(path: Path, texts: list[str]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for text in texts:
+            f.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")
+
+
+def _load_teacher(cfg: Config, device):
+    from distill.models import build_random_model, load_model_and_tokenizer, load_tokenizer
+
+    t = cfg.teacher
+    if t.config is not None:
+        tokenizer = load_tokenizer(t.tokenizer, t.trust_remote_code)
+        teacher = build_random_model(t.config, tokenizer, cfg.seed)
+    else:
+        teacher, tokenizer = load_model_and_tokenizer(t.name_or_path, t.dtype, t.trust_remote_code)
+        if t.tokenizer and t.tokenizer != t.name_or_path:
+            tokenizer = load_tokenizer(t.tokenizer, t.trust_remote_code)
+    return teacher.to(device), tokenizer
+
+
+def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=None,
+                        show_progress: bool = True) -> TransferSet:
+    """Return the transfer set of `cfg` (which must have data.transfer_set), sampling it on a cache miss.
+
+    `teacher`/`tokenizer`, if given, must be what cfg.teacher describes (the key is computed from cfg); they
+    are used as they are, on their own device. Otherwise the teacher is loaded, on `device` (default: CUDA if
+    available, else CPU), only when the cache misses. With several processes, call this on the main process
+    first (e.g. inside accelerate's `main_process_first()`), so the others find the set in the cache.
+    """
+    if cfg.data.transfer_set is None:
+        raise UserError("the recipe has no data.transfer_set; add one (see distill/transfer.py) or give data.path")
+    tcfg = parse_transfer_config(cfg.data.transfer_set)
+    prompts = read_seed_prompts(tcfg.seed_prompts)
+    n_train, n_heldout = split_counts(tcfg)
+    train_prompts, held_prompts = assign_prompts(prompts, n_train, n_heldout, cfg.seed)
+    cache_dir = Path(tcfg.cache_dir)
+    memo = cache_dir / "file_hashes.json"
+
+    identity = teacher_identity(cfg, memo)
+    if identity is None and teacher is None:  # a hub id not cached yet: loading it pins the snapshot
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        teacher, tokenizer = _load_teacher(cfg, device)
+        identity = teacher_identity(cfg, memo)
+    if identity is None:
+        identity = f"hub:{cfg.teacher.name_or_path}|{cfg.teacher.dtype}"
+    key = transfer_key(identity, tcfg, prompts, cfg.seed)
+    final = cache_dir / key
+
+    manifest = _read_manifest(final)
+    if manifest is not None:
+        print(f"reusing transfer set {final} ({manifest['counts']['train_sequences']} train / "
+              f"{manifest['counts']['heldout_sequences']} held-out sequences, built {manifest['created']})")
+        return TransferSet(str(final / "train.jsonl"), str(final / "heldout.jsonl"), manifest)
+
+    if teacher is None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        teacher, tokenizer = _load_teacher(cfg, device)
+    elif tokenizer is None:
+        raise UserError("ensure_transfer_set: a teacher was given without its tokenizer")
+    print(f"building transfer set {final}: {n_train} train + {n_heldout} held-out continuations of "
+          f"{tcfg.max_new_tokens} new tokens from {len(prompts)} seed prompts")
+
+    t0 = time.perf_counter()
+    train_texts, train_prompt_n, train_new = sample_continuations(
+        teacher, tokenizer, train_prompts, tcfg, cfg.seed, desc="transfer set (train)", show_progress=show_progress)
+    held_texts, held_prompt_n, held_new = sample_continuations(
+        teacher, tokenizer, held_prompts, tcfg, cfg.seed + 1, desc="transfer set (held-out)",
+        show_progress=show_progress) if held_prompts else ([], [], [])
+    wall = time.perf_counter() - t0
+
+    new_counts = train_new + held_new
+    generated = sum(new_counts)
+    manifest = {
+        "version": MANIFEST_VERSION,
+        "key": key,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "teacher": {"source": cfg.teacher.name_or_path or "random:" + json.dumps(cfg.teacher.config, sort_keys=True),
+                    "tokenizer": cfg.teacher.tokenizer, "dtype": cfg.teacher.dtype, "identity": identity},
+        "seed": cfg.seed,
+        "settings": dataclasses.asdict(tcfg),
+        "seed_prompts": {"path": tcfg.seed_prompts, "count": len(prompts),
+                         "sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+                         "heldout_prompts": len(set(held_prompts))},
+        "counts": {
+            "train_sequences": len(train_texts), "heldout_sequences": len(held_texts),
+            "train_tokens": sum(train_prompt_n) + sum(train_new),
+            "heldout_tokens": sum(held_prompt_n) + sum(held_new),
+            "generated_tokens": generated,
+            "mean_new_tokens": round(generated / max(len(new_counts), 1), 2),
+            # continuations the teacher ended with EOS before max_new_tokens (empty ones counted separately)
+            "ended_early": sum(1 for n in new_counts if n < tcfg.max_new_tokens),
+            "empty_continuations": sum(1 for n in new_counts if n == 0),
+        },
+        "timing": {"wall_s": round(wall, 2), "generated_tokens_per_s": round(generated / max(wall, 1e-9), 1),
+                   "device": str(next(teacher.parameters()).device), "batch_size": tcfg.batch_size},
+        "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
+                     "distill": _version("distill")},
+    }
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".tmp-{key}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        _write_jsonl(tmp / "train.jsonl", train_texts)
+        _write_jsonl(tmp / "heldout.jsonl", held_texts)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process finished the same key first (or a broken dir is there): keep one
+            existing = _read_manifest(final)
+            if existing is None:
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+            else:
+                manifest = existing
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"wrote {final}: {len(train_texts)} train / {len(held_texts)} held-out sequences, "
+          f"{generated} new tokens in {wall:.0f} s ({generated / max(wall, 1e-9):.0f} tokens/s)")
+    return TransferSet(str(final / "train.jsonl"), str(final / "heldout.jsonl"), manifest)
+
+
+def _version(dist: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return None
+
+
+def main(args) -> int:
+    """`distill corpus --recipe R [key=value ...]`: build or reuse the recipe's transfer set, print its paths."""
+    from distill.config import load_config
+
+    cfg = load_config(args.recipe, list(args.overrides or []))
+    ts = ensure_transfer_set(cfg)
+    c = ts.manifest["counts"]
+    print(f"train:    {ts.train_path} ({c['train_sequences']} sequences, {c['train_tokens']} tokens)")
+    print(f"held-out: {ts.heldout_path} ({c['heldout_sequences']} sequences, {c['heldout_tokens']} tokens)")
+    return 0

@@ -1,0 +1,418 @@
+"""Teacher targets: distributions, pair equalisation, counterfactual symmetry, prefix key/value reuse.
+
+Tiny random GPT-2 / Llama (and a sliding-window Mistral) built here, seeded; runs in seconds on a CPU.
+The swap-table and counterfactual-batch objects are built by hand with the fields of distill.counterfactual.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+)
+
+from distill import teacher as tm
+from distill.teacher import (
+    MODES,
+    build_swap_plan,
+    combine_,
+    map_back,
+    pair_mean_,
+    prefix_cache,
+    suffix_logits,
+    teacher_targets,
+)
+
+V = 64
+HE, SHE, HIS, HIM, HER, MAN, WOMAN = 10, 11, 12, 13, 14, 15, 16
+NEUTRAL = (20, V)  # ids drawn for ordinary text
+
+
+@dataclass
+class Table:  # same fields as distill.counterfactual.TokenSwapTable
+    counterpart: torch.Tensor
+    pairs: torch.Tensor
+    back_groups: dict[int, list[int]] = field(default_factory=dict)
+    is_gendered: torch.Tensor | None = None
+
+
+@dataclass
+class Cf:  # same fields as distill.counterfactual.CounterfactualBatch
+    rows: torch.Tensor
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    align: torch.Tensor
+    prefix_len: torch.Tensor
+    n_exact: int = 0
+    n_aligned: int = 0
+
+
+def make_table(vocab=V, one_to_one=True) -> Table:
+    """he<->she, man<->woman; his<->her, him<->her with " her" mapping back to [his, him] unless one_to_one."""
+    cp = torch.arange(vocab)
+    swaps = [(HE, SHE), (MAN, WOMAN)] + ([(HIS, HER)] if one_to_one else [])
+    for a, b in swaps:
+        cp[a], cp[b] = b, a
+    pairs = [[HE, SHE], [MAN, WOMAN], [HIS, HER]]
+    groups = {}
+    if not one_to_one:
+        cp[HIS], cp[HIM], cp[HER] = HER, HER, HIS
+        pairs.append([HIM, HER])
+        groups = {HER: [HIS, HIM]}
+    gendered = torch.zeros(vocab, dtype=torch.bool)
+    gendered[[HE, SHE, HIS, HIM, HER, MAN, WOMAN]] = True
+    return Table(cp, torch.tensor(pairs), groups, gendered)
+
+
+def gpt2():
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=V, bos_token_id=0, eos_token_id=0)).eval()
+
+
+def llama():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                      intermediate_size=64, vocab_size=V, initializer_range=0.2)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def mistral_sliding():
+    torch.manual_seed(0)
+    cfg = MistralConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                        intermediate_size=64, vocab_size=V, sliding_window=4,
+                        initializer_range=0.2)
+    return MistralForCausalLM(cfg).eval()
+
+
+MODELS = {"gpt2": gpt2, "llama": llama}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def model(request):
+    return MODELS[request.param]()
+
+
+def neutral(*shape, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(*NEUTRAL, shape, generator=g)
+
+
+def swap_ids(x: torch.Tensor, table: Table) -> torch.Tensor:
+    return table.counterpart[x]
+
+
+def exact_cf(x: torch.Tensor, rows: list[int], table: Table) -> Cf:
+    """Counterfactual of batch rows `rows` by exact token swap (same length, identity alignment)."""
+    sel = x[rows]
+    swapped = swap_ids(sel, table)
+    differ = swapped != sel
+    prefix = torch.where(differ.any(1), differ.int().argmax(1), torch.full((len(rows),), x.shape[1]))
+    T = x.shape[1]
+    return Cf(torch.tensor(rows), swapped, torch.ones_like(swapped), torch.arange(T).repeat(len(rows), 1), prefix)
+
+
+def gendered_batch(B=4, T=16, seed=1) -> torch.Tensor:
+    x = neutral(B, T, seed=seed)
+    x[0, [5, 9]] = torch.tensor([HE, HIS])
+    x[1, [2, 12]] = torch.tensor([SHE, WOMAN])
+    x[2, [8]] = torch.tensor([MAN])
+    x[3, [3, 7, 11]] = torch.tensor([HER, HIM, HE])
+    return x
+
+
+def plain(model, x, T=2.0, rows=V):
+    with torch.no_grad():
+        return torch.softmax(model(x).logits[..., :rows].float() / T, -1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_none_is_tempered_softmax_with_vocab_slicing(model):
+    x = gendered_batch()
+    out = teacher_targets(model, x, mode="none", temperature=2.0, vocab_rows=60)
+    assert out.probs.shape == (4, 16, 60) and out.probs.dtype == torch.float32
+    torch.testing.assert_close(out.probs, plain(model, x, 2.0, 60), atol=1e-6, rtol=0)
+    assert out.changed_share == 0.0 and out.hidden is None
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("one_to_one", [True, False])
+def test_every_mode_gives_distributions(model, mode, one_to_one):
+    table = make_table(one_to_one=one_to_one)
+    x = gendered_batch()
+    out = teacher_targets(model, x, mode=mode, temperature=1.5, vocab_rows=V, table=table,
+                          cf=exact_cf(x, [0, 1, 3], table))
+    assert out.probs.shape == (4, 16, V)
+    assert (out.probs >= 0).all()
+    torch.testing.assert_close(out.probs.sum(-1), torch.ones(4, 16), atol=1e-5, rtol=0)
+    if mode == "none":
+        assert out.changed_share == 0.0
+    else:
+        assert 0.0 < out.changed_share <= 1.0
+
+
+def test_pair_mean_equalises_every_pair(model):
+    table = make_table()
+    x = gendered_batch()
+    p = plain(model, x)
+    out = teacher_targets(model, x, mode="pair_mean", temperature=2.0, vocab_rows=V, table=table)
+    for a, b in table.pairs.tolist():
+        torch.testing.assert_close(out.probs[..., a], out.probs[..., b], atol=1e-7, rtol=0)
+        torch.testing.assert_close(out.probs[..., a], (p[..., a] + p[..., b]) / 2, atol=1e-6, rtol=0)
+    others = torch.ones(V, dtype=torch.bool)
+    others[table.pairs.flatten()] = False
+    torch.testing.assert_close(out.probs[..., others], p[..., others], atol=1e-6, rtol=0)
+    tv = 0.5 * (out.probs - p).abs().sum(-1)
+    assert out.changed_share == pytest.approx((tv > 1e-6).float().mean().item())
+
+
+def test_pair_mean_overlapping_pairs_share_one_mean():
+    table = make_table(one_to_one=False)  # (his, her) and (him, her) overlap
+    plan = build_swap_plan(table, V)
+    p = torch.softmax(torch.randn(3, V), -1)
+    ref = p.clone()
+    pair_mean_(p, plan)
+    mean = ref[:, [HIS, HIM, HER]].mean(-1)
+    for t in (HIS, HIM, HER):
+        torch.testing.assert_close(p[:, t], mean)
+    torch.testing.assert_close(p.sum(-1), torch.ones(3))
+
+
+@pytest.mark.parametrize("mode", tm.CF_MODES)
+def test_cf_target_is_swap_equivariant(model, mode):
+    """targets(x) permuted by counterpart == targets(x') when x' is the exact swap of x and vice versa."""
+    table = make_table()
+    x = neutral(3, 20, seed=3)
+    x[0, [4, 9, 15]] = torch.tensor([HE, HIS, WOMAN])
+    x[1] = swap_ids(x[0], table)
+    x[2, [6]] = SHE  # a bystander row without counterfactual
+    cf = Cf(torch.tensor([0, 1]), torch.stack([x[1], x[0]]), torch.ones(2, 20, dtype=torch.long),
+            torch.arange(20).repeat(2, 1), torch.tensor([4, 4]))
+    out = teacher_targets(model, x, mode=mode, temperature=2.0, vocab_rows=V, table=table, cf=cf)
+    torch.testing.assert_close(out.probs[0][..., table.counterpart], out.probs[1], atol=1e-5, rtol=0)
+    # Before the first gendered word both contexts are the same, and so is the target.
+    torch.testing.assert_close(out.probs[0, :4], out.probs[1, :4], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.probs[2], plain(model, x)[2], atol=1e-6, rtol=0)
+
+
+def test_rows_without_cf_and_unaligned_positions_keep_p(model):
+    table = make_table()
+    x = gendered_batch()
+    cf = exact_cf(x, [0, 1], table)
+    cf.align[0, 10:] = -1
+    cf.align[1, :] = -1
+    out = teacher_targets(model, x, mode="cf_mean", temperature=2.0, vocab_rows=V, table=table, cf=cf)
+    p = plain(model, x)
+    torch.testing.assert_close(out.probs[0, 10:], p[0, 10:], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.probs[1:], p[1:], atol=1e-6, rtol=0)
+    assert not torch.allclose(out.probs[0, 5:10], p[0, 5:10], atol=1e-4)
+    changed = (0.5 * (out.probs - p).abs().sum(-1) > 1e-6).float().mean().item()
+    assert out.changed_share == pytest.approx(changed)
+
+
+def test_map_back_splits_one_to_many_by_original_probabilities():
+    table = make_table(one_to_one=False)
+    plan = build_swap_plan(table, V)
+    q = torch.softmax(torch.randn(5, V), -1)
+    p = torch.softmax(torch.randn(5, V), -1)
+    p[4, [HIS, HIM]] = 0.0  # no preference at all: equal split
+    back = map_back(q, p, plan)
+    torch.testing.assert_close(back.sum(-1), torch.ones(5))
+    share = p[:4, [HIS, HIM]] / p[:4, [HIS, HIM]].sum(-1, keepdim=True)
+    # cf " her" splits over his/him; cf " his" and " him" both map back to " her".
+    torch.testing.assert_close(back[:4, [HIS, HIM]], q[:4, HER, None] * share)
+    torch.testing.assert_close(back[4, [HIS, HIM]], q[4, HER].repeat(2) / 2)
+    torch.testing.assert_close(back[:, HER], q[:, HIS] + q[:, HIM])
+    torch.testing.assert_close(back[:, [HE, SHE]], q[:, [SHE, HE]])
+    torch.testing.assert_close(back[:, 30:], q[:, 30:])
+
+
+def _reference_targets(model, x, cf, table, mode, T):
+    """Slow, loop-based reference: full forward on the cf ids, per-token mapping back, combination."""
+    p = plain(model, x, T)
+    with torch.no_grad():
+        qcf = torch.softmax(model(cf.input_ids, attention_mask=cf.attention_mask).logits.float() / T, -1)
+    out = p.clone()
+    for s, row in enumerate(cf.rows.tolist()):
+        for t in range(x.shape[1]):
+            j = int(cf.align[s, t])
+            if j < 0:
+                continue
+            q, pr = qcf[s, j], p[row, t]
+            back = torch.zeros(V)
+            for u in range(V):
+                if u in table.back_groups:
+                    tg = table.back_groups[u]
+                    w = pr[tg] / pr[tg].sum() if pr[tg].sum() > 0 else torch.full((len(tg),), 1 / len(tg))
+                    back[tg] += q[u] * w
+                else:
+                    back[int(table.counterpart[u])] += q[u]
+            if mode == "cf_mean":
+                new = (pr + back) / 2
+            elif mode == "cf_max":
+                new = torch.maximum(pr, back)
+                new = new / new.sum()
+            else:
+                new = torch.sqrt(pr * back)
+                new = new / new.sum()
+            out[row, t] = new
+    return out
+
+
+def ragged_cf(x: torch.Tensor, table: Table, seed=5) -> Cf:
+    """Three cf rows with prefix lengths 5, 2, 9; the second is two tokens shorter (right-padded), as if a
+    three-token word had become one token: the two original positions in between are left unaligned."""
+    B, T = x.shape
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(*NEUTRAL, (3, T), generator=g)
+    mask = torch.ones(3, T, dtype=torch.long)
+    align = torch.arange(T).repeat(3, 1)
+    prefix = torch.tensor([5, 2, 9])
+    for s, (row, k) in enumerate(zip([0, 1, 3], prefix.tolist(), strict=True)):
+        ids[s, :k] = x[row, :k]
+        ids[s, k] = table.counterpart[x[row, k]] if table.counterpart[x[row, k]] != x[row, k] else HE
+    # row s=1: positions 2..3 of the original have no counterpart; later positions shift by two
+    ids[1, T - 2:] = 0
+    mask[1, T - 2:] = 0
+    align[1, 3:5] = -1
+    align[1, 5:] = torch.arange(3, T - 2)
+    return Cf(torch.tensor([0, 1, 3]), ids, mask, align, prefix)
+
+
+@pytest.mark.parametrize("mode", tm.CF_MODES)
+def test_cf_targets_match_slow_reference(model, mode):
+    table = make_table(one_to_one=False)
+    x = gendered_batch(T=14)
+    cf = ragged_cf(x, table)
+    out = teacher_targets(model, x, mode=mode, temperature=1.7, vocab_rows=V, table=table, cf=cf)
+    ref = _reference_targets(model, x, cf, table, mode, 1.7)
+    torch.testing.assert_close(out.probs, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("build", [gpt2, llama, mistral_sliding], ids=["gpt2", "llama", "mistral_sliding4"])
+def test_prefix_cache_reuse_equals_full_forward(build):
+    model = build()
+    table = make_table()
+    x = gendered_batch(T=14)
+    cf = ragged_cf(x, table)
+    with torch.inference_mode():
+        cache = model(x, use_cache=True, past_key_values=tm.DynamicCache()).past_key_values
+        before = [layer.keys.clone() for layer in cache.layers]
+        full = model(cf.input_ids, attention_mask=cf.attention_mask).logits
+        for group in ([0, 1, 2], [0, 2], [2]):  # common prefix lengths 2, 5, 9
+            local = torch.tensor(group)
+            k = int(cf.prefix_len[local].min())
+            past = prefix_cache(cache, cf.rows[local], k)
+            got = suffix_logits(model, cf.input_ids[local], cf.attention_mask[local], k, past)
+            real = cf.attention_mask[local, k:].bool()
+            assert (got - full[local, k:])[real].abs().max() < 1e-4
+            # selected logits only, in row-major order
+            keep = real.clone()
+            keep[:, ::2] = False
+            past = prefix_cache(cache, cf.rows[local], k)
+            sel = suffix_logits(model, cf.input_ids[local], cf.attention_mask[local], k, past, keep)
+            assert sel.shape == (int(keep.sum()), V)
+            assert (sel - full[local, k:][keep]).abs().max() < 1e-4
+        for layer, old in zip(cache.layers, before, strict=True):  # the source cache is untouched
+            assert torch.equal(layer.keys, old)
+
+
+@pytest.mark.parametrize("build", [gpt2, llama, mistral_sliding], ids=["gpt2", "llama", "mistral_sliding4"])
+@pytest.mark.parametrize("overhead", [0, 10_000])
+def test_targets_same_with_and_without_prefix_reuse(build, overhead, monkeypatch):
+    """Grouped (overhead 0: one forward per prefix length) or single-group reuse == recomputing from scratch."""
+    monkeypatch.setattr(tm, "GROUP_OVERHEAD_TOKENS", overhead)
+    model = build()
+    table = make_table(one_to_one=False)
+    x = gendered_batch(T=14)
+    cf = ragged_cf(x, table)
+    a = teacher_targets(model, x, mode="cf_expmean", temperature=2.0, vocab_rows=V, table=table, cf=cf)
+    b = teacher_targets(model, x, mode="cf_expmean", temperature=2.0, vocab_rows=V, table=table, cf=cf,
+                        reuse_prefix=False)
+    torch.testing.assert_close(a.probs, b.probs, atol=1e-5, rtol=0)
+    assert a.changed_share == b.changed_share
+
+
+def test_plan_groups():
+    assert tm._plan_groups([3, 3], [10, 10], reuse=False) == [([0, 1], 0, 10)]
+    assert tm._plan_groups([4], [10], reuse=True) == [([0], 4, 10)]
+    # far-apart prefixes over long rows: two forwards save more than the overhead
+    groups = tm._plan_groups([0, 600, 1, 700], [1024] * 4, reuse=True)
+    assert [(sorted(g), k) for g, k, _ in groups] == [([0, 2], 0), ([1, 3], 600)]
+    # a prefix as long as the row still leaves one position to run
+    assert tm._plan_groups([10], [10], reuse=True) == [([0], 9, 10)]
+
+
+def test_table_vocab_mismatch_is_truncated_or_identity_padded(model):
+    x = gendered_batch()
+    big = make_table(vocab=70)
+    big.counterpart[40], big.counterpart[65] = 65, 40  # a pair that falls outside the 60 shared rows
+    big.pairs = torch.cat([big.pairs, torch.tensor([[40, 65]])])
+    small = make_table(vocab=30)
+    for table in (big, small):
+        plan = build_swap_plan(table, 60)
+        assert plan.src.shape == (60,) and int(plan.src.max()) < 60
+        assert 40 not in plan.pair_cols.tolist()
+        for mode in ("pair_mean", "cf_max"):
+            out = teacher_targets(model, x, mode=mode, temperature=1.0, vocab_rows=60, table=table,
+                                  cf=exact_cf(x, [0, 1], make_table()))
+            assert out.probs.shape == (4, 16, 60)
+            torch.testing.assert_close(out.probs.sum(-1), torch.ones(4, 16), atol=1e-5, rtol=0)
+
+
+def test_outputs_usable_in_autograd_and_hidden(model):
+    table = make_table()
+    x = gendered_batch()
+    out = teacher_targets(model, x, mode="cf_mean", temperature=2.0, vocab_rows=V, table=table,
+                          cf=exact_cf(x, [0], table), want_hidden=True)
+    assert out.hidden.shape == (4, 16, 32) and out.hidden.dtype == torch.float32
+    assert not out.probs.is_inference() and not out.hidden.is_inference()
+    student = torch.randn(4, 16, V, requires_grad=True)
+    h = torch.randn(4, 16, 32, requires_grad=True)
+    loss = -(out.probs * torch.log_softmax(student, -1)).sum() - torch.cosine_similarity(h, out.hidden, -1).sum()
+    loss.backward()  # inference tensors would refuse to be saved for backward
+    assert student.grad is not None
+
+
+def test_combine_formulas():
+    p = torch.tensor([[0.5, 0.3, 0.2, 0.0]])
+    q = torch.tensor([[0.1, 0.1, 0.4, 0.4]])
+    torch.testing.assert_close(combine_(p, q.clone(), "cf_mean"), (p + q) / 2)
+    m = torch.maximum(p, q)
+    torch.testing.assert_close(combine_(p, q.clone(), "cf_max"), m / m.sum())
+    g = torch.sqrt(p * q)
+    torch.testing.assert_close(combine_(p, q.clone(), "cf_expmean"), g / g.sum())
+    disjoint = combine_(torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]]), "cf_expmean")
+    torch.testing.assert_close(disjoint, torch.tensor([[0.5, 0.5]]))
+
+
+def test_bad_inputs_raise(model):
+    table = make_table()
+    x = gendered_batch()
+    with pytest.raises(ValueError, match="unknown teacher mode"):
+        teacher_targets(model, x, mode="cf_min", temperature=1.0, vocab_rows=V)
+    with pytest.raises(ValueError, match="swap table"):
+        teacher_targets(model, x, mode="pair_mean", temperature=1.0, vocab_rows=V)
+    cf = exact_cf(x, [0], table)
+    cf.prefix_len[0] = 8  # but row 0 differs at position 5
+    with pytest.raises(ValueError, match="shared prefix"):
+        teacher_targets(model, x, mode="cf_mean", temperature=1.0, vocab_rows=V, table=table, cf=cf)
+    cf = exact_cf(x, [0], table)
+    cf.align[0, 3] = 16
+    with pytest.raises(ValueError, match="align"):
+        teacher_targets(model, x, mode="cf_mean", temperature=1.0, vocab_rows=V, table=table, cf=cf)
+    model.train()
+    try:
+        with pytest.raises(ValueError, match="eval"):
+            teacher_targets(model, x, mode="none", temperature=1.0, vocab_rows=V)
+    finally:
+        model.eval()
