@@ -10,7 +10,6 @@ local model. Safe defaults: safetensors where the checkpoint has them, no `trust
 from __future__ import annotations
 
 import copy
-import os
 import re
 from pathlib import Path
 
@@ -168,7 +167,8 @@ def train_byte_bpe_tokenizer(texts: list[str], vocab_size: int = 512):
 
     Deterministic for a given input, so `data/tiny_tokenizer/` can be rebuilt and compared in a test.
     """
-    from tokenizers import Tokenizer, decoders, models as tk_models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, decoders, pre_tokenizers, trainers
+    from tokenizers import models as tk_models
     from transformers import PreTrainedTokenizerFast
 
     core = Tokenizer(tk_models.BPE())

@@ -17,7 +17,6 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from distill.cli import main
 from distill.config import load_config
 from distill.data import BlockSampler
-from distill.errors import TrainingDiverged
 from distill.train import accumulate_gradients, build
 
 NO_DROPOUT = ["teacher.config.resid_pdrop=0", "teacher.config.embd_pdrop=0", "teacher.config.attn_pdrop=0"]
