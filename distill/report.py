@@ -42,6 +42,11 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
+def format_p(p: float, n_boot: int) -> str:
+    """A bootstrap share of 0 means 'below 1/n_boot', not zero."""
+    return f"< {1 / n_boot:.3g}" if p == 0 else f"{p:.3f}"
+
+
 def _fmt_ppl(x) -> str:
     return "n/a" if x is None else f"{x:.2f}"
 
@@ -116,6 +121,7 @@ def plot_group_shares(path: Path, results: dict) -> None:
         offset = (j - (len(names) - 1) / 2) * width
         ax.bar(x + offset, male, width, color=colour, label=name)
         ax.bar(x + offset, female, width, color=colour, alpha=0.55, hatch="//")
+    ax.bar([0], [0], 0, color="grey", alpha=0.55, hatch="//", label="female share (hatched, below 0)")
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(x, groups, rotation=60, ha="right", fontsize=8)
     ax.set_ylabel("share of generations (female shown negative)")
@@ -144,6 +150,9 @@ def plot_disparity_vs_perplexity(path: Path, results: dict) -> None:
         ax.errorbar([xval], [m["disparity"]], yerr=yerr, fmt="o", capsize=4, color=f"C{j}", label=name)
         ax.annotate(name, (xval, m["disparity"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if with_ppl:
+        ppls = [models[n]["perplexity"] for n in with_ppl]
+        if max(ppls) > 10 * min(ppls):  # a broken student next to a good teacher: a linear axis hides both
+            ax.set_xscale("log")
         ax.set_xlabel("perplexity on held-out text (lower is better)")
         missing = [n for n in models if n not in with_ppl]
         ax.set_title("Disparity vs perplexity" + (f" (no perplexity: {', '.join(missing)})" if missing else ""), fontsize=10)
@@ -196,7 +205,7 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
         for c in results["comparisons"]:
             lo, hi = c["ci"]
             lines.append(f"| {c['metric']} | {c['a']} | {c['b']} | {c['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                         f"{_fmt(c['p_value'])} |")
+                         f"{format_p(c['p_value'], c['n_boot'])} |")
     lines += ["", "## Plots", "", f"![group shares]({GROUP_PLOT})", "", f"![disparity vs perplexity]({DISPARITY_PLOT})"]
     lines += ["", f"## Per {s['group_by']} (male / female share)", ""]
     names = list(models)

@@ -84,17 +84,21 @@ class TeacherOutput:
 class SwapPlan:
     """Index tensors for mapping back and pair equalisation over the first `vocab_rows` ids.
 
-    q_back = q[:, src]; q_back[:, zero_cols] = 0; q_back[:, extra_dst] += q[:, extra_src];
-    q_back[:, group_dst] += q[:, group_src] * w, w = p[:, group_dst] normalised within each group.
+    Only the few `fix_cols` (gendered ids and whatever they map to) change when mapping back; every other
+    id is its own and only preimage. With r = [q[:, read_cols], 0] (a zero column appended):
+    q_back[:, fix_cols] = r[:, fix_src] + sum r[:, extra_src] over extra_dst
+                          + sum r[:, group_src] * w over group_fix,  w = p[:, group_dst] normalised per group.
     """
 
     vocab_rows: int
-    src: torch.Tensor  # (V,) the (first) cf id whose mass lands on each original id
-    zero_cols: torch.Tensor  # ids that receive nothing through the 1:1 part
-    extra_src: torch.Tensor  # further 1:1 sources for ids with several (e.g. his -> her, him -> her)
-    extra_dst: torch.Tensor
-    group_src: torch.Tensor  # (G',) one entry per (back-group id, target) pair
-    group_dst: torch.Tensor
+    fix_cols: torch.Tensor  # (F,) ids whose value is recomputed
+    read_cols: torch.Tensor  # (R,) ids whose cf mass is read
+    fix_src: torch.Tensor  # (F,) local index into r of the (first) 1:1 source of each fix col; R = nothing
+    extra_src: torch.Tensor  # (E,) further 1:1 sources (e.g. his -> her and him -> her), local into r
+    extra_fix: torch.Tensor  # (E,) local into fix_cols
+    group_src: torch.Tensor  # (G',) one entry per (back-group id, target) pair, local into r
+    group_fix: torch.Tensor  # (G',) the target, local into fix_cols
+    group_dst: torch.Tensor  # (G',) the target id (to read p for the weights)
     group_id: torch.Tensor  # (G',) which group each entry belongs to
     group_size: torch.Tensor  # (G,) fp32 number of targets (for the equal split when p is 0 on all of them)
     pair_cols: torch.Tensor  # (C,) ids in any gendered pair
@@ -126,25 +130,26 @@ def build_swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device 
 
     moved = (cp != ident).nonzero().flatten().tolist()
     special = set(moved) | {int(cp[u]) for u in moved} | set(groups) | {t for ts in groups.values() for t in ts}
-    # Any id outside `special` is its own and only preimage, so src[v] = v is right there.
-    preimages: dict[int, list[int]] = {v: [] for v in special}
-    for u in sorted(special):
+    # Any id outside `special` is its own and only preimage: mapping back leaves it as it is.
+    fix = sorted(special)
+    preimages: dict[int, list[int]] = {v: [] for v in fix}
+    for u in fix:
         if u not in groups:
             preimages[int(cp[u])].append(u)
-    src = ident.clone()
-    zero, extra_src, extra_dst = [], [], []
-    for v in sorted(special):
+    read = sorted({u for v in fix for u in preimages[v]} | set(groups))
+    at_read = {u: i for i, u in enumerate(read)}
+    at_fix = {v: i for i, v in enumerate(fix)}
+    fix_src, extra_src, extra_fix = [], [], []
+    for v in fix:
         sources = preimages[v]
-        if not sources:
-            zero.append(v)
-        else:
-            src[v] = sources[0]
-            extra_src += sources[1:]
-            extra_dst += [v] * (len(sources) - 1)
+        fix_src.append(at_read[sources[0]] if sources else len(read))
+        extra_src += [at_read[u] for u in sources[1:]]
+        extra_fix += [at_fix[v]] * max(len(sources) - 1, 0)
 
-    g_src, g_dst, g_id, g_size = [], [], [], []
+    g_src, g_fix, g_dst, g_id, g_size = [], [], [], [], []
     for gi, (u, targets) in enumerate(sorted(groups.items())):
-        g_src += [u] * len(targets)
+        g_src += [at_read[u]] * len(targets)
+        g_fix += [at_fix[t] for t in targets]
         g_dst += targets
         g_id += [gi] * len(targets)
         g_size.append(float(len(targets)))
@@ -177,8 +182,9 @@ def build_swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device 
         return torch.tensor(x, dtype=torch.float32, device=device)
 
     return SwapPlan(
-        vocab_rows=V, src=src.to(device), zero_cols=lt(zero), extra_src=lt(extra_src), extra_dst=lt(extra_dst),
-        group_src=lt(g_src), group_dst=lt(g_dst), group_id=lt(g_id), group_size=ft(g_size),
+        vocab_rows=V, fix_cols=lt(fix), read_cols=lt(read), fix_src=lt(fix_src), extra_src=lt(extra_src),
+        extra_fix=lt(extra_fix), group_src=lt(g_src), group_fix=lt(g_fix), group_dst=lt(g_dst), group_id=lt(g_id),
+        group_size=ft(g_size),
         pair_cols=lt(cols), pair_comp=lt(comp), comp_size=ft(comp_size),
     )
 
@@ -203,12 +209,16 @@ def swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device | str)
 # Distribution arithmetic (pure functions of tensors; all in place where that is safe).
 
 
-def softmax_t(logits: torch.Tensor, vocab_rows: int, temperature: float) -> torch.Tensor:
-    """softmax(logits[..., :vocab_rows] / temperature) in fp32, as a fresh ordinary (non-inference) tensor.
+def softmax_t(logits: torch.Tensor, vocab_rows: int, temperature: float, out: torch.Tensor | None = None):
+    """softmax(logits[..., :vocab_rows] / temperature) in fp32, as a fresh ordinary (non-inference) tensor
+    (or written into `out`, an fp32 tensor of that shape).
 
     In place on one fp32 copy, so the peak is the logits plus one (..., vocab_rows) fp32 tensor.
     """
-    out = logits[..., :vocab_rows].to(torch.float32, copy=True)
+    if out is None:
+        out = logits[..., :vocab_rows].to(torch.float32, copy=True)
+    else:
+        out.copy_(logits[..., :vocab_rows])
     if temperature != 1.0:
         out.div_(temperature)
     out.sub_(out.amax(-1, keepdim=True)).exp_()
@@ -229,26 +239,30 @@ def pair_mean_(p: torch.Tensor, plan: SwapPlan) -> torch.Tensor:
     return new.sub_(old).abs_().sum(-1).mul_(0.5)
 
 
-def map_back(q: torch.Tensor, p: torch.Tensor, plan: SwapPlan) -> torch.Tensor:
+def map_back(q: torch.Tensor, p: torch.Tensor, plan: SwapPlan, inplace: bool = False) -> torch.Tensor:
     """The counterfactual distribution q (N, V) expressed over the original context's tokens.
 
     q_back[v] = sum of q[u] over cf tokens u with counterpart[u] = v, plus, for every back-group token u
     (one cf token, several originals), q[u] * p[v] / sum_{v' in group(u)} p[v'] (equal split if that sum is 0).
     p (N, V) is the original context's distribution at the same positions. The total mass is preserved.
+    Only the gendered columns are touched (a gather/scatter over them), so `inplace=True` costs O(N * F).
     """
-    out = q.index_select(-1, plan.src)
-    if plan.zero_cols.numel():
-        out.index_fill_(-1, plan.zero_cols, 0.0)
+    out = q if inplace else q.clone()
+    if plan.fix_cols.numel() == 0:
+        return out
+    r = q.index_select(-1, plan.read_cols)
+    r = torch.cat([r, r.new_zeros(*r.shape[:-1], 1)], dim=-1)  # column R: "no 1:1 source"
+    new = r.index_select(-1, plan.fix_src)
     if plan.extra_src.numel():
-        out.index_add_(-1, plan.extra_dst, q.index_select(-1, plan.extra_src))
+        new.index_add_(-1, plan.extra_fix, r.index_select(-1, plan.extra_src))
     if plan.group_src.numel():
         w = p.index_select(-1, plan.group_dst)  # (N, G')
         total = w.new_zeros(*w.shape[:-1], plan.group_size.numel()).index_add_(-1, plan.group_id, w)
         total = total.index_select(-1, plan.group_id)
         equal = (1.0 / plan.group_size).index_select(-1, plan.group_id).expand_as(w)
         w = torch.where(total > 0, w / total.clamp_min(_TINY), equal)
-        out.index_add_(-1, plan.group_dst, q.index_select(-1, plan.group_src).mul_(w))
-    return out
+        new.index_add_(-1, plan.group_fix, r.index_select(-1, plan.group_src).mul_(w))
+    return out.index_copy_(-1, plan.fix_cols, new)
 
 
 def combine_(p: torch.Tensor, q_back: torch.Tensor, mode: str) -> torch.Tensor:
@@ -376,6 +390,7 @@ class _CfGroup:
     L: int  # real length of the longest row of the group
     keep: torch.Tensor  # (n, L - k) bool: suffix positions whose logits are needed
     select: torch.Tensor  # (N_cf,) row of the kept logits for each cf-sourced target position
+    in_order: bool  # select == arange(N_cf): the kept logits are already the targets' rows, in order
     dest: torch.Tensor  # (N_cf,) flat original position (row * T + t)
 
 
@@ -425,7 +440,9 @@ def _prepare_cf(cf: CounterfactualLike, input_ids: torch.Tensor, reuse: bool):
         keep = torch.zeros(len(members), L - k, dtype=torch.bool, device=dev)
         keep[s_i, j] = True
         rank = keep.reshape(-1).cumsum(0).sub_(1).reshape(keep.shape)
-        groups.append(_CfGroup(g_rows, local, k, L, keep, rank[s_i, j], g_rows[s_i] * T + t_i))
+        select = rank[s_i, j]
+        in_order = torch.equal(select, torch.arange(select.numel(), device=dev))  # monotone alignment
+        groups.append(_CfGroup(g_rows, local, k, L, keep, select, in_order, g_rows[s_i] * T + t_i))
         ps, pt = from_p.nonzero(as_tuple=True)
         p_src.append(g_rows[ps] * T + al[ps, pt])
         p_dest.append(g_rows[ps] * T + pt)
@@ -502,8 +519,8 @@ def teacher_targets(
 def _apply_counterfactual(teacher, p, cache, job, plan: SwapPlan, mode: str, temperature: float) -> int:
     """Replace p at every aligned position of the cf rows by combine(p, map_back(q)); returns #changed.
 
-    Memory: besides p, at most one group's kept logits and three (M, V) tensors, M = aligned positions
-    (about S/B of the batch), are alive at once.
+    Memory: besides p, one group's kept logits and two (M, V) tensors, M = aligned positions (about S/B of
+    the batch), are alive at once (three briefly: cf_expmean's log p, or an out-of-order alignment).
     """
     ids, mask, groups, p_src, p_dest = job
     B, T, V = p.shape
@@ -521,19 +538,20 @@ def _apply_counterfactual(teacher, p, cache, job, plan: SwapPlan, mode: str, tem
             past = prefix_cache(cache, g.rows, g.k) if g.k > 0 else None
             logits = suffix_logits(teacher, ids[g.local, : g.L], mask[g.local, : g.L], g.k, past, g.keep)
             del past
-        q_g = softmax_t(logits, V, temperature)
+        if g.in_order:
+            softmax_t(logits, V, temperature, out=q[start : start + n])
+        else:
+            torch.index_select(softmax_t(logits, V, temperature), 0, g.select, out=q[start : start + n])
         del logits
-        torch.index_select(q_g, 0, g.select, out=q[start : start + n])
-        del q_g
         start += n
     if p_dest is not None and p_dest.numel():
+        # prefix positions: the cf context is the original one there, so its prediction is p itself
         torch.index_select(p2, 0, p_src, out=q[start:])
     dest = torch.cat([g.dest for g in groups] + ([p_dest] if p_dest is not None else []))
 
     p_sel = p2.index_select(0, dest)
-    q_back = map_back(q, p_sel, plan)
-    del q
-    combine_(p_sel, q_back, mode)
-    changed = int((q_back - p_sel).abs_().sum(-1).mul_(0.5).gt(CHANGED_TV).sum().item())
-    p2.index_copy_(0, dest, q_back)
+    map_back(q, p_sel, plan, inplace=True)
+    combine_(p_sel, q, mode)
+    changed = int(p_sel.sub_(q).abs_().sum(-1).mul_(0.5).gt(CHANGED_TV).sum().item())  # p_sel is spent
+    p2.index_copy_(0, dest, q)
     return changed

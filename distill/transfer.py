@@ -133,6 +133,8 @@ def _path_identity(name_or_path: str, memo_path: Path) -> str | None:
         files = sorted(f for f in path.iterdir() if f.is_file() and not f.name.startswith("."))
         parts = [f"{f.name}:{_file_sha256(f, memo_path)}" for f in files]
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+    if name_or_path.endswith(".gguf") or name_or_path.startswith((".", "/", "~")) or name_or_path.count("/") > 1:
+        return None  # a missing local path: loading it gives the proper error
     try:  # a hub id: the snapshot's commit hash pins it, if the model is already in the local cache
         from huggingface_hub import snapshot_download
 
@@ -331,12 +333,14 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
           f"{tcfg.max_new_tokens} new tokens from {len(prompts)} seed prompts")
 
     t0 = time.perf_counter()
-    train_texts, train_prompt_n, train_new = sample_continuations(
-        teacher, tokenizer, train_prompts, tcfg, cfg.seed, desc="transfer set (train)", show_progress=show_progress)
-    held_texts, held_prompt_n, held_new = sample_continuations(
-        teacher, tokenizer, held_prompts, tcfg, cfg.seed + 1, desc="transfer set (held-out)",
-        show_progress=show_progress) if held_prompts else ([], [], [])
+    # One pass over train + held-out prompts: no half-empty batch for the held-out remainder.
+    texts, prompt_n, new_n = sample_continuations(
+        teacher, tokenizer, train_prompts + held_prompts, tcfg, cfg.seed, desc="transfer set",
+        show_progress=show_progress)
     wall = time.perf_counter() - t0
+    train_texts, held_texts = texts[:n_train], texts[n_train:]
+    train_prompt_n, held_prompt_n = prompt_n[:n_train], prompt_n[n_train:]
+    train_new, held_new = new_n[:n_train], new_n[n_train:]
 
     new_counts = train_new + held_new
     generated = sum(new_counts)

@@ -1,0 +1,432 @@
+"""Gender swap: lexicon validation, text swap accuracy and involution, token tables, counterfactual blocks.
+
+    python -m pytest tests/test_counterfactual.py -q
+
+A tiny GPT-2-style byte-level BPE is trained here from the project's own sentences (no network, well under a
+second), so the token-level checks see real multi-token words and leading-space tokens.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+from distill import counterfactual_tokens as ct
+from distill.counterfactual import (
+    _surface_forms,
+    benchmark_swap,
+    build_token_swap_table,
+    counterfactual_batch,
+    load_lexicon,
+)
+from distill.errors import UserError
+
+HERE = Path(__file__).resolve().parent
+CASES = HERE / "counterfactual_cases.tsv"
+ROOT = HERE.parent
+
+
+@pytest.fixture(scope="module")
+def lex():
+    return load_lexicon()
+
+
+def read_cases() -> list[tuple[str, str, str]]:
+    rows = []
+    for line in CASES.read_text(encoding="utf-8").splitlines():
+        if line and not line.startswith("#"):
+            cat, original, expected = line.split("\t")
+            rows.append((cat, original, expected))
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Lexicon
+
+
+def test_default_lexicon_sizes(lex):
+    assert lex.n_word_pairs >= 150
+    assert lex.n_name_pairs >= 200
+    for w in ("he", "his", "him", "himself", "man", "men", "boy", "father", "son", "husband", "king", "mr.",
+              "sir", "actor", "waiter"):
+        assert lex.entries[w].male, w
+    assert lex.entries["her"].counterparts == ("him", "his")  # declared one-to-many, default first
+    assert lex.entries["his"].counterparts == ("her", "hers")
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+@pytest.mark.parametrize("body, line, words", [
+    ("he\tshe\nboy\tgirl\ngirl\tlass\n", 3, ["girl", "female", "male"]),  # a word on both sides
+    ("he\the\n", 1, ["both sides"]),
+    ("# pairs\nhe\tshe\nking\tqueen\nhe\tshe\n", 4, ["duplicate", ":2"]),
+    ("mr.\tms.\nmr.\tmrs.\n", 2, ["not its own inverse", "'mr.'", "alt"]),  # undeclared one-to-many
+    ("him\ther\nhis\ther\n", 2, ["not its own inverse"]),
+    ("he\tshe\tx\n", 1, ["alt"]),
+    ("he she\n", 1, ["column"]),
+    ("he\tshe\nking\tqueen\talt\n", 2, ["'alt'", "neither"]),
+    ("mr.\tmadam\n", 1, ["abbreviation"]),
+])
+def test_lexicon_errors_name_file_and_line(tmp_path, body, line, words):
+    wp = write(tmp_path, "words.tsv", body)
+    names = write(tmp_path, "names.tsv", "John\tMary\n")
+    with pytest.raises(UserError) as e:
+        load_lexicon(wp, names)
+    msg = str(e.value)
+    assert f"{wp}:{line}:" in msg
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg
+
+
+def test_lexicon_errors_across_files_and_names(tmp_path):
+    wp = write(tmp_path, "w.tsv", "he\tshe\n")
+    with pytest.raises(UserError, match=r"n\.tsv:2: .*duplicate"):
+        load_lexicon(wp, write(tmp_path, "n.tsv", "John\tMary\nHe\tShe\n"))
+    with pytest.raises(UserError, match=r"n2\.tsv:1: name 'john' must be written capitalised"):
+        load_lexicon(wp, write(tmp_path, "n2.tsv", "john\tMary\n"))
+    with pytest.raises(UserError, match="not found"):
+        load_lexicon(tmp_path / "missing.tsv", wp)
+
+
+def test_declared_one_to_many_is_accepted(tmp_path):
+    wp = write(tmp_path, "w.tsv", "him\ther\nhis\ther\talt\nhis\thers\talt\nmr.\tms.\nmr.\tmrs.\talt\n!keep\tman-made\n")
+    lex = load_lexicon(wp, write(tmp_path, "n.tsv", "John\tMary\n"))
+    assert lex.swap_text("She gave him her book. Mrs. Lee") == "She gave her his book. Mr. Lee"
+    assert lex.swap_text("Mary's man-made lake") == "John's man-made lake"
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Text swap
+
+
+def test_swap_accuracy_on_hand_written_cases(lex):
+    cases = read_cases()
+    assert len(cases) >= 150
+    ok = Counter()
+    total = Counter(cat for cat, _, _ in cases)
+    misses = []
+    for cat, original, expected in cases:
+        got = lex.swap_text(original)
+        if got == expected:
+            ok[cat] += 1
+        else:
+            misses.append(f"  [{cat}] {original!r} -> {got!r} (expected {expected!r})")
+    acc = sum(ok.values()) / len(cases)
+    report = ", ".join(f"{c} {ok[c]}/{n}" for c, n in sorted(total.items()))
+    print(f"\nswap exact-match accuracy {acc:.1%} on {len(cases)} cases ({report})")
+    print("\n".join(misses))
+    assert acc >= 0.95, "\n".join(misses)
+
+
+def _unambiguous(lex, text: str) -> bool:
+    """No swapped word whose counterpart maps back elsewhere by default (mrs. -> mr. -> ms.)."""
+    for x in lex.replacements(text):
+        dot = "." if text[x.end:x.end + 1] == "." and x.old.lower() + "." in lex.entries else ""  # "Mr." spans
+        e = lex.entries[x.old.lower() + dot]
+        if not e.rule and lex.entries[x.new.lower() + dot].counterparts[0] != e.form.lower():
+            return False
+    return True
+
+
+def test_swap_is_an_involution_on_unambiguous_text(lex):
+    # the hand-written cases the swap gets right, in both directions (the few it gets wrong are her-rule misses)
+    checked = 0
+    for _, original, expected in read_cases():
+        if original == expected or lex.swap_text(original) != expected or not _unambiguous(lex, original):
+            continue
+        checked += 1
+        assert lex.swap_text(expected) == original, (original, expected)
+    assert checked >= 170
+    # every one-to-one pair, in each of its three spellings, inside a neutral frame
+    for w, e in lex.entries.items():
+        if e.is_name or e.rule or len(e.counterparts) != 1:
+            continue
+        back = lex.entries[e.counterparts[0].lower()]
+        if back.counterparts[0].lower() != w:
+            continue
+        for form in _surface_forms(e):  # lower, Capitalised, ALL CAPS ("Mr." only capitalised)
+            s = f"We saw {form} there."
+            assert lex.swap_text(lex.swap_text(s)) == s
+            assert lex.swap_text(s) != s
+    for m, f in lex.pairs[-lex.n_name_pairs:]:
+        s = f"{m} and {f} ({m.upper()}) met."
+        assert lex.swap_text(s) == f"{f} and {m} ({f.upper()}) met."
+        assert lex.swap_text(lex.swap_text(s)) == s
+
+
+def test_case_boundaries_and_names(lex):
+    assert lex.swap_text("he He HE") == "she She SHE"
+    assert lex.swap_text("hE") == "hE"  # mixed case is left alone
+    for s in ("the heart of theme", "Shelley", "Hermes", "human manager", "mankind", "john@example.com"):
+        assert lex.swap_text(s) == s
+    assert lex.swap_text("John's and JOHN's") == "Patricia's and PATRICIA's"
+    assert lex.swap_text("he's, she'd; him!") == "she's, he'd; her!"
+    assert lex.swap_text("my mother-in-law and ex-husband") == "my father-in-law and ex-wife"
+    assert lex.swap_text("it took 5 ms. Ms. Lee said") == "it took 5 ms. Mr. Lee said"
+
+
+def test_her_and_his_rules(lex):
+    pairs = {
+        "I gave her a book.": "I gave him a book.",
+        "I read her book.": "I read his book.",
+        "I thanked her.": "I thanked him.",
+        "her very own": "his very own",
+        "thanked her very much": "thanked him very much",
+        "I saw her running": "I saw him running",
+        "I saw her and him": "I saw him and her",
+        "the book is his": "the book is hers",
+        "his book": "her book",
+        "his is better": "hers is better",
+        "his or her car": "her or his car",
+        "his/her car": "her/his car",
+    }
+    for src, want in pairs.items():
+        assert lex.swap_text(src) == want, src
+
+
+def test_rules_do_not_look_past_the_line(lex):
+    text = "He met her\nbook club friends.\nHis\nwas red."
+    assert lex.swap_text(text) == "".join(lex.swap_text(line) for line in text.splitlines(True))
+    assert lex.swap_text("He met her\nbook") == "She met him\nbook"
+
+
+def test_replacement_spans_rebuild_the_swap(lex):
+    text = " ".join(o for _, o, _ in read_cases())
+    reps = lex.replacements(text)
+    out, pos = [], 0
+    for x in reps:
+        assert text[x.start:x.end] == x.old
+        out += [text[pos:x.start], x.new]
+        pos = x.end
+    out.append(text[pos:])
+    assert "".join(out) == lex.swap_text(text)
+    assert lex.replacements("Dear Mr. Brown") == [type(reps[0])(5, 7, "Mr", "Ms")]  # the period stays out
+    assert lex.replacements_at(text, range(len(text))) == reps
+    assert lex.has_gendered_word("the king") and not lex.has_gendered_word("the kingdom")
+
+
+def test_benchmark_function_reports_throughput(lex):
+    out = benchmark_swap(n_bytes=100_000, lexicon=lex, repeats=1)
+    assert out["bytes"] >= 100_000 and out["mb_per_s"] > 0 and out["changed_lines"] > 0
+
+
+def test_swap_command_streams_line_by_line():
+    src = "She gave him her book.\n\nMr. Smith thanked his mother.\nno gendered words\nlast line without newline HER"
+    proc = subprocess.run([sys.executable, "-m", "distill", "swap"], input=src.encode(), capture_output=True,
+                          cwd=ROOT, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    out = proc.stdout.decode()
+    assert out.split("\n") == ["He gave her his book.", "", "Ms. Smith thanked her father.", "no gendered words",
+                               "last line without newline HIM"]
+
+
+def test_swap_command_bad_lexicon_is_one_line(tmp_path):
+    bad = write(tmp_path, "bad.tsv", "he\tshe\nhe\tshe\n")
+    proc = subprocess.run([sys.executable, "-m", "distill", "swap", "--lexicon", str(bad)], input=b"he\n",
+                          capture_output=True, cwd=ROOT, timeout=60)
+    assert proc.returncode == 2
+    err = proc.stderr.decode().strip()
+    assert err.count("\n") == 0 and f"{bad}:2:" in err and "duplicate" in err
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Token level: a tiny GPT-2-style byte-level BPE trained on the project's own sentences
+
+
+EXTRA = [
+    "The waiter said that he would bring the soup.",  # " waiter" frequent, " waitress" rare: multi-token
+    "He told his sister that the waiter was late.",
+    "She thanked him and the waiter for the bread.",
+    "The doctor said that he would call his sister today.",
+]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [o for _, o, _ in read_cases()] + [e for _, _, e in read_cases()] + EXTRA * 40
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=700, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="module")
+def table(tok, lex):
+    return build_token_swap_table(tok, lex)
+
+
+def one(tok, text: str) -> int:
+    ids = tok.encode(text, add_special_tokens=False)
+    assert len(ids) == 1, (text, tok.convert_ids_to_tokens(ids))
+    return ids[0]
+
+
+def test_table_entries(tok, table):
+    V = len(tok)
+    assert table.counterpart.shape == (V,) and table.is_gendered.shape == (V,)
+    he, she, him, his, her = (one(tok, w) for w in (" he", " she", " him", " his", " her"))
+    assert table.counterpart[he] == she and table.counterpart[she] == he
+    assert table.counterpart[him] == her and table.counterpart[his] == her
+    assert table.counterpart[one(tok, "He")] == one(tok, "She")
+    assert table.counterpart[her] == him  # default; the full set is in back_groups
+    assert table.back_groups[her] == [him, his]
+    pairs = {tuple(p) for p in table.pairs.tolist()}
+    assert (he, she) in pairs and (she, he) not in pairs  # [male, female]
+    assert {(him, her), (his, her)} <= pairs
+    assert len(pairs) == len(table.pairs) == len({frozenset(p) for p in pairs})
+    the = one(tok, " the")
+    assert not table.is_gendered[the] and table.counterpart[the] == the
+    moved = (table.counterpart != torch.arange(V)).nonzero().flatten()
+    assert table.is_gendered[moved].all()
+    for i in table.is_gendered.nonzero().flatten().tolist():  # every entry maps to a real gendered token
+        assert table.is_gendered[table.counterpart[i]]
+
+
+def enc(tok, text: str) -> list[int]:
+    return tok.encode(text, add_special_tokens=False)
+
+
+def block(tok, texts: list[str], pad_text: str = " the") -> torch.Tensor:
+    rows = [enc(tok, t) for t in texts]
+    T = max(map(len, rows))
+    filler = enc(tok, pad_text)[0]
+    return torch.tensor([r + [filler] * (T - len(r)) for r in rows])
+
+
+def test_exact_rows_are_pure_substitutions(tok, table, lex):
+    x = block(tok, ["The doctor said that he would call his sister today and then left",
+                    "The weather was fine and the roads were dry all day long",
+                    "Then she thanked him for the bread and the soup at the table"])
+    cf = counterfactual_batch(x, tok, table, lex)
+    assert cf.rows.tolist() == [0, 2]  # the neutral row is left out
+    assert cf.n_aligned == 0 and cf.n_exact == 3 + 2
+    B, T = x.shape
+    assert cf.input_ids.shape == (2, T) and bool(cf.attention_mask.all())
+    assert torch.equal(cf.align, torch.arange(T).expand(2, T))
+    for i, r in enumerate(cf.rows.tolist()):
+        orig, new = x[r], cf.input_ids[i]
+        changed = (orig != new).nonzero().flatten()
+        assert torch.equal(new[changed], table.counterpart[orig[changed]])
+        assert int(cf.prefix_len[i]) == int(changed[0])
+    assert tok.decode(cf.input_ids[0]).startswith("The doctor said that she would call her brother today")
+    assert tok.decode(cf.input_ids[1]).startswith("Then he thanked her for the bread")
+
+
+def _check_alignment(tok, lex, table, x, cf):
+    """Every aligned position's counterfactual context is the original context with its completed swaps;
+    every position outside a swapped word is aligned."""
+    codec = ct._Codec(tok, table.pieces)  # token texts, with characters split over tokens mended
+    for i, r in enumerate(cf.rows.tolist()):
+        orig_ids = x[r].tolist()
+        n = int(cf.attention_mask[i].sum())
+        cf_ids = cf.input_ids[i, :n].tolist()
+        o_ends = list(ct.accumulate(map(len, codec.spell(orig_ids))))
+        c_ends = list(ct.accumulate(map(len, codec.spell(cf_ids))))
+        otext, ctext = codec.join(orig_ids), codec.join(cf_ids)
+        reps = [x_ for x_ in lex.replacements(otext) if x_.start > 0 and x_.end < len(otext)]
+        for t, j in enumerate(cf.align[i].tolist()):
+            p = o_ends[t]
+            want, pos = [], 0
+            for x_ in reps:
+                if x_.end <= p:
+                    want += [otext[pos:x_.start], x_.new]
+                    pos = x_.end
+            want = "".join(want) + otext[pos:p]
+            if j < 0:  # inside a swapped word, or cut off with the end of a longer counterfactual
+                assert any(x_.start < p < x_.end for x_ in reps) or len(want) > c_ends[-1], (t, otext[:p])
+            else:
+                assert ctext[:c_ends[j]] == want, (t, j)
+        assert cf_ids[:int(cf.prefix_len[i])] == orig_ids[:int(cf.prefix_len[i])]
+
+
+def test_multi_token_counterpart_is_aligned(tok, table, lex):
+    waiter, waitress = enc(tok, " waiter"), enc(tok, " waitress")
+    assert len(waiter) == 1 and len(waitress) > 1, tok.convert_ids_to_tokens(waitress)
+    x = block(tok, ["Then the waiter brought us the soup and the bread at noon",
+                    "Then the waitress brought us the soup and the bread at noon"])
+    cf = counterfactual_batch(x, tok, table, lex)
+    assert cf.rows.tolist() == [0, 1] and cf.n_aligned == 2 and cf.n_exact == 0
+    T = x.shape[1]
+    k = len(enc(tok, "Then the"))
+    extra = len(waitress) - 1
+    # row 0: " waiter" -> " wait"+"ress": one token longer, cut back to T (the last position loses its counterpart)
+    assert cf.input_ids.shape == (2, T)
+    assert cf.align[0, :k].tolist() == list(range(k))
+    assert cf.align[0, k] == k + extra  # after "waiter" <-> after "waitress"
+    assert cf.align[0, k + 1:T - extra].tolist() == list(range(k + 1 + extra, T))
+    assert cf.align[0, T - extra:].tolist() == [-1] * extra
+    # row 1: " wait"+"ress" -> " waiter": the first piece has no counterpart
+    assert cf.align[1, k:k + len(waitress)].tolist() == [-1] * (len(waitress) - 1) + [k]
+    assert int(cf.attention_mask[1].sum()) == T - extra
+    assert cf.input_ids[1, T - extra:].tolist() == [tok.eos_token_id] * extra  # right padding
+    assert cf.prefix_len.tolist() == [k, k]
+    # following text is identical after the swapped word
+    P = table.pieces
+    for i in range(2):
+        orig = "".join(P[t] for t in x[i].tolist())
+        new = "".join(P[t] for t in cf.input_ids[i, :int(cf.attention_mask[i].sum())].tolist())
+        t = k + (0 if i == 0 else len(waitress) - 1)
+        j = int(cf.align[i, t])
+        o_end = len("".join(P[u] for u in x[i, :t + 1].tolist()))
+        c_end = len("".join(P[u] for u in cf.input_ids[i, :j + 1].tolist()))
+        assert orig[o_end:].startswith(new[c_end:]) or new[c_end:].startswith(orig[o_end:])
+    _check_alignment(tok, lex, table, x, cf)
+
+
+def test_counterfactual_text_matches_text_swap_on_all_cases(tok, table, lex):
+    sentences = [o for _, o, _ in read_cases()]
+    x = block(tok, ["\n" + s + "\n" for s in sentences], pad_text="\n")
+    cf = counterfactual_batch(x, tok, table, lex)
+    rows = cf.rows.tolist()
+    want = [i for i, s in enumerate(sentences) if lex.swap_text(s) != s]
+    assert rows == want
+    for i, r in enumerate(rows):
+        n = int(cf.attention_mask[i].sum())
+        got = tok.decode(cf.input_ids[i, :n]).strip("\n")
+        assert got == lex.swap_text(sentences[r]), sentences[r]
+    assert cf.n_exact > 0 and cf.n_aligned > 0
+    _check_alignment(tok, lex, table, x, cf)
+    # the teacher's checks: align points into the real (unpadded) part of each row
+    assert int((cf.align - cf.attention_mask.sum(1, keepdim=True)).max()) < 0 and int(cf.align.min()) >= -1
+
+
+def test_packed_blocks_edges_and_candidate_path(tok, table, lex, monkeypatch):
+    text = "\n".join(o for _, o, _ in read_cases())
+    ids = enc(tok, text)
+    T = 48
+    x = torch.tensor(ids[: len(ids) // T * T]).reshape(-1, T)
+    cf = counterfactual_batch(x, tok, table, lex)
+    _check_alignment(tok, lex, table, x, cf)
+    monkeypatch.setattr(ct, "_SCAN_COST_RATIO", 10**9)  # force the whole-text regex scan on every row
+    full = counterfactual_batch(x, tok, table, lex)
+    for name in ("rows", "input_ids", "attention_mask", "align", "prefix_len"):
+        assert torch.equal(getattr(cf, name), getattr(full, name)), name
+    assert (cf.n_exact, cf.n_aligned) == (full.n_exact, full.n_aligned)
+    # a word cut by the block edge is not swapped: "man" at the very start, "he" at the very end
+    edge = torch.tensor([enc(tok, "man in the street said that") + enc(tok, " he")])
+    assert counterfactual_batch(edge, tok, table, lex).rows.numel() == 0
+
+
+def test_empty_and_bad_batches(tok, table, lex):
+    cf = counterfactual_batch(torch.tensor([enc(tok, "The weather was fine and dry.")]), tok, table, lex)
+    assert cf.rows.numel() == 0 and cf.input_ids.shape[0] == 0 and cf.align.shape == (0, cf.align.shape[1])
+    with pytest.raises(ValueError, match=r"\(B, T\)"):
+        counterfactual_batch(torch.tensor([1, 2, 3]), tok, table, lex)
+    with pytest.raises(ValueError, match="outside"):
+        counterfactual_batch(torch.tensor([[len(tok) + 5]]), tok, table, lex)
