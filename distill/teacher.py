@@ -44,8 +44,8 @@ MODES = ("none", "pair_mean", "cf_mean", "cf_max", "cf_expmean")
 CF_MODES = ("cf_mean", "cf_max", "cf_expmean")
 CHANGED_TV = 1e-6  # total-variation distance above which a position counts as changed (changed_share)
 MAX_CF_GROUPS = 4  # at most this many counterfactual forwards per batch (rows grouped by prefix length)
-# A further group must save at least this many (row x token) positions to pay for one more forward (and kernel
-# launches on a GPU); measured crossover on a GPT-2-small-shaped model is a few hundred tokens.
+# A further group must save at least this many (row x token) positions to pay for one more forward. A guess,
+# not a measurement: a small forward on a GPU is bound by kernel launches rather than by its token count.
 GROUP_OVERHEAD_TOKENS = 256
 _TINY = torch.finfo(torch.float32).tiny
 
@@ -102,8 +102,8 @@ class SwapPlan:
     group_id: torch.Tensor  # (G',) which group each entry belongs to
     group_size: torch.Tensor  # (G,) fp32 number of targets (for the equal split when p is 0 on all of them)
     pair_cols: torch.Tensor  # (C,) ids in any gendered pair
-    pair_comp: torch.Tensor  # (C,) connected component (of the pair graph) of each such id
-    comp_size: torch.Tensor  # (K,) fp32
+    pair_slot: torch.Tensor  # (C,) 2 * component (of the pair graph) + side (0 male, 1 female) of each id
+    slot_size: torch.Tensor  # (2K,) fp32 ids per slot
 
 
 def build_swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device | str = "cpu") -> SwapPlan:
@@ -154,9 +154,12 @@ def build_swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device 
         g_id += [gi] * len(targets)
         g_size.append(float(len(targets)))
 
-    # pair_mean equalises within connected components of the pair graph: for disjoint pairs that is exactly
-    # (p_a + p_b) / 2; if an id sits in two pairs, the component shares one mean and the sum is still kept.
+    # pair_mean works on connected components of the pair graph, each with a male side (first column of
+    # `pairs`) and a female side. For a disjoint pair (he, she) it sets both to (p_he + p_she) / 2. Where pairs
+    # overlap ({his, him} <-> {her, hers}), giving all four one mean would erase grammar (p(him) = p(his));
+    # instead each side gets half the component's mass, shared within the side in its original ratio.
     parent: dict[int, int] = {}
+    side: dict[int, int] = {}
 
     def find(x: int) -> int:
         while parent.setdefault(x, x) != x:
@@ -166,14 +169,14 @@ def build_swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device 
 
     pairs = table.pairs.detach().to("cpu", torch.long).reshape(-1, 2).tolist() if table.pairs.numel() else []
     for a, b in pairs:
-        if 0 <= a < V and 0 <= b < V and a != b:
+        if 0 <= a < V and 0 <= b < V and a != b and side.setdefault(a, 0) == 0 and side.setdefault(b, 1) == 1:
             parent[find(a)] = find(b)
     cols = sorted(parent)
     roots = {r: i for i, r in enumerate(sorted({find(c) for c in cols}))}
-    comp = [roots[find(c)] for c in cols]
-    comp_size = [0.0] * len(roots)
-    for c in comp:
-        comp_size[c] += 1.0
+    slot = [2 * roots[find(c)] + side[c] for c in cols]  # component * 2 + side
+    slot_size = [0.0] * (2 * len(roots))
+    for k in slot:
+        slot_size[k] += 1.0
 
     def lt(x: list) -> torch.Tensor:
         return torch.tensor(x, dtype=torch.long, device=device)
@@ -185,7 +188,7 @@ def build_swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device 
         vocab_rows=V, fix_cols=lt(fix), read_cols=lt(read), fix_src=lt(fix_src), extra_src=lt(extra_src),
         extra_fix=lt(extra_fix), group_src=lt(g_src), group_fix=lt(g_fix), group_dst=lt(g_dst), group_id=lt(g_id),
         group_size=ft(g_size),
-        pair_cols=lt(cols), pair_comp=lt(comp), comp_size=ft(comp_size),
+        pair_cols=lt(cols), pair_slot=lt(slot), slot_size=ft(slot_size),
     )
 
 
@@ -226,15 +229,21 @@ def softmax_t(logits: torch.Tensor, vocab_rows: int, temperature: float, out: to
 
 
 def pair_mean_(p: torch.Tensor, plan: SwapPlan) -> torch.Tensor:
-    """Set p_a and p_b of every gendered pair (a, b) to (p_a + p_b) / 2, in place on p (..., V).
+    """Equalise the two genders within every gendered pair group, in place on p (..., V).
 
-    Returns the total-variation distance of each position from its old value, shape p.shape[:-1].
+    For a group with male ids M and female ids F (a plain pair is M = {a}, F = {b}), with m = sum p[M] and
+    f = sum p[F]: p'[x] = p[x] * (m + f) / (2 m) for x in M and likewise for F, so each side holds half the
+    group's mass and keeps its internal ratio; a side with no mass shares its half equally. For a pair this
+    is p'_a = p'_b = (p_a + p_b) / 2. Returns the total-variation change per position, shape p.shape[:-1].
     """
     if plan.pair_cols.numel() == 0:
         return p.new_zeros(p.shape[:-1])
     old = p.index_select(-1, plan.pair_cols)
-    sums = old.new_zeros(*old.shape[:-1], plan.comp_size.numel()).index_add_(-1, plan.pair_comp, old)
-    new = sums.div_(plan.comp_size).index_select(-1, plan.pair_comp)
+    mass = old.new_zeros(*old.shape[:-1], plan.slot_size.numel()).index_add_(-1, plan.pair_slot, old)
+    half = mass.unflatten(-1, (-1, 2)).sum(-1, keepdim=True).div_(2).expand(*mass.shape[:-1], -1, 2).flatten(-2)
+    scale = torch.where(mass > 0, half / mass.clamp_min(torch.finfo(mass.dtype).tiny), 0.0)
+    equal = torch.where(mass > 0, 0.0, half / plan.slot_size)
+    new = old * scale.index_select(-1, plan.pair_slot) + equal.index_select(-1, plan.pair_slot)
     p.index_copy_(-1, plan.pair_cols, new)
     return new.sub_(old).abs_().sum(-1).mul_(0.5)
 
@@ -312,6 +321,21 @@ def prefix_cache(cache, rows: torch.Tensor, k: int) -> DynamicCache | None:
     return new
 
 
+def _fresh_cache(teacher) -> DynamicCache | None:
+    """An empty config-less DynamicCache for the original forward, when every layer is softmax attention.
+
+    Without a config every layer is a plain `DynamicLayer` that keeps all positions, so sliding-window layers
+    can be cropped to any prefix too (the model still applies its window through the attention mask). Other
+    layouts (linear attention, recurrent or chunked layers) get the model's own cache (None here), which
+    `prefix_cache` declines: their counterfactual rows are then recomputed from position 0.
+    """
+    config = teacher.config
+    if hasattr(config, "get_text_config"):
+        config = config.get_text_config(decoder=True)
+    types = getattr(config, "layer_types", None)
+    return DynamicCache() if types is None or set(types) <= {"full_attention", "sliding_attention"} else None
+
+
 def suffix_logits(teacher, input_ids, attention_mask, k: int, past=None, keep: torch.Tensor | None = None):
     """Teacher logits for positions k.. of right-padded `input_ids` (n, L), on a cache `past` of positions <k.
 
@@ -336,7 +360,7 @@ def suffix_logits(teacher, input_ids, attention_mask, k: int, past=None, keep: t
         kwargs["logits_to_keep"] = keep  # 2D bool: only those rows go through the LM head (transformers >= 5)
     logits = teacher(input_ids=input_ids[:, k:], position_ids=positions, **kwargs).logits
     if keep is not None and logits.dim() == 3:  # a model that ignored the mask: select afterwards
-        logits = logits[keep] if logits.shape[1] == keep.shape[1] else logits[:, k:][keep[:, k:]]
+        logits = logits[keep]
     return logits
 
 
@@ -345,34 +369,38 @@ def _plan_groups(prefix: list[int], lengths: list[int], reuse: bool) -> list[tup
 
     One forward per group runs positions k..L-1 of its rows (k = smallest prefix in the group, L = longest
     real length), so its cost is n * (L - k) positions; a split must save GROUP_OVERHEAD_TOKENS to be taken.
-    Exact DP over contiguous runs of the rows sorted by prefix length (S is at most the batch size).
+    Exact DP over contiguous runs of the rows sorted by prefix length; O(MAX_CF_GROUPS * S^2), S <= batch.
     """
     order = sorted(range(len(prefix)), key=lambda i: (prefix[i], lengths[i]))
     S = len(order)
+    if S == 0:
+        return []
 
     def group(i: int, j: int) -> tuple[list[int], int, int]:
         members = order[i:j]
         L = max(lengths[m] for m in members)
-        k = min(prefix[order[i]], L - 1) if reuse else 0
-        return members, max(k, 0), L
+        return members, max(min(prefix[order[i]], L - 1), 0) if reuse else 0, L
 
-    def cost(i: int, j: int) -> int:
-        _, k, L = group(i, j)
-        return (j - i) * (L - k)
-
-    if not reuse or S <= 1:
-        return [group(0, S)] if S else []
+    if not reuse or S == 1:
+        return [group(0, S)]
+    cost = [[0] * (S + 1) for _ in range(S)]  # cost[i][j]: positions run by one forward over order[i:j]
+    for i in range(S):
+        L = 0
+        for j in range(i + 1, S + 1):
+            L = max(L, lengths[order[j - 1]])
+            cost[i][j] = (j - i) * (L - max(min(prefix[order[i]], L - 1), 0))
     INF = float("inf")
     # best[g][j]: cheapest cover of order[:j] by g groups; arg[g][j]: start of the last group.
     best = [[INF] * (S + 1) for _ in range(MAX_CF_GROUPS + 1)]
     arg = [[0] * (S + 1) for _ in range(MAX_CF_GROUPS + 1)]
     best[0][0] = 0
     for g in range(1, MAX_CF_GROUPS + 1):
-        for j in range(1, S + 1):
+        prev, cur, at = best[g - 1], best[g], arg[g]
+        for j in range(g, S + 1):
             for i in range(g - 1, j):
-                c = best[g - 1][i] + cost(i, j)
-                if c < best[g][j]:
-                    best[g][j], arg[g][j] = c, i
+                c = prev[i] + cost[i][j]
+                if c < cur[j]:
+                    cur[j], at[j] = c, i
     n_groups = min(range(1, MAX_CF_GROUPS + 1), key=lambda g: best[g][S] + GROUP_OVERHEAD_TOKENS * (g - 1))
     bounds, j = [], S
     for g in range(n_groups, 0, -1):
@@ -434,7 +462,7 @@ def _prepare_cf(cf: CounterfactualLike, input_ids: torch.Tensor, reuse: bool):
             raise ValueError("cf.prefix_len claims a shared prefix but the cf tokens differ from the original there")
         al = align[local]
         from_cf = al >= k
-        from_p = (al >= 0) & ~from_cf  # identical context (prefix < k): the cf prediction equals p there
+        from_p = (al >= 0) & ~from_cf  # cf position < k <= prefix_len: same context, so q there is p
         s_i, t_i = from_cf.nonzero(as_tuple=True)
         j = al[s_i, t_i] - k
         keep = torch.zeros(len(members), L - k, dtype=torch.bool, device=dev)
@@ -494,7 +522,7 @@ def teacher_targets(
 
     with torch.inference_mode():
         out = teacher(
-            input_ids=input_ids, use_cache=need_cache, past_key_values=DynamicCache() if need_cache else None,
+            input_ids=input_ids, use_cache=need_cache, past_key_values=_fresh_cache(teacher) if need_cache else None,
             output_hidden_states=want_hidden,
         )
     if out.logits.shape[-1] < V:

@@ -55,8 +55,8 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
     if t.config is not None:
         teacher = models.build_random_model(t.config, tokenizer, seed=cfg.seed)
     else:
-        teacher = models.load_model(t.name_or_path, t.dtype, t.trust_remote_code)
-    teacher.to(dtype=models.DTYPES[t.dtype]).eval().requires_grad_(False)
+        teacher = models.load_model(t.name_or_path, "float32", t.trust_remote_code)
+    teacher.eval().requires_grad_(False)
 
     s = cfg.student
     if s.from_teacher_layers is not None:
@@ -68,6 +68,8 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
                                                                      s.trust_remote_code))
         student = models.load_model(s.name_or_path, "float32", s.trust_remote_code)
     student.float().train()  # fp32 master weights; mixed precision is autocast, not a bf16 copy
+    # Only now, with the student copied from full-precision weights, may the teacher drop to its dtype.
+    teacher.to(dtype=models.DTYPES[t.dtype])
     vocab_rows = models.shared_vocab_size(teacher, student, len(tokenizer))
     if cfg.loss.alpha_cos > 0 and teacher.config.hidden_size != student.config.hidden_size:
         raise UserError(

@@ -175,16 +175,23 @@ def test_pair_mean_equalises_every_pair(model):
     assert out.changed_share == pytest.approx((tv > 1e-6).float().mean().item())
 
 
-def test_pair_mean_overlapping_pairs_share_one_mean():
-    table = make_table(one_to_one=False)  # (his, her) and (him, her) overlap
+def test_pair_mean_overlapping_pairs_equalise_gender_mass_and_keep_grammar():
+    table = make_table(one_to_one=False)  # (his, her) and (him, her) overlap: {his, him} <-> {her}
     plan = build_swap_plan(table, V)
     p = torch.softmax(torch.randn(3, V), -1)
     ref = p.clone()
     pair_mean_(p, plan)
-    mean = ref[:, [HIS, HIM, HER]].mean(-1)
-    for t in (HIS, HIM, HER):
-        torch.testing.assert_close(p[:, t], mean)
+    half = ref[:, [HIS, HIM, HER]].sum(-1) / 2
+    torch.testing.assert_close(p[:, HER], half)
+    torch.testing.assert_close(p[:, HIS] + p[:, HIM], half)
+    torch.testing.assert_close(p[:, HIS] / p[:, HIM], ref[:, HIS] / ref[:, HIM])  # his vs him ratio kept
+    torch.testing.assert_close(p[:, HE], (ref[:, HE] + ref[:, SHE]) / 2)
     torch.testing.assert_close(p.sum(-1), torch.ones(3))
+    zero_male = ref.clone()
+    zero_male[:, [HIS, HIM]] = 0
+    pair_mean_(zero_male, plan)  # a side with no mass shares its half equally
+    torch.testing.assert_close(zero_male[:, HIS], zero_male[:, HIM])
+    torch.testing.assert_close(zero_male[:, HIS] * 2, zero_male[:, HER])
 
 
 @pytest.mark.parametrize("mode", tm.CF_MODES)
@@ -421,3 +428,48 @@ def test_bad_inputs_raise(model):
             teacher_targets(model, x, mode="none", temperature=1.0, vocab_rows=V)
     finally:
         model.eval()
+
+
+def test_unusual_cache_falls_back_to_full_recompute(monkeypatch):
+    """A cache of sliding-window layers (the model's own) cannot be cropped: recompute the cf rows instead."""
+    model = mistral_sliding()
+    monkeypatch.setattr(tm, "_fresh_cache", lambda teacher: tm.DynamicCache(config=teacher.config))
+    x = gendered_batch(T=14)
+    with torch.inference_mode():
+        cache = model(x, use_cache=True, past_key_values=tm._fresh_cache(model)).past_key_values
+    assert prefix_cache(cache, torch.tensor([0]), 5) is None
+    table = make_table(one_to_one=False)
+    cf = ragged_cf(x, table)
+    a = teacher_targets(model, x, mode="cf_max", temperature=2.0, vocab_rows=V, table=table, cf=cf)
+    b = teacher_targets(model, x, mode="cf_max", temperature=2.0, vocab_rows=V, table=table, cf=cf,
+                        reuse_prefix=False)
+    torch.testing.assert_close(a.probs, b.probs, atol=1e-5, rtol=0)
+
+
+def test_cf_forward_runs_only_cf_rows_from_the_shared_prefix_on(model):
+    shapes = []
+    hook = model.get_input_embeddings().register_forward_hook(lambda mod, args, out: shapes.append(tuple(args[0].shape)))
+    try:
+        table = make_table()
+        x = gendered_batch(T=14)
+        cf = ragged_cf(x, table)  # prefixes 5, 2, 9 -> one group from position 2
+        teacher_targets(model, x, mode="cf_mean", temperature=1.0, vocab_rows=V, table=table, cf=cf)
+        assert shapes == [(4, 14), (3, 12)]
+        shapes.clear()
+        teacher_targets(model, x, mode="cf_mean", temperature=1.0, vocab_rows=V, table=table, cf=cf, reuse_prefix=False)
+        assert shapes == [(4, 14), (3, 14)]
+        shapes.clear()
+        teacher_targets(model, x, mode="pair_mean", temperature=1.0, vocab_rows=V, table=table, cf=cf)
+        assert shapes == [(4, 14)]
+    finally:
+        hook.remove()
+
+
+def test_bf16_teacher_gives_fp32_targets():
+    model = gpt2().to(torch.bfloat16)
+    table = make_table(one_to_one=False)
+    x = gendered_batch(T=14)
+    out = teacher_targets(model, x, mode="cf_expmean", temperature=2.0, vocab_rows=V, table=table,
+                          cf=ragged_cf(x, table), want_hidden=True)
+    assert out.probs.dtype == torch.float32 and out.hidden.dtype == torch.float32
+    torch.testing.assert_close(out.probs.sum(-1), torch.ones(4, 14), atol=1e-5, rtol=0)
