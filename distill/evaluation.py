@@ -227,7 +227,7 @@ def run_eval(args) -> int:
     t_start = time.time()
     for step, name in enumerate(order, 1):
         _log(f"[{step}/{len(order)}] {name}: loading {paths[name]} on {device}")
-        model = load_model(paths[name]).to(device).eval()
+        model = load_model(paths[name], args.dtype).to(device).eval()
         tok = tokenizers[name]
         generations[name] = generate_samples(model, tok, texts, cfg, desc=f"{name}: generate")
         entry: dict = {"source": paths[name], "notes": []}
@@ -393,7 +393,7 @@ def run_samples(args) -> int:
     generations = {}
     for step, (name, path) in enumerate(models, 1):
         _log(f"[{step}/{len(models)}] {name}: loading {path} on {device}")
-        model = load_model(path).to(device).eval()
+        model = load_model(path, args.dtype).to(device).eval()
         generations[name] = generate_samples(model, tokenizers[name], [p.text for p in prompts], cfg,
                                              desc=f"{name}: generate")
         del model

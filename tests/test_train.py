@@ -198,3 +198,19 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
     assert "loss became nan at step 3" in err and "step-00000002" in err
     assert not (out / "final").exists()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-00000001", "step-00000002"]
+
+
+@pytest.mark.parametrize("teacher_mode,augment", [("cf_mean", "replace"), ("pair_mean", "both")])
+def test_debug_crr_run_swaps_perturbs_and_writes_its_student(tmp_path, teacher_mode, augment):
+    out = tmp_path / "crr"
+    assert run_cli("train", "--recipe", "recipes/debug_crr.yaml", f"output_dir={out}", "train.max_steps=6",
+                   "train.log_steps=2", "train.eval_steps=0", "train.save_steps=0", f"crr.teacher={teacher_mode}",
+                   f"crr.augment={augment}") == 0
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 <= r["swapped_share"] <= 1 and 0 <= r["teacher_changed_share"] <= 1 for r in logged)
+    assert max(r["swapped_share"] for r in logged) > 0, "some training sequences were gender-swapped"
+    assert max(r["teacher_changed_share"] for r in logged) > 0, "the teacher targets were perturbed"
+    if teacher_mode == "cf_mean":
+        assert sum(r["cf_exact"] + r["cf_aligned"] for r in logged) > 0
+    assert (out / "final" / "model.safetensors").is_file()
+    assert f"teacher={teacher_mode}" in (out / "final" / "README.md").read_text()
