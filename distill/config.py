@@ -41,6 +41,8 @@ class ModelConfig:
     config: dict | None = opt(None, "random-initialise from this config (needs `model_type`, e.g. gpt2)")
     tokenizer: str | None = opt(None, "tokenizer hub id or dir; defaults to name_or_path")
     from_teacher_layers: list | None = opt(None, "student only: keep these teacher blocks (DistilGPT-2 style)")
+    train_layers: list | None = opt(None, "student only: train just these student blocks and the final norm, "
+                                    "freezing embeddings, LM head and other blocks (cheaper steps); null = all")
     dtype: str = opt("float32", "weights dtype", choices=("float32", "bfloat16", "float16"))
     trust_remote_code: bool = opt(False, "run model code from the hub repo (off unless you trust it)")
 
@@ -217,8 +219,9 @@ def validate(cfg: Config) -> None:
             )
         if m.config is not None and not (m.tokenizer or role == "student"):
             raise UserError(f"{role}.config needs {role}.tokenizer (a random model has no tokenizer of its own)")
-    if cfg.teacher.from_teacher_layers is not None:
-        raise UserError("teacher.from_teacher_layers is for the student only")
+    for key in ("from_teacher_layers", "train_layers"):
+        if getattr(cfg.teacher, key) is not None:
+            raise UserError(f"teacher.{key} is for the student only")
     if cfg.data.path is None and cfg.data.name is None and cfg.data.transfer_set is None:
         raise UserError("data: give data.path (local files), data.name (hub dataset) or data.transfer_set")
     if cfg.loss.alpha_kd + cfg.loss.alpha_ce + cfg.loss.alpha_cos == 0:

@@ -132,6 +132,25 @@ def student_from_teacher_layers(teacher: torch.nn.Module, layers: list[int]) -> 
     return student
 
 
+def freeze_except_layers(model: torch.nn.Module, layers: list[int]) -> int:
+    """Train only blocks `layers` and the non-embedding, non-block parameters (the final norm); returns the
+    count of trainable parameters. Autograd then records nothing below the lowest trainable block, so a
+    student whose lower blocks are the teacher's own costs a fraction of a full backward pass."""
+    n_layers = num_layers(model.config)
+    bad = [i for i in layers if not 0 <= i < n_layers]
+    if not layers or bad:
+        raise UserError(f"student.train_layers={layers} must be indices in 0..{n_layers - 1} (the student has "
+                        f"{n_layers} layers)")
+    embeddings = {id(m.weight) for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}
+    trainable = 0
+    for name, param in model.named_parameters():
+        match = _BLOCK_KEY.match(name)
+        keep = int(match[2]) in layers if match else (id(param) not in embeddings and "wpe" not in name)
+        param.requires_grad_(keep)
+        trainable += param.numel() if keep else 0
+    return trainable
+
+
 def check_same_tokenizer(teacher_tok: PreTrainedTokenizerBase, student_tok: PreTrainedTokenizerBase) -> None:
     """Distillation compares distributions row by row, so both models must index the same vocabulary."""
     tv, sv = teacher_tok.get_vocab(), student_tok.get_vocab()

@@ -68,6 +68,8 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
                                                                      s.trust_remote_code))
         student = models.load_model(s.name_or_path, "float32", s.trust_remote_code)
     student.float().train()  # fp32 master weights; mixed precision is autocast, not a bf16 copy
+    if s.train_layers is not None:
+        models.freeze_except_layers(student, list(s.train_layers))
     # Only now, with the student copied from full-precision weights, may the teacher drop to its dtype.
     teacher.to(dtype=models.DTYPES[t.dtype])
     vocab_rows = models.shared_vocab_size(teacher, student, len(tokenizer))
@@ -140,7 +142,7 @@ def micro_batch_losses(cfg: Config, setup: Setup, student, input_ids: torch.Tens
         target = teacher_targets(setup.teacher, input_ids, mode=cfg.crr.teacher, temperature=cfg.loss.temperature,
                                  vocab_rows=setup.vocab_rows, table=setup.swap_table, cf=cf,
                                  want_hidden=want_hidden)
-    out = student(input_ids=input_ids, output_hidden_states=want_hidden)
+    out = student(input_ids=input_ids, output_hidden_states=want_hidden, use_cache=False)
     logits = out.logits[..., : setup.vocab_rows]
     total, kd_sum, ce_sum = distill_loss(
         logits, target.probs if cfg.loss.alpha_kd > 0 else None, labels,
@@ -182,7 +184,7 @@ def evaluate(cfg: Config, setup: Setup, student, accelerator: Accelerator) -> di
         with accelerator.autocast():
             target = teacher_targets(setup.teacher, ids, mode="none", temperature=cfg.loss.temperature,
                                      vocab_rows=setup.vocab_rows)
-            logits = student(input_ids=ids).logits[..., : setup.vocab_rows]
+            logits = student(input_ids=ids, use_cache=False).logits[..., : setup.vocab_rows]
         _, kd, ce = distill_loss(logits, target.probs, labels, w_kd=0.0, w_ce=0.0,
                                  temperature=cfg.loss.temperature, kind=cfg.loss.divergence,
                                  beta=cfg.loss.jsd_beta, chunk_size=cfg.loss.chunk_size)
@@ -230,8 +232,9 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
     from distill.data import BlockSampler
 
     student = setup.student
-    decay = [p for n, p in student.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in student.named_parameters() if p.ndim < 2]  # biases and norms: no weight decay
+    params = [p for p in student.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]  # biases and norms: no weight decay
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.train.lr, betas=(0.9, 0.98), eps=1e-8,
@@ -365,10 +368,11 @@ def _print_plan(cfg: Config, setup: Setup, accelerator) -> None:
     from distill.models import count_parameters
 
     st = setup.data_stats
+    trainable = sum(p.numel() for p in setup.student.parameters() if p.requires_grad)
     print(
         f"teacher {count_parameters(setup.teacher) / 1e6:.1f}M params ({setup.teacher.config.num_hidden_layers} "
         f"layers) -> student {count_parameters(setup.student) / 1e6:.1f}M ({setup.student.config.num_hidden_layers}"
-        f" layers); vocab {setup.vocab_rows}\n"
+        f" layers, {trainable / 1e6:.1f}M trainable); vocab {setup.vocab_rows}\n"
         f"data: {st.train_documents} documents ({st.swapped_documents} gender-swapped) -> {st.train_blocks} blocks "
         f"of {st.block_size} tokens; {st.validation_blocks} validation blocks\n"
         f"loss: {cfg.loss.alpha_kd} x T^2 {cfg.loss.divergence} (T={cfg.loss.temperature}) + {cfg.loss.alpha_ce} "

@@ -82,3 +82,18 @@ def test_shipped_tiny_tokenizer_is_the_one_built_from_the_tiny_corpus():
     texts = Path("data/tiny_corpus.txt").read_text().splitlines()
     rebuilt = models.train_byte_bpe_tokenizer(texts, 1024)
     assert rebuilt.get_vocab() == models.load_tokenizer("data/tiny_tokenizer").get_vocab()
+
+
+@pytest.mark.parametrize("make", [_gpt2, _llama], ids=["gpt2", "llama"])
+def test_freeze_except_layers_trains_only_the_chosen_blocks_and_final_norm(make):
+    model = make()
+    trainable = models.freeze_except_layers(model, [3])
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert names and all((".3." in n) or ("norm" in n or "ln_f" in n) for n in names), names
+    assert trainable == sum(p.numel() for n, p in model.named_parameters() if n in names)
+    assert not model.get_input_embeddings().weight.requires_grad
+    ids = torch.randint(0, 64, (2, 8))
+    model(ids).logits.sum().backward()
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    with pytest.raises(UserError, match="train_layers"):
+        models.freeze_except_layers(model, [9])
