@@ -141,4 +141,4 @@ def test_batches_hold_the_gendered_share_spread_over_batches(tmp_path):
     for b in batches:
         assert b["input_ids"].shape == (5, 128) and b["swapped"].shape == (5,)
         counts.append(sum(lexicon.has_gendered_word(tok.decode(r)) for r in b["input_ids"].tolist()))
-    assert max(counts) <= 2 and sum(counts) >= 7  # a gendered line may rarely be cut off at the block's end
+    assert counts == [2, 2, 2, 2]
