@@ -205,7 +205,8 @@ def make_configs(settings: dict, tokenizer_dir: Path, workdir: Path, mixed_preci
 
     base = {
         "output_dir": str(workdir / "run"), "seed": 0,
-        "teacher": {"config": dict(settings["teacher"]), "tokenizer": str(tokenizer_dir), "dtype": teacher_dtype},
+        "teacher": {"config": dict(settings["teacher"]), "tokenizer": str(tokenizer_dir),
+                    "dtype": teacher_dtype},
         "student": {"from_teacher_layers": list(settings["student_layers"])},
         "data": {"path": str(CORPUS), "block_size": settings["seq_len"]},
         "train": {"batch_size": settings["batch_size"], "lr": 5e-4, "weight_decay": 0.01, "max_grad_norm": 1.0,
@@ -249,7 +250,8 @@ def count_flops(setup, settings: dict) -> dict:
     tokens = settings["batch_size"] * settings["seq_len"]
     return {
         "n_teacher": n_t, "n_student": n_s, "tokens_per_step": tokens,
-        "embeddings_counted": "yes: tied token embedding once (it is the LM head matmul) and position embedding",
+        "embeddings_counted": "yes: the tied token embedding once (it is the LM head matmul), position "
+                              "embedding too",
         "kd_step_flops": (2 * n_t + 6 * n_s) * tokens, "ce_step_flops": 6 * n_s * tokens,
         "not_counted": "attention scores (4*T*d per token per layer forward, ~3% at T=128), loss, optimizer",
         "kd_over_ce_theoretical": (2 * n_t + 6 * n_s) / (6 * n_s),
@@ -423,7 +425,8 @@ def measure_step_memory(trainer: Trainer, cfgs: dict, name: str, batch: dict, rs
             trainer.step(cfg, batch)
             peak = _proc_status_kb("VmHWM")
             if ok and before is not None and peak is not None:
-                out.update(rss_before_mb=before / 1024, rss_peak_mb=peak / 1024, rss_step_mb=(peak - before) / 1024)
+                out.update(rss_before_mb=before / 1024, rss_peak_mb=peak / 1024,
+                           rss_step_mb=(peak - before) / 1024)
         else:
             out["alloc_peak_mb"] = allocated_peak(lambda: trainer.step(cfg, batch)) / 2**20
     return out
@@ -440,7 +443,8 @@ def child_main(spec_path: str) -> None:
     tok = AutoTokenizer.from_pretrained(spec["tokenizer_dir"])
     batch = torch.load(spec["batch_path"])
     if spec.get("gpu"):
-        result = _gpu_measure(settings, tok, Path(spec["tokenizer_dir"]), workdir, torch.load(spec["batches_path"]))
+        batches = torch.load(spec["batches_path"])
+        result = _gpu_measure(settings, tok, Path(spec["tokenizer_dir"]), workdir, batches)
     else:
         cfgs = make_configs(settings, Path(spec["tokenizer_dir"]), workdir)
         result = {}
@@ -484,7 +488,8 @@ def measure_memory(settings: dict, tokenizer_dir: Path, workdir: Path, batch: di
         if default != settings["chunk_size"]:
             cd = {k: dataclasses.replace(c, loss=dataclasses.replace(c.loss, chunk_size=default))
                   for k, c in cfgs.items()}
-            ce, kd = (measure_step_memory(trainer, cd, n, batch, rss=False)["alloc_peak_mb"] for n in ("ce", "kd"))
+            ce, kd = (measure_step_memory(trainer, cd, n, batch, rss=False)["alloc_peak_mb"]
+                      for n in ("ce", "kd"))
             per["default_chunk_size"] = {"chunk_size": default, "ce_alloc_peak_mb": ce, "kd_alloc_peak_mb": kd,
                                          "kd_peak_mem_over_ce": kd / ce}
     batch_path = workdir / "memory_batch.pt"
@@ -574,8 +579,8 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
         "kd_over_ce_step": per_round(steps["kd"], steps["ce"]),
         "kd_over_ce_fwd_bwd": per_round(rec["kd"]["fwd_bwd"], rec["ce"]["fwd_bwd"]),
         "crr_over_kd_step": per_round(steps["crr"], steps["kd"]),
-        "kd_flops_fraction_of_peak": [flops_per_kd_step / t / m for t, m in zip(steps["kd"], rec["matmul_flops"],
-                                                                                  strict=True)],
+        "kd_flops_fraction_of_peak": [flops_per_kd_step / t / m
+                                      for t, m in zip(steps["kd"], rec["matmul_flops"], strict=True)],
     }
     out["per_round"] = paired
     out["ratios"] = {k: statistics.median(v) for k, v in paired.items()}
@@ -585,8 +590,8 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
 
 
 def measure_prefix_reuse(setup, batches: list[dict], rounds: int) -> dict:
-    """`teacher_targets` alone: plain (mode none) vs cf_mean reusing the prefix key/values vs cf_mean recomputing
-    the counterfactual rows from scratch (reuse_prefix=False); interleaved, per-round ratios."""
+    """`teacher_targets` alone: plain (mode none) vs cf_mean reusing the prefix key/values vs cf_mean
+    recomputing the counterfactual rows from scratch (reuse_prefix=False); interleaved, per-round ratios."""
     from distill.counterfactual import counterfactual_batch
     from distill.teacher import teacher_targets
 
@@ -623,9 +628,9 @@ def cf_stats(setup, batches: list[dict]) -> dict:
         rows += ids.shape[0]
         cf_rows += cf.rows.numel()
         suffix += (1 - cf.prefix_len.float() / ids.shape[1]).tolist()
-    return {"cf_rows_share": cf_rows / max(rows, 1),
-            "cf_mean_suffix_share": statistics.mean(suffix) if suffix else 0.0,
-            "teacher_extra_positions_share": cf_rows / max(rows, 1) * (statistics.mean(suffix) if suffix else 0.0)}
+    share, mean_suffix = cf_rows / max(rows, 1), (statistics.mean(suffix) if suffix else 0.0)
+    return {"cf_rows_share": share, "cf_mean_suffix_share": mean_suffix,
+            "teacher_extra_positions_share": share * mean_suffix}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -661,8 +666,8 @@ def measure_generation(model, tokenizer, settings: dict) -> dict:
             return time.perf_counter() - t0
 
         run(g["batch_size"])  # warm-up
-        generate_samples(model, tokenizer, prompts[:2], SamplingConfig(samples_per_prompt=1, max_new_tokens=n_new,
-                                                                       batch_size=1), progress=False)
+        one = SamplingConfig(samples_per_prompt=1, max_new_tokens=n_new, batch_size=1)
+        generate_samples(model, tokenizer, prompts[:2], one, progress=False)
         for r in range(g["repeats"]):
             for mode in (("batched", "sequential") if r % 2 == 0 else ("sequential", "batched")):
                 times[mode].append(run(g["batch_size"] if mode == "batched" else 1))
@@ -743,20 +748,22 @@ def evaluate_targets(r: dict) -> dict:
         "crr_over_kd_step": entry("crr_over_kd_step", r["crr_over_kd_step"] <= 1.15),
         "kd_peak_mem_over_ce": entry("kd_peak_mem_over_ce", r["kd_peak_mem_over_ce"] <= 1.2),
         "kd_flops_fraction_of_peak": entry("kd_flops_fraction_of_peak", r["kd_flops_fraction_of_peak"] >= 0.5),
-        "gen_batched_over_sequential": entry("gen_batched_over_sequential", r["gen_batched_over_sequential"] >= 10),
+        "gen_batched_over_sequential": entry("gen_batched_over_sequential",
+                                             r["gen_batched_over_sequential"] >= 10),
         "cda_mb_per_s": entry("cda_mb_per_s", r["cda_mb_per_s"] >= 5),
         "token_swap_per_s": entry("token_swap_per_s", r["token_swap_per_s"] >= 20 * kd_sps),
     }
 
 
 def _fmt(v) -> str:
-    return "n/a" if v is None else (f"{v:.3g}" if isinstance(v, float) else str(v))
+    return "n/a" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
 
 
 def format_table(r: dict) -> str:
     rows = [("key", "value", "target", "ok")]
     for key, t in r["targets"].items():
-        rows.append((key, _fmt(t["value"]), t["target"], "-" if t["ok"] is None else ("PASS" if t["ok"] else "FAIL")))
+        ok = "-" if t["ok"] is None else ("PASS" if t["ok"] else "FAIL")
+        rows.append((key, _fmt(t["value"]), t["target"], ok))
     for key in INFO_KEYS:
         rows.append((key, _fmt(r.get(key)), "(info)", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
@@ -764,14 +771,15 @@ def format_table(r: dict) -> str:
     lines.insert(1, "  ".join("-" * w for w in widths))
     s = r["steps"]
     lines.append("")
-    lines.append(f"batch {r['settings']['batch_size']} x {r['settings']['seq_len']} tokens, "
-                 f"N_teacher {r['flops']['n_teacher'] / 1e6:.1f}M, N_student {r['flops']['n_student'] / 1e6:.1f}M, "
-                 f"chunk_size {r['settings']['chunk_size']}; step medians (s):")
+    st, fl = r["settings"], r["flops"]
+    lines.append(f"batch {st['batch_size']} x {st['seq_len']} tokens, N_teacher {fl['n_teacher'] / 1e6:.1f}M, "
+                 f"N_student {fl['n_student'] / 1e6:.1f}M, chunk_size {st['chunk_size']}; step medians (s):")
     for n in STEP_CONFIGS:
-        lines.append(f"  {n:4s} {s[n]['step_s']:.2f} = fwd+bwd {s[n]['fwd_bwd_s']:.2f} (teacher {s[n]['teacher_s']:.2f}, "
-                     f"counterfactual_batch {s[n]['counterfactual_batch_s']:.3f}) + clip/AdamW {s[n]['optimizer_s']:.2f}")
+        x = s[n]
+        lines.append(f"  {n:4s} {x['step_s']:.2f} = fwd+bwd {x['fwd_bwd_s']:.2f} (teacher {x['teacher_s']:.2f}, "
+                     f"counterfactual_batch {x['counterfactual_batch_s']:.3f}) + clip/AdamW {x['optimizer_s']:.2f}")
     m = r["memory"]
-    lines.append("step working memory (MB, allocator peak above the step's start): " + ", ".join(
+    lines.append("step working memory (MiB, allocator peak above the step's start): " + ", ".join(
         f"{n} {m[n]['alloc_peak_mb']:.0f}" for n in MEMORY_CONFIGS if "alloc_peak_mb" in m.get(n, {})))
     g = r["gen"]
     lines.append(f"generation: {g['tokens_per_s_batched']:.0f} tok/s at batch {g['batch_size']} vs "
@@ -823,7 +831,8 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         trainer = Trainer(cfgs["kd"], setup, Accelerator(cpu=True), workdir)
         trainer.init_optimizer_state()
         t = mark("setup", t)
-        steps = time_steps(trainer, cfgs, batches, settings["repeats"], settings["matmul_n"], flops["kd_step_flops"])
+        steps = time_steps(trainer, cfgs, batches, settings["repeats"], settings["matmul_n"],
+                           flops["kd_step_flops"])
         t = mark("steps", t)
         reuse = measure_prefix_reuse(setup, batches, min(settings["repeats"], 3))
         t = mark("prefix_reuse", t)
@@ -854,9 +863,11 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
     r = {
         "settings": {**settings, "tokenizer": "byte-level BPE trained on data/tiny_corpus.txt "
                      f"({len(tok)} ids); model vocab {settings['teacher']['vocab_size']}",
-                     "student": f"{len(settings['student_layers'])} layers: teacher blocks {settings['student_layers']}",
+                     "student": f"{len(settings['student_layers'])} layers: teacher blocks "
+                                f"{settings['student_layers']}",
                      "batches": batch_info, "counterfactual_work": cf,
-                     "step": "accumulate_gradients (1 micro-batch) + clip + AdamW step + zero_grad; dropout 0.1 on",
+                     "step": "accumulate_gradients (1 micro-batch) + clip + AdamW step + zero_grad; "
+                             "dropout 0.1 on (GPT-2 default)",
                      "losses": {"kd": "alpha_kd 1, alpha_ce 0.5, T 2, forward_kl, chunked distill_loss",
                                 "ce": "alpha_kd 0, alpha_ce 1 (teacher not run)",
                                 "crr": "as kd + crr.teacher cf_mean, crr.augment replace"},
@@ -888,7 +899,7 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
             "batch for every configuration. kd_peak_mem_over_ce_process: peak RSS (VmHWM reset via "
             "/proc/self/clear_refs) during one step of a fresh KD process (teacher, student, AdamW) / of a fresh "
             "CE process (student, AdamW), MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave the RSS; "
-            "step_rss_over_ce: the RSS growth during that step, KD / CE"),
+            "step_rss_over_ce: the RSS growth during that step, KD / CE. *_mb values are MiB (2^20 bytes)"),
         "memory": mem,
         "kd_flops_fraction_of_peak": ratios["kd_flops_fraction_of_peak"],
         "flops": {**flops, "kd_step_flops_per_s": flops["kd_step_flops"] / steps["kd"]["step_s"],

@@ -77,7 +77,8 @@ class TopKTopPSampler(LogitsProcessor):
 
     def __init__(self, top_k: int, top_p: float, temperature: float):
         if top_k < 1 or not 0.0 < top_p <= 1.0 or not temperature > 0:
-            raise ValueError(f"need top_k >= 1, 0 < top_p <= 1, temperature > 0; got {top_k}, {top_p}, {temperature}")
+            raise ValueError(f"need top_k >= 1, 0 < top_p <= 1, temperature > 0; got {top_k}, {top_p}, "
+                             f"{temperature}")
         self.top_k, self.top_p, self.temperature = top_k, top_p, temperature
 
     def candidates(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -113,10 +114,11 @@ def generate_samples(
         with torch.random.fork_rng(devices=_rng_devices(device)), torch.inference_mode():
             torch.manual_seed(batch_seed(cfg.seed, b))  # seeds CPU and every CUDA device
             if cfg.top_k > 0:  # see TopKTopPSampler: same distribution, no per-step work over the whole vocab
+                sampler = TopKTopPSampler(cfg.top_k, cfg.top_p, cfg.temperature)
                 ids = model.generate(
                     **{name: t.repeat_interleave(k, dim=0) for name, t in enc.items()},  # prompt-major rows
                     do_sample=False,
-                    logits_processor=LogitsProcessorList([TopKTopPSampler(cfg.top_k, cfg.top_p, cfg.temperature)]),
+                    logits_processor=LogitsProcessorList([sampler]),
                     max_new_tokens=cfg.max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
                 )

@@ -101,9 +101,15 @@ class _ChunkedDistillLoss(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, logits, teacher_probs, labels, w_kd, w_ce, temperature, kind, beta, chunk_size):
+    def forward(ctx, logits, teacher_probs, labels, w_kd, w_ce, temperature, kind, beta, chunk_size, reuse):
         n = logits.shape[0]
-        grad = torch.zeros_like(logits) if ctx.needs_input_grad[0] else None
+        grad = None
+        if ctx.needs_input_grad[0]:
+            # With `reuse`, each chunk's gradient overwrites the teacher rows it has just consumed, so the
+            # step holds one (N, V) tensor less (the caller promises not to read teacher_probs afterwards).
+            can_reuse = reuse and teacher_probs is not None and teacher_probs.dtype == logits.dtype \
+                and teacher_probs.shape == logits.shape
+            grad = teacher_probs if can_reuse else torch.zeros_like(logits)
         kd_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
         ce_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
         for start in range(0, n, chunk_size):
@@ -126,7 +132,7 @@ class _ChunkedDistillLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_kd, _grad_ce):
         (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_total.to(grad.dtype)), None, None, None, None, None, None, None, None
+        return grad.mul_(grad_total.to(grad.dtype)), None, None, None, None, None, None, None, None, None
 
 
 def distill_loss(
@@ -139,17 +145,20 @@ def distill_loss(
     temperature: float,
     kind: str = "forward_kl",
     beta: float = 0.5,
-    chunk_size: int = 1024,
+    chunk_size: int = 64,
+    reuse_teacher_buffer: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(w_kd * kd_loss + w_ce * ce_loss, kd_sum, ce_sum), memory-lean: see `_ChunkedDistillLoss`.
 
     student_logits (B, T, V) or (N, V); teacher_probs the same shape at `temperature`, or None for CE only;
     labels (B, T) or (N,) with -100 masking. The weights carry the 1/global-token-count normalisation, so
     only `total` has a gradient; kd_sum and ce_sum are detached raw sums for logging. kd_sum includes T^2.
+    `reuse_teacher_buffer=True` lets the gradient overwrite `teacher_probs` (when dtypes match): one (B, T, V)
+    tensor less, for callers that do not read the targets again.
     """
     v = student_logits.shape[-1]
     flat_t = teacher_probs.reshape(-1, v) if teacher_probs is not None else None
     return _ChunkedDistillLoss.apply(
         student_logits.reshape(-1, v), flat_t, labels.reshape(-1), float(w_kd), float(w_ce), float(temperature),
-        kind, float(beta), int(chunk_size),
+        kind, float(beta), int(chunk_size), bool(reuse_teacher_buffer),
     )

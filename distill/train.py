@@ -148,6 +148,7 @@ def micro_batch_losses(cfg: Config, setup: Setup, student, input_ids: torch.Tens
         logits, target.probs if cfg.loss.alpha_kd > 0 else None, labels,
         w_kd=cfg.loss.alpha_kd * scale, w_ce=cfg.loss.alpha_ce * scale, temperature=cfg.loss.temperature,
         kind=cfg.loss.divergence, beta=cfg.loss.jsd_beta, chunk_size=cfg.loss.chunk_size,
+        reuse_teacher_buffer=True,  # the targets are not read again: their memory holds the gradient
     )
     cos_sum = torch.zeros((), device=input_ids.device)
     if want_hidden:

@@ -79,7 +79,8 @@ def test_unchunked_reference_equals_the_chunked_loss():
     total_a.backward()
     total_b.backward()
     assert total_a.item() == pytest.approx(total_b.item(), rel=1e-5)
-    assert kd_a.item() == pytest.approx(kd_b.item(), rel=1e-5) and ce_a.item() == pytest.approx(ce_b.item(), rel=1e-5)
+    assert kd_a.item() == pytest.approx(kd_b.item(), rel=1e-5)
+    assert ce_a.item() == pytest.approx(ce_b.item(), rel=1e-5)
     assert torch.allclose(a.grad, b.grad, atol=1e-6)
 
 
@@ -91,7 +92,8 @@ def _reference_probs(scores, top_k, top_p, temperature):
     return torch.softmax(x, -1)
 
 
-@pytest.mark.parametrize("top_k,top_p,temperature", [(40, 0.95, 1.0), (5, 0.5, 0.7), (3, 1.0, 1.3), (200, 0.9, 1.0)])
+@pytest.mark.parametrize("top_k,top_p,temperature",
+                         [(40, 0.95, 1.0), (5, 0.5, 0.7), (3, 1.0, 1.3), (200, 0.9, 1.0)])
 def test_topk_topp_sampler_has_the_distribution_of_the_transformers_warpers(top_k, top_p, temperature):
     g = torch.Generator().manual_seed(top_k)
     scores = torch.randn(6, 100, generator=g) * 3

@@ -115,3 +115,17 @@ def test_cosine_loss_zero_for_parallel_and_two_for_opposite():
     labels = torch.zeros(1, 3, dtype=torch.long)
     assert cosine_loss(h, 2 * h, labels).item() == pytest.approx(0.0, abs=1e-6)
     assert cosine_loss(h, -h, labels).item() == pytest.approx(6.0, abs=1e-5)
+
+
+def test_reusing_the_teacher_buffer_for_the_gradient_gives_the_same_gradient():
+    logits = _rand((2, 6, V), 13).float()
+    teacher = F.softmax(_rand((2, 6, V), 14).float(), -1)
+    labels = torch.randint(0, V, (2, 6), generator=torch.Generator().manual_seed(15))
+    grads = []
+    for reuse in (False, True):
+        z = logits.clone().requires_grad_()
+        total, _, _ = distill_loss(z, teacher.clone(), labels, w_kd=0.5, w_ce=0.5, temperature=2.0, chunk_size=4,
+                                   reuse_teacher_buffer=reuse)
+        total.backward()
+        grads.append(z.grad)
+    assert torch.equal(grads[0], grads[1])
