@@ -331,8 +331,9 @@ def phase_timers(sync=lambda: None):
 
 
 def unchunked_distill_loss(student_logits, teacher_probs, labels, *, w_kd, w_ce, temperature, kind="forward_kl",
-                           beta=0.5, chunk_size=None):
-    """`losses.distill_loss` written the simple way: kd_loss + ce_loss under plain autograd (no chunks)."""
+                           beta=0.5, chunk_size=None, reuse_teacher_buffer=False):
+    """`losses.distill_loss` written the simple way: kd_loss + ce_loss under plain autograd (no chunks; the
+    chunking and buffer-reuse arguments are accepted and ignored)."""
     from distill.losses import ce_loss, kd_loss
 
     ce = ce_loss(student_logits, labels)
