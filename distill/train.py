@@ -125,7 +125,7 @@ def lr_lambda(cfg: Config):
 def micro_batch_losses(cfg: Config, setup: Setup, student, input_ids: torch.Tensor, scale: float) -> dict:
     """Forward both models on one micro-batch; returns the loss to backpropagate and the raw term sums.
 
-    `scale` turns this process's sums into its share of the global mean (see `fit`).
+    `scale` turns this process's sums into its share of the global mean (see `accumulate_gradients`).
     """
     from distill.teacher import teacher_targets
 
