@@ -38,7 +38,7 @@ demo: teacher  ## the main job, offline: transfer set -> KD and CRR students -> 
 		--prompts professions --max-prompts 14 --samples-per-prompt 1 --max-new-tokens 24 --dtype bfloat16 --out out/demo/samples.html --overwrite
 
 demo-smoke:  ## the demo path end to end on the real teacher in a few minutes (CI): tiny budgets
-	$(MAKE) demo DEMO_ARGS="train.max_steps=2 data.transfer_set.num_sequences=24 data.transfer_set.max_new_tokens=16 train.eval_batches=1" \
+	$(MAKE) demo DEMO_ARGS="train.max_steps=2 train.batch_size=2 data.transfer_set.num_sequences=48 data.transfer_set.max_new_tokens=32 train.eval_batches=1" \
 		DEMO_EVAL="--prompts professions --max-prompts 14 --samples-per-prompt 1 --max-new-tokens 8"
 
 bench:
