@@ -19,7 +19,7 @@ def test_every_recipe_and_make_target_named_in_readme_exists():
     for recipe in set(re.findall(r"recipes/[\w.]+\.yaml", README)):
         assert Path(recipe).is_file(), recipe
     makefile = Path("Makefile").read_text()
-    for target in set(re.findall(r"make ([a-z-]+)", README)):
+    for target in set(re.findall(r"(?:^|`)make ([a-z-]+)", README, re.M)):
         assert re.search(rf"^{target}:", makefile, re.M), target
 
 
