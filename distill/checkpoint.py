@@ -77,15 +77,17 @@ def start_run(run_dir: Path, cfg, *, resume: bool, overwrite: bool) -> None:
     saved = run_dir / "recipe.yaml"
     if resume and saved.is_file() and saved.read_text() != recipe:
         old, new = yaml.safe_load(saved.read_text()), config_dict(cfg)
-        changed = sorted(k for k in _flat_keys(new) if _flat_keys(old).get(k) != _flat_keys(new)[k])
+        old_flat, new_flat = flat_keys(old), flat_keys(new)
+        changed = sorted(k for k in new_flat if old_flat.get(k) != new_flat[k])
         print(f"note: resuming with a changed recipe ({', '.join(changed)})")
     saved.write_text(recipe)
 
 
-def _flat_keys(d: dict, prefix: str = "") -> dict:
+def flat_keys(d: dict, prefix: str = "") -> dict:
+    """{"train": {"lr": 1}} -> {"train.lr": 1}: the dotted keys of the recipe."""
     out = {}
     for k, v in d.items():
-        out.update(_flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        out.update(flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
     return out
 
 

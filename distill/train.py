@@ -354,7 +354,10 @@ def main(args) -> int:
         _print_plan(cfg, setup, accelerator)
     accelerator.wait_for_everyone()
     if cfg.report_to:
-        accelerator.init_trackers(run_dir.name, config=_flat(ckpt.config_dict(cfg)))
+        # trackers take flat scalar hyperparameters: dotted keys, anything else as text
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                   for k, v in ckpt.flat_keys(ckpt.config_dict(cfg)).items()}
+        accelerator.init_trackers(run_dir.name, config=hparams)
     result = fit(cfg, setup, accelerator, run_dir, resume=args.resume)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -382,12 +385,3 @@ def _print_plan(cfg: Config, setup: Setup, accelerator) -> None:
         f"{accelerator.num_processes} processes on {accelerator.device} ({accelerator.mixed_precision})"
     )
 
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
