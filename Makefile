@@ -27,18 +27,21 @@ teacher:  ## fetch the offline default teacher (SmolLM2-135M-Instruct GGUF from 
 TEACHER ?= cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf
 DEMO_EVAL ?= --prompts professions --samples-per-prompt 3 --max-new-tokens 24 --batch-size 64 --dtype bfloat16
 DEMO_ARGS ?=
+DEMO_OUT ?= out/demo
+DEMO_RUNS ?= out/demo_runs
+DEMO_MODELS = --model teacher=$(TEACHER) --model kd=$(DEMO_RUNS)/kd/final --model crr=$(DEMO_RUNS)/crr/final
 
 demo: teacher  ## the main job, offline: transfer set -> KD and CRR students -> scored report in out/demo/
 	distill corpus --recipe recipes/demo_kd.yaml $(DEMO_ARGS)
-	distill train --recipe recipes/demo_kd.yaml --overwrite $(DEMO_ARGS)
-	distill train --recipe recipes/demo_crr.yaml --overwrite $(DEMO_ARGS)
-	distill eval --model teacher=$(TEACHER) --model kd=out/demo_runs/kd/final --model crr=out/demo_runs/crr/final \
-		--text data/tiny_heldout.txt --out out/demo --overwrite $(DEMO_EVAL)
-	distill samples --model teacher=$(TEACHER) --model kd=out/demo_runs/kd/final --model crr=out/demo_runs/crr/final \
-		--prompts professions --max-prompts 14 --samples-per-prompt 1 --max-new-tokens 24 --dtype bfloat16 --out out/demo/samples.html --overwrite
+	distill train --recipe recipes/demo_kd.yaml --overwrite output_dir=$(DEMO_RUNS)/kd $(DEMO_ARGS)
+	distill train --recipe recipes/demo_crr.yaml --overwrite output_dir=$(DEMO_RUNS)/crr $(DEMO_ARGS)
+	distill eval $(DEMO_MODELS) --text data/tiny_heldout.txt --out $(DEMO_OUT) --overwrite $(DEMO_EVAL)
+	distill samples $(DEMO_MODELS) --prompts professions --max-prompts 14 --samples-per-prompt 1 \
+		--max-new-tokens 24 --dtype bfloat16 --out $(DEMO_OUT)/samples.html --overwrite
 
-demo-smoke:  ## the demo path end to end on the real teacher in a few minutes (CI): tiny budgets
-	$(MAKE) demo DEMO_ARGS="train.max_steps=2 train.batch_size=2 data.transfer_set.num_sequences=48 data.transfer_set.max_new_tokens=32 train.eval_batches=1" \
+demo-smoke:  ## the demo path end to end on the real teacher in about 2 minutes (CI): tiny budgets, out/smoke*
+	$(MAKE) demo DEMO_OUT=out/smoke DEMO_RUNS=out/smoke_runs \
+		DEMO_ARGS="train.max_steps=2 train.batch_size=2 data.transfer_set.num_sequences=48 data.transfer_set.max_new_tokens=32 train.eval_batches=1" \
 		DEMO_EVAL="--prompts professions --max-prompts 14 --samples-per-prompt 1 --max-new-tokens 8"
 
 bench:
