@@ -43,6 +43,8 @@ def _add_model_args(p, what: str) -> None:
     p.add_argument("--max-new-tokens", type=int, default=30, metavar="L", help="tokens generated per sample (default 30)")
     p.add_argument("--seed", type=int, default=0, help="seed for prompt selection and sampling (default 0)")
     p.add_argument("--batch-size", type=int, default=32, help="prompts generated together (default 32)")
+    p.add_argument("--group-by", default="category", choices=("category", "profession"),
+                   help="prompt groups: the disparity is a mean over them (default category)")
     p.add_argument("--top-k", type=int, default=40, help="sampling top-k (default 40, BOLD's setting)")
     p.add_argument("--top-p", type=float, default=0.95, help="sampling top-p (default 0.95, BOLD's setting)")
     p.add_argument("--sampling-temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
@@ -64,7 +66,6 @@ def _add_eval(sub) -> None:
     p.add_argument("--text", default=None, metavar="FILE", help="held-out text (txt/jsonl file or dataset) for perplexity")
     p.add_argument("--teacher", default=None, metavar="NAME",
                    help="which --model is the teacher for agreement (default: the first)")
-    p.add_argument("--group-by", default="category", choices=("category", "profession"), help="disparity groups")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
 
@@ -77,7 +78,6 @@ def _add_samples(sub) -> None:
     )
     _add_model_args(p, "sample from")
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.md or FILE.html (24 prompts unless --max-prompts)")
-    p.add_argument("--group-by", default="category", choices=("category", "profession"), help="prompt groups")
     p.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
 
 

@@ -182,15 +182,24 @@ def _coordinated_determiner(text: str, pos: int, self_word: str) -> bool:
     return kind == _WORD and word in _POSSESSIVES and word != self_word and _following(text, end)[0] in (_WORD, _NUM)
 
 
-def her_is_object(text: str, start: int, end: int) -> bool:
-    """Rule 4: True if the "her" at text[start:end] is an object pronoun (-> "him"), False if a determiner."""
-    kind, word, after = _following(text, end)
+def _pronoun_by_what_follows(text: str, kind: int, word: str, after: int, self_word: str) -> bool | None:
+    """The part of rules 4 and 5 that "her" and "his" share: True (object / standalone) before the end of the
+    line or punctuation, False (determiner) before a number or a coordinated possessive; None: undecided."""
     if kind == _STOP:
         return True
     if kind == _NUM:
         return False
     if kind == _JOIN or word in _COORDINATORS:
-        return not _coordinated_determiner(text, after, "her")
+        return not _coordinated_determiner(text, after, self_word)
+    return None
+
+
+def her_is_object(text: str, start: int, end: int) -> bool:
+    """Rule 4: True if the "her" at text[start:end] is an object pronoun (-> "him"), False if a determiner."""
+    kind, word, after = _following(text, end)
+    shared = _pronoun_by_what_follows(text, kind, word, after, "her")
+    if shared is not None:
+        return shared
     if word in _OBJECT_FOLLOWERS:
         return True
     if word == "very":
@@ -208,13 +217,8 @@ def her_is_object(text: str, start: int, end: int) -> bool:
 def his_is_standalone(text: str, start: int, end: int) -> bool:
     """Rule 5: True if the "his" at text[start:end] stands alone (-> "hers"), False if a determiner (-> "her")."""
     kind, word, after = _following(text, end)
-    if kind == _STOP:
-        return True
-    if kind == _NUM:
-        return False
-    if kind == _JOIN or word in _COORDINATORS:
-        return not _coordinated_determiner(text, after, "his")
-    return word in _STANDALONE_FOLLOWERS
+    shared = _pronoun_by_what_follows(text, kind, word, after, "his")
+    return shared if shared is not None else word in _STANDALONE_FOLLOWERS
 
 
 # ------------------------------------------------------------------------------------------------------------
