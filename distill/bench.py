@@ -26,7 +26,7 @@ What each key means:
   does: `train.accumulate_gradients` (student forward, teacher targets under inference mode, loss, backward)
   + gradient clipping + AdamW step + zero_grad, on a `train.Setup` built here (as `train.build` does) and a
   `config.Config` from `config_from_dict`. KD: loss.alpha_kd=1, alpha_ce=0.5 (T=2, forward KL, chunked
-  `distill_loss`, chunk_size in settings); CE: alpha_kd=0, alpha_ce=1 (the teacher is not run). One student
+  `distill_loss`, chunk_size 0 = the recipe default, auto); CE: alpha_kd=0, alpha_ce=1 (the teacher is not run). One student
   and one AdamW serve every configuration. kd_over_ce_theoretical = (2 N_t + 6 N_s) / (6 N_s) with N = all
   parameters: the tied token embedding is counted once (it is the LM head matmul, real work), the position
   embedding too (a lookup, 0.6% of N). Attention scores and the optimizer are outside the formula;
@@ -41,8 +41,7 @@ What each key means:
   gradients are freed by zero_grad(set_to_none=True), so they count as step memory in both), read from the
   allocation events of torch.profiler (profile_memory=True): the CPU analogue of cuda.max_memory_allocated
   minus the start. Same batch for all. kd_peak_mem_over_ce_unchunked: the KD step with `losses.kd_loss +
-  losses.ce_loss` under plain autograd in place of `distill_loss`; kd_peak_mem_over_ce_default_chunk: with
-  the recipe default chunk_size. kd_peak_mem_over_ce_process: whole-process peak RSS (VmHWM, reset through
+  losses.ce_loss` under plain autograd in place of `distill_loss`. kd_peak_mem_over_ce_process: whole-process peak RSS (VmHWM, reset through
   /proc/self/clear_refs just before the step) of a fresh KD process (teacher + student + AdamW) over a fresh
   CE process (student + AdamW, no teacher), run with MALLOC_MMAP_THRESHOLD_=65536 so that freed tensors
   leave the RSS; step_rss_over_ce: the RSS growth during that step, KD over CE.
@@ -109,7 +108,7 @@ def settings_for(tiny: bool) -> dict:
             "teacher": {"model_type": "gpt2", "n_layer": 4, "n_embd": 32, "n_head": 2, "vocab_size": 1024,
                         "n_positions": 64},
             "student_layers": [0, 3], "seq_len": 32, "batch_size": 5, "gendered_share": 0.4, "augment_p": 0.5,
-            "tokenizer_vocab": 512, "chunk_size": 16, "repeats": 1, "matmul_n": 128,
+            "tokenizer_vocab": 512, "chunk_size": 0, "repeats": 1, "matmul_n": 128,
             "gen": {"model": "student", "n_prompts": 4, "batch_size": 4, "max_new_tokens": 4, "repeats": 1},
             "cda_bytes": 20_000, "token_swap_batches": 2, "memory_fresh_process_per_config": False,
         }
@@ -118,7 +117,7 @@ def settings_for(tiny: bool) -> dict:
         "teacher": {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257,
                     "n_positions": 1024},
         "student_layers": [0, 2, 4, 7, 9, 11], "seq_len": 128, "batch_size": 8, "gendered_share": 0.4,
-        "augment_p": 0.5, "tokenizer_vocab": 4096, "chunk_size": 64, "repeats": 4, "matmul_n": 2048,
+        "augment_p": 0.5, "tokenizer_vocab": 4096, "chunk_size": 0, "repeats": 4, "matmul_n": 2048,
         "gen": {"model": "student", "n_prompts": 64, "batch_size": 64, "max_new_tokens": 16, "repeats": 2},
         "cda_bytes": 2_000_000, "token_swap_batches": 16, "memory_fresh_process_per_config": True,
     }
@@ -263,11 +262,9 @@ class Trainer:
     optimizer's cost does not depend on them), set up as `train.fit` does, wrapped by accelerate."""
 
     def __init__(self, cfg, setup, accelerator, run_dir: Path):
-        decay = [p for p in setup.student.parameters() if p.ndim >= 2]
-        no_decay = [p for p in setup.student.parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.train.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=cfg.train.lr, betas=(0.9, 0.98), eps=1e-8)
+        from distill.train import make_optimizer
+
+        opt = make_optimizer(cfg, setup.student)
         self.student, self.optimizer = accelerator.prepare(setup.student, opt)
         self.setup, self.accelerator, self.run_dir = setup, accelerator, run_dir
         self.device = accelerator.device
@@ -476,23 +473,10 @@ def _run_child(spec: dict, workdir: Path, tag: str, env_extra: dict | None = Non
 def measure_memory(settings: dict, tokenizer_dir: Path, workdir: Path, batch: dict, threads: int,
                    trainer: Trainer | None, cfgs: dict) -> dict:
     """Step working memory (allocator trace) in this process, whole-process RSS in fresh children."""
-    import dataclasses
-
-    from distill.config import LossConfig
-
     per = {}
     if trainer is not None:  # allocator trace: independent of what the process did before
         for name in MEMORY_CONFIGS:
             per[name] = measure_step_memory(trainer, cfgs, name, batch, rss=False)
-        # the same two steps at the recipe default chunk size, for comparison
-        default = LossConfig().chunk_size
-        if default != settings["chunk_size"]:
-            cd = {k: dataclasses.replace(c, loss=dataclasses.replace(c.loss, chunk_size=default))
-                  for k, c in cfgs.items()}
-            ce, kd = (measure_step_memory(trainer, cd, n, batch, rss=False)["alloc_peak_mb"]
-                      for n in ("ce", "kd"))
-            per["default_chunk_size"] = {"chunk_size": default, "ce_alloc_peak_mb": ce, "kd_alloc_peak_mb": kd,
-                                         "kd_peak_mem_over_ce": kd / ce}
     batch_path = workdir / "memory_batch.pt"
     torch.save(batch, batch_path)
     spec = {"settings": settings, "tokenizer_dir": str(tokenizer_dir), "workdir": str(workdir),
@@ -774,7 +758,8 @@ def format_table(r: dict) -> str:
     lines.append("")
     st, fl = r["settings"], r["flops"]
     lines.append(f"batch {st['batch_size']} x {st['seq_len']} tokens, N_teacher {fl['n_teacher'] / 1e6:.1f}M, "
-                 f"N_student {fl['n_student'] / 1e6:.1f}M, chunk_size {st['chunk_size']}; step medians (s):")
+                 f"N_student {fl['n_student'] / 1e6:.1f}M, chunk_size {st['chunk_size']}"
+                 + (f" (auto: {st['chunk_size_auto']} rows)" if "chunk_size_auto" in st else "") + "; step medians (s):")
     for n in STEP_CONFIGS:
         x = s[n]
         lines.append(f"  {n:4s} {x['step_s']:.2f} = fwd+bwd {x['fwd_bwd_s']:.2f} (teacher {x['teacher_s']:.2f}, "
@@ -791,7 +776,7 @@ def format_table(r: dict) -> str:
 
 
 INFO_KEYS = ("kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "kd_peak_mem_over_ce_unchunked",
-             "kd_peak_mem_over_ce_default_chunk", "kd_peak_mem_over_ce_process", "crr_peak_mem_over_kd",
+             "kd_peak_mem_over_ce_process", "crr_peak_mem_over_kd",
              "cf_teacher_over_plain_teacher", "prefix_reuse_speedup", "token_swap_tokens_per_s")
 
 
@@ -812,6 +797,10 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
     threads, why = choose_threads()
     torch.set_num_threads(threads)
     settings["torch_threads"] = threads
+    if settings["chunk_size"] == 0:
+        from distill.losses import auto_chunk_size
+
+        settings["chunk_size_auto"] = auto_chunk_size(torch.device("cpu"))
     set_seed(0)
     sections = {}
 
@@ -888,13 +877,12 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         "kd_peak_mem_over_ce": _ratio(mem["kd"].get("alloc_peak_mb"), mem["ce"].get("alloc_peak_mb")),
         "kd_peak_mem_over_ce_unchunked": _ratio(mem["kd_unchunked"].get("alloc_peak_mb"),
                                                 mem["ce"].get("alloc_peak_mb")),
-        "kd_peak_mem_over_ce_default_chunk": mem.get("default_chunk_size", {}).get("kd_peak_mem_over_ce"),
         "kd_peak_mem_over_ce_process": _ratio(mem["kd"].get("process_rss_peak_mb"),
                                               mem["ce"].get("process_rss_peak_mb")),
         "step_rss_over_ce": _ratio(mem["kd"].get("process_rss_step_mb"), mem["ce"].get("process_rss_step_mb")),
         "crr_peak_mem_over_kd": _ratio(mem["crr"].get("alloc_peak_mb"), mem["kd"].get("alloc_peak_mb")),
         "memory_method": (
-            "kd_peak_mem_over_ce, _unchunked, _default_chunk: step working memory = peak bytes held by torch's "
+            "kd_peak_mem_over_ce, _unchunked: step working memory = peak bytes held by torch's "
             "CPU allocator during one full step above the bytes held at its start (models and AdamW state "
             "resident, gradients None), from torch.profiler allocation events (profile_memory=True); same "
             "batch for every configuration. kd_peak_mem_over_ce_process: peak RSS (VmHWM reset via "

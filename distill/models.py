@@ -66,6 +66,7 @@ def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: boo
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         hint = " (is the file complete? re-fetch it with `make teacher`)" if extra.get("gguf_file") else ""
         raise UserError(f"could not load a model from {name_or_path!r}{hint}: {_first_line(exc)}") from exc
+    use_fused_gelu(model)
     return model
 
 
@@ -92,7 +93,26 @@ def build_random_model(config: dict, tokenizer: PreTrainedTokenizerBase, seed: i
         raise UserError(f"model config is invalid: {_first_line(exc)}") from exc
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(cfg)
+        model = AutoModelForCausalLM.from_config(cfg)
+    use_fused_gelu(model)
+    return model
+
+
+def use_fused_gelu(model: torch.nn.Module) -> int:
+    """Swap GPT-2's `gelu_new` module (the tanh-approximate GELU written as about eight elementwise ops) for
+    the same formula as one fused kernel (`GELUTanh`); returns how many modules were swapped.
+
+    Outputs agree to float rounding (tested). Only the module objects change: the config still says gelu_new,
+    so a saved model is unchanged. Why: the KD step ran 6% faster with it on CPU (`distill bench`)."""
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    swapped = 0
+    for module in model.modules():
+        for name, child in module.named_children():
+            if type(child) is NewGELUActivation:
+                setattr(module, name, GELUTanh())
+                swapped += 1
+    return swapped
 
 
 # Decoder blocks live under `.h.<i>.` (GPT-2 family) or `.layers.<i>.` (Llama, Mistral, Qwen, ...).

@@ -97,3 +97,17 @@ def test_freeze_except_layers_trains_only_the_chosen_blocks_and_final_norm(make)
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
     with pytest.raises(UserError, match="train_layers"):
         models.freeze_except_layers(model, [9])
+
+
+def test_fused_gelu_swap_keeps_outputs_and_config():
+    from transformers.activations import GELUTanh, NewGELUActivation
+
+    reference = _gpt2()
+    fast = _gpt2()
+    assert models.use_fused_gelu(fast) == 4  # one per block
+    assert not any(isinstance(m, NewGELUActivation) for m in fast.modules())
+    assert sum(isinstance(m, GELUTanh) for m in fast.modules()) == 4
+    assert fast.config.activation_function == "gelu_new"  # what a saved model says is unchanged
+    ids = torch.randint(0, 64, (2, 12))
+    torch.testing.assert_close(fast(ids).logits, reference(ids).logits, rtol=1e-5, atol=1e-5)
+    assert models.use_fused_gelu(_llama()) == 0  # other activations are left alone

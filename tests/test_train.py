@@ -214,3 +214,33 @@ def test_debug_crr_run_swaps_perturbs_and_writes_its_student(tmp_path, teacher_m
         assert sum(r["cf_exact"] + r["cf_aligned"] for r in logged) > 0
     assert (out / "final" / "model.safetensors").is_file()
     assert f"teacher={teacher_mode}" in (out / "final" / "README.md").read_text()
+
+
+def test_fused_adamw_takes_the_same_steps_as_the_default_implementation():
+    from types import SimpleNamespace
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distill.train import make_optimizer
+
+    cfg = SimpleNamespace(train=SimpleNamespace(lr=1e-3, weight_decay=0.1))
+    torch.manual_seed(0)
+    config = GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64, n_positions=16, resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0)
+    fused_model, plain_model = GPT2LMHeadModel(config), GPT2LMHeadModel(config)
+    plain_model.load_state_dict(fused_model.state_dict())
+    fused = make_optimizer(cfg, fused_model)
+    assert fused.defaults["fused"]
+    index = {id(p): i for i, p in enumerate(fused_model.parameters())}
+    plain_params = list(plain_model.parameters())
+    plain = torch.optim.AdamW([{"params": [plain_params[index[id(p)]] for p in g["params"]],
+                                "weight_decay": g["weight_decay"]} for g in fused.param_groups],
+                              lr=1e-3, betas=(0.9, 0.98), eps=1e-8, foreach=False)
+    ids = torch.randint(0, 64, (2, 16))
+    for _ in range(3):
+        for model, opt in ((fused_model, fused), (plain_model, plain)):
+            model(input_ids=ids, labels=ids).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    for (name, a), b in zip(fused_model.named_parameters(), plain_params, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
