@@ -31,8 +31,10 @@ What each key means:
   parameters: the tied token embedding is counted once (it is the LM head matmul, real work), the position
   embedding too (a lookup, 0.6% of N). Attention scores and the optimizer are outside the formula;
   kd_over_ce_fwd_bwd is the same ratio without clip + optimizer.
-- crr_over_kd_step: a counterfactual-role-reversal step (crr.teacher=cf_mean, crr.augment=replace:
-  `counterfactual_batch` + the teacher's counterfactual pass on the swapped suffixes) / a plain KD step.
+- crr_over_kd_step: a counterfactual-role-reversal step (crr.teacher=cf_mean, crr.augment=replace, the default
+  crr.cf_scope=document: `counterfactual_batch` + the teacher's counterfactual pass from the first swapped
+  token to the end of its document) / a plain KD step. crr_block_over_kd_step: the same with
+  crr.cf_scope=block (the counterfactual pass runs to the end of the packed block).
   steps.<config> splits each step into teacher_targets / counterfactual_batch / the rest.
   cf_teacher_over_plain_teacher and prefix_reuse_speedup time `teacher.teacher_targets` alone: cf_mean over
   mode none, and cf_mean with reuse_prefix=False over reuse_prefix=True (> 1: the prefix key/value reuse pays).
@@ -84,7 +86,7 @@ import transformers
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "data" / "tiny_corpus.txt"
 PROMPTS = ROOT / "data" / "prompts" / "professions.json"
-STEP_CONFIGS = ("ce", "kd", "crr")
+STEP_CONFIGS = ("ce", "kd", "crr", "crr_block")
 MEMORY_CONFIGS = ("ce", "kd", "kd_unchunked", "crr")
 
 # Targets from the issue (the two swap targets are the project's: the token swap must not slow a step, and
@@ -117,7 +119,7 @@ def settings_for(tiny: bool) -> dict:
         "teacher": {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257,
                     "n_positions": 1024},
         "student_layers": [0, 2, 4, 7, 9, 11], "seq_len": 128, "batch_size": 8, "gendered_share": 0.4,
-        "augment_p": 0.5, "tokenizer_vocab": 4096, "chunk_size": 0, "repeats": 4, "matmul_n": 2048,
+        "augment_p": 0.5, "tokenizer_vocab": 4096, "chunk_size": 0, "repeats": 6, "matmul_n": 2048,
         "gen": {"model": "student", "n_prompts": 64, "batch_size": 64, "max_new_tokens": 16, "repeats": 2},
         "cda_bytes": 2_000_000, "token_swap_batches": 16, "memory_fresh_process_per_config": True,
     }
@@ -216,7 +218,9 @@ def make_configs(settings: dict, tokenizer_dir: Path, workdir: Path, mixed_preci
     }
     ce = {**base, "loss": {**base["loss"], "alpha_kd": 0.0, "alpha_ce": 1.0}}
     crr = {**base, "crr": {"augment": "replace", "p": settings["augment_p"], "teacher": "cf_mean"}}
-    return {"ce": config_from_dict(ce), "kd": config_from_dict(base), "crr": config_from_dict(crr)}
+    crr_block = {**crr, "crr": {**crr["crr"], "cf_scope": "block"}}
+    return {"ce": config_from_dict(ce), "kd": config_from_dict(base), "crr": config_from_dict(crr),
+            "crr_block": config_from_dict(crr_block)}
 
 
 def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True):
@@ -564,6 +568,7 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
         "kd_over_ce_step": per_round(steps["kd"], steps["ce"]),
         "kd_over_ce_fwd_bwd": per_round(rec["kd"]["fwd_bwd"], rec["ce"]["fwd_bwd"]),
         "crr_over_kd_step": per_round(steps["crr"], steps["kd"]),
+        "crr_block_over_kd_step": per_round(steps["crr_block"], steps["kd"]),
         "kd_flops_fraction_of_peak": [flops_per_kd_step / t / m
                                       for t, m in zip(steps["kd"], rec["matmul_flops"], strict=True)],
     }
@@ -584,7 +589,8 @@ def measure_prefix_reuse(setup, batches: list[dict], rounds: int) -> dict:
     times = {m: [] for m in modes}
     for r in range(rounds + 1):
         ids = batches[r % len(batches)]["input_ids"]
-        cf = counterfactual_batch(ids, setup.tokenizer, setup.swap_table, setup.lexicon)
+        cf = counterfactual_batch(ids, setup.tokenizer, setup.swap_table, setup.lexicon,
+                                  setup.tokenizer.eos_token_id)
         order = modes[r % 3:] + modes[: r % 3]
         for m in order:
             t0 = time.perf_counter()
@@ -602,20 +608,22 @@ def measure_prefix_reuse(setup, batches: list[dict], rounds: int) -> dict:
 
 
 def cf_stats(setup, batches: list[dict]) -> dict:
-    """How much counterfactual work the batches hold: rows with a swap, and the suffix the teacher reruns."""
+    """How much counterfactual work the batches hold: rows with a swap, and the positions the teacher's
+    counterfactual pass runs (from the shared prefix on) as a share of the plain pass, for both cf_scopes."""
     from distill.counterfactual import counterfactual_batch
 
-    rows = cf_rows = 0
-    suffix = []
-    for b in batches:
-        ids = b["input_ids"]
-        cf = counterfactual_batch(ids, setup.tokenizer, setup.swap_table, setup.lexicon)
-        rows += ids.shape[0]
-        cf_rows += cf.rows.numel()
-        suffix += (1 - cf.prefix_len.float() / ids.shape[1]).tolist()
-    share, mean_suffix = cf_rows / max(rows, 1), (statistics.mean(suffix) if suffix else 0.0)
-    return {"cf_rows_share": share, "cf_mean_suffix_share": mean_suffix,
-            "teacher_extra_positions_share": share * mean_suffix}
+    out = {}
+    for scope, end in (("document", setup.tokenizer.eos_token_id), ("block", None)):
+        rows = cf_rows = extra = 0
+        for b in batches:
+            ids = b["input_ids"]
+            cf = counterfactual_batch(ids, setup.tokenizer, setup.swap_table, setup.lexicon, end)
+            rows += ids.shape[0]
+            cf_rows += cf.rows.numel()
+            extra += int((cf.attention_mask.sum(1) - cf.prefix_len).sum()) / ids.shape[1]
+        out["cf_rows_share"] = cf_rows / max(rows, 1)
+        out[f"teacher_extra_positions_share_{scope}"] = extra / max(rows, 1)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -673,10 +681,11 @@ def measure_swaps(settings: dict, setup, batches: list[dict]) -> dict:
     text = benchmark_swap(n_bytes=settings["cda_bytes"], lexicon=setup.lexicon, repeats=3)
     n = settings["token_swap_batches"]
     use = [batches[i % len(batches)] for i in range(n)]
-    counterfactual_batch(use[0]["input_ids"], setup.tokenizer, setup.swap_table, setup.lexicon)  # warm caches
+    end = setup.tokenizer.eos_token_id
+    counterfactual_batch(use[0]["input_ids"], setup.tokenizer, setup.swap_table, setup.lexicon, end)  # warm up
     t0 = time.perf_counter()
     for b in use:
-        counterfactual_batch(b["input_ids"], setup.tokenizer, setup.swap_table, setup.lexicon)
+        counterfactual_batch(b["input_ids"], setup.tokenizer, setup.swap_table, setup.lexicon, end)
     dt = time.perf_counter() - t0
     seqs = sum(b["input_ids"].shape[0] for b in use)
     toks = sum(b["input_ids"].numel() for b in use)
@@ -775,7 +784,7 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-INFO_KEYS = ("kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "kd_peak_mem_over_ce_unchunked",
+INFO_KEYS = ("kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "crr_block_over_kd_step", "kd_peak_mem_over_ce_unchunked",
              "kd_peak_mem_over_ce_process", "crr_peak_mem_over_kd",
              "cf_teacher_over_plain_teacher", "prefix_reuse_speedup", "token_swap_tokens_per_s")
 
@@ -860,7 +869,8 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
                              "dropout 0.1 on (GPT-2 default)",
                      "losses": {"kd": "alpha_kd 1, alpha_ce 0.5, T 2, forward_kl, chunked distill_loss",
                                 "ce": "alpha_kd 0, alpha_ce 1 (teacher not run)",
-                                "crr": "as kd + crr.teacher cf_mean, crr.augment replace"},
+                                "crr": "as kd + crr.teacher cf_mean, crr.augment replace (cf_scope document)",
+                                "crr_block": "as crr with crr.cf_scope block"},
                      "ratios": "median over rounds of the per-round ratio (same batch in a round)"},
         "torch_threads": threads, "threads_reason": why,
         "load_average": {"start": load_start, "end": load_end, "cores": os.cpu_count(),
@@ -871,6 +881,7 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         "kd_over_ce_theoretical": flops["kd_over_ce_theoretical"],
         "kd_over_ce_fwd_bwd": ratios["kd_over_ce_fwd_bwd"],
         "crr_over_kd_step": ratios["crr_over_kd_step"],
+        "crr_block_over_kd_step": ratios["crr_block_over_kd_step"],
         "cf_teacher_over_plain_teacher": reuse["cf_teacher_over_plain_teacher"],
         "prefix_reuse_speedup": reuse["prefix_reuse_speedup"],
         "prefix_reuse": reuse,

@@ -100,6 +100,9 @@ class CRRConfig:
     p: float = opt(0.5, "swap probability for augment=replace", range=(0.0, 1.0))
     teacher: str = opt("none", "perturbation of the teacher's next-token targets",
                        choices=("none", "pair_mean", "cf_mean", "cf_max", "cf_expmean"))
+    cf_scope: str = opt("document", "reach of the counterfactual context of the cf_* modes: document (to the end "
+                        "of the document with the swapped words) or block (to the end of the packed block)",
+                        choices=("document", "block"))
     lexicon: str | None = opt(None, "gendered word pairs file (default: data/lexicon/word_pairs.tsv)")
     names: str | None = opt(None, "given-name pairs file (default: data/lexicon/name_pairs.tsv)")
 

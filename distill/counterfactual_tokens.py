@@ -43,6 +43,11 @@ How a block is swapped (one row at a time):
 6. Length. A counterfactual longer than T is cut to T (the teacher never sees a longer sequence than the
    original, so position limits hold); original positions whose counterpart was cut get -1. Shorter rows
    are right-padded with the pad id (else eos, else 0) and attention_mask 0.
+7. Document scope (`document_end`, what `crr.cf_scope=document` passes: the EOS id). Packing puts several
+   documents in a block; a row's counterfactual stops at the first document end after its last swapped
+   word, EOS included, and the original positions after it get -1 (their targets stay the teacher's own).
+   Causal attention makes every kept counterfactual position the same as without the cut, and the
+   teacher's counterfactual pass runs on the swapped documents only, not on the rest of the block.
 
 A swapped word whose new run cannot be encoded back to exactly its text (a character split at the run's
 edge) is skipped. The table keeps, for every single-token spelling of a lexicon word (lower, Capitalised,
@@ -319,7 +324,8 @@ class _Group:
     exact: bool
 
 
-def _row_counterfactual(row: list[int], cand: list[int], codec: _Codec, table: TokenSwapTable, lexicon: Lexicon):
+def _row_counterfactual(row: list[int], cand: list[int], codec: _Codec, table: TokenSwapTable, lexicon: Lexicon,
+                        document_end: int | None = None):
     """(cf ids, align, prefix_len, n_exact, n_aligned) of one row, or None when nothing in it is swapped.
     `cand`: ascending positions of the tokens in `table.word_starts` (where a swapped word may begin)."""
     strs, mended = codec.spell_row(row)
@@ -378,8 +384,12 @@ def _row_counterfactual(row: list[int], cand: list[int], codec: _Codec, table: T
     k, stop = groups[0].a, min(len(cf), T)
     while k < stop and cf[k] == row[k]:  # a run may start with an unchanged token (" grand" + "father")
         k += 1
+    # rule 7: original positions after `last` keep their own context (the next documents of the block)
+    last = T - 1
+    if document_end is not None and document_end in row[groups[-1].b:]:
+        last = row.index(document_end, groups[-1].b)
     if n_aligned == 0:
-        return cf, list(range(T)), k, n_exact, 0
+        return cf[:last + 1], list(range(last + 1)) + [-1] * (T - 1 - last), k, n_exact, 0
 
     align = [-1] * T
     shift, prev = 0, 0
@@ -396,6 +406,9 @@ def _row_counterfactual(row: list[int], cand: list[int], codec: _Codec, table: T
         shift += len(g.new_ids) - (g.b - g.a)
         prev = g.b
     align[prev:T] = range(prev + shift, T + shift)
+    if last < T - 1:  # rule 7; the tokens after the last group are the original ones, shifted
+        cf = cf[:last + shift + 1]
+        align[last + 1:] = [-1] * (T - 1 - last)
     if len(cf) > T:  # rule 6
         cf = cf[:T]
         align = [x if x < T else -1 for x in align]
@@ -411,8 +424,11 @@ def _pad_id(tokenizer) -> int:
 
 
 def counterfactual_batch(input_ids: torch.Tensor, tokenizer, table: TokenSwapTable,
-                         lexicon: Lexicon) -> CounterfactualBatch:
-    """The counterfactual of a batch of packed blocks `input_ids` (B, T); see the module docstring."""
+                         lexicon: Lexicon, document_end: int | None = None) -> CounterfactualBatch:
+    """The counterfactual of a batch of packed blocks `input_ids` (B, T); see the module docstring.
+
+    `document_end`: the id that packing puts between documents (EOS). When given, each counterfactual row
+    stops at the first such id after its last swapped word (rule 7); None: it runs to the end of the block."""
     if input_ids.dim() != 2:
         raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
     B, T = input_ids.shape
@@ -440,7 +456,7 @@ def counterfactual_batch(input_ids: torch.Tensor, tokenizer, table: TokenSwapTab
     for r, row in enumerate(ids_cpu.tolist()):
         if not cand[r]:
             continue
-        out = _row_counterfactual(row, cand[r], codec, table, lexicon)
+        out = _row_counterfactual(row, cand[r], codec, table, lexicon, document_end)
         if out is None:
             continue
         cf, align, k, ne, na = out

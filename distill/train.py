@@ -135,7 +135,8 @@ def micro_batch_losses(cfg: Config, setup: Setup, student, input_ids: torch.Tens
     if cfg.crr.teacher.startswith("cf"):
         from distill.counterfactual import counterfactual_batch
 
-        cf = counterfactual_batch(input_ids.cpu(), setup.tokenizer, setup.swap_table, setup.lexicon)
+        document_end = setup.tokenizer.eos_token_id if cfg.crr.cf_scope == "document" else None
+        cf = counterfactual_batch(input_ids.cpu(), setup.tokenizer, setup.swap_table, setup.lexicon, document_end)
         cf = _to_device(cf, input_ids.device)
     target = None
     if cfg.loss.alpha_kd > 0 or want_hidden:

@@ -430,3 +430,48 @@ def test_empty_and_bad_batches(tok, table, lex):
         counterfactual_batch(torch.tensor([1, 2, 3]), tok, table, lex)
     with pytest.raises(ValueError, match="outside"):
         counterfactual_batch(torch.tensor([[len(tok) + 5]]), tok, table, lex)
+
+
+@pytest.mark.parametrize("word", [" he", " waiter"], ids=["exact", "aligned"])
+def test_document_scope_stops_at_the_end_of_the_swapped_document(tok, table, lex, word):
+    eos = tok.eos_token_id
+    doc = enc(tok, "Then the") + enc(tok, word) + enc(tok, " brought us the soup and the bread at noon")
+    rest = enc(tok, "The weather was fine and the roads were dry all day long")
+    x = torch.tensor([[eos] + doc + [eos] + rest + [eos] + rest])
+    block_cf = counterfactual_batch(x, tok, table, lex)
+    doc_cf = counterfactual_batch(x, tok, table, lex, document_end=eos)
+    last = 1 + len(doc)  # the EOS that ends the swapped document
+    n = int(doc_cf.attention_mask[0].sum())
+    shift = int(block_cf.align[0, last]) - last  # length change of the swapped word
+    assert n == last + shift + 1 and int(doc_cf.input_ids[0, n - 1]) == eos
+    assert doc_cf.input_ids[0, :n].tolist() == block_cf.input_ids[0, :n].tolist()
+    assert doc_cf.align[0, :last + 1].tolist() == block_cf.align[0, :last + 1].tolist()
+    assert doc_cf.align[0, last + 1:].tolist() == [-1] * (x.shape[1] - last - 1)
+    assert int(doc_cf.prefix_len[0]) == int(block_cf.prefix_len[0])
+    # no document end after the swapped word: the counterfactual runs to the end of the block, as before
+    open_ended = x[:, : last]
+    a = counterfactual_batch(open_ended, tok, table, lex, document_end=eos)
+    b = counterfactual_batch(open_ended, tok, table, lex)
+    assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.align, b.align)
+
+
+def test_document_scope_targets_equal_block_scope_inside_the_document_and_p_after(tok, table, lex):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distill.teacher import teacher_targets
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64)).eval()
+    eos = tok.eos_token_id
+    doc = enc(tok, "The doctor said that he would call his sister today")
+    rest = enc(tok, "The weather was fine and the roads were dry all day long")
+    x = torch.tensor([[eos] + doc + [eos] + rest, [eos] + rest + [eos] + doc[:10]])
+    kwargs = {"mode": "cf_mean", "temperature": 2.0, "vocab_rows": len(tok), "table": table}
+    block = teacher_targets(model, x, cf=counterfactual_batch(x, tok, table, lex), **kwargs).probs
+    scoped = teacher_targets(model, x, cf=counterfactual_batch(x, tok, table, lex, document_end=eos), **kwargs).probs
+    plain = teacher_targets(model, x, mode="none", temperature=2.0, vocab_rows=len(tok)).probs
+    last = 1 + len(doc)
+    torch.testing.assert_close(scoped[0, :last + 1], block[0, :last + 1], rtol=0, atol=1e-6)
+    torch.testing.assert_close(scoped[0, last + 1:], plain[0, last + 1:], rtol=0, atol=1e-6)
+    assert (block[0, last + 1:] - plain[0, last + 1:]).abs().max() > 1e-4  # block scope did change them
+    torch.testing.assert_close(scoped[1], block[1], rtol=0, atol=1e-6)  # swap in the last document: same
