@@ -35,6 +35,11 @@ What each key means:
   crr.cf_scope=document: `counterfactual_batch` + the teacher's counterfactual pass from the first swapped
   token to the end of its document) / a plain KD step. crr_block_over_kd_step: the same with
   crr.cf_scope=block (the counterfactual pass runs to the end of the packed block).
+- kd_topk_cached_over_kd_step: a KD step with loss.teacher_top_k=64 whose targets are all in the cache (a
+  later epoch: the teacher does not run; the cached top-k ids and values are made dense) / a plain KD step;
+  kd_topk_cached_theoretical = 6 N_s / (2 N_t + 6 N_s). topk_kept_mass: the mean teacher mass in the top 64
+  of the random-weight teacher here (nearly flat, so far lower than a trained teacher's; the effect of
+  top-k targets on a real teacher is measured in the README).
   steps.<config> splits each step into teacher_targets / counterfactual_batch / the rest.
   cf_teacher_over_plain_teacher and prefix_reuse_speedup time `teacher.teacher_targets` alone: cf_mean over
   mode none, and cf_mean with reuse_prefix=False over reuse_prefix=True (> 1: the prefix key/value reuse pays).
@@ -86,7 +91,8 @@ import transformers
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "data" / "tiny_corpus.txt"
 PROMPTS = ROOT / "data" / "prompts" / "professions.json"
-STEP_CONFIGS = ("ce", "kd", "crr", "crr_block")
+STEP_CONFIGS = ("ce", "kd", "kd_topk_cached", "crr", "crr_block")
+TOP_K = 64  # loss.teacher_top_k of the kd_topk_cached configuration
 MEMORY_CONFIGS = ("ce", "kd", "kd_unchunked", "crr")
 
 # Targets from the issue (the two swap targets are the project's: the token swap must not slow a step, and
@@ -195,7 +201,8 @@ def build_batches(tokenizer, lexicon, settings: dict, n_batches: int, seed: int 
     for b in range(n_batches):
         sl = slice(b * B, (b + 1) * B)
         batches.append({"input_ids": torch.tensor(rows[sl], dtype=torch.long),
-                        "swapped": torch.tensor(swapped[sl], dtype=torch.bool)})
+                        "swapped": torch.tensor(swapped[sl], dtype=torch.bool),
+                        "blocks": list(range(b * B, (b + 1) * B))})  # keys of the top-k target cache
     return batches, {"rows": n_rows, "rows_with_gendered_line": sum(flags), "rows_text_swapped": sum(swapped)}
 
 
@@ -219,8 +226,9 @@ def make_configs(settings: dict, tokenizer_dir: Path, workdir: Path, mixed_preci
     ce = {**base, "loss": {**base["loss"], "alpha_kd": 0.0, "alpha_ce": 1.0}}
     crr = {**base, "crr": {"augment": "replace", "p": settings["augment_p"], "teacher": "cf_mean"}}
     crr_block = {**crr, "crr": {**crr["crr"], "cf_scope": "block"}}
-    return {"ce": config_from_dict(ce), "kd": config_from_dict(base), "crr": config_from_dict(crr),
-            "crr_block": config_from_dict(crr_block)}
+    cached = {**base, "loss": {**base["loss"], "teacher_top_k": TOP_K}}
+    return {"ce": config_from_dict(ce), "kd": config_from_dict(base), "kd_topk_cached": config_from_dict(cached),
+            "crr": config_from_dict(crr), "crr_block": config_from_dict(crr_block)}
 
 
 def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True):
@@ -241,7 +249,23 @@ def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True)
     table = build_token_swap_table(tokenizer, lexicon)
     if not with_teacher:
         teacher = None
-    return Setup(teacher, student, tokenizer, None, None, vocab_rows, lexicon, table, None)
+    from distill.teacher_cache import TopKTargetCache
+
+    return Setup(teacher, student, tokenizer, None, None, vocab_rows, lexicon, table, None,
+                 TopKTargetCache(TOP_K, vocab_rows))
+
+
+def fill_target_cache(setup, cfg, batches: list[dict]) -> float:
+    """Put every batch's top-k targets in the cache, as a first epoch would; returns the mean kept mass."""
+    from distill.train import teacher_output
+
+    def compute(ids):
+        out, _ = teacher_output(cfg, setup, ids)
+        return out.probs, out.changed_share
+
+    device = next(setup.teacher.parameters()).device
+    kept = [setup.target_cache.targets(b["blocks"], b["input_ids"].to(device), compute)[2] for b in batches]
+    return statistics.mean(kept)
 
 
 def count_flops(setup, settings: dict) -> dict:
@@ -289,6 +313,8 @@ class Trainer:
         from distill.train import _clip, accumulate_gradients
 
         self.steps += 1
+        if not cfg.loss.teacher_top_k:  # block ids reach micro_batch_losses only when the cache is meant
+            batch = {k: v for k, v in batch.items() if k != "blocks"}
         self.sync()
         t0 = time.perf_counter()
         accumulate_gradients(cfg, self.setup, self.student, self.accelerator, [batch], self.steps, self.run_dir)
@@ -569,6 +595,7 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
         "kd_over_ce_fwd_bwd": per_round(rec["kd"]["fwd_bwd"], rec["ce"]["fwd_bwd"]),
         "crr_over_kd_step": per_round(steps["crr"], steps["kd"]),
         "crr_block_over_kd_step": per_round(steps["crr_block"], steps["kd"]),
+        "kd_topk_cached_over_kd_step": per_round(steps["kd_topk_cached"], steps["kd"]),
         "kd_flops_fraction_of_peak": [flops_per_kd_step / t / m
                                       for t, m in zip(steps["kd"], rec["matmul_flops"], strict=True)],
     }
@@ -709,6 +736,7 @@ def _gpu_measure(settings, tok, tokenizer_dir: Path, workdir: Path, batches: lis
     setup = build_setup(cfgs["kd"], tok, accelerator.device)
     trainer = Trainer(cfgs["kd"], setup, accelerator, workdir)
     trainer.init_optimizer_state()
+    fill_target_cache(setup, cfgs["kd_topk_cached"], batches)
     flops = count_flops(setup, settings)
     res = time_steps(trainer, cfgs, batches, max(3, settings["repeats"]), 8192, flops["kd_step_flops"],
                      peak_mem=True)
@@ -718,6 +746,7 @@ def _gpu_measure(settings, tok, tokenizer_dir: Path, workdir: Path, batches: lis
         "device": torch.cuda.get_device_name(), "precision": "bf16 autocast, bf16 teacher" if bf16 else "fp32",
         "kd_over_ce_step": res["ratios"]["kd_over_ce_step"],
         "crr_over_kd_step": res["ratios"]["crr_over_kd_step"],
+        "kd_topk_cached_over_kd_step": res["ratios"]["kd_topk_cached_over_kd_step"],
         "kd_peak_mem_over_ce": mem["kd"] / mem["ce"],
         "cuda_max_memory_allocated_mb": mem,
         "tokens_per_s": {n: flops["tokens_per_step"] / res[n]["step_s"] for n in STEP_CONFIGS},
@@ -771,7 +800,7 @@ def format_table(r: dict) -> str:
                  + (f" (auto: {st['chunk_size_auto']} rows)" if "chunk_size_auto" in st else "") + "; step medians (s):")
     for n in STEP_CONFIGS:
         x = s[n]
-        lines.append(f"  {n:4s} {x['step_s']:.2f} = fwd+bwd {x['fwd_bwd_s']:.2f} (teacher {x['teacher_s']:.2f}, "
+        lines.append(f"  {n:14s} {x['step_s']:.2f} = fwd+bwd {x['fwd_bwd_s']:.2f} (teacher {x['teacher_s']:.2f}, "
                      f"counterfactual_batch {x['counterfactual_batch_s']:.3f}) + clip/AdamW {x['optimizer_s']:.2f}")
     m = r["memory"]
     lines.append("step working memory (MiB, allocator peak above the step's start): " + ", ".join(
@@ -784,7 +813,8 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-INFO_KEYS = ("kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "crr_block_over_kd_step", "kd_peak_mem_over_ce_unchunked",
+INFO_KEYS = ("kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "crr_block_over_kd_step", "kd_topk_cached_over_kd_step",
+             "kd_topk_cached_theoretical", "topk_kept_mass", "kd_peak_mem_over_ce_unchunked",
              "kd_peak_mem_over_ce_process", "crr_peak_mem_over_kd",
              "cf_teacher_over_plain_teacher", "prefix_reuse_speedup", "token_swap_tokens_per_s")
 
@@ -829,6 +859,7 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         flops = count_flops(setup, settings)
         trainer = Trainer(cfgs["kd"], setup, Accelerator(cpu=True), workdir)
         trainer.init_optimizer_state()
+        topk_mass = fill_target_cache(setup, cfgs["kd_topk_cached"], batches)
         t = mark("setup", t)
         steps = time_steps(trainer, cfgs, batches, settings["repeats"], settings["matmul_n"],
                            flops["kd_step_flops"])
@@ -870,7 +901,8 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
                      "losses": {"kd": "alpha_kd 1, alpha_ce 0.5, T 2, forward_kl, chunked distill_loss",
                                 "ce": "alpha_kd 0, alpha_ce 1 (teacher not run)",
                                 "crr": "as kd + crr.teacher cf_mean, crr.augment replace (cf_scope document)",
-                                "crr_block": "as crr with crr.cf_scope block"},
+                                "crr_block": "as crr with crr.cf_scope block",
+                                "kd_topk_cached": f"as kd with loss.teacher_top_k {TOP_K}, every target cached"},
                      "ratios": "median over rounds of the per-round ratio (same batch in a round)"},
         "torch_threads": threads, "threads_reason": why,
         "load_average": {"start": load_start, "end": load_end, "cores": os.cpu_count(),
@@ -882,6 +914,9 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         "kd_over_ce_fwd_bwd": ratios["kd_over_ce_fwd_bwd"],
         "crr_over_kd_step": ratios["crr_over_kd_step"],
         "crr_block_over_kd_step": ratios["crr_block_over_kd_step"],
+        "kd_topk_cached_over_kd_step": ratios["kd_topk_cached_over_kd_step"],
+        "kd_topk_cached_theoretical": 6 * flops["n_student"] / (2 * flops["n_teacher"] + 6 * flops["n_student"]),
+        "topk_kept_mass": topk_mass,
         "cf_teacher_over_plain_teacher": reuse["cf_teacher_over_plain_teacher"],
         "prefix_reuse_speedup": reuse["prefix_reuse_speedup"],
         "prefix_reuse": reuse,

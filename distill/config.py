@@ -90,6 +90,9 @@ class LossConfig:
                              range=(1e-6, INF))
     divergence: str = opt("forward_kl", "D(teacher, student)", choices=("forward_kl", "reverse_kl", "jsd"))
     jsd_beta: float = opt(0.5, "generalized JSD mixing weight (0 -> forward KL, 1 -> reverse KL)", range=(0.0, 1.0))
+    teacher_top_k: int = opt(0, "0: full-vocabulary teacher targets; k > 0: the teacher's k most likely tokens "
+                             "(the rest of the mass spread evenly), cached per block in memory so that later "
+                             "epochs skip the teacher", range=(0, INF))
     chunk_size: int = opt(0, "tokens per chunk of the full-vocabulary KD term; 0: auto (16 on CPU, the fastest "
                           "in `distill bench`; 4096 on a GPU)", range=(0, INF))
 
@@ -232,6 +235,11 @@ def validate(cfg: Config) -> None:
         raise UserError("loss: all of alpha_kd, alpha_ce, alpha_cos are 0; nothing to train on")
     if cfg.crr.teacher != "none" and cfg.loss.alpha_kd == 0:
         raise UserError(f"crr.teacher={cfg.crr.teacher} perturbs the KD targets, but loss.alpha_kd is 0")
+    if cfg.loss.teacher_top_k and cfg.loss.alpha_cos > 0:
+        raise UserError("loss.teacher_top_k caches the teacher's targets, not its hidden states, so it cannot serve "
+                        "loss.alpha_cos; set one of them to 0")
+    if cfg.loss.teacher_top_k and cfg.loss.alpha_kd == 0:
+        raise UserError("loss.teacher_top_k caches KD targets, but loss.alpha_kd is 0; set loss.teacher_top_k=0")
 
 
 def _check_fields(obj, prefix: str) -> None:

@@ -43,6 +43,7 @@ class Setup:
     lexicon: object = None
     swap_table: object = None
     data_stats: object = None
+    target_cache: object = None  # a TopKTargetCache when loss.teacher_top_k > 0
 
 
 def build(cfg: Config, accelerator: Accelerator) -> Setup:
@@ -106,7 +107,27 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
             f"the training data has {len(train_blocks)} blocks, fewer than one global batch of {global_batch} "
             "(batch_size x grad_accum x processes); give more text or lower train.batch_size"
         )
-    return Setup(teacher, student, tokenizer, train_blocks, val_blocks, vocab_rows, lexicon, swap_table, stats)
+    target_cache = _target_cache(cfg, len(train_blocks), vocab_rows)
+    return Setup(teacher, student, tokenizer, train_blocks, val_blocks, vocab_rows, lexicon, swap_table, stats,
+                 target_cache)
+
+
+def _target_cache(cfg: Config, n_blocks: int, vocab_rows: int):
+    """The top-k target cache of `loss.teacher_top_k`, refused when it could not fit in memory."""
+    from distill.teacher_cache import TopKTargetCache, cache_bytes
+
+    k = cfg.loss.teacher_top_k
+    if not k:
+        return None
+    if k >= vocab_rows:
+        raise UserError(f"loss.teacher_top_k={k} keeps the whole vocabulary of {vocab_rows}; lower it (e.g. 64) "
+                        "or set 0 for full targets")
+    need = cache_bytes(n_blocks, cfg.data.block_size, k)
+    free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
+    if free is not None and need > free / 2:
+        raise UserError(f"loss.teacher_top_k={k} would cache up to {need / 2**30:.1f} GiB for {n_blocks} blocks, "
+                        f"more than half of the {free / 2**30:.1f} GiB free; lower loss.teacher_top_k, or set 0")
+    return TopKTargetCache(k, vocab_rows)
 
 
 def lr_lambda(cfg: Config):
@@ -122,15 +143,11 @@ def lr_lambda(cfg: Config):
     return factor
 
 
-def micro_batch_losses(cfg: Config, setup: Setup, student, input_ids: torch.Tensor, scale: float) -> dict:
-    """Forward both models on one micro-batch; returns the loss to backpropagate and the raw term sums.
-
-    `scale` turns this process's sums into its share of the global mean (see `accumulate_gradients`).
-    """
+def teacher_output(cfg: Config, setup: Setup, input_ids: torch.Tensor):
+    """The teacher's targets for packed rows `input_ids`: the counterfactual batch (cf_* modes), then
+    `teacher.teacher_targets` in the recipe's mode."""
     from distill.teacher import teacher_targets
 
-    labels = shift_labels(input_ids)
-    want_hidden = cfg.loss.alpha_cos > 0
     cf = None
     if cfg.crr.teacher.startswith("cf"):
         from distill.counterfactual import counterfactual_batch
@@ -138,15 +155,35 @@ def micro_batch_losses(cfg: Config, setup: Setup, student, input_ids: torch.Tens
         document_end = setup.tokenizer.eos_token_id if cfg.crr.cf_scope == "document" else None
         cf = counterfactual_batch(input_ids.cpu(), setup.tokenizer, setup.swap_table, setup.lexicon, document_end)
         cf = _to_device(cf, input_ids.device)
-    target = None
-    if cfg.loss.alpha_kd > 0 or want_hidden:
-        target = teacher_targets(setup.teacher, input_ids, mode=cfg.crr.teacher, temperature=cfg.loss.temperature,
-                                 vocab_rows=setup.vocab_rows, table=setup.swap_table, cf=cf,
-                                 want_hidden=want_hidden)
+    return teacher_targets(setup.teacher, input_ids, mode=cfg.crr.teacher, temperature=cfg.loss.temperature,
+                           vocab_rows=setup.vocab_rows, table=setup.swap_table, cf=cf,
+                           want_hidden=cfg.loss.alpha_cos > 0), cf
+
+
+def micro_batch_losses(cfg: Config, setup: Setup, student, input_ids: torch.Tensor, scale: float,
+                       blocks: list[int] | None = None) -> dict:
+    """Forward both models on one micro-batch; returns the loss to backpropagate and the raw term sums.
+
+    `scale` turns this process's sums into its share of the global mean (see `accumulate_gradients`).
+    `blocks`: the training-block index of each row, the key of the top-k target cache (when there is one).
+    """
+    labels = shift_labels(input_ids)
+    want_hidden = cfg.loss.alpha_cos > 0
+    cf = target = None
+    probs, changed, kept = None, 0.0, 1.0
+    if setup.target_cache is not None and blocks is not None:
+        def compute(ids):
+            out, _ = teacher_output(cfg, setup, ids)
+            return out.probs, out.changed_share
+
+        probs, changed, kept = setup.target_cache.targets(blocks, input_ids, compute)
+    elif cfg.loss.alpha_kd > 0 or want_hidden:
+        target, cf = teacher_output(cfg, setup, input_ids)
+        probs, changed = target.probs, target.changed_share
     out = student(input_ids=input_ids, output_hidden_states=want_hidden, use_cache=False)
     logits = out.logits[..., : setup.vocab_rows]
     total, kd_sum, ce_sum = distill_loss(
-        logits, target.probs if cfg.loss.alpha_kd > 0 else None, labels,
+        logits, probs if cfg.loss.alpha_kd > 0 else None, labels,
         w_kd=cfg.loss.alpha_kd * scale, w_ce=cfg.loss.alpha_ce * scale, temperature=cfg.loss.temperature,
         kind=cfg.loss.divergence, beta=cfg.loss.jsd_beta, chunk_size=cfg.loss.chunk_size,
         reuse_teacher_buffer=True,  # the targets are not read again: their memory holds the gradient
@@ -157,7 +194,7 @@ def micro_batch_losses(cfg: Config, setup: Setup, student, input_ids: torch.Tens
         total = total + cfg.loss.alpha_cos * scale * cos_sum
     return {
         "total": total, "kd": kd_sum.detach(), "ce": ce_sum.detach(), "cos": cos_sum.detach(),
-        "changed_share": target.changed_share if target is not None else 0.0,
+        "changed_share": changed, "topk_mass": kept,
         "cf_exact": cf.n_exact if cf is not None else 0, "cf_aligned": cf.n_aligned if cf is not None else 0,
     }
 
@@ -212,19 +249,20 @@ def accumulate_gradients(cfg: Config, setup: Setup, student, accelerator: Accele
     # average the global token mean.
     scale = accelerator.num_processes / max(n_global, 1)
     sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # kd, ce, cos, swapped rows
-    extras = {"changed_share": 0.0, "cf_exact": 0, "cf_aligned": 0}
+    extras = {"changed_share": 0.0, "topk_mass": 0.0, "cf_exact": 0, "cf_aligned": 0}
     for m, batch in enumerate(batches):
         ids = batch["input_ids"].to(accelerator.device)
         sync = contextlib.nullcontext() if m == len(batches) - 1 else accelerator.no_sync(student)
         with sync:
             with accelerator.autocast():
-                out = micro_batch_losses(cfg, setup, student, ids, scale)
+                out = micro_batch_losses(cfg, setup, student, ids, scale, batch.get("blocks"))
             if not torch.isfinite(out["total"]):
                 raise TrainingDiverged(_diverged_message(out["total"].item(), step, run_dir))
             accelerator.backward(out["total"])
         sums += torch.stack([out["kd"].double(), out["ce"].double(), out["cos"].double(),
                              batch["swapped"].sum().double().to(sums.device)])
         extras["changed_share"] += out["changed_share"] / len(batches)
+        extras["topk_mass"] += out["topk_mass"] / len(batches)
         extras["cf_exact"] += out["cf_exact"]
         extras["cf_aligned"] += out["cf_aligned"]
     return n_global, sums, extras
@@ -267,7 +305,7 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
     window = {"t0": time.perf_counter(), "tokens": 0}
     last = {}
     while state["step"] < cfg.train.max_steps:
-        batches = [setup.train_blocks[idx] for idx in sampler.next_step()]
+        batches = [{**setup.train_blocks[idx], "blocks": idx} for idx in sampler.next_step()]
         n_global, sums, extras = accumulate_gradients(cfg, setup, student, accelerator, batches, state["step"] + 1,
                                                       run_dir)
         grad_norm = _clip(accelerator, student, cfg.train.max_grad_norm)
@@ -295,6 +333,10 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
                 "epoch": sampler.epoch,
                 "swapped_share": swapped,
                 "teacher_changed_share": extras["changed_share"],
+                **({"teacher_topk_mass": extras["topk_mass"],
+                    "teacher_cache_hit_share": setup.target_cache.hits / max(1, setup.target_cache.hits
+                                                                              + setup.target_cache.misses)}
+                   if setup.target_cache is not None else {}),
                 "cf_exact": extras["cf_exact"], "cf_aligned": extras["cf_aligned"],
             }
             window = {"t0": time.perf_counter(), "tokens": 0}
@@ -390,7 +432,9 @@ def _print_plan(cfg: Config, setup: Setup, accelerator) -> None:
         f"data: {st.train_documents} documents ({st.swapped_documents} gender-swapped) -> {st.train_blocks} blocks "
         f"of {st.block_size} tokens; {st.validation_blocks} validation blocks\n"
         f"loss: {cfg.loss.alpha_kd} x T^2 {cfg.loss.divergence} (T={cfg.loss.temperature}) + {cfg.loss.alpha_ce} "
-        f"x CE + {cfg.loss.alpha_cos} x cos; crr: augment={cfg.crr.augment}, teacher={cfg.crr.teacher}\n"
+        f"x CE + {cfg.loss.alpha_cos} x cos"
+        + (f"; teacher top-{cfg.loss.teacher_top_k} targets, cached per block" if cfg.loss.teacher_top_k else "")
+        + f"; crr: augment={cfg.crr.augment}, teacher={cfg.crr.teacher}\n"
         f"{cfg.train.max_steps} steps x {cfg.train.batch_size} x {cfg.train.grad_accum} accum x "
         f"{accelerator.num_processes} processes on {accelerator.device} ({accelerator.mixed_precision})"
     )

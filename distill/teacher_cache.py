@@ -1,0 +1,79 @@
+"""Top-k teacher targets, cached per training block so that later epochs skip the teacher (`loss.teacher_top_k`).
+
+    from distill.teacher_cache import TopKTargetCache
+    cache = TopKTargetCache(k=64, vocab_rows=rows)
+    probs, changed = cache.targets(block_ids, input_ids, compute=lambda ids: my_teacher_targets(ids))
+
+What it changes in the loss: the target at each position becomes p on the teacher's k most likely tokens,
+with the remaining mass r = 1 - sum(top k) spread evenly over the other V - k tokens:
+
+    p_k[v] = p[v] for v in top-k(p),   p_k[v] = r / (V - k) otherwise
+
+so it is still a distribution, and its total-variation distance from p is at most r (the run logs the mean
+kept mass as `teacher_topk_mass`). Spreading r evenly, rather than renormalising the k kept values, keeps the
+student from being pushed to put all its mass on k tokens. A pair_mean target keeps p(he) = p(she) only where
+both are kept or both are not.
+
+The targets are always the top-k ones, on the first epoch too, so a run's result does not depend on what
+happens to be cached. The cache lives in each process's CPU memory (block index -> k ids and k values, 8 bytes
+per kept entry) and is rebuilt after a resume: recomputing the targets of a block on a different batch gives the
+same values up to float rounding, so a resumed run matches an uninterrupted one to rounding, not bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+BYTES_PER_ENTRY = 8  # int32 id + fp32 probability
+
+
+def dense_targets(values: torch.Tensor, ids: torch.Tensor, vocab_rows: int) -> torch.Tensor:
+    """(..., V) fp32 distribution: `values` at `ids`, the rest of the mass spread evenly over the other ids."""
+    k = values.shape[-1]
+    values = values.float()
+    rest = (1.0 - values.sum(-1, keepdim=True)).clamp_min(0.0) / max(vocab_rows - k, 1)
+    out = rest.expand(*values.shape[:-1], vocab_rows).contiguous()
+    return out.scatter_(-1, ids.long(), values)
+
+
+def cache_bytes(n_blocks: int, block_size: int, k: int) -> int:
+    """Upper bound of one process's cache: every block seen by that process."""
+    return n_blocks * block_size * k * BYTES_PER_ENTRY
+
+
+class TopKTargetCache:
+    """Block index -> the teacher's top-k targets for that block (ids int32, values fp32, on the CPU)."""
+
+    def __init__(self, k: int, vocab_rows: int):
+        if not 0 < k <= vocab_rows:
+            raise ValueError(f"k must be in 1..{vocab_rows}, got {k}")
+        self.k, self.vocab_rows = k, vocab_rows
+        self.store: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        self.hits = self.misses = 0
+
+    def targets(self, blocks: list[int], input_ids: torch.Tensor,
+                compute: Callable[[torch.Tensor], tuple[torch.Tensor, float]]) -> tuple[torch.Tensor, float, float]:
+        """Dense (B, T, V) top-k targets for rows `input_ids` (B, T) holding training blocks `blocks`.
+
+        `compute(ids)` returns (probs (B', T, V), changed_share) for the rows not cached yet; it runs once per
+        call, on those rows only. Returns (targets, changed share, mean kept mass), the last two averaged over
+        the rows as they were when computed.
+        """
+        missing = [i for i, b in enumerate(blocks) if b not in self.store]
+        self.misses += len(missing)
+        self.hits += len(blocks) - len(missing)
+        if missing:
+            probs, changed = compute(input_ids[missing])
+            values, ids = torch.topk(probs, self.k, dim=-1, sorted=False)
+            del probs
+            values, ids = values.to("cpu"), ids.to("cpu", torch.int32)
+            for j, i in enumerate(missing):
+                self.store[blocks[i]] = (ids[j].clone(), values[j].clone(), changed)
+        entries = [self.store[b] for b in blocks]
+        ids = torch.stack([e[0] for e in entries]).to(input_ids.device)
+        values = torch.stack([e[1] for e in entries]).to(input_ids.device)
+        changed = sum(e[2] for e in entries) / len(entries)
+        kept = values.sum(-1).mean().item()
+        return dense_targets(values, ids, self.vocab_rows), changed, kept
