@@ -1,6 +1,6 @@
 """Benchmarks of what training and evaluation run: step time, step memory, FLOP use, generation, swaps.
 
-    distill bench                               # GPT-2-small shapes; 4-6 minutes on 2 CPU cores
+    distill bench                               # GPT-2-small shapes; about 4 minutes on 2 CPU cores
     distill bench --tiny --out /tmp/bench.json  # tiny shapes, seconds: checks that every key is written
     python -m pytest tests/test_bench.py -q
 
@@ -9,6 +9,8 @@ only checks that every key is written. Everything is measured side by side in on
 memory also in fresh child processes). The machine may be shared and its load drifts, so configurations are
 interleaved in rounds (the order rotates every round, round 0 is an untimed warm-up), each round uses one
 batch for every configuration, and a ratio is the median over rounds of the per-round ratio.
+Code: `bench_setup` (shapes, batches, configurations, the step), `bench_memory` (memory), this module (timing,
+generation, swaps, the GPU section, the report).
 
 Models (stated in the JSON under "settings"): a GPT-2-small-shaped teacher with random weights (12 layers,
 width 768, 12 heads, vocab 50257, via `models.build_random_model`), a 6-layer student of its blocks
@@ -73,14 +75,9 @@ then uses 1 thread, else all cores (DISTILL_BENCH_THREADS overrides). With CUDA 
 from __future__ import annotations
 
 import contextlib
-import gc
 import json
-import math
 import os
-import random
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -88,12 +85,25 @@ from pathlib import Path
 import torch
 import transformers
 
-ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT / "data" / "tiny_corpus.txt"
+from distill.bench_memory import MEMORY_CONFIGS, measure_memory, memory_child
+from distill.bench_setup import (
+    ROOT,
+    TOP_K,
+    Trainer,
+    build_batches,
+    build_setup,
+    build_tokenizer,
+    choose_threads,
+    count_flops,
+    fill_target_cache,
+    make_configs,
+    matmul_flops,
+    run_child,
+    settings_for,
+)
+
 PROMPTS = ROOT / "data" / "prompts" / "professions.json"
 STEP_CONFIGS = ("ce", "kd", "kd_topk_cached", "crr", "crr_block")
-TOP_K = 64  # loss.teacher_top_k of the kd_topk_cached configuration
-MEMORY_CONFIGS = ("ce", "kd", "kd_unchunked", "crr")
 
 # Targets from the issue (the two swap targets are the project's: the token swap must not slow a step, and
 # the text swap should stay near the 7-9 MB/s its docstring reports).
@@ -106,225 +116,6 @@ TARGETS = {
     "cda_mb_per_s": ">= 5",
     "token_swap_per_s": ">= 20 x KD-step sequences/s",
 }
-
-
-def settings_for(tiny: bool) -> dict:
-    """Model shapes and sizes of every measurement; written to the JSON as they are."""
-    if tiny:
-        return {
-            "tiny": True,
-            "teacher": {"model_type": "gpt2", "n_layer": 4, "n_embd": 32, "n_head": 2, "vocab_size": 1024,
-                        "n_positions": 64},
-            "student_layers": [0, 3], "seq_len": 32, "batch_size": 5, "gendered_share": 0.4, "augment_p": 0.5,
-            "tokenizer_vocab": 512, "chunk_size": 0, "repeats": 1, "matmul_n": 128,
-            "gen": {"model": "student", "n_prompts": 4, "batch_size": 4, "max_new_tokens": 4, "repeats": 1},
-            "cda_bytes": 20_000, "token_swap_batches": 2, "memory_fresh_process_per_config": False,
-        }
-    return {
-        "tiny": False,
-        "teacher": {"model_type": "gpt2", "n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257,
-                    "n_positions": 1024},
-        "student_layers": [0, 2, 4, 7, 9, 11], "seq_len": 128, "batch_size": 8, "gendered_share": 0.4,
-        "augment_p": 0.5, "tokenizer_vocab": 4096, "chunk_size": 0, "repeats": 6, "matmul_n": 2048,
-        "gen": {"model": "student", "n_prompts": 64, "batch_size": 64, "max_new_tokens": 16, "repeats": 2},
-        "cda_bytes": 2_000_000, "token_swap_batches": 16, "memory_fresh_process_per_config": True,
-    }
-
-
-def choose_threads() -> tuple[int, str]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if os.environ.get("DISTILL_BENCH_THREADS"):
-        return int(os.environ["DISTILL_BENCH_THREADS"]), "DISTILL_BENCH_THREADS"
-    load = os.getloadavg()[0]
-    if cores > 1 and load >= cores - 0.5:
-        return 1, f"1-minute load average {load:.2f} >= {cores} cores - 0.5: 1 thread (see module docstring)"
-    return cores, f"load average {load:.2f} below the {cores} cores: all cores"
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Tokenizer, batches, configs, setup
-
-
-def corpus_lines() -> list[str]:
-    return [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def build_tokenizer(settings: dict, workdir: Path):
-    """A byte-level BPE trained on the corpus, saved under workdir/tokenizer (the config names a directory)."""
-    from distill.models import train_byte_bpe_tokenizer
-
-    tok = train_byte_bpe_tokenizer(corpus_lines(), settings["tokenizer_vocab"])
-    path = workdir / "tokenizer"
-    tok.save_pretrained(path)
-    return tok, path
-
-
-def build_batches(tokenizer, lexicon, settings: dict, n_batches: int, seed: int = 0) -> tuple[list[dict], dict]:
-    """`n_batches` batches of (batch_size, seq_len) ids. A share `gendered_share` of all rows (spread evenly over
-    the batches) holds one line with gendered words after 0-2 lines without any (fewer where it would not fit);
-    the other rows hold only lines without. Each row starts after an EOS, like a block that begins at a
-    document. Gendered lines are swapped with probability augment_p (text-level CDA, crr.augment=replace)."""
-    rng = random.Random(seed)
-    B, T = settings["batch_size"], settings["seq_len"]
-    eos = tokenizer.eos_token_id
-    lines = corpus_lines()
-    gendered = [x for x in lines if lexicon.has_gendered_word(x)]
-    plain = [x for x in lines if not lexicon.has_gendered_word(x)]
-    enc = {x: tokenizer(x, add_special_tokens=False)["input_ids"] for x in lines}
-    n_rows = B * n_batches
-    n_gendered = round(settings["gendered_share"] * n_rows)
-    flags = []
-    for b in range(n_batches):  # spread evenly: batch b holds its share of the gendered rows, at random rows
-        k = n_gendered * (b + 1) // n_batches - n_gendered * b // n_batches
-        row_flags = [i < k for i in range(B)]
-        rng.shuffle(row_flags)
-        flags += row_flags
-    rows, swapped = [], []
-    for is_g in flags:
-        ids = [eos]
-        did_swap = False
-        if is_g:
-            line = rng.choice(gendered)
-            if rng.random() < settings["augment_p"]:
-                line, did_swap = lexicon.swap_text(line), True
-            g_ids = tokenizer(line, add_special_tokens=False)["input_ids"] + [eos]
-            for _ in range(rng.randint(0, 2)):  # lines before it, as long as the gendered line still fits
-                before = enc[rng.choice(plain)] + [eos]
-                if len(ids) + len(before) + len(g_ids) <= T:
-                    ids += before
-            ids += g_ids
-        while len(ids) < T:
-            ids += enc[rng.choice(plain)] + [eos]
-        rows.append(ids[:T])
-        swapped.append(did_swap)
-    batches = []
-    for b in range(n_batches):
-        sl = slice(b * B, (b + 1) * B)
-        batches.append({"input_ids": torch.tensor(rows[sl], dtype=torch.long),
-                        "swapped": torch.tensor(swapped[sl], dtype=torch.bool),
-                        "blocks": list(range(b * B, (b + 1) * B))})  # keys of the top-k target cache
-    return batches, {"rows": n_rows, "rows_with_gendered_line": sum(flags), "rows_text_swapped": sum(swapped)}
-
-
-def make_configs(settings: dict, tokenizer_dir: Path, workdir: Path, mixed_precision: str = "no",
-                 teacher_dtype: str = "float32") -> dict:
-    """The three step configurations, through `config.config_from_dict` (validated like a recipe)."""
-    from distill.config import config_from_dict
-
-    base = {
-        "output_dir": str(workdir / "run"), "seed": 0,
-        "teacher": {"config": dict(settings["teacher"]), "tokenizer": str(tokenizer_dir),
-                    "dtype": teacher_dtype},
-        "student": {"from_teacher_layers": list(settings["student_layers"])},
-        "data": {"path": str(CORPUS), "block_size": settings["seq_len"]},
-        "train": {"batch_size": settings["batch_size"], "lr": 5e-4, "weight_decay": 0.01, "max_grad_norm": 1.0,
-                  "mixed_precision": mixed_precision},
-        "loss": {"alpha_kd": 1.0, "alpha_ce": 0.5, "temperature": 2.0, "divergence": "forward_kl",
-                 "chunk_size": settings["chunk_size"]},
-        "crr": {"augment": "none", "teacher": "none"},
-    }
-    ce = {**base, "loss": {**base["loss"], "alpha_kd": 0.0, "alpha_ce": 1.0}}
-    crr = {**base, "crr": {"augment": "replace", "p": settings["augment_p"], "teacher": "cf_mean"}}
-    crr_block = {**crr, "crr": {**crr["crr"], "cf_scope": "block"}}
-    cached = {**base, "loss": {**base["loss"], "teacher_top_k": TOP_K}}
-    return {"ce": config_from_dict(ce), "kd": config_from_dict(base), "kd_topk_cached": config_from_dict(cached),
-            "crr": config_from_dict(crr), "crr_block": config_from_dict(crr_block)}
-
-
-def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True):
-    """A `train.Setup` as `train.build` makes it (teacher frozen in eval mode, fp32 student in train mode), with
-    the lexicon and swap table for the counterfactual step; data blocks are the benchmark's own batches."""
-    from distill import models
-    from distill.counterfactual import build_token_swap_table, load_lexicon
-    from distill.train import Setup
-
-    teacher = models.build_random_model(cfg.teacher.config, tokenizer, seed=cfg.seed)
-    teacher.to(dtype=models.DTYPES[cfg.teacher.dtype]).eval().requires_grad_(False)
-    student = models.student_from_teacher_layers(teacher, list(cfg.student.from_teacher_layers))
-    student.float().train()
-    vocab_rows = models.shared_vocab_size(teacher, student, len(tokenizer))
-    teacher.to(device)
-    student.to(device)
-    lexicon = load_lexicon()
-    table = build_token_swap_table(tokenizer, lexicon)
-    if not with_teacher:
-        teacher = None
-    from distill.teacher_cache import TopKTargetCache
-
-    return Setup(teacher, student, tokenizer, None, None, vocab_rows, lexicon, table, None,
-                 TopKTargetCache(TOP_K, vocab_rows))
-
-
-def fill_target_cache(setup, cfg, batches: list[dict]) -> float:
-    """Put every batch's top-k targets in the cache, as a first epoch would; returns the mean kept mass."""
-    from distill.train import teacher_output
-
-    def compute(ids):
-        out, _ = teacher_output(cfg, setup, ids)
-        return out.probs, out.changed_share
-
-    device = next(setup.teacher.parameters()).device
-    kept = [setup.target_cache.targets(b["blocks"], b["input_ids"].to(device), compute)[2] for b in batches]
-    return statistics.mean(kept)
-
-
-def count_flops(setup, settings: dict) -> dict:
-    """Parameter counts and analytic FLOPs per KD step (see the module docstring for what is counted)."""
-    from distill.models import count_parameters
-
-    n_t = count_parameters(setup.teacher)
-    n_s = count_parameters(setup.student)
-    tokens = settings["batch_size"] * settings["seq_len"]
-    return {
-        "n_teacher": n_t, "n_student": n_s, "tokens_per_step": tokens,
-        "embeddings_counted": "yes: the tied token embedding once (it is the LM head matmul), position "
-                              "embedding too",
-        "kd_step_flops": (2 * n_t + 6 * n_s) * tokens, "ce_step_flops": 6 * n_s * tokens,
-        "not_counted": "attention scores (4*T*d per token per layer forward, ~3% at T=128), loss, optimizer",
-        "kd_over_ce_theoretical": (2 * n_t + 6 * n_s) / (6 * n_s),
-    }
-
-
-class Trainer:
-    """One student and one AdamW shared by every configuration (only the loss and targets differ, and the
-    optimizer's cost does not depend on them), set up as `train.fit` does, wrapped by accelerate."""
-
-    def __init__(self, cfg, setup, accelerator, run_dir: Path):
-        from distill.train import make_optimizer
-
-        opt = make_optimizer(cfg, setup.student)
-        self.student, self.optimizer = accelerator.prepare(setup.student, opt)
-        self.setup, self.accelerator, self.run_dir = setup, accelerator, run_dir
-        self.device = accelerator.device
-        self.steps = 0
-
-    def sync(self) -> None:
-        _sync(self.device)
-
-    def init_optimizer_state(self) -> None:
-        """Allocate AdamW's state with one zero-gradient step, so a measured step starts with it resident."""
-        for p in self.student.parameters():
-            p.grad = torch.zeros_like(p)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-
-    def step(self, cfg, batch: dict) -> tuple[float, float]:
-        """One optimizer step as `train.fit` runs it; returns (forward+backward s, clip+optimizer s)."""
-        from distill.train import _clip, accumulate_gradients
-
-        self.steps += 1
-        if not cfg.loss.teacher_top_k:  # block ids reach micro_batch_losses only when the cache is meant
-            batch = {k: v for k, v in batch.items() if k != "blocks"}
-        self.sync()
-        t0 = time.perf_counter()
-        accumulate_gradients(cfg, self.setup, self.student, self.accelerator, [batch], self.steps, self.run_dir)
-        self.sync()
-        t1 = time.perf_counter()
-        _clip(self.accelerator, self.student, cfg.train.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.sync()
-        return t1 - t0, time.perf_counter() - t1
 
 
 @contextlib.contextmanager
@@ -357,191 +148,28 @@ def phase_timers(sync=lambda: None):
         cmod.counterfactual_batch = orig_c
 
 
-def unchunked_distill_loss(student_logits, teacher_probs, labels, *, w_kd, w_ce, temperature, kind="forward_kl",
-                           beta=0.5, chunk_size=None, reuse_teacher_buffer=False):
-    """`losses.distill_loss` written the simple way: kd_loss + ce_loss under plain autograd (no chunks; the
-    chunking and buffer-reuse arguments are accepted and ignored)."""
-    from distill.losses import ce_loss, kd_loss
-
-    ce = ce_loss(student_logits, labels)
-    kd = (kd_loss(student_logits, teacher_probs, labels, temperature=temperature, kind=kind, beta=beta)
-          if teacher_probs is not None else ce.new_zeros(()))
-    total = w_kd * kd + w_ce * ce
-    return total, kd.detach(), ce.detach()
-
-
-@contextlib.contextmanager
-def loss_variant(name: str):
-    """Swap train.distill_loss for the unchunked reference while measuring `kd_unchunked`."""
-    import distill.train as train_mod
-
-    orig = train_mod.distill_loss
-    if name == "kd_unchunked":
-        train_mod.distill_loss = unchunked_distill_loss
-    try:
-        yield
-    finally:
-        train_mod.distill_loss = orig
-
-
 # --------------------------------------------------------------------------------------------------------------
-# Memory
-
-
-def _proc_status_kb(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-@contextlib.contextmanager
-def _quiet_stderr():
-    """Silence file descriptor 2 (C++ logging) for the duration of the block."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as null:
-            os.dup2(null.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def allocated_peak(fn) -> int:
-    """Peak bytes held by torch's CPU allocator while `fn()` runs, above the bytes held when it started."""
-    from torch.profiler import ProfilerActivity, profile
-
-    prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True)
-    with _quiet_stderr():  # kineto prints a line at start and at stop
-        prof.start()
-    try:
-        fn()
-    finally:
-        with _quiet_stderr():
-            prof.stop()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events()
-                    if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU)
-    cur = peak = 0
-    for _, n in events:
-        cur += n
-        peak = max(peak, cur)
-    return peak
-
-
-def measure_step_memory(trainer: Trainer, cfgs: dict, name: str, batch: dict, rss: bool) -> dict:
-    """rss: peak RSS of one step (a fresh child process); else the allocator trace of one step."""
-    cfg = cfgs["kd" if name == "kd_unchunked" else name]
-    gc.collect()
-    out = {}
-    with loss_variant(name):
-        if rss:
-            before = _proc_status_kb("VmRSS")
-            ok = _reset_peak_rss()
-            trainer.step(cfg, batch)
-            peak = _proc_status_kb("VmHWM")
-            if ok and before is not None and peak is not None:
-                out.update(rss_before_mb=before / 1024, rss_peak_mb=peak / 1024,
-                           rss_step_mb=(peak - before) / 1024)
-        else:
-            out["alloc_peak_mb"] = allocated_peak(lambda: trainer.step(cfg, batch)) / 2**20
-    return out
+# Child processes
 
 
 def child_main(spec_path: str) -> None:
-    """Entry point of the child processes: fresh-process memory (`measure_memory`) or the GPU section."""
+    """Entry point of the child processes: fresh-process memory (`bench_memory`) or the GPU section."""
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
-    from accelerate import Accelerator
     from transformers import AutoTokenizer
 
-    settings, workdir = spec["settings"], Path(spec["workdir"])
     tok = AutoTokenizer.from_pretrained(spec["tokenizer_dir"])
     batch = torch.load(spec["batch_path"])
     if spec.get("gpu"):
         batches = torch.load(spec["batches_path"])
-        result = _gpu_measure(settings, tok, Path(spec["tokenizer_dir"]), workdir, batches)
+        result = _gpu_measure(spec["settings"], tok, Path(spec["tokenizer_dir"]), Path(spec["workdir"]), batches)
     else:
-        cfgs = make_configs(settings, Path(spec["tokenizer_dir"]), workdir)
-        result = {}
-        names = spec["configs"]
-        setup = build_setup(cfgs["kd"], tok, torch.device("cpu"),
-                            with_teacher=any(n != "ce" for n in names))
-        gc.collect()
-        trainer = Trainer(cfgs["kd"], setup, Accelerator(cpu=True), workdir)
-        trainer.init_optimizer_state()
-        for name in names:
-            result[name] = measure_step_memory(trainer, cfgs, name, batch, rss=spec["rss"])
+        result = memory_child(spec, tok, batch)
     Path(spec["result_path"]).write_text(json.dumps(result))
-
-
-def _run_child(spec: dict, workdir: Path, tag: str, env_extra: dict | None = None, timeout: int = 900) -> dict:
-    spec = {**spec, "result_path": str(workdir / f"{tag}.result.json")}
-    path = workdir / f"{tag}.spec.json"
-    path.write_text(json.dumps(spec))
-    env = {**os.environ, **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-c", "import sys; from distill.bench import child_main; "
-                           "child_main(sys.argv[1])", str(path)],
-                          capture_output=True, text=True, env=env, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark child {tag} failed: {proc.stderr[-2000:]}")
-    return json.loads(Path(spec["result_path"]).read_text())
-
-
-def measure_memory(settings: dict, tokenizer_dir: Path, workdir: Path, batch: dict, threads: int,
-                   trainer: Trainer | None, cfgs: dict) -> dict:
-    """Step working memory (allocator trace) in this process, whole-process RSS in fresh children."""
-    per = {}
-    if trainer is not None:  # allocator trace: independent of what the process did before
-        for name in MEMORY_CONFIGS:
-            per[name] = measure_step_memory(trainer, cfgs, name, batch, rss=False)
-    batch_path = workdir / "memory_batch.pt"
-    torch.save(batch, batch_path)
-    spec = {"settings": settings, "tokenizer_dir": str(tokenizer_dir), "workdir": str(workdir),
-            "batch_path": str(batch_path), "threads": threads, "rss": True}
-    env = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "131072"}
-    groups = [["ce"], ["kd"]] if settings["memory_fresh_process_per_config"] else [["ce", "kd"]]
-    for names in groups:
-        res = _run_child({**spec, "configs": names}, workdir, "mem_" + "_".join(names), env)
-        for name, vals in res.items():
-            per.setdefault(name, {}).update({f"process_{k}": v for k, v in vals.items()})
-    return per
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Timing
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def matmul_flops(n: int, device: torch.device, dtype=torch.float32, reps: int = 3) -> float:
-    """FLOP/s of an n x n x n matmul, best of `reps` after one untimed run."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = math.inf
-    for _ in range(reps):
-        _sync(device)
-        t0 = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
 
 
 def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, matmul_n: int,
@@ -878,7 +506,7 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
             try:
                 bp = workdir / "gpu_batches.pt"
                 torch.save(batches, bp)
-                gpu = _run_child({"gpu": True, "settings": settings, "tokenizer_dir": str(tok_dir),
+                gpu = run_child({"gpu": True, "settings": settings, "tokenizer_dir": str(tok_dir),
                                   "workdir": str(workdir), "batch_path": str(bp), "batches_path": str(bp),
                                   "threads": threads}, workdir, "gpu")
             except Exception as exc:  # the CPU results stand on their own

@@ -15,7 +15,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from distill import bench
+from distill import bench_memory, bench_setup
 from distill.generate import SamplingConfig, TopKTopPSampler, generate_samples
 from distill.losses import distill_loss
 
@@ -61,7 +61,7 @@ def test_allocated_peak_counts_the_step_peak_not_the_end():
         del a
         return b.sum()
 
-    peak = bench.allocated_peak(work)
+    peak = bench_memory.allocated_peak(work)
     assert 7.9e6 <= peak <= 8.5e6
 
 
@@ -75,7 +75,7 @@ def test_unchunked_reference_equals_the_chunked_loss():
     a = logits.clone().requires_grad_(True)
     b = logits.clone().requires_grad_(True)
     total_a, kd_a, ce_a = distill_loss(a, probs, labels, chunk_size=4, **kwargs)
-    total_b, kd_b, ce_b = bench.unchunked_distill_loss(b, probs, labels, **kwargs)
+    total_b, kd_b, ce_b = bench_memory.unchunked_distill_loss(b, probs, labels, **kwargs)
     total_a.backward()
     total_b.backward()
     assert total_a.item() == pytest.approx(total_b.item(), rel=1e-5)
@@ -133,11 +133,11 @@ def test_generate_samples_gives_k_reproducible_samples_per_prompt_on_both_paths(
 def test_batches_hold_the_gendered_share_spread_over_batches(tmp_path):
     from distill.counterfactual import load_lexicon
 
-    settings = bench.settings_for(tiny=True)
+    settings = bench_setup.settings_for(tiny=True)
     settings["seq_len"] = 128
-    tok = bench.build_tokenizer(settings, tmp_path)[0]
+    tok = bench_setup.build_tokenizer(settings, tmp_path)[0]
     lexicon = load_lexicon()
-    batches, info = bench.build_batches(tok, lexicon, settings, 4)
+    batches, info = bench_setup.build_batches(tok, lexicon, settings, 4)
     assert info["rows"] == 20 and info["rows_with_gendered_line"] == 8  # 40%, 2 rows in each batch of 5
     counts = []
     for b in batches:
