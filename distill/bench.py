@@ -42,6 +42,9 @@ What each key means:
   kd_topk_cached_theoretical = 6 N_s / (2 N_t + 6 N_s). topk_kept_mass: the mean teacher mass in the top 64
   of the random-weight teacher here (nearly flat, so far lower than a trained teacher's; the effect of
   top-k targets on a real teacher is measured in the README).
+- kd_compiled_over_kd_step (with --compile): a KD step with train.compile (the student run through
+  torch.compile, inductor) / a plain KD step; kd_compiled_first_step_s: its untimed first step, compile
+  included.
   steps.<config> splits each step into teacher_targets / counterfactual_batch / the rest.
   cf_teacher_over_plain_teacher and prefix_reuse_speedup time `teacher.teacher_targets` alone: cf_mean over
   mode none, and cf_mean with reuse_prefix=False over reuse_prefix=True (> 1: the prefix key/value reuse pays).
@@ -103,7 +106,7 @@ from distill.bench_setup import (
 )
 
 PROMPTS = ROOT / "data" / "prompts" / "professions.json"
-STEP_CONFIGS = ("ce", "kd", "kd_topk_cached", "crr", "crr_block")
+STEP_CONFIGS = ("ce", "kd", "kd_topk_cached", "crr", "crr_block", "kd_compiled")  # the last with --compile
 
 # Targets from the issue (the two swap targets are the project's: the token swap must not slow a step, and
 # the text swap should stay near the 7-9 MB/s its docstring reports).
@@ -177,8 +180,9 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
     """Interleaved rounds: round r runs every configuration once on batch r (order rotated each round) and one
     matmul probe; round 0 is the untimed warm-up. Ratios are per round (same batch, same minute), then the
     median over rounds."""
-    names = list(STEP_CONFIGS)
+    names = [n for n in STEP_CONFIGS if n in cfgs]
     rec = {n: {"fwd_bwd": [], "opt": [], "teacher": [], "counterfactual_batch": []} for n in names}
+    first = {}
     rec["matmul_flops"] = []
     cuda_peak = {}
     for r in range(repeats + 1):
@@ -193,6 +197,7 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
             if peak_mem:
                 cuda_peak[name] = max(cuda_peak.get(name, 0), torch.cuda.max_memory_allocated(trainer.device))
             if r == 0:
+                first[name] = fb + opt  # includes one-off work: torch.compile for kd_compiled
                 continue
             rec[name]["fwd_bwd"].append(fb)
             rec[name]["opt"].append(opt)
@@ -206,7 +211,7 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
     for name in names:
         steps[name] = [a + b for a, b in zip(rec[name]["fwd_bwd"], rec[name]["opt"], strict=True)]
         out[name] = {
-            "step_s": statistics.median(steps[name]), "steps_s": steps[name],
+            "step_s": statistics.median(steps[name]), "steps_s": steps[name], "first_step_s": first[name],
             "fwd_bwd_s": statistics.median(rec[name]["fwd_bwd"]),
             "optimizer_s": statistics.median(rec[name]["opt"]),
             "teacher_s": statistics.median(rec[name]["teacher"]),
@@ -224,6 +229,8 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
         "crr_over_kd_step": per_round(steps["crr"], steps["kd"]),
         "crr_block_over_kd_step": per_round(steps["crr_block"], steps["kd"]),
         "kd_topk_cached_over_kd_step": per_round(steps["kd_topk_cached"], steps["kd"]),
+        **({"kd_compiled_over_kd_step": per_round(steps["kd_compiled"], steps["kd"])} if "kd_compiled" in steps
+           else {}),
         "kd_flops_fraction_of_peak": [flops_per_kd_step / t / m
                                       for t, m in zip(steps["kd"], rec["matmul_flops"], strict=True)],
     }
@@ -369,7 +376,7 @@ def _gpu_measure(settings, tok, tokenizer_dir: Path, workdir: Path, batches: lis
     res = time_steps(trainer, cfgs, batches, max(3, settings["repeats"]), 8192, flops["kd_step_flops"],
                      peak_mem=True)
     peak = matmul_flops(8192, accelerator.device, torch.bfloat16 if bf16 else torch.float32)
-    mem = {n: res[n]["cuda_max_memory_allocated_mb"] for n in STEP_CONFIGS}
+    mem = {n: res[n]["cuda_max_memory_allocated_mb"] for n in STEP_CONFIGS if n in res}
     return {
         "device": torch.cuda.get_device_name(), "precision": "bf16 autocast, bf16 teacher" if bf16 else "fp32",
         "kd_over_ce_step": res["ratios"]["kd_over_ce_step"],
@@ -377,7 +384,7 @@ def _gpu_measure(settings, tok, tokenizer_dir: Path, workdir: Path, batches: lis
         "kd_topk_cached_over_kd_step": res["ratios"]["kd_topk_cached_over_kd_step"],
         "kd_peak_mem_over_ce": mem["kd"] / mem["ce"],
         "cuda_max_memory_allocated_mb": mem,
-        "tokens_per_s": {n: flops["tokens_per_step"] / res[n]["step_s"] for n in STEP_CONFIGS},
+        "tokens_per_s": {n: flops["tokens_per_step"] / res[n]["step_s"] for n in STEP_CONFIGS if n in res},
         "kd_flops_fraction_of_peak": flops["kd_step_flops"] / res["kd"]["step_s"] / peak,
         "peak_matmul_flops_per_s": peak, "peak_matmul": ("bf16" if bf16 else "fp32") + " 8192^3",
         "steps": res,
@@ -426,7 +433,7 @@ def format_table(r: dict) -> str:
     lines.append(f"batch {st['batch_size']} x {st['seq_len']} tokens, N_teacher {fl['n_teacher'] / 1e6:.1f}M, "
                  f"N_student {fl['n_student'] / 1e6:.1f}M, chunk_size {st['chunk_size']}"
                  + (f" (auto: {st['chunk_size_auto']} rows)" if "chunk_size_auto" in st else "") + "; step medians (s):")
-    for n in STEP_CONFIGS:
+    for n in (n for n in STEP_CONFIGS if n in s):
         x = s[n]
         lines.append(f"  {n:14s} {x['step_s']:.2f} = fwd+bwd {x['fwd_bwd_s']:.2f} (teacher {x['teacher_s']:.2f}, "
                      f"counterfactual_batch {x['counterfactual_batch_s']:.3f}) + clip/AdamW {x['optimizer_s']:.2f}")
@@ -442,7 +449,7 @@ def format_table(r: dict) -> str:
 
 
 INFO_KEYS = ("kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "crr_block_over_kd_step", "kd_topk_cached_over_kd_step",
-             "kd_topk_cached_theoretical", "topk_kept_mass", "kd_peak_mem_over_ce_unchunked",
+             "kd_topk_cached_theoretical", "topk_kept_mass", "kd_compiled_over_kd_step", "kd_compiled_first_step_s", "kd_peak_mem_over_ce_unchunked",
              "kd_peak_mem_over_ce_process", "crr_peak_mem_over_kd",
              "cf_teacher_over_plain_teacher", "prefix_reuse_speedup", "token_swap_tokens_per_s")
 
@@ -451,7 +458,7 @@ def _ratio(a, b):
     return None if a is None or b in (None, 0) else a / b
 
 
-def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = None) -> dict:
+def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = None, compile: bool = False) -> dict:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -461,6 +468,7 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
     settings = settings_for(tiny)
     if repeats is not None:
         settings["repeats"] = max(1, repeats)
+    settings["compile"] = compile
     threads, why = choose_threads()
     torch.set_num_threads(threads)
     settings["torch_threads"] = threads
@@ -543,6 +551,8 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         "crr_over_kd_step": ratios["crr_over_kd_step"],
         "crr_block_over_kd_step": ratios["crr_block_over_kd_step"],
         "kd_topk_cached_over_kd_step": ratios["kd_topk_cached_over_kd_step"],
+        "kd_compiled_over_kd_step": ratios.get("kd_compiled_over_kd_step"),
+        "kd_compiled_first_step_s": steps["kd_compiled"]["first_step_s"] if "kd_compiled" in steps else None,
         "kd_topk_cached_theoretical": 6 * flops["n_student"] / (2 * flops["n_teacher"] + 6 * flops["n_student"]),
         "topk_kept_mass": topk_mass,
         "cf_teacher_over_plain_teacher": reuse["cf_teacher_over_plain_teacher"],
@@ -582,7 +592,7 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
 
 
 def main(args) -> int:
-    r = run(tiny=args.tiny, repeats=args.repeats)
+    r = run(tiny=args.tiny, repeats=args.repeats, compile=args.compile)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(r, indent=1, default=str) + "\n")

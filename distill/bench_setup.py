@@ -140,8 +140,10 @@ def make_configs(settings: dict, tokenizer_dir: Path, workdir: Path, mixed_preci
     crr = {**base, "crr": {"augment": "replace", "p": settings["augment_p"], "teacher": "cf_mean"}}
     crr_block = {**crr, "crr": {**crr["crr"], "cf_scope": "block"}}
     cached = {**base, "loss": {**base["loss"], "teacher_top_k": TOP_K}}
-    return {"ce": config_from_dict(ce), "kd": config_from_dict(base), "kd_topk_cached": config_from_dict(cached),
-            "crr": config_from_dict(crr), "crr_block": config_from_dict(crr_block)}
+    cfgs = {"ce": ce, "kd": base, "kd_topk_cached": cached, "crr": crr, "crr_block": crr_block}
+    if settings.get("compile"):
+        cfgs["kd_compiled"] = {**base, "train": {**base["train"], "compile": True}}
+    return {name: config_from_dict(c) for name, c in cfgs.items()}
 
 
 
@@ -214,6 +216,7 @@ class Trainer:
         self.setup, self.accelerator, self.run_dir = setup, accelerator, run_dir
         self.device = accelerator.device
         self.steps = 0
+        self.compiled = None  # torch.compile(student), made on the first step of a train.compile config
 
     def sync(self) -> None:
         sync_device(self.device)
@@ -234,7 +237,12 @@ class Trainer:
             batch = {k: v for k, v in batch.items() if k != "blocks"}
         self.sync()
         t0 = time.perf_counter()
-        accumulate_gradients(cfg, self.setup, self.student, self.accelerator, [batch], self.steps, self.run_dir)
+        student = self.student
+        if cfg.train.compile:  # the same module and weights, run through torch.compile as train.fit does
+            if self.compiled is None:
+                self.compiled = torch.compile(self.student)
+            student = self.compiled
+        accumulate_gradients(cfg, self.setup, student, self.accelerator, [batch], self.steps, self.run_dir)
         self.sync()
         t1 = time.perf_counter()
         _clip(self.accelerator, self.student, cfg.train.max_grad_norm)

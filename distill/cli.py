@@ -105,6 +105,8 @@ def _add_bench(sub) -> None:
     p = sub.add_parser("bench", help="measure step time, memory and throughput ratios; writes out/bench.json")
     p.add_argument("--tiny", action="store_true", help="tiny shapes, a few repeats: checks that every key is written")
     p.add_argument("--out", default="out/bench.json", help="where to write the JSON (default out/bench.json)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time a KD step with train.compile (torch.compile of the student; adds the compile time)")
     p.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
 
 

@@ -290,6 +290,8 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
     optimizer = make_optimizer(cfg, student)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
     student, optimizer = accelerator.prepare(student, optimizer)
+    if cfg.train.compile:  # after prepare, so a DDP wrapper is compiled with it; unwrap_model removes both
+        student = torch.compile(student)
     sampler = BlockSampler(len(setup.train_blocks), cfg.train.batch_size, cfg.train.grad_accum,
                            accelerator.num_processes, accelerator.process_index, cfg.seed)
     state = {"step": 0, "tokens_seen": 0}

@@ -244,3 +244,16 @@ def test_fused_adamw_takes_the_same_steps_as_the_default_implementation():
             opt.zero_grad()
     for (name, a), b in zip(fused_model.named_parameters(), plain_params, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_compiled_student_trains_like_the_eager_one_and_exports_plain_weights(tmp_path):
+    """train.compile: about 20 s of torch.compile on 2 cores, hence slow."""
+    args = ["train.max_steps=6", "train.eval_steps=3", "train.save_steps=0", *NO_DROPOUT]
+    assert run_cli("train", "--recipe", "recipes/debug.yaml", f"output_dir={tmp_path / 'eager'}", *args) == 0
+    assert run_cli("train", "--recipe", "recipes/debug.yaml", f"output_dir={tmp_path / 'compiled'}",
+                   "train.compile=true", *args) == 0
+    eager, compiled = final_weights(tmp_path / "eager"), final_weights(tmp_path / "compiled")
+    assert eager.keys() == compiled.keys()  # no torch.compile prefixes in the export
+    for key in eager:
+        torch.testing.assert_close(compiled[key], eager[key], rtol=1e-4, atol=1e-4, msg=key)
