@@ -42,6 +42,9 @@ What each key means:
   kd_topk_cached_theoretical = 6 N_s / (2 N_t + 6 N_s). topk_kept_mass: the mean teacher mass in the top 64
   of the random-weight teacher here (nearly flat, so far lower than a trained teacher's; the effect of
   top-k targets on a real teacher is measured in the README).
+- loss_over_unchunked: seconds of `losses.distill_loss` forward + backward (chunked, closed-form gradient)
+  / `bench_memory.unchunked_distill_loss` (kd_loss + ce_loss under autograd) on random logits and targets of
+  one step's shape (loss.loss_s and loss.loss_unchunked_s hold the seconds).
 - kd_compiled_over_kd_step (with --compile): a KD step with train.compile (the student run through
   torch.compile, inductor) / a plain KD step; kd_compiled_first_step_s: its untimed first step, compile
   included.
@@ -241,6 +244,33 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
     return out
 
 
+def measure_loss(settings: dict, repeats: int = 3) -> dict:
+    """`losses.distill_loss` alone (forward + backward; chunk_size auto, closed-form gradient) against the
+    autograd reference `unchunked_distill_loss`, on random logits and targets of one step's shape."""
+    from distill.bench_memory import unchunked_distill_loss
+    from distill.losses import distill_loss
+
+    g = torch.Generator().manual_seed(0)
+    n, v = settings["batch_size"] * settings["seq_len"], settings["teacher"]["vocab_size"]
+    logits = torch.randn(n, v, generator=g) * 3
+    probs = torch.softmax(torch.randn(n, v, generator=g) * 3 / 2, -1)
+    labels = torch.randint(0, v, (n,), generator=g)
+    times = {"chunked": [], "unchunked": []}
+    for r in range(repeats + 1):
+        for name, fn in (("chunked", distill_loss), ("unchunked", unchunked_distill_loss)):
+            z = logits.clone().requires_grad_()
+            t0 = time.perf_counter()
+            total, _, _ = fn(z, probs.clone(), labels, w_kd=1 / n, w_ce=0.5 / n, temperature=2.0,
+                             chunk_size=settings["chunk_size"], reuse_teacher_buffer=True)
+            total.backward()
+            if r > 0:
+                times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(x) for k, x in times.items()}
+    return {"loss_s": med["chunked"], "loss_unchunked_s": med["unchunked"],
+            "loss_over_unchunked": med["chunked"] / med["unchunked"], "times_s": times,
+            "shape": f"({n}, {v}) logits, forward KL T=2 + CE"}
+
+
 def measure_prefix_reuse(setup, batches: list[dict], rounds: int) -> dict:
     """`teacher_targets` alone: plain (mode none) vs cf_mean reusing the prefix key/values vs cf_mean
     recomputing the counterfactual rows from scratch (reuse_prefix=False); interleaved, per-round ratios."""
@@ -438,6 +468,9 @@ def format_table(r: dict) -> str:
         lines.append(f"  {n:14s} {x['step_s']:.2f} = fwd+bwd {x['fwd_bwd_s']:.2f} (teacher {x['teacher_s']:.2f}, "
                      f"counterfactual_batch {x['counterfactual_batch_s']:.3f}) + clip/AdamW {x['optimizer_s']:.2f}")
     m = r["memory"]
+    if "loss" in r:
+        lines.append(f"KD + CE loss alone, {r['loss']['shape']}: {r['loss']['loss_s']:.3f} s chunked (closed-form "
+                     f"gradient) vs {r['loss']['loss_unchunked_s']:.3f} s under autograd")
     lines.append("step working memory (MiB, allocator peak above the step's start): " + ", ".join(
         f"{n} {m[n]['alloc_peak_mb']:.0f}" for n in MEMORY_CONFIGS if "alloc_peak_mb" in m.get(n, {})))
     g = r["gen"]
@@ -449,7 +482,7 @@ def format_table(r: dict) -> str:
 
 
 INFO_KEYS = ("kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "crr_block_over_kd_step", "kd_topk_cached_over_kd_step",
-             "kd_topk_cached_theoretical", "topk_kept_mass", "kd_compiled_over_kd_step", "kd_compiled_first_step_s", "kd_peak_mem_over_ce_unchunked",
+             "kd_topk_cached_theoretical", "topk_kept_mass", "loss_over_unchunked", "kd_compiled_over_kd_step", "kd_compiled_first_step_s", "kd_peak_mem_over_ce_unchunked",
              "kd_peak_mem_over_ce_process", "crr_peak_mem_over_kd",
              "cf_teacher_over_plain_teacher", "prefix_reuse_speedup", "token_swap_tokens_per_s")
 
@@ -501,7 +534,8 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
                            flops["kd_step_flops"])
         t = mark("steps", t)
         reuse = measure_prefix_reuse(setup, batches, min(settings["repeats"], 3))
-        t = mark("prefix_reuse", t)
+        loss = measure_loss(settings)
+        t = mark("prefix_reuse_and_loss", t)
         memory = measure_memory(settings, tok_dir, workdir, batches[0], threads, trainer, cfgs)
         t = mark("memory", t)
         gen = measure_generation(setup.student, tok, settings)
@@ -551,6 +585,7 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         "crr_over_kd_step": ratios["crr_over_kd_step"],
         "crr_block_over_kd_step": ratios["crr_block_over_kd_step"],
         "kd_topk_cached_over_kd_step": ratios["kd_topk_cached_over_kd_step"],
+        "loss_over_unchunked": loss["loss_over_unchunked"], "loss": loss,
         "kd_compiled_over_kd_step": ratios.get("kd_compiled_over_kd_step"),
         "kd_compiled_first_step_s": steps["kd_compiled"]["first_step_s"] if "kd_compiled" in steps else None,
         "kd_topk_cached_theoretical": 6 * flops["n_student"] / (2 * flops["n_teacher"] + 6 * flops["n_student"]),
