@@ -29,7 +29,6 @@ def unchunked_distill_loss(student_logits, teacher_probs, labels, *, w_kd, w_ce,
     return total, kd.detach(), ce.detach()
 
 
-
 @contextlib.contextmanager
 def loss_variant(name: str):
     """Swap train.distill_loss for the unchunked reference while measuring `kd_unchunked`."""
@@ -44,7 +43,6 @@ def loss_variant(name: str):
         train_mod.distill_loss = orig
 
 
-
 def _proc_status_kb(field: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -55,14 +53,12 @@ def _proc_status_kb(field: str) -> int | None:
     return None
 
 
-
 def _reset_peak_rss() -> bool:
     try:
         Path("/proc/self/clear_refs").write_text("5")
         return True
     except OSError:
         return False
-
 
 
 @contextlib.contextmanager
@@ -77,7 +73,6 @@ def _quiet_stderr():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
-
 
 
 def allocated_peak(fn) -> int:
@@ -101,7 +96,6 @@ def allocated_peak(fn) -> int:
     return peak
 
 
-
 def measure_step_memory(trainer: Trainer, cfgs: dict, name: str, batch: dict, rss: bool) -> dict:
     """rss: peak RSS of one step (a fresh child process); else the allocator trace of one step."""
     cfg = cfgs["kd" if name == "kd_unchunked" else name]
@@ -119,7 +113,6 @@ def measure_step_memory(trainer: Trainer, cfgs: dict, name: str, batch: dict, rs
         else:
             out["alloc_peak_mb"] = allocated_peak(lambda: trainer.step(cfg, batch)) / 2**20
     return out
-
 
 
 def measure_memory(settings: dict, tokenizer_dir: Path, workdir: Path, batch: dict, threads: int,
@@ -140,7 +133,6 @@ def measure_memory(settings: dict, tokenizer_dir: Path, workdir: Path, batch: di
         for name, vals in res.items():
             per.setdefault(name, {}).update({f"process_{k}": v for k, v in vals.items()})
     return per
-
 
 
 def memory_child(spec: dict, tok, batch: dict) -> dict:

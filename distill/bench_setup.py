@@ -43,7 +43,6 @@ def settings_for(tiny: bool) -> dict:
     }
 
 
-
 def choose_threads() -> tuple[int, str]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if os.environ.get("DISTILL_BENCH_THREADS"):
@@ -54,10 +53,8 @@ def choose_threads() -> tuple[int, str]:
     return cores, f"load average {load:.2f} below the {cores} cores: all cores"
 
 
-
 def corpus_lines() -> list[str]:
     return [line for line in CORPUS.read_text(encoding="utf-8").splitlines() if line.strip()]
-
 
 
 def build_tokenizer(settings: dict, workdir: Path):
@@ -68,7 +65,6 @@ def build_tokenizer(settings: dict, workdir: Path):
     path = workdir / "tokenizer"
     tok.save_pretrained(path)
     return tok, path
-
 
 
 def build_batches(tokenizer, lexicon, settings: dict, n_batches: int, seed: int = 0) -> tuple[list[dict], dict]:
@@ -118,7 +114,6 @@ def build_batches(tokenizer, lexicon, settings: dict, n_batches: int, seed: int 
     return batches, {"rows": n_rows, "rows_with_gendered_line": sum(flags), "rows_text_swapped": sum(swapped)}
 
 
-
 def make_configs(settings: dict, tokenizer_dir: Path, workdir: Path, mixed_precision: str = "no",
                  teacher_dtype: str = "float32") -> dict:
     """The three step configurations, through `config.config_from_dict` (validated like a recipe)."""
@@ -146,7 +141,6 @@ def make_configs(settings: dict, tokenizer_dir: Path, workdir: Path, mixed_preci
     return {name: config_from_dict(c) for name, c in cfgs.items()}
 
 
-
 def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True):
     """A `train.Setup` as `train.build` makes it (teacher frozen in eval mode, fp32 student in train mode), with
     the lexicon and swap table for the counterfactual step; data blocks are the benchmark's own batches."""
@@ -171,7 +165,6 @@ def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True)
                  TopKTargetCache(TOP_K, vocab_rows))
 
 
-
 def fill_target_cache(setup, cfg, batches: list[dict]) -> float:
     """Put every batch's top-k targets in the cache, as a first epoch would; returns the mean kept mass."""
     from distill.train import teacher_output
@@ -185,9 +178,8 @@ def fill_target_cache(setup, cfg, batches: list[dict]) -> float:
     return statistics.mean(kept)
 
 
-
 def count_flops(setup, settings: dict) -> dict:
-    """Parameter counts and analytic FLOPs per KD step (see the module docstring for what is counted)."""
+    """Parameter counts and analytic FLOPs per KD step (what is counted: see `distill.bench`)."""
     from distill.models import count_parameters
 
     n_t = count_parameters(setup.teacher)
@@ -201,7 +193,6 @@ def count_flops(setup, settings: dict) -> dict:
         "not_counted": "attention scores (4*T*d per token per layer forward, ~3% at T=128), loss, optimizer",
         "kd_over_ce_theoretical": (2 * n_t + 6 * n_s) / (6 * n_s),
     }
-
 
 
 class Trainer:
@@ -252,11 +243,9 @@ class Trainer:
         return t1 - t0, time.perf_counter() - t1
 
 
-
 def sync_device(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
 
 
 def matmul_flops(n: int, device: torch.device, dtype=torch.float32, reps: int = 3) -> float:
@@ -274,8 +263,8 @@ def matmul_flops(n: int, device: torch.device, dtype=torch.float32, reps: int = 
     return 2 * n**3 / best
 
 
-
 def run_child(spec: dict, workdir: Path, tag: str, env_extra: dict | None = None, timeout: int = 900) -> dict:
+    """Run `bench.child_main` on `spec` in a fresh Python process; returns the JSON result it writes."""
     spec = {**spec, "result_path": str(workdir / f"{tag}.result.json")}
     path = workdir / f"{tag}.spec.json"
     path.write_text(json.dumps(spec))

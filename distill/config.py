@@ -75,7 +75,7 @@ class TrainConfig:
     mixed_precision: str = opt("auto", "auto: bf16 where the GPU supports it, else fp32",
                                choices=("auto", "no", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the student (inductor; needs a C++ compiler on CPU). GPT-2 shapes "
-                        "on 2 CPU cores: KD step 7% faster after 10-40 s of compiling")
+                        "on 2 CPU cores: KD step about 6% faster after 7-40 s of compiling (distill bench --compile)")
     log_steps: int = opt(10, "log every N steps", range=(1, INF))
     eval_steps: int = opt(200, "validation loss every N steps (0 = only at the end)", range=(0, INF))
     eval_batches: int = opt(20, "validation micro-batches per evaluation", range=(1, INF))

@@ -2,7 +2,7 @@
 
     from distill.teacher_cache import TopKTargetCache
     cache = TopKTargetCache(k=64, vocab_rows=rows)
-    probs, changed = cache.targets(block_ids, input_ids, compute=lambda ids: my_teacher_targets(ids))
+    probs, changed_share, kept_mass = cache.targets(block_ids, input_ids, compute=teacher_probs_and_changed)
 
 What it changes in the loss: the target at each position becomes p on the teacher's k most likely tokens,
 with the remaining mass r = 1 - sum(top k) spread evenly over the other V - k tokens:
@@ -52,6 +52,11 @@ class TopKTargetCache:
         self.k, self.vocab_rows = k, vocab_rows
         self.store: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
         self.hits = self.misses = 0
+
+    @property
+    def hit_share(self) -> float:
+        """Share of the rows served from the cache so far."""
+        return self.hits / max(1, self.hits + self.misses)
 
     def targets(self, blocks: list[int], input_ids: torch.Tensor,
                 compute: Callable[[torch.Tensor], tuple[torch.Tensor, float]]) -> tuple[torch.Tensor, float, float]:

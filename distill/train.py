@@ -271,8 +271,8 @@ def accumulate_gradients(cfg: Config, setup: Setup, student, accelerator: Accele
 def make_optimizer(cfg: Config, student: torch.nn.Module) -> torch.optim.AdamW:
     """AdamW over the trainable parameters; biases and norms get no weight decay.
 
-    fused=True: one kernel over all parameters instead of a dozen passes per tensor; the step ran 1.8x
-    faster on CPU (`distill bench`) and the update matches the default implementation (tested).
+    fused=True: one kernel over all parameters instead of a dozen passes per tensor; clip + AdamW went from
+    0.30 s to 0.10 s per step in `distill bench` on CPU, and the update matches the default one (tested).
     """
     params = [p for p in student.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
@@ -335,9 +335,7 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
                 "epoch": sampler.epoch,
                 "swapped_share": swapped,
                 "teacher_changed_share": extras["changed_share"],
-                **({"teacher_topk_mass": extras["topk_mass"],
-                    "teacher_cache_hit_share": setup.target_cache.hits / max(1, setup.target_cache.hits
-                                                                              + setup.target_cache.misses)}
+                **({"teacher_topk_mass": extras["topk_mass"], "teacher_cache_hit_share": setup.target_cache.hit_share}
                    if setup.target_cache is not None else {}),
                 "cf_exact": extras["cf_exact"], "cf_aligned": extras["cf_aligned"],
             }
