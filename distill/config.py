@@ -138,13 +138,13 @@ def load_config(recipe: str | Path, overrides: list[str] = ()) -> Config:
         raise UserError(f"recipe {recipe}: expected a mapping of keys at the top level")
     for item in overrides:
         _apply_override(raw, item)
-    cfg = _build(Config, raw, prefix="")
+    cfg = build_section(Config, raw, prefix="")
     validate(cfg)
     return cfg
 
 
 def config_from_dict(raw: dict) -> Config:
-    cfg = _build(Config, copy_dict(raw), prefix="")
+    cfg = build_section(Config, copy_dict(raw), prefix="")
     validate(cfg)
     return cfg
 
@@ -170,7 +170,7 @@ def _apply_override(raw: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
 
 
-def _build(cls, raw: Any, prefix: str):
+def build_section(cls, raw: Any, prefix: str):
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -186,7 +186,7 @@ def _build(cls, raw: Any, prefix: str):
             raise UserError(f"unknown recipe key {prefix + str(key)!r}{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            values[key] = _build(hint, value, prefix + key + ".")
+            values[key] = build_section(hint, value, prefix + key + ".")
         else:
             values[key] = _coerce(value, hint, prefix + key)
     return cls(**values)
@@ -217,7 +217,7 @@ def _coerce(value, hint, name: str):
 
 def validate(cfg: Config) -> None:
     """Ranges and choices from field metadata, then the cross-field rules."""
-    _check_fields(cfg, "")
+    check_fields(cfg, "")
     for role in ("teacher", "student"):
         m = getattr(cfg, role)
         sources = [m.name_or_path is not None, m.config is not None, m.from_teacher_layers is not None]
@@ -244,12 +244,12 @@ def validate(cfg: Config) -> None:
         raise UserError("loss.teacher_top_k caches KD targets, but loss.alpha_kd is 0; set loss.teacher_top_k=0")
 
 
-def _check_fields(obj, prefix: str) -> None:
+def check_fields(obj, prefix: str) -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         name = prefix + f.name
         if dataclasses.is_dataclass(value):
-            _check_fields(value, name + ".")
+            check_fields(value, name + ".")
             continue
         lo_hi, choices = f.metadata.get("range"), f.metadata.get("choices")
         if value is None:

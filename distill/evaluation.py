@@ -276,14 +276,16 @@ def run_eval(args) -> int:
                                   "disparity_ci": list(metrics.bootstrap_ci(c, args.bootstrap, args.seed)),
                                   "groups": metrics.group_shares(c)}
     comparisons = []
-    for name in names:
-        if name == teacher:
-            continue
-        comparisons.append({"a": teacher, "b": name, "metric": "disparity",
-                            **metrics.paired_comparison(counts[teacher], counts[name], args.bootstrap, args.seed)})
-        if vectors is not None:
-            comparisons.append({"a": teacher, "b": name, "metric": "embedding_disparity",
-                                **metrics.paired_comparison(emb_counts[teacher], emb_counts[name], args.bootstrap, args.seed)})
+    # every pair in the order given: each student against the teacher, and the students against each other
+    # (the comparison the role reversal is about: crr - kd)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            comparisons.append({"a": a, "b": b, "metric": "disparity",
+                                **metrics.paired_comparison(counts[a], counts[b], args.bootstrap, args.seed)})
+            if vectors is not None:
+                comparisons.append({"a": a, "b": b, "metric": "embedding_disparity",
+                                    **metrics.paired_comparison(emb_counts[a], emb_counts[b], args.bootstrap,
+                                                                args.seed)})
     settings = _settings(args, prompts, len(set(groups)))
     settings.update({
         "teacher": teacher, "bootstrap": args.bootstrap, "text": args.text, "device": str(device),

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from distill.config import INF, Config, _build, _check_fields, opt
+from distill.config import INF, Config, build_section, check_fields, opt
 from distill.errors import UserError
 
 MANIFEST_VERSION = 1
@@ -66,8 +66,8 @@ class TransferSet:
 
 def parse_transfer_config(raw: dict | None) -> TransferSetConfig:
     """Validate `data.transfer_set`: unknown keys refused with the closest valid one, ranges checked."""
-    tcfg = _build(TransferSetConfig, raw or {}, prefix="data.transfer_set.")
-    _check_fields(tcfg, "data.transfer_set.")
+    tcfg = build_section(TransferSetConfig, raw or {}, prefix="data.transfer_set.")
+    check_fields(tcfg, "data.transfer_set.")
     return tcfg
 
 

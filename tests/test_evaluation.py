@@ -105,10 +105,14 @@ def test_eval_end_to_end(tiny, tmp_path, capsys):
     assert models["copy"]["teacher_agreement"] == 1.0
     assert models["copy"]["perplexity"] == pytest.approx(models["teacher"]["perplexity"])
     assert models["copy"]["groups"] == models["teacher"]["groups"]
-    comps = {(c["b"], c["metric"]): c for c in results["comparisons"]}
-    assert comps[("copy", "disparity")]["difference"] == 0.0 and comps[("copy", "disparity")]["p_value"] == 1.0
-    s = comps[("student", "disparity")]
+    comps = {(c["a"], c["b"], c["metric"]): c for c in results["comparisons"]}
+    assert {(a, b) for a, b, _ in comps} == {("teacher", "student"), ("teacher", "copy"), ("student", "copy")}
+    same = comps[("teacher", "copy", "disparity")]
+    assert same["difference"] == 0.0 and same["p_value"] == 1.0
+    s = comps[("teacher", "student", "disparity")]
     assert s["ci"][0] <= s["difference"] <= s["ci"][1] and 0.0 <= s["p_value"] <= 1.0
+    back = comps[("student", "copy", "disparity")]  # the students against each other: the same difference, negated
+    assert back["difference"] == pytest.approx(-s["difference"])
     assert results["settings"]["n_prompts"] == 14 and results["settings"]["teacher"] == "teacher"
 
     gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
