@@ -25,7 +25,8 @@ KEYS = [
     "kd_over_ce_step", "kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "crr_over_kd_step", "kd_peak_mem_over_ce",
     "kd_peak_mem_over_ce_unchunked", "kd_peak_mem_over_ce_process", "memory_method", "kd_flops_fraction_of_peak",
     "gen_batched_over_sequential", "cda_mb_per_s", "token_swap_per_s", "settings", "targets", "load_average",
-    "torch_threads", "prefix_reuse_speedup", "cf_teacher_over_plain_teacher",
+    "torch_threads", "prefix_reuse_speedup", "cf_teacher_over_plain_teacher", "crr_block_over_kd_step",
+    "kd_topk_cached_over_kd_step", "kd_topk_cached_theoretical", "topk_kept_mass", "loss_over_unchunked",
 ]
 TARGET_KEYS = ["kd_over_ce_step", "crr_over_kd_step", "kd_peak_mem_over_ce", "kd_flops_fraction_of_peak",
                "gen_batched_over_sequential", "cda_mb_per_s", "token_swap_per_s"]
