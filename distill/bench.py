@@ -28,8 +28,8 @@ What each key means:
   does: `train.accumulate_gradients` (student forward, teacher targets under inference mode, loss, backward)
   + gradient clipping + AdamW step + zero_grad, on a `train.Setup` built here (as `train.build` does) and a
   `config.Config` from `config_from_dict`. KD: loss.alpha_kd=1, alpha_ce=0.5 (T=2, forward KL, chunked
-  `distill_loss`, chunk_size 0 = the recipe default, auto); CE: alpha_kd=0, alpha_ce=1 (the teacher is not run). One student
-  and one AdamW serve every configuration. kd_over_ce_theoretical = (2 N_t + 6 N_s) / (6 N_s) with N = all
+  `distill_loss`, chunk_size 0 = the recipe default, auto); CE: alpha_kd=0, alpha_ce=1 (the teacher is not
+  run). One student and one AdamW serve every configuration. kd_over_ce_theoretical = (2 N_t + 6 N_s) / (6 N_s) with N = all
   parameters: the tied token embedding is counted once (it is the LM head matmul, real work), the position
   embedding too (a lookup, 0.6% of N). Attention scores and the optimizer are outside the formula;
   kd_over_ce_fwd_bwd is the same ratio without clip + optimizer.
@@ -56,10 +56,11 @@ What each key means:
   gradients are freed by zero_grad(set_to_none=True), so they count as step memory in both), read from the
   allocation events of torch.profiler (profile_memory=True): the CPU analogue of cuda.max_memory_allocated
   minus the start. Same batch for all. kd_peak_mem_over_ce_unchunked: the KD step with `losses.kd_loss +
-  losses.ce_loss` under plain autograd in place of `distill_loss`. kd_peak_mem_over_ce_process: whole-process peak RSS (VmHWM, reset through
-  /proc/self/clear_refs just before the step) of a fresh KD process (teacher + student + AdamW) over a fresh
-  CE process (student + AdamW, no teacher), run with MALLOC_MMAP_THRESHOLD_=65536 so that freed tensors
-  leave the RSS; step_rss_over_ce: the RSS growth during that step, KD over CE.
+  losses.ce_loss` under plain autograd in place of `distill_loss`. kd_peak_mem_over_ce_process:
+  whole-process peak RSS (VmHWM, reset through /proc/self/clear_refs just before the step) of a fresh KD
+  process (teacher + student + AdamW) over a fresh CE process (student + AdamW, no teacher), run with
+  MALLOC_MMAP_THRESHOLD_=65536 so that freed tensors leave the RSS; step_rss_over_ce: the RSS growth during
+  that step, KD over CE.
 - kd_flops_fraction_of_peak: analytic FLOPs of the KD step (2 N_t + 6 N_s per token; attention scores and
   the loss not counted) per second of the step, over the FLOP/s of a 2048^3 fp32 matmul (best of 3) measured
   in the same round with the same threads.
@@ -481,9 +482,10 @@ def format_table(r: dict) -> str:
     return "\n".join(lines)
 
 
-INFO_KEYS = ("kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "crr_block_over_kd_step", "kd_topk_cached_over_kd_step",
-             "kd_topk_cached_theoretical", "topk_kept_mass", "loss_over_unchunked", "kd_compiled_over_kd_step", "kd_compiled_first_step_s", "kd_peak_mem_over_ce_unchunked",
-             "kd_peak_mem_over_ce_process", "crr_peak_mem_over_kd",
+INFO_KEYS = ("kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "crr_block_over_kd_step",
+             "kd_topk_cached_over_kd_step", "kd_topk_cached_theoretical", "topk_kept_mass",
+             "loss_over_unchunked", "kd_compiled_over_kd_step", "kd_compiled_first_step_s",
+             "kd_peak_mem_over_ce_unchunked", "kd_peak_mem_over_ce_process", "crr_peak_mem_over_kd",
              "cf_teacher_over_plain_teacher", "prefix_reuse_speedup", "token_swap_tokens_per_s")
 
 
