@@ -3,6 +3,7 @@ one optimizer step as `train.fit` runs it. What is measured, and how, is documen
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -167,12 +168,9 @@ def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True)
 
 def fill_target_cache(setup, cfg, batches: list[dict]) -> float:
     """Put every batch's top-k targets in the cache, as a first epoch would; returns the mean kept mass."""
-    from distill.train import teacher_output
+    from distill.train import teacher_probs
 
-    def compute(ids):
-        out, _ = teacher_output(cfg, setup, ids)
-        return out.probs, out.changed_share
-
+    compute = functools.partial(teacher_probs, cfg, setup)
     device = next(setup.teacher.parameters()).device
     kept = [setup.target_cache.targets(b["blocks"], b["input_ids"].to(device), compute)[2] for b in batches]
     return statistics.mean(kept)

@@ -12,6 +12,7 @@ schedule -> log -> checkpoint. No Trainer subclass and no callbacks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -160,6 +161,12 @@ def teacher_output(cfg: Config, setup: Setup, input_ids: torch.Tensor):
                            want_hidden=cfg.loss.alpha_cos > 0), cf
 
 
+def teacher_probs(cfg: Config, setup: Setup, input_ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """(target probabilities, changed share) of `teacher_output`: what the top-k target cache computes."""
+    out, _ = teacher_output(cfg, setup, input_ids)
+    return out.probs, out.changed_share
+
+
 def micro_batch_losses(cfg: Config, setup: Setup, student, input_ids: torch.Tensor, scale: float,
                        blocks: list[int] | None = None) -> dict:
     """Forward both models on one micro-batch; returns the loss to backpropagate and the raw term sums.
@@ -172,11 +179,8 @@ def micro_batch_losses(cfg: Config, setup: Setup, student, input_ids: torch.Tens
     cf = target = None
     probs, changed, kept = None, 0.0, 1.0
     if setup.target_cache is not None and blocks is not None:
-        def compute(ids):
-            out, _ = teacher_output(cfg, setup, ids)
-            return out.probs, out.changed_share
-
-        probs, changed, kept = setup.target_cache.targets(blocks, input_ids, compute)
+        probs, changed, kept = setup.target_cache.targets(blocks, input_ids,
+                                                          functools.partial(teacher_probs, cfg, setup))
     elif cfg.loss.alpha_kd > 0 or want_hidden:
         target, cf = teacher_output(cfg, setup, input_ids)
         probs, changed = target.probs, target.changed_share
