@@ -18,8 +18,8 @@ the mean of v_i v_j over ordered pairs i != j, whose expectation is d_g^2 when t
 independent draws (E[v_i v_j] = d_g^2). ``disparity_ms`` = mean_g U_g is unbiased for mean_g d_g^2 (it is
 negative when the observed gaps are smaller than sampling noise) and ``disparity_rms`` = sqrt(max(0,
 disparity_ms)) is the RMS gap. The square root is not unbiased near 0: for a perfectly fair model it is
-positive whenever noise makes disparity_ms > 0 (tests/test_stats.py measures about +0.012 for the demo's
-design; about 0.001 at a true RMS gap of 0.10). Differences between models should be read from disparity_ms
+positive whenever noise makes disparity_ms > 0 (tests/test_stats.py: +0.0086 on average over 100 simulated
+fair models of the demo's design; 0.0993 for a true RMS gap of 0.10). Differences between models should be read from disparity_ms
 or from the paired tests, whose per-cluster inputs are U values. When a group's generations come from
 different prompts with different gaps, s^2 includes that spread and U_g is conservative (biased down).
 
