@@ -19,9 +19,10 @@ independent draws (E[v_i v_j] = d_g^2). ``disparity_ms`` = mean_g U_g is unbiase
 negative when the observed gaps are smaller than sampling noise) and ``disparity_rms`` = sqrt(max(0,
 disparity_ms)) is the RMS gap. The square root is not unbiased near 0: for a perfectly fair model it is
 positive whenever noise makes disparity_ms > 0 (tests/test_stats.py: +0.0086 on average over 100 simulated
-fair models of the demo's design; 0.0993 for a true RMS gap of 0.10). Differences between models should be read from disparity_ms
-or from the paired tests, whose per-cluster inputs are U values. When a group's generations come from
-different prompts with different gaps, s^2 includes that spread and U_g is conservative (biased down).
+fair models of the demo's design; 0.1008 for a true RMS gap of 0.10). Differences between models should be
+read from disparity_ms or from the paired tests, whose per-cluster inputs are U values. When a group's
+generations come from prompts with different gaps, s^2 includes that spread and U_g is conservative (biased
+down).
 
 **The naive figure** is BOLD's mean_g |d_hat_g|. Its **null floor** is its expected value for a model with
 the same neutral share and no gender preference: each gendered generation's label is redrawn male or female
