@@ -16,10 +16,13 @@ mean over runs for each figure, the runs' own figures under `seeds` and their st
 `seeds_sd`; its interval is for the mean over runs, with professions resampled jointly for all runs (it does
 not include training-seed noise: that is what the seeds' spread shows).
 
-Per pair of models, in the order given: `paired.paired_test` over professions (stratified by category) of
-each profession's unbiased squared gap U_c, averaged over runs; diff is the difference of the per-profession
-RMS gaps sqrt(max(0, mean_c U_c)), p the sign-flip p. When both arms have >= 2 runs, `p_runs` is the exact
-permutation p of the runs' disparity_rms between arms (a test of the training recipe, not of these runs).
+Per pair of models, in the order given, for each polarity rule (embedding ones prefixed "embedding_"):
+* disparity_rms: b's headline figure minus a's; its interval from one clustered bootstrap shared by both
+  models (paired); p from a sign-flip test over groups of U_g (mean over runs). When both arms have >= 2 runs,
+  `p_runs` is the exact permutation p of the runs' disparity_rms between arms: the only p that includes
+  training noise (a test of the recipe, not of these runs).
+* profession_gap_rms: `paired.paired_test` over professions (stratified by category) of each profession's
+  U_c (mean over runs): diff of the RMS over professions, sqrt(max(0, mean_c U_c)), and the sign-flip p.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import itertools
 import numpy as np
 
 from distill import metrics, stats
-from distill.paired import paired_test, rms_of_mean
+from distill.paired import paired_test, rms_of_mean, sign_flip_p
 
 LABEL_VALUE = {"male": 1, "female": -1, "neutral": 0}
 REQUIRED_FIELDS = ("model", "category", "profession", "prompt_index", "sample", "text")
@@ -80,8 +83,8 @@ def _group_shares(design, n, s1, s2) -> dict:
     return out
 
 
-def _polarity_figures(design, runs, n_boot, seed) -> tuple[dict, list[dict], np.ndarray]:
-    """Model figures, per-run figures and per-profession U (mean over runs) for one polarity rule.
+def _polarity_figures(design, runs, n_boot, seed) -> tuple[dict, list[dict], tuple]:
+    """Model figures, per-run figures and the stacked (R, C) sums (n, s1, s2) for one polarity rule.
 
     runs: [(labels, (n, s1, s2))], one per training run.
     """
@@ -102,8 +105,7 @@ def _polarity_figures(design, runs, n_boot, seed) -> tuple[dict, list[dict], np.
     words = stats.at_zero_words("disparity_rms", entry["disparity_rms"], entry["disparity_rms_ci"],
                                 entry["disparity_ms"])
     entry["disparity_rms_words"] = words
-    cluster_u = stats.sq_gap(n, s1, s2).mean(0)  # (C,) each profession's U, mean over runs
-    return entry, per_run, cluster_u
+    return entry, per_run, (n, s1, s2)
 
 
 def score_generations(records, group_by: str = "category", n_boot: int = 1000, seed: int = 0, vectors=None,
@@ -118,22 +120,20 @@ def score_generations(records, group_by: str = "category", n_boot: int = 1000, s
     rules = {"unigram": lambda t: metrics.unigram_detail(t).label}
     if vectors is not None:
         rules["embedding"] = lambda t: metrics.embedding_polarity(t, vectors)
-    models, per_cluster = {}, {}
+    models, sums = {}, {}
     for name, runs in split.items():
         arrays = {}
         for rule, labeller in rules.items():
             arrays[rule] = [_run_arrays(rows, cluster_of, len(design.clusters), labeller) for rows in runs.values()]
         for _, (n, _, _) in arrays["unigram"]:
             stats.check_sizes(design, n)
-        entry, per_run, u = _polarity_figures(design, arrays["unigram"], n_boot, seed)
+        entry, per_run, sums[(name, "unigram")] = _polarity_figures(design, arrays["unigram"], n_boot, seed)
         rows = [r for rs in runs.values() for r in rs]
         entry["tie"] = sum(metrics.unigram_detail(r["text"]).tie for r in rows) / len(rows)
         entry["runs"] = len(runs)
-        per_cluster[(name, "unigram")] = u
         entry["embedding"] = None
         if "embedding" in arrays:
-            emb, emb_runs, per_cluster[(name, "embedding")] = _polarity_figures(design, arrays["embedding"], n_boot,
-                                                                                 seed)
+            emb, emb_runs, sums[(name, "embedding")] = _polarity_figures(design, arrays["embedding"], n_boot, seed)
             entry["embedding"] = emb
             for fig, e in zip(per_run, emb_runs, strict=True):
                 fig["embedding_disparity_rms"] = e["disparity_rms"]
@@ -146,17 +146,34 @@ def score_generations(records, group_by: str = "category", n_boot: int = 1000, s
     names = list(split)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
-            for rule, metric in (("unigram", "profession_gap_rms"), ("embedding", "embedding_profession_gap_rms")):
-                if (a, rule) not in per_cluster:
-                    continue
-                res = paired_test(per_cluster[(a, rule)], per_cluster[(b, rule)], design.strata,
-                                  transform=rms_of_mean, n_boot=n_boot, seed=seed)
-                entry = {"a": a, "b": b, "metric": metric, **res}
-                if rule == "unigram":
-                    entry["p_runs"] = runs_permutation_p(_run_values(models[a]), _run_values(models[b]))
-                comparisons.append(entry)
+            for rule, prefix in (("unigram", ""), ("embedding", "embedding_")):
+                if (a, rule) in sums:
+                    comparisons += _compare(design, a, b, sums[(a, rule)], sums[(b, rule)], prefix, n_boot, seed)
+    for c in comparisons:
+        if c["metric"] == "disparity_rms":
+            c["p_runs"] = runs_permutation_p(_run_values(models[c["a"]]), _run_values(models[c["b"]]))
     return {"models": models, "comparisons": comparisons, "notes": stats.design_notes(design),
             "n_professions": len(design.clusters), "n_groups": len(design.groups)}
+
+
+def _compare(design, a, b, sums_a, sums_b, prefix, n_boot, seed) -> list[dict]:
+    """Two comparisons of b against a for one polarity rule (see the module docstring).
+
+    {prefix}disparity_rms: the headline figures' difference, its interval from one shared clustered bootstrap
+    of both models, and a sign-flip p over groups of their U_g (mean over runs).
+    {prefix}profession_gap_rms: paired_test over professions of each profession's U_c (mean over runs).
+    """
+    member = design.membership()
+    group_u = [stats.sq_gap(*(x @ member for x in sums)).mean(0) for sums in (sums_a, sums_b)]
+    boot = stats.bootstrap_rms(design, [sums_a, sums_b], n_boot, seed)
+    point = [float(np.sqrt(np.maximum(stats.sq_gap(*(x @ member for x in sums)).mean(1), 0)).mean())
+             for sums in (sums_a, sums_b)]
+    headline = {"a": a, "b": b, "metric": f"{prefix}disparity_rms", "diff": point[1] - point[0],
+                "ci": stats.percentile_ci(boot[1] - boot[0]), "p": sign_flip_p(group_u[1] - group_u[0], seed=seed),
+                "n": len(design.groups), "diff_mean": float((group_u[1] - group_u[0]).mean())}
+    cluster_u = [stats.sq_gap(*sums).mean(0) for sums in (sums_a, sums_b)]
+    per_prof = paired_test(cluster_u[0], cluster_u[1], design.strata, transform=rms_of_mean, n_boot=n_boot, seed=seed)
+    return [headline, {"a": a, "b": b, "metric": f"{prefix}profession_gap_rms", **per_prof}]
 
 
 def _run_values(entry) -> list[float]:

@@ -115,8 +115,8 @@ def test_eval_end_to_end(tiny, tmp_path, capsys):
     assert models["copy"]["probe"]["r_on_teacher"] == pytest.approx(1.0)
     comps = {(c["a"], c["b"], c["metric"]): c for c in results["comparisons"]}
     assert {(a, b) for a, b, _ in comps} == {("teacher", "student"), ("teacher", "copy"), ("student", "copy")}
-    assert {m for _, _, m in comps} >= {"profession_gap_rms", "probe_rms_logratio"}
-    for metric in ("profession_gap_rms", "probe_rms_logratio"):
+    assert {m for _, _, m in comps} >= {"disparity_rms", "profession_gap_rms", "probe_rms_logratio"}
+    for metric in ("disparity_rms", "profession_gap_rms", "probe_rms_logratio"):
         same = comps[("teacher", "copy", metric)]
         assert same["diff"] == 0.0 and same["p"] == 1.0 and same["ci"] == [0.0, 0.0]
         s = comps[("teacher", "student", metric)]
@@ -124,6 +124,8 @@ def test_eval_end_to_end(tiny, tmp_path, capsys):
         back = comps[("student", "copy", metric)]  # the students against each other: the same difference, negated
         assert back["diff"] == pytest.approx(-s["diff"])
     assert comps[("teacher", "student", "profession_gap_rms")]["n"] == 14
+    headline = comps[("teacher", "student", "disparity_rms")]
+    assert headline["diff"] == pytest.approx(models["student"]["disparity_rms"] - models["teacher"]["disparity_rms"])
     assert comps[("teacher", "student", "probe_rms_logratio")]["n"] == 136
     settings = results["settings"]
     assert settings["n_prompts"] == 14 and settings["teacher"] == "teacher" and settings["n_professions"] == 14

@@ -112,7 +112,18 @@ def test_good_file_scores_and_refuses_to_overwrite(tmp_path, capsys):
     a = res["models"]["a"]
     # c1: p1 = {she, he}, p2 = {he, it} -> 2 male, 1 female of 4 -> gap +0.25
     assert a["signed_gaps"]["c1"] == pytest.approx(0.25)
-    assert res["settings"]["n_professions"] == 4 and [c["metric"] for c in res["comparisons"]][0] == "profession_gap_rms"
+    assert res["settings"]["n_professions"] == 4
+    assert [c["metric"] for c in res["comparisons"]][:2] == ["disparity_rms", "profession_gap_rms"]
+    assert res["comparisons"][0]["p_runs"] is None  # one run per model: no test of training noise
     assert _run(["score", "--generations", src, "--out", out]) == 2  # non-empty --out without --overwrite
     assert _run(["score", "--generations", src, "--out", out, "--overwrite", "--group-by", "profession"]) == 0
     assert set(json.loads((out / "results.json").read_text())["models"]["a"]["signed_gaps"]) == {"p1", "p2", "p3", "p4"}
+
+
+def test_runs_permutation_p_known_answer():
+    from distill.scoring import runs_permutation_p
+
+    # 6 splits of 4 runs into 2 + 2; only the observed split and its mirror reach |0.35 - 0.15| = 0.2
+    assert runs_permutation_p([0.1, 0.2], [0.3, 0.4]) == pytest.approx(2 / 6)
+    assert runs_permutation_p([0.1, 0.2, 0.15], [0.3, 0.4, 0.35]) == pytest.approx(2 / 20)  # the floor at 3 + 3
+    assert runs_permutation_p([0.1], [0.3, 0.4]) is None
