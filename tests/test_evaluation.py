@@ -203,7 +203,7 @@ def test_highlighting_escapes():
 @pytest.mark.parametrize(
     "case",
     ["zero_samples", "zero_tokens", "missing_prompts", "malformed_prompts", "no_tokenizer", "bad_teacher",
-     "duplicate_name", "bad_top_p"],
+     "duplicate_name", "bad_top_p", "glob_matches_nothing", "one_generation_per_profession"],
 )
 def test_bad_input_exits_2_and_writes_nothing(tiny, tmp_path, capsys, case):
     out = tmp_path / "eval"
@@ -228,11 +228,17 @@ def test_bad_input_exits_2_and_writes_nothing(tiny, tmp_path, capsys, case):
         models = ["--model", f"t={tiny['a']}", "--model", f"t={tiny['b']}"]
     elif case == "bad_top_p":
         extra = ["--top-p", 1.5]
+    elif case == "glob_matches_nothing":
+        models = ["--model", f"t={tiny['a']}", "--model", f"s={tmp_path}/nothing_*"]
+    elif case == "one_generation_per_profession":  # the unbiased gap needs 2 generations per profession
+        extra = ["--samples-per-prompt", 1, "--max-prompts", 2]  # one prompt per category
     assert _run(["eval", *models, *prompts, "--out", out, *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("distill eval: error:") and len(err.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".eval*"))
-    if case != "bad_teacher":  # samples has no --teacher
+    if case == "one_generation_per_profession":
+        assert "needs at least 2" in err
+    if case not in ("bad_teacher", "one_generation_per_profession"):  # samples: no --teacher, 1 sample is fine
         side = tmp_path / "s.html"
         assert _run(["samples", *models, *prompts, "--out", side, *extra]) == 2
         assert not side.exists()
