@@ -4,10 +4,14 @@
         --text data/heldout.txt --out out/eval
     distill samples --model a=gpt2 --model b=out/run/final --prompts professions --max-prompts 12 --out s.html
 
-Order of work: validate every argument, load every tokenizer (a model dir without one fails here), prompts,
-held-out text and word vectors; only then load the models, one at a time, teacher first. Each model
-generates K samples per prompt with the same per-batch seeds, is scored (polarity, perplexity, argmax on
-the held-out windows), and is freed before the next loads. The teacher's argmax ids are kept (small int
+    distill eval --model teacher=T --model 'kd=out/runs/kd_s*/final' --model crr=out/r/crr0,out/r/crr1 ...
+
+Order of work: validate every argument (including that every profession gets >= 2 generations), load every
+tokenizer (a model dir without one fails here), prompts, held-out text and word vectors; only then load the
+models, one run at a time, the teacher first. Each run generates K samples per prompt with the same
+per-batch seeds, runs the likelihood probe (distill.probe), scores perplexity and argmax on the held-out
+windows, and is freed before the next loads. The generation statistics and paired tests are computed from
+the generation records by distill.scoring, the same code `distill score` runs on generations.jsonl. The teacher's argmax ids are kept (small int
 tensors) so each student's top-1 agreement is computed without holding two models. Results are written into
 a temporary folder beside --out and renamed at the end, so an error never leaves a half-written report.
 """
