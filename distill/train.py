@@ -374,6 +374,9 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
             ckpt.save(run_dir, step, accelerator, student, optimizer, scheduler, sampler, state,
                       keep=cfg.train.keep_checkpoints, engine=setup.engine)
     bar.close()
+    if isinstance(setup.teacher, eng.LockstepTeacher):  # what keeping a sharded teacher in step cost
+        print(f"process {accelerator.process_index}: {setup.teacher.forwards} teacher forwards, "
+              f"{setup.teacher.joined} one-token forwards joined for other processes", flush=True)
     return {"state": state, "last": last, "student": student}
 
 
