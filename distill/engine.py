@@ -183,13 +183,17 @@ class LockstepTeacher(torch.nn.Module):
     def forward(self, **kwargs):
         _vote(True, self.device_for_votes)
         self.forwards += 1
-        return self.inner(**kwargs)
+        # no_grad rather than the caller's inference mode: FSDP2 keeps the gathered weights between forwards
+        # and checks their version counters, which inference tensors do not have (seen with 1 process).
+        with torch.inference_mode(False), torch.no_grad():
+            return self.inner(**kwargs)
 
-    @torch.inference_mode()
     def drain(self) -> None:
         """Join the other processes' remaining teacher forwards; returns when every process is done."""
         while _vote(False, self.device_for_votes):
-            self.inner(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.device_for_votes), use_cache=False)
+            with torch.inference_mode(False), torch.no_grad():
+                self.inner(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.device_for_votes),
+                           use_cache=False)
             self.joined += 1
 
 
