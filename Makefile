@@ -2,7 +2,7 @@
 PY ?= python
 RECIPE ?= recipes/debug.yaml
 
-.PHONY: install test test-slow lint train teacher demo demo-smoke bench clean
+.PHONY: install test test-slow lint train teacher demo demo-smoke bench gpu-check clean
 
 install:  ## torch CPU build first (pinned), then the package with its dev extras
 	$(PY) -m pip install torch==2.13.0
@@ -46,6 +46,9 @@ demo-smoke:  ## the demo path end to end on the real teacher in about 2 minutes 
 
 bench:
 	distill bench
+
+gpu-check:  ## one GPU, under 10 min: bench, the guessed GPU defaults measured, each accelerate config, resume
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf out

@@ -118,6 +118,20 @@ def block_classes(model: torch.nn.Module, names: list[str] | None, role: str) ->
     return found
 
 
+def check_auto_wrap(accelerator, teacher: torch.nn.Module, student: torch.nn.Module) -> None:
+    """When the launcher asks for FSDP with transformer-based wrapping, both models must have a block class to
+    shard one by one (checked with one process too, so a recipe is refused before it reaches a cluster)."""
+    if requested_engine() != "fsdp":
+        return
+    plugin = _fsdp_plugin(accelerator)
+    from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
+
+    if getattr(plugin.auto_wrap_policy, "func", plugin.auto_wrap_policy) is size_based_auto_wrap_policy:
+        return
+    for role, model in (("teacher", teacher), ("student", student)):
+        block_classes(model, plugin.transformer_cls_names_to_wrap, role)
+
+
 def _wrap_policy(plugin, model: torch.nn.Module, role: str):
     from torch.distributed.fsdp.wrap import size_based_auto_wrap_policy
 
@@ -195,6 +209,11 @@ class LockstepTeacher(torch.nn.Module):
                 self.inner(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.device_for_votes),
                            use_cache=False)
             self.joined += 1
+
+
+def local_numel(model: torch.nn.Module) -> int:
+    """Parameters held by this process: its shards of a sharded model, everything of a replicated one."""
+    return sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in model.parameters())
 
 
 def drain(teacher) -> None:

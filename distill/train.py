@@ -82,6 +82,7 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
             f"student {student.config.hidden_size}); set loss.alpha_cos=0"
         )
     engine = eng.engine_of(accelerator)
+    eng.check_auto_wrap(accelerator, teacher, student)  # FSDP asked for: both models have blocks to shard
     if engine == "ddp":  # a sharded teacher stays on the CPU until it is sharded (end of build)
         teacher.to(accelerator.device)
 
@@ -113,9 +114,7 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
         )
     target_cache = _target_cache(cfg, len(train_blocks), vocab_rows)
     # After the transfer set: sampling it runs the teacher on the main process alone, which a sharded teacher
-    # cannot do. The auto-wrap check of the student runs here too, before any compute.
-    if engine == "fsdp":
-        eng.block_classes(student, eng._fsdp_plugin(accelerator).transformer_cls_names_to_wrap, "student")
+    # cannot do.
     teacher = eng.prepare_teacher(accelerator, teacher, engine, cfg.train.batch_size)
     return Setup(teacher, student, tokenizer, train_blocks, val_blocks, vocab_rows, lexicon, swap_table, stats,
                  target_cache, engine)
@@ -375,8 +374,12 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
                       keep=cfg.train.keep_checkpoints, engine=setup.engine)
     bar.close()
     if isinstance(setup.teacher, eng.LockstepTeacher):  # what keeping a sharded teacher in step cost
+        from distill.models import count_parameters
+
         print(f"process {accelerator.process_index}: {setup.teacher.forwards} teacher forwards, "
-              f"{setup.teacher.joined} one-token forwards joined for other processes", flush=True)
+              f"{setup.teacher.joined} one-token forwards joined for other processes; holds "
+              f"{eng.local_numel(setup.teacher)} of the teacher's {count_parameters(setup.teacher)} parameters",
+              flush=True)
     return {"state": state, "last": last, "student": student}
 
 

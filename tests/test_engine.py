@@ -3,6 +3,7 @@ and FSDP2 with 2 CPU processes over gloo: same training as one process, bitwise 
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,12 @@ def test_the_requested_engine_is_read_from_the_launcher_environment():
     assert engine.requested_engine({}) == "ddp"
     assert engine.requested_engine(FSDP_ENV) == "fsdp"
     assert engine.requested_engine({"ACCELERATE_USE_DEEPSPEED": "true", **FSDP_ENV}) == "deepspeed"
+
+
+def test_every_accelerate_config_named_in_the_readme_exists():
+    named = set(re.findall(r"recipes/accelerate/[\w.]+\.yaml", Path("README.md").read_text()))
+    assert named == {f"recipes/accelerate/{n}.yaml" for n in ("ddp", "fsdp", "deepspeed_zero3")}
+    assert all(Path(p).is_file() for p in named)
 
 
 @pytest.mark.parametrize("name,engine_name", [("ddp", "ddp"), ("fsdp", "fsdp")])
@@ -91,6 +98,20 @@ def test_a_model_whose_block_class_cannot_be_auto_wrapped_gets_what_to_set():
         engine.block_classes(model, None, "teacher")
 
 
+def test_fsdp_with_a_block_class_the_models_lack_stops_train_with_one_line(tmp_path, monkeypatch, capsys):
+    for key, value in {**FSDP_ENV, "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+                       "FSDP_TRANSFORMER_CLS_TO_WRAP": "LlamaDecoderLayer"}.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--recipe", "recipes/debug.yaml", f"output_dir={out}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("distill train: error: FSDP cannot auto-wrap the teacher")
+    assert "fsdp_transformer_layer_cls_to_wrap: GPT2Block" in err[0]
+    assert not out.exists()
+
+
 def test_one_process_teacher_is_on_the_device_in_eval_mode_without_gradients():
     teacher = _gpt2().train()
     prepared = engine.prepare_teacher(Accelerator(cpu=True), teacher, "ddp", batch_size=2)
@@ -104,7 +125,8 @@ def test_plain_model_turns_a_state_dict_into_an_ordinary_model_of_the_original_c
     model = _gpt2()
     plain = engine.plain_model(model, {k: v.clone() for k, v in model.state_dict().items()})
     assert type(plain) is GPT2LMHeadModel and plain.lm_head.weight is plain.transformer.wte.weight
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
+    a, b = model.state_dict(), plain.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 # ---------------------------------------------------------------------------------------------- 2 processes
@@ -139,6 +161,9 @@ def test_fsdp_two_processes_match_one_process_with_counterfactual_teacher_and_to
     counts = [line for line in two.stdout.splitlines() if "teacher forwards" in line]
     assert len(counts) == 2, two.stdout[-2000:]
     joined = sum(int(line.split(", ")[1].split()[0]) for line in counts)
+    for line in counts:  # each process holds about half of the teacher (dim-0 shards of every tensor)
+        held, total = (int(x) for x in line.split("holds ")[1].split(" parameters")[0].split(" of the teacher's "))
+        assert 0.4 < held / total < 0.6, line
     assert joined > 0, "the processes' teacher work differed somewhere, so lockstep must have joined forwards"
     a, b = _log(tmp_path / "one"), _log(tmp_path / "two")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4, 5]
