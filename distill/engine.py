@@ -192,7 +192,7 @@ class LockstepTeacher(torch.nn.Module):
 
     @property
     def config(self):
-        return self.inner.config
+        return getattr(self.inner, "module", self.inner).config  # a DeepSpeed engine holds the model as .module
 
     def forward(self, **kwargs):
         _vote(True, self.device_for_votes)
