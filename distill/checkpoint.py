@@ -218,6 +218,7 @@ def save_sharded_state(directory: Path, student, optimizer, engine: str) -> None
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict
 
+        student = getattr(student, "_orig_mod", student)  # train.compile: keys as without it
         model_sd, optim_sd = get_state_dict(student, optimizer)
         dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(Path(directory) / "sharded"))
     elif engine == "deepspeed":
@@ -235,6 +236,7 @@ def load_sharded_state(path: Path, student, optimizer, engine: str) -> None:
         import torch.distributed.checkpoint as dcp
         from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+        student = getattr(student, "_orig_mod", student)
         model_sd, optim_sd = get_state_dict(student, optimizer)
         state = {"model": model_sd, "optimizer": optim_sd}
         dcp.load(state, checkpoint_id=str(Path(path) / sub))

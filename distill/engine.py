@@ -340,6 +340,7 @@ def full_state_dict(accelerator, student, engine: str) -> dict:
     if engine == "fsdp":
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+        student = getattr(student, "_orig_mod", student)  # train.compile: the keys without the _orig_mod. prefix
         return get_model_state_dict(student, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return accelerator.get_state_dict(student)
 

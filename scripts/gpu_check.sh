@@ -18,12 +18,12 @@ cd "$(dirname "$0")/.."
 OUT=${OUT_DIR:-out/gpu_check}
 PY=${PY:-python}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-mkdir -p "$OUT"
 DRY=${GPU_CHECK_DRY:-0}
 if ! $PY -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   if [ "$DRY" != 1 ]; then echo "gpu_check: error: no CUDA device (GPU_CHECK_DRY=1 runs the plumbing on CPU)" >&2; exit 2; fi
   echo "gpu_check: DRY RUN on CPU (tiny settings; no figure from it means anything)"
 fi
+mkdir -p "$OUT"
 FAILED=()
 stage() {  # stage NAME SECONDS CMD...: run with a time limit, log to $OUT/NAME.log, remember failures
   local name=$1 limit=$2; shift 2
@@ -136,7 +136,7 @@ rm -rf "$OUT/runs/resumed" && mkdir -p "$OUT/runs/resumed/checkpoints"
 if [ -d "$OUT/runs/straight/checkpoints/step-00000004" ]; then
   cp -r "$OUT/runs/straight/checkpoints/step-00000004" "$OUT/runs/resumed/checkpoints/"
   cp "$OUT/runs/straight/recipe.yaml" "$OUT/runs/resumed/"
-  head -n 1 "$OUT/runs/straight/metrics.jsonl" > "$OUT/runs/resumed/metrics.jsonl"
+  : > "$OUT/runs/resumed/metrics.jsonl"  # (nothing was logged before step 5 in recipes/debug.yaml)
 fi
 stage resume_resumed 120 $PY -m distill train --recipe recipes/debug.yaml output_dir="$OUT/runs/resumed" --resume "${ARGS[@]}"
 $PY - "$OUT/runs" <<'PY' | tee "$OUT/resume.txt" || FAILED+=(resume_compare)

@@ -198,3 +198,13 @@ def test_fsdp_resume_from_sharded_state_is_bitwise(tmp_path):
     b = load_file(str(resumed / "final" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed weights differ from the uninterrupted run"
     assert _log(straight)[-1]["loss"] == _log(resumed)[-1]["loss"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_gpu_check_without_a_gpu_stops_with_one_line(tmp_path):
+    done = subprocess.run(["bash", "scripts/gpu_check.sh"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OUT_DIR": str(tmp_path / "gc"), "GPU_CHECK_DRY": "0"})
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == ["gpu_check: error: no CUDA device (GPU_CHECK_DRY=1 runs the "
+                                                "plumbing on CPU)"]
+    assert not (tmp_path / "gc" / "bench.json").exists()
