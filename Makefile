@@ -2,7 +2,7 @@
 PY ?= python
 RECIPE ?= recipes/debug.yaml
 
-.PHONY: install test test-slow lint train teacher demo demo-smoke demo-seeds bench clean
+.PHONY: install test test-slow lint train teacher demo demo-smoke demo-seeds bench gpu-check clean
 
 install:  ## torch CPU build first (pinned), then the package with its dev extras
 	$(PY) -m pip install torch==2.13.0
@@ -66,6 +66,9 @@ demo-seeds: teacher  ## SEEDS (default 3) KD and CRR students per arm, scored to
 
 bench:
 	distill bench
+
+gpu-check:  ## one GPU, under 10 min: bench, the guessed GPU defaults measured, each accelerate config, resume
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf out
