@@ -29,7 +29,10 @@ def _add_train(sub) -> None:
     p.add_argument("--recipe", required=True, help="YAML recipe (see recipes/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted recipe overrides")
     p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+    p.add_argument("--resume-from", default=None, metavar="step-N",
+                   help="continue from this checkpoint (e.g. step-200) instead of the newest intact one")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the distill run in output_dir (only a run: a folder with its .distill marker)")
     p.add_argument("--help-recipe", action="store_true", help="list every recipe key with its default and exit")
 
 

@@ -93,7 +93,10 @@ def build_random_model(config: dict, tokenizer: PreTrainedTokenizerBase, seed: i
         raise UserError(f"model config is invalid: {_first_line(exc)}") from exc
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(cfg)
+        try:
+            model = AutoModelForCausalLM.from_config(cfg)
+        except Exception as exc:  # e.g. n_embd not divisible by n_head: transformers' own check, any type
+            raise UserError(f"model config {config} is rejected by transformers: {_first_line(exc)}") from exc
     use_fused_gelu(model)
     return model
 
