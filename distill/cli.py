@@ -144,6 +144,13 @@ def _dispatch(args) -> int | None:
     return run(args)
 
 
+def _close_progress_bars() -> None:
+    """End an open tqdm bar's line, so the error line that follows starts a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     # Overrides may come after flags (`train --recipe R --resume a.b=1`), which argparse's positional
@@ -160,6 +167,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = _dispatch(args)
     except UserError as exc:
+        _close_progress_bars()
         print(f"distill {args.command}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
