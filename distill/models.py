@@ -87,6 +87,12 @@ def build_random_model(config: dict, tokenizer: PreTrainedTokenizerBase, seed: i
     fields.setdefault("vocab_size", len(tokenizer))
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         fields.setdefault(key, getattr(tokenizer, key))
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        close = __import__("difflib").get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=1)
+        raise UserError(f"model_type {model_type!r} is not a transformers model type"
+                        + (f"; did you mean {close[0]!r}?" if close else " (e.g. gpt2, llama)"))
     try:
         cfg = AutoConfig.for_model(model_type, **fields)
     except (ValueError, TypeError) as exc:

@@ -199,13 +199,13 @@ def _one_line_case(case, tmp_path, base_run, monkeypatch):
                 raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
             return real_save(obj, f, *a, **k)
 
+        real_save_model = ckpt.save_model
+
         def full_save_model(model, filename, *a, **k):
             if "step-00000004" in filename:
                 raise OSError(28, "No space left on device")
-            return ckpt.save_model.__wrapped__(model, filename) if hasattr(ckpt.save_model, "__wrapped__") \
-                else real_save_model(model, filename)
+            return real_save_model(model, filename, *a, **k)
 
-        real_save_model = ckpt.save_model
         if case == "disk_full_in_torch_save":
             monkeypatch.setattr(ckpt.torch, "save", full_torch_save)
         else:
