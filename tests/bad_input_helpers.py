@@ -9,7 +9,8 @@ import pytest
 from distill.cli import main
 
 # tqdm bars and transformers' "Writing model shards" bars go to stderr too; they are not messages.
-_PROGRESS = re.compile(r"\d+%\||\[\d+:\d\d[<,]")  # "40%|" or "[00:03<": tqdm's own marks
+# "40%|" or "[00:03<": tqdm's own marks; "[1/2] name: loading ...": eval's per-model progress lines.
+_PROGRESS = re.compile(r"\d+%\||\[\d+:\d\d[<,]|^\[\d+/\d+\] ")
 
 
 def run_cli(*argv) -> int:
