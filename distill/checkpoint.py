@@ -5,10 +5,16 @@ Layout of `output_dir`:
     metrics.jsonl              one JSON line per logged step
     checkpoints/step-00000100/ model.safetensors, optimizer.pt, scheduler.pt, trainer_state.json, rng-<rank>.pt
     final/                     save_pretrained safetensors + tokenizer + README.md model card
+    .distill                   marker: this folder is a distill run (--overwrite replaces nothing else)
+    .lock                      while a process trains here: its PID, under an exclusive flock (rundir.py)
 
 A checkpoint is written into `checkpoints/.tmp-step-N/` and renamed when complete (a rename is atomic), so a
 kill mid-write leaves the previous checkpoint as the latest. Resume restores weights, optimizer, schedule,
 every process's RNG streams and the data position, so the continued run is bitwise the uninterrupted one.
+Before it loads anything, resume reads every file of the checkpoint: a truncated or corrupted one is named,
+and the previous intact checkpoint is used instead (said on stdout), or `--resume-from step-N` picks one.
+metrics.jsonl is cut back to the checkpoint's step, so no step is logged twice. A resume may change only
+RESUMABLE_KEYS of the recipe; recipe.yaml takes the new values at the first new checkpoint.
 """
 
 from __future__ import annotations
@@ -57,7 +63,11 @@ def check_output_dir(run_dir: Path, *, resume: bool, overwrite: bool, protected_
     if resume:
         rundir.check_no_overlap(run_dir, protected_paths, what="output_dir")
         if latest_checkpoint(run_dir) is None:
-            raise UserError(f"nothing to resume: {run_dir} has no complete checkpoint (train.save_steps writes them)")
+            kept = sorted(run_dir.glob(f"{rundir.REPLACED_PREFIX}*")) if run_dir.is_dir() else []
+            hint = (f"; the run an interrupted --overwrite replaced is kept in {kept[0]}: move its contents back "
+                    "to resume it") if kept else ""
+            raise UserError(f"nothing to resume: {run_dir} has no complete checkpoint (train.save_steps writes "
+                            f"them){hint}")
         rundir.check_writable(run_dir, "output_dir")
         return
     holds_files = run_dir.is_dir() and any(p.name != rundir.LOCK for p in run_dir.iterdir())

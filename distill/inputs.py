@@ -75,7 +75,9 @@ def check_train_inputs(cfg) -> list[Path]:
         m = getattr(cfg, role)
         for key in ("name_or_path", "tokenizer"):
             p = _local(getattr(m, key))
-            if p is not None:
+            if p is not None and p.suffix == ".gguf":
+                inputs.append(p)  # models.load_* refuses a missing GGUF file with the fetch hint, before loading
+            elif p is not None:
                 if not p.exists():
                     raise UserError(f"{role}.{key} {getattr(m, key)!r} does not exist; give a local model dir, "
                                     "a .gguf file or a hub id")

@@ -176,13 +176,14 @@ class RunLock:
     def __init__(self, directory: Path):
         self.directory = Path(directory)
         self.path = self.directory / LOCK
-        self.created = False
+        self.created: Path | None = None  # the topmost folder acquire() created, removed again if left empty
         self.stale_pid: int | None = None
         self._fd: int | None = None
 
     def acquire(self) -> RunLock:
         try:
-            self.created = not self.directory.exists()
+            missing = [p for p in (self.directory, *self.directory.parents) if not p.exists()]
+            self.created = missing[-1] if missing else None
             self.directory.mkdir(parents=True, exist_ok=True)
             while True:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -212,8 +213,12 @@ class RunLock:
             return
         try:
             self.path.unlink(missing_ok=True)
-            if self.created and self.directory.is_dir() and not any(self.directory.iterdir()):
-                self.directory.rmdir()
+            folder = self.directory
+            while self.created is not None and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # nothing was written: leave no empty folders behind
+                if folder == self.created:
+                    break
+                folder = folder.parent
         finally:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
