@@ -254,10 +254,6 @@ def validate(cfg: Config) -> None:
         if getattr(cfg.teacher, key) is not None:
             raise UserError(f"teacher.{key} is for the student only")
         check_layer_list(f"student.{key}", getattr(cfg.student, key))
-    for role in ("teacher", "student"):
-        config = getattr(cfg, role).config
-        if config is not None:
-            check_block_size(cfg.data.block_size, config, f"{role}.config")
     if cfg.data.path is None and cfg.data.name is None and cfg.data.transfer_set is None:
         raise UserError("data: give data.path (local files), data.name (hub dataset) or data.transfer_set")
     if cfg.loss.alpha_kd + cfg.loss.alpha_ce + cfg.loss.alpha_cos == 0:

@@ -409,6 +409,9 @@ def main(args) -> int:
     resume_from = getattr(args, "resume_from", None)
     resume = args.resume or bool(resume_from)
     inputs = check_train_inputs(cfg)
+    for role in ("teacher", "student"):  # a random model's positions are known before it is built
+        if getattr(cfg, role).config is not None:
+            check_block_size(cfg.data.block_size, getattr(cfg, role).config, f"{role}.config")
     ckpt.check_output_dir(run_dir, resume=resume, overwrite=args.overwrite, protected_paths=inputs)
     if resume:
         changed = ckpt.check_resume_recipe(run_dir, cfg)
