@@ -52,6 +52,7 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 RESUMABLE_KEYS = frozenset({
     "output_dir", "description", "report_to", "train.max_steps", "train.log_steps", "train.eval_steps",
     "train.eval_batches", "train.save_steps", "train.keep_checkpoints", "train.compile", "data.num_proc",
+    "loss.chunk_size",  # speed only: the KD term is summed in chunks of this many tokens
 })
 _PENDING_RECIPE = ".recipe.pending.yaml"
 
@@ -104,6 +105,13 @@ def check_resume_recipe(run_dir: Path, cfg) -> list[str]:
         old_flat = flat_keys(old) if isinstance(old, dict) else None
     except (yaml.YAMLError, UnicodeDecodeError):
         old_flat = None
+    if old_flat is not None:
+        from distill.config import config_from_dict
+
+        try:  # through the current defaults: a key added to the recipe since the run started is not a change
+            old_flat = flat_keys(config_dict(config_from_dict(old)))
+        except UserError:
+            pass  # a key since renamed or removed: compare as written
     if old_flat is None:
         raise UserError(f"{saved} is not a readable recipe, so the resume cannot be checked against the run; "
                         "restore it, or start a new run")

@@ -350,3 +350,21 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path, base_run, capsys):
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6, 7]
     assert message_lines(capsys.readouterr().err) == []
+
+
+def test_resume_check_fills_keys_a_newer_recipe_added_and_names_changed_ones(tmp_path):
+    import yaml
+
+    from distill.config import load_config
+    from distill.errors import UserError
+
+    cfg = load_config("recipes/debug.yaml")
+    old = ckpt.config_dict(cfg)
+    del old["train"]["compile"]  # a run from before the key existed: its default is no change
+    old["train"]["max_steps"] = 10
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(old))
+    assert ckpt.check_resume_recipe(tmp_path, cfg) == ["train.max_steps"]
+    old["data"]["block_size"] = 32
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(old))
+    with pytest.raises(UserError, match=r"data.block_size \(32 -> 64\)"):
+        ckpt.check_resume_recipe(tmp_path, cfg)
