@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from distill import rundir
@@ -212,7 +213,7 @@ def save(run_dir: Path, step: int, accelerator, student, optimizer, scheduler, s
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             (tmp / "trainer_state.json").write_text(json.dumps({**state, "sampler": sampler.state_dict()}))
         torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:  # safetensors wraps an OS error in its own type
         raise _write_failure(exc, tmp, root, step) from exc
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -234,9 +235,9 @@ def _write_failure(exc: BaseException, tmp: Path, root: Path, step: int) -> User
     need = sum(f.stat().st_size for f in previous.rglob("*") if f.is_file()) if previous else written
     free = shutil.disk_usage(root).free if root.exists() else 0
     text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or "inline_container" in text \
-        or "file write failed" in text or free < need
-    cause = (f"the disk is full ({free / 2**20:.0f} MiB free; a checkpoint needs about {need / 2**20:.0f} MiB)"
+    full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < need or any(
+        sign in text for sign in ("inline_container", "file write failed", "No space left", "code: 28"))
+    cause = (f"the disk is full ({free / 2**20:.1f} MiB free; a checkpoint needs about {need / 2**20:.1f} MiB)"
              if full else text)
     kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
     return UserError(f"could not write checkpoint step {step} under {root}: {cause}; {kept}. Free space (or lower "
@@ -269,7 +270,6 @@ def checkpoint_problem(path: Path, rank: int, num_processes: int) -> str | None:
     Each file is read in full (safetensors checks its header against the file size, torch's zip reader its
     records), so a truncated or corrupted file is found before any model loads.
     """
-    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     files = [("trainer_state.json", lambda f: json.loads(f.read_text())["sampler"]),
@@ -371,7 +371,7 @@ def save_final(run_dir: Path, cfg, student, tokenizer, metrics: dict, setup) -> 
         _write_final(tmp, cfg, student, tokenizer, metrics, setup)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, SafetensorError) as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
         try:
@@ -380,7 +380,7 @@ def save_final(run_dir: Path, cfg, student, tokenizer, metrics: dict, setup) -> 
             rescue = Path(tempfile.mkdtemp(prefix="distill-final-"))
             _write_final(rescue, cfg, student, tokenizer, metrics, setup)
             where = f"the model was written to {rescue} instead"
-        except (OSError, RuntimeError):
+        except (OSError, RuntimeError, SafetensorError):
             latest = latest_checkpoint(run_dir)
             where = f"nothing was written; the last checkpoint is {latest}" if latest else "nothing was written"
         raise UserError(f"could not write the final model to {final} ({text}); {where}") from exc

@@ -202,8 +202,9 @@ def _one_line_case(case, tmp_path, base_run, monkeypatch):
         real_save_model = ckpt.save_model
 
         def full_save_model(model, filename, *a, **k):
-            if "step-00000004" in filename:
-                raise OSError(28, "No space left on device")
+            if "step-00000004" in filename:  # what safetensors raises when the disk is full
+                raise ckpt.SafetensorError("Error while serializing: IoError(Os { code: 28, kind: StorageFull, "
+                                           'message: "No space left on device" })')
             return real_save_model(model, filename, *a, **k)
 
         if case == "disk_full_in_torch_save":
