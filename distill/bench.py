@@ -166,9 +166,9 @@ def child_main(spec_path: str) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(spec["tokenizer_dir"])
-    batch = torch.load(spec["batch_path"])
+    batch = torch.load(spec["batch_path"], weights_only=True)
     if spec.get("gpu"):
-        batches = torch.load(spec["batches_path"])
+        batches = torch.load(spec["batches_path"], weights_only=True)
         result = _gpu_measure(spec["settings"], tok, Path(spec["tokenizer_dir"]), Path(spec["workdir"]), batches)
     else:
         result = memory_child(spec, tok, batch)

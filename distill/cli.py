@@ -29,7 +29,10 @@ def _add_train(sub) -> None:
     p.add_argument("--recipe", required=True, help="YAML recipe (see recipes/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted recipe overrides")
     p.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing run in output_dir")
+    p.add_argument("--resume-from", default=None, metavar="step-N",
+                   help="continue from this checkpoint (e.g. step-200) instead of the newest intact one")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the distill run in output_dir (only a run: a folder with its .distill marker)")
     p.add_argument("--help-recipe", action="store_true", help="list every recipe key with its default and exit")
 
 
@@ -165,6 +168,13 @@ def _dispatch(args) -> int | None:
     return run(args)
 
 
+def _close_progress_bars() -> None:
+    """End an open tqdm bar's line, so the error line that follows starts a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = build_parser()
     # Overrides may come after flags (`train --recipe R --resume a.b=1`), which argparse's positional
@@ -181,6 +191,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = _dispatch(args)
     except UserError as exc:
+        _close_progress_bars()
         print(f"distill {args.command}: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

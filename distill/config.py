@@ -131,7 +131,9 @@ def load_config(recipe: str | Path, overrides: list[str] = ()) -> Config:
     if not path.is_file():
         raise UserError(f"recipe {str(recipe)!r} not found; see recipes/ for examples")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
+    except UnicodeDecodeError as exc:
+        raise UserError(f"recipe {recipe}: not a UTF-8 text file") from exc
     except yaml.YAMLError as exc:
         raise UserError(f"recipe {recipe}: not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(raw, dict):
@@ -167,7 +169,27 @@ def _apply_override(raw: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    try:
+        node[parts[-1]] = yaml.load(value, Loader=UniqueKeyLoader) if value.strip() else None
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"override {item!r}: the value is not valid YAML ({problem}); quote a string, "
+                        "close brackets, e.g. train.lr=1e-3 or student.train_layers=[0,1]") from exc
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice (again on line "
+                                                        f"{line}); keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def build_section(cls, raw: Any, prefix: str):
@@ -231,6 +253,7 @@ def validate(cfg: Config) -> None:
     for key in ("from_teacher_layers", "train_layers"):
         if getattr(cfg.teacher, key) is not None:
             raise UserError(f"teacher.{key} is for the student only")
+        check_layer_list(f"student.{key}", getattr(cfg.student, key))
     if cfg.data.path is None and cfg.data.name is None and cfg.data.transfer_set is None:
         raise UserError("data: give data.path (local files), data.name (hub dataset) or data.transfer_set")
     if cfg.loss.alpha_kd + cfg.loss.alpha_ce + cfg.loss.alpha_cos == 0:
@@ -244,6 +267,41 @@ def validate(cfg: Config) -> None:
         raise UserError("loss.teacher_top_k caches KD targets, but loss.alpha_kd is 0; set loss.teacher_top_k=0")
 
 
+def check_layer_list(name: str, layers) -> None:
+    """A list of distinct block indices >= 0, checked element by element (the upper bound needs the model)."""
+    if layers is None:
+        return
+    if not layers:
+        raise UserError(f"{name} is empty; list block indices such as [0, 2] (or null for the default)")
+    for item in layers:
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise UserError(f"{name}={layers!r}: {item!r} is not a block index (give integers such as [0, 2])")
+        if item < 0:
+            raise UserError(f"{name}={layers!r}: {item} is negative; block indices count from 0")
+    dupes = sorted({i for i in layers if layers.count(i) > 1})
+    if dupes:
+        raise UserError(f"{name}={layers!r} names block {dupes[0]} twice; list each block once")
+
+
+_POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
+
+
+def model_positions(config) -> int | None:
+    """The longest sequence a model config accepts (n_positions / max_position_embeddings), or None."""
+    get = config.get if isinstance(config, dict) else (lambda k: getattr(config, k, None))
+    values = [get(k) for k in _POSITION_KEYS]
+    values = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
+    return min(values) if values else None
+
+
+def check_block_size(block_size: int, config, who: str) -> None:
+    """data.block_size may not exceed the positions of `who` (the teacher's or the student's config)."""
+    limit = model_positions(config)
+    if limit is not None and block_size > limit:
+        raise UserError(f"data.block_size={block_size} is longer than the {limit} positions of the {who}; "
+                        f"set data.block_size={limit} or less")
+
+
 def check_fields(obj, prefix: str) -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -254,6 +312,8 @@ def check_fields(obj, prefix: str) -> None:
         lo_hi, choices = f.metadata.get("range"), f.metadata.get("choices")
         if value is None:
             continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f"{name}={value!r} must be a finite number")
         if choices and value not in choices:
             raise UserError(f"{name}={value!r} is not one of: {', '.join(choices)}")
         if lo_hi and not (lo_hi[0] <= value <= lo_hi[1]):

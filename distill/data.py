@@ -57,6 +57,10 @@ def load_documents(data_cfg, path: str | None = None, split: str | None = None):
         raise
     except Exception as exc:  # datasets raises many types; the user needs the one line
         where = path or data_cfg.name
+        if path:  # "An error occurred while generating the dataset" hides an empty, binary or non-UTF-8 file
+            from distill.inputs import check_data_path
+
+            check_data_path(path, "data path")
         raise UserError(f"could not load data from {where!r}: {str(exc).splitlines()[0][:300]}") from exc
     if data_cfg.text_field not in ds.column_names:
         raise UserError(

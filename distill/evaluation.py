@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import UserError
+from distill.rundir import write_marker
 
 MAX_EVAL_TOKENS = 16384  # held-out tokens scored per model: enough for a stable perplexity, minutes on CPU
 WINDOW = 256  # perplexity window length (capped by each model's context)
@@ -111,11 +112,44 @@ def parse_models(specs: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {out} already holds files; pass --overwrite to replace them")
+def _input_paths(args, models) -> list[Path]:
+    """The local inputs of eval/samples: --out may not be, contain or lie inside any of them (issue 16)."""
+    paths = [Path(p).expanduser() for _, runs in models for p in ([runs] if isinstance(runs, str) else runs)
+             if Path(p).expanduser().exists()]
+    for spec in (getattr(args, "text", None), args.prompts):
+        if spec and Path(spec).expanduser().exists():
+            paths.append(Path(spec).expanduser())
+    return paths
+
+
+def _check_out_dir(out: Path, overwrite: bool, protected=()) -> None:
+    from distill.rundir import prepare_output_dir
+
+    prepare_output_dir(out, "report", overwrite, protected, what="--out")
+
+
+_SAMPLES_SIGNATURES = ("# Side-by-side samples", "<title>Side-by-side samples</title>")
+
+
+def _check_out_file(out: Path, overwrite: bool, protected=()) -> None:
+    """`samples --out FILE`: --overwrite replaces only a file `distill samples` wrote."""
+    from distill.rundir import check_no_overlap, check_writable
+
+    check_no_overlap(out, protected, what="--out")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give a .md or .html file")
+    if out.exists():
+        if not overwrite:
+            raise UserError(f"--out {out} already exists; pass --overwrite to replace it, or choose another file")
+        try:
+            with open(out, encoding="utf-8") as f:
+                head = f.read(4096)
+        except (OSError, UnicodeDecodeError):
+            head = ""
+        if not any(sig in head for sig in _SAMPLES_SIGNATURES):
+            raise UserError(f"--out {out} was not written by distill samples, so --overwrite will not replace it; "
+                            "remove it yourself or choose another file")
+    check_writable(out, "--out")
 
 
 def load_text(spec: str) -> list[str]:
@@ -123,7 +157,10 @@ def load_text(spec: str) -> list[str]:
     dataset 'NAME[:CONFIG]' (its test split, else validation, else train; column 'text')."""
     path = Path(spec).expanduser()
     if path.is_file():
-        raw = path.read_text(encoding="utf-8", errors="replace")
+        from distill.inputs import check_text_file
+
+        check_text_file(path, "--text")  # a binary file would otherwise be decoded with replacements and scored
+        raw = path.read_text(encoding="utf-8")
         if path.suffix == ".jsonl":
             docs = []
             for n, line in enumerate(raw.splitlines(), 1):
@@ -258,7 +295,7 @@ def run_eval(args) -> int:
     if teacher not in names:
         raise UserError(f"--teacher {teacher!r} is not one of the --model names {names}")
     out = Path(args.out).expanduser()
-    _check_out_dir(out, args.overwrite)
+    _check_out_dir(out, args.overwrite, _input_paths(args, models))
     all_prompts = load_prompts(args.prompts)
     prompts = select_prompts(all_prompts, args.max_prompts, args.group_by, args.seed)
     notes = check_design(prompts, args.samples_per_prompt, args.group_by)
@@ -344,14 +381,18 @@ def run_eval(args) -> int:
     from distill.report import summary_table, write_eval_outputs
 
     examples = pick_examples(records, names, args.group_by)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
+        write_marker(tmp, "report")
         write_eval_outputs(tmp, results, examples)
         write_generations(tmp / "generations.jsonl", records)
         _replace_dir(tmp, out)
+    except OSError as exc:
+        raise UserError(f"could not write the report to {out} ({exc.strerror or exc}); "
+                        f"{_rescue_results(results)}") from exc
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(summary_table(results))
@@ -405,6 +446,19 @@ def write_generations(path: Path, records: list[dict]) -> None:
             f.write(json.dumps({**rec, "unigram": unigram_polarity(rec["text"])}, ensure_ascii=False) + "\n")
 
 
+def _rescue_results(results: dict) -> str:
+    """After a failed write at the end: the results go to a temporary file, and the message says which."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix="distill-results-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)
+        return f"results.json was written to {name} instead"
+    except OSError:
+        return "the results could not be written anywhere else either"
+
+
 def _replace_dir(tmp: Path, out: Path) -> None:
     old = None
     if out.exists():
@@ -449,11 +503,8 @@ def run_samples(args) -> int:
     fmt = {".md": "md", ".html": "html", ".htm": "html"}.get(out.suffix.lower())
     if fmt is None:
         raise UserError(f"--out {args.out!r} must end in .md or .html")
-    if out.exists() and not getattr(args, "overwrite", False):
-        raise UserError(f"--out {out} already exists; remove it or choose another file")
-    if out.is_dir():
-        raise UserError(f"--out {out} is a directory; give a .md or .html file")
     models = parse_models(args.model)
+    _check_out_file(out, getattr(args, "overwrite", False), _input_paths(args, models))
     group_by = getattr(args, "group_by", "category")
     limit = args.max_prompts if args.max_prompts is not None else SAMPLES_DEFAULT_PROMPTS
     prompts = select_prompts(load_prompts(args.prompts), limit, group_by, args.seed)
@@ -475,9 +526,19 @@ def run_samples(args) -> int:
     records = [{"prompt": p.text, "group": g, "texts": {n: generations[n][i] for n in names}}
                for i, (p, g) in enumerate(zip(prompts, groups, strict=True))]
     text = render_samples(records, names, fmt, _settings(args, prompts, len(set(groups))))
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="distill-samples-", suffix=out.suffix)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        raise UserError(f"could not write {out} ({exc.strerror or exc}); the samples were written to {name} "
+                        "instead") from exc
     print(f"wrote {out}: {len(prompts)} prompts x {args.samples_per_prompt} samples x {len(names)} models")
     return 0

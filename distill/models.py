@@ -87,13 +87,22 @@ def build_random_model(config: dict, tokenizer: PreTrainedTokenizerBase, seed: i
     fields.setdefault("vocab_size", len(tokenizer))
     for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
         fields.setdefault(key, getattr(tokenizer, key))
+    from transformers import CONFIG_MAPPING
+
+    if model_type not in CONFIG_MAPPING:
+        close = __import__("difflib").get_close_matches(str(model_type), list(CONFIG_MAPPING.keys()), n=1)
+        raise UserError(f"model_type {model_type!r} is not a transformers model type"
+                        + (f"; did you mean {close[0]!r}?" if close else " (e.g. gpt2, llama)"))
     try:
         cfg = AutoConfig.for_model(model_type, **fields)
     except (ValueError, TypeError) as exc:
         raise UserError(f"model config is invalid: {_first_line(exc)}") from exc
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(cfg)
+        try:
+            model = AutoModelForCausalLM.from_config(cfg)
+        except Exception as exc:  # e.g. n_embd not divisible by n_head: transformers' own check, any type
+            raise UserError(f"model config {config} is rejected by transformers: {_first_line(exc)}") from exc
     use_fused_gelu(model)
     return model
 

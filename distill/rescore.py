@@ -107,15 +107,14 @@ def run_score(args) -> int:
     from distill import metrics, stats
     from distill.evaluation import _check_out_dir, _replace_dir, pick_examples
     from distill.report import summary_table, write_eval_outputs
+    from distill.rundir import write_marker
     from distill.scoring import score_generations
 
     if args.bootstrap < 1:
         raise UserError(f"--bootstrap must be >= 1, not {args.bootstrap}")
     src = Path(args.generations).expanduser()
     out = Path(args.out).expanduser()
-    _check_out_dir(out, args.overwrite)
-    if out.resolve() == src.parent.resolve():
-        raise UserError(f"--out {out} holds the generations file; write the new scores to another directory")
+    _check_out_dir(out, args.overwrite, [src])  # never a folder that is, holds or lies inside the input
     records = read_generations(src, args.model)
     vectors = metrics.load_minilm_vectors()
     notes = [] if vectors is not None else ["embedding-weighted polarity skipped: install the word vectors with "
@@ -140,6 +139,7 @@ def run_score(args) -> int:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
+        write_marker(tmp, "report")
         write_eval_outputs(tmp, results, pick_examples(records, names, args.group_by))
         _replace_dir(tmp, out)
     finally:

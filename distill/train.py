@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from distill import checkpoint as ckpt
 from distill import engine as eng
-from distill.config import Config, describe, load_config
+from distill.config import Config, check_block_size, describe, load_config
 from distill.errors import TrainingDiverged, UserError
 from distill.losses import cosine_loss, distill_loss, shift_labels
 
@@ -60,6 +60,7 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
     else:
         teacher = models.load_model(t.name_or_path, "float32", t.trust_remote_code)
     teacher.eval().requires_grad_(False)
+    check_block_size(cfg.data.block_size, teacher.config, "teacher")
 
     s = cfg.student
     if s.from_teacher_layers is not None:
@@ -70,6 +71,7 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
         models.check_same_tokenizer(tokenizer, models.load_tokenizer(s.tokenizer or s.name_or_path,
                                                                      s.trust_remote_code))
         student = models.load_model(s.name_or_path, "float32", s.trust_remote_code)
+    check_block_size(cfg.data.block_size, student.config, "student")
     student.float().train()  # fp32 master weights; mixed precision is autocast, not a bf16 copy
     if s.train_layers is not None:
         models.freeze_except_layers(student, list(s.train_layers))
@@ -312,8 +314,9 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
     sampler = BlockSampler(len(setup.train_blocks), cfg.train.batch_size, cfg.train.grad_accum,
                            accelerator.num_processes, accelerator.process_index, cfg.seed)
     state = {"step": 0, "tokens_seen": 0}
-    if resume:
-        state = ckpt.load_latest(run_dir, accelerator, student, optimizer, scheduler, sampler, engine=setup.engine)
+    if resume:  # True (the newest intact checkpoint) or the checkpoint folder to resume
+        state = ckpt.load_latest(run_dir, accelerator, student, optimizer, scheduler, sampler,
+                                 path=resume if isinstance(resume, Path) else None, engine=setup.engine)
         accelerator.print(f"resuming from step {state['step']} ({run_dir / 'checkpoints'})")
 
     log_file = run_dir / "metrics.jsonl"
@@ -416,33 +419,61 @@ def main(args) -> int:
         for key, default, help_text in describe():
             print(f"{key:28s} {default:12s} {help_text}")
         return 0
+    from distill.inputs import check_train_inputs
+
+    # Everything that can be checked without a model, before anything is written (issue 16).
     cfg = load_config(args.recipe, args.overrides)
     eng.check_environment()  # before accelerate builds a DeepSpeed plugin (an ImportError when it is missing)
     run_dir = Path(cfg.output_dir)
-    ckpt.check_output_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
+    resume_from = getattr(args, "resume_from", None)
+    resume = args.resume or bool(resume_from)
+    inputs = check_train_inputs(cfg)
+    for role in ("teacher", "student"):  # a random model's positions are known before it is built
+        if getattr(cfg, role).config is not None:
+            check_block_size(cfg.data.block_size, getattr(cfg, role).config, f"{role}.config")
+    ckpt.check_output_dir(run_dir, resume=resume, overwrite=args.overwrite, protected_paths=inputs)
+    if resume:
+        changed = ckpt.check_resume_recipe(run_dir, cfg)
+        if changed:
+            print(f"note: resuming with a changed recipe ({', '.join(changed)})")
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision),
                               log_with=cfg.report_to or None, project_dir=str(run_dir), cpu=_cpu_only_multiprocess())
-    set_seed(cfg.seed)
-    setup = build(cfg, accelerator)
-    if accelerator.is_main_process:
-        ckpt.start_run(run_dir, cfg, resume=args.resume, overwrite=args.overwrite)
-        _print_plan(cfg, setup, accelerator)
-    accelerator.wait_for_everyone()
-    if cfg.report_to:
-        # trackers take flat scalar hyperparameters: dotted keys, anything else as text
-        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                   for k, v in ckpt.flat_keys(ckpt.config_dict(cfg)).items()}
-        accelerator.init_trackers(run_dir.name, config=hparams)
-    result = fit(cfg, setup, accelerator, run_dir, resume=args.resume)
-    accelerator.wait_for_everyone()
-    student = accelerator.unwrap_model(result["student"])
-    if setup.engine in eng.SHARDED:  # gathered by every process, written by the main one as a plain model
-        state = eng.full_state_dict(accelerator, result["student"], setup.engine)
-        student = eng.plain_model(student, state) if accelerator.is_main_process else None
-    if accelerator.is_main_process:
-        final = ckpt.save_final(run_dir, cfg, student, setup.tokenizer, result["last"], setup)
-        accelerator.print(f"done: {result['state']['step']} steps; student written to {final}")
-    accelerator.end_training()
+    lock = ckpt.rundir.RunLock(run_dir).acquire() if accelerator.is_main_process else None
+    aside, started = None, False
+    try:
+        if lock is not None and lock.stale_pid:
+            print(f"note: {lock.path} was left by process {lock.stale_pid}, which is gone; taking it over")
+        start = (ckpt.choose_checkpoint(run_dir, resume_from, accelerator.process_index, accelerator.num_processes,
+                                        eng.engine_of(accelerator)) if resume else False)
+        set_seed(cfg.seed)
+        setup = build(cfg, accelerator)
+        if accelerator.is_main_process:
+            aside = ckpt.start_run(run_dir, cfg, resume=resume, overwrite=args.overwrite)
+            started = True
+            _print_plan(cfg, setup, accelerator)
+        accelerator.wait_for_everyone()
+        if cfg.report_to:
+            # trackers take flat scalar hyperparameters: dotted keys, anything else as text
+            hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                       for k, v in ckpt.flat_keys(ckpt.config_dict(cfg)).items()}
+            accelerator.init_trackers(run_dir.name, config=hparams)
+        result = fit(cfg, setup, accelerator, run_dir, resume=start)
+        accelerator.wait_for_everyone()
+        student = accelerator.unwrap_model(result["student"])
+        if setup.engine in eng.SHARDED:  # gathered by every process, written by the main one as a plain model
+            state = eng.full_state_dict(accelerator, result["student"], setup.engine)
+            student = eng.plain_model(student, state) if accelerator.is_main_process else None
+        if accelerator.is_main_process:
+            final = ckpt.save_final(run_dir, cfg, student, setup.tokenizer, result["last"], setup)
+            accelerator.print(f"done: {result['state']['step']} steps; student written to {final}")
+        accelerator.end_training()
+    except BaseException:
+        if started:  # before this run's first checkpoint, a replaced run comes back (see ckpt.start_run)
+            ckpt.abandon_run(run_dir, aside if aside is not None and aside.exists() else None)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
     return 0
 
 

@@ -1,0 +1,244 @@
+"""Output directories that never lose data: a marker, an exclusive lock, and replace-after-success.
+
+    from distill.rundir import prepare_output_dir, RunLock
+    out = prepare_output_dir("out/eval", kind="report", overwrite=True, protected_paths=[model_dir, text_file])
+
+Rules (issue 16: `--overwrite` once deleted a training corpus and a scored model):
+- `--overwrite` only ever replaces a directory this tool wrote for the same purpose: one holding the
+  marker file `.distill` naming its kind (run, report, ...), or an older one holding only files this tool
+  writes. Anything else is refused with one line; the user removes it by hand.
+- An output may neither be, contain, nor lie inside an input of the same command (a corpus, a model
+  being scored, a prompt file): writing there would overwrite or pollute the input.
+- Checks are pure reads plus a probe file, so they run before any model loads.
+- Replacing happens after the new work is known to start: the old entries are moved aside into
+  `.replaced-<pid>/` and deleted once the new run has its first checkpoint (`discard_replaced`), or moved
+  back if it fails before that (`restore_replaced`).
+- `RunLock` holds an exclusive `flock` on `.lock` in the run directory; the file names the holder's PID.
+  The kernel drops the lock when its process dies, so a lock left by `kill -9` is detected as stale.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from distill.errors import UserError
+
+MARKER = ".distill"
+LOCK = ".lock"
+REPLACED_PREFIX = ".replaced-"
+
+# What each kind of output holds, for directories written before the marker existed.
+_LEGACY = {
+    "run": {"recipe.yaml", "metrics.jsonl", "checkpoints", "final", ".tmp-final", LOCK},
+    "report": {"results.json", "report.md", "generations.jsonl", "group_shares.png",
+               "disparity_vs_perplexity.png"},
+}
+_WORDS = {"run": "training run", "report": "report"}
+
+
+def write_marker(directory: Path, kind: str) -> None:
+    (Path(directory) / MARKER).write_text(json.dumps({"tool": "distill", "kind": kind}) + "\n")
+
+
+def directory_kind(directory: Path) -> str | None:
+    """The kind of distill output `directory` is ('run', 'report', ...), or None if it is not one."""
+    directory = Path(directory)
+    marker = directory / MARKER
+    if marker.is_file():
+        try:
+            data = json.loads(marker.read_text())
+            return data.get("kind") if isinstance(data, dict) and data.get("tool") == "distill" else None
+        except (OSError, ValueError):
+            return None
+    names = {p.name for p in directory.iterdir()}
+    for kind, known in _LEGACY.items():
+        # an older output: only names this tool writes, including the one file every such output has
+        if names and names <= known and (names & {"recipe.yaml", "metrics.jsonl", "results.json"}):
+            return kind
+    return None
+
+
+def _overlap(out: Path, other: Path) -> str | None:
+    if out == other:
+        return "is"
+    if out in other.parents:
+        return "contains"
+    if other in out.parents:
+        return "lies inside"
+    return None
+
+
+def check_writable(path: Path, what: str) -> None:
+    """Refuse now, not after the work, an output that cannot be created: a parent that is a file,
+    a read-only file system, a path under /proc. Probes with a temporary file that is removed."""
+    path = Path(path)
+    probe_dir = path if path.is_dir() else next((p for p in path.parents if p.exists()), Path("."))
+    if not probe_dir.is_dir():
+        raise UserError(f"{what} {path}: {probe_dir} is a file, not a directory; choose another location")
+    try:
+        fd, name = tempfile.mkstemp(prefix=".distill-probe-", dir=probe_dir)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as exc:
+        raise UserError(f"{what} {path} cannot be written ({exc.strerror or exc} in {probe_dir}); "
+                        "choose a writable location") from exc
+
+
+def check_no_overlap(path, protected_paths, what: str = "--out") -> None:
+    """Refuse an output that is, contains or lies inside one of `protected_paths` (the command's inputs)."""
+    out = Path(path).expanduser().resolve()
+    for p in protected_paths:
+        if p is None:
+            continue
+        other = Path(p).expanduser().resolve()
+        how = _overlap(out, other)
+        if how:
+            raise UserError(f"{what} {path} {how} {other}, an input of this command; writing there could destroy "
+                            f"it: choose another {what}")
+
+
+def prepare_output_dir(path, kind: str, overwrite: bool, protected_paths=(), what: str = "--out") -> Path:
+    """Check that `path` may receive an output of `kind`; writes nothing (a probe file aside).
+
+    Refused: `path` is a file; it is, contains or lies inside one of `protected_paths` (the command's
+    inputs); it holds files and `overwrite` is off; `overwrite` is on but it is not a distill output of
+    this `kind`; it cannot be written. Returns the resolved path.
+    """
+    out = Path(path).expanduser().resolve()
+    word = _WORDS.get(kind, kind)
+    check_no_overlap(path, protected_paths, what)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} {path} exists and is not a directory; choose another {what}")
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()):
+        if not overwrite:
+            raise UserError(f"{what} {path} already holds files; pass --overwrite to replace a {word} there, "
+                            f"or choose another {what}")
+        found = directory_kind(out)
+        if found != kind:
+            desc = f"a {_WORDS.get(found, found)} of distill" if found else "not an output of distill"
+            raise UserError(f"{what} {path} is {desc}, so --overwrite will not replace it (it only replaces a "
+                            f"{word}, marked by its {MARKER} file); remove it yourself or choose another {what}")
+    check_writable(out, what)
+    return out
+
+
+def set_aside(directory: Path) -> Path | None:
+    """Move every entry of `directory` (the lock aside) into `directory/.replaced-<pid>/`; None if empty."""
+    directory = Path(directory)
+    entries = [p for p in directory.iterdir() if p.name != LOCK and not p.name.startswith(REPLACED_PREFIX)]
+    if not entries:
+        return None
+    aside = directory / f"{REPLACED_PREFIX}{os.getpid()}"
+    aside.mkdir()
+    for p in entries:
+        os.replace(p, aside / p.name)
+    return aside
+
+
+def restore_replaced(directory: Path, aside: Path) -> None:
+    """Undo `set_aside`: drop what the failed new run wrote and move the old entries back."""
+    directory = Path(directory)
+    for p in directory.iterdir():
+        if p.name != LOCK and p != aside:
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+    for p in aside.iterdir():
+        os.replace(p, directory / p.name)
+    aside.rmdir()
+
+
+def discard_replaced(directory: Path) -> None:
+    """The new run has a checkpoint (or its final model): the old one set aside can go."""
+    for p in Path(directory).glob(f"{REPLACED_PREFIX}*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """An exclusive lock on a run directory, held from before the models load until the process exits.
+
+    `acquire` creates the directory when needed (and `release` removes it again if nothing but the lock
+    was ever written there). A second process gets one line naming the holder's PID.
+    """
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+        self.path = self.directory / LOCK
+        self.created: Path | None = None  # the topmost folder acquire() created, removed again if left empty
+        self.stale_pid: int | None = None
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        try:
+            missing = [p for p in (self.directory, *self.directory.parents) if not p.exists()]
+            self.created = missing[-1] if missing else None
+            self.directory.mkdir(parents=True, exist_ok=True)
+            while True:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                holder = os.read(fd, 64).decode("ascii", "replace").strip()
+                if not _try_lock(fd):
+                    os.close(fd)
+                    pid = holder.split()[0] if holder else "unknown"
+                    raise UserError(f"{self.directory} is in use by another distill process (pid {pid}, lock file "
+                                    f"{self.path}); wait for it to end, or choose another output_dir")
+                # The holder may have released and unlinked the file between our open and our lock.
+                if os.path.exists(self.path) and os.stat(self.path).st_ino == os.fstat(fd).st_ino:
+                    break
+                os.close(fd)
+        except OSError as exc:
+            raise UserError(f"output_dir {self.directory} cannot be written ({exc.strerror or exc}); "
+                            "choose a writable location") from exc
+        if holder and holder.split()[0].isdigit() and int(holder.split()[0]) != os.getpid():
+            self.stale_pid = int(holder.split()[0])  # its process died without releasing: the kernel freed it
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        try:
+            self.path.unlink(missing_ok=True)
+            folder = self.directory
+            while self.created is not None and folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # nothing was written: leave no empty folders behind
+                if folder == self.created:
+                    break
+                folder = folder.parent
+        finally:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): fall back to the PID in the file
+        os.lseek(fd, 0, os.SEEK_SET)
+        text = os.read(fd, 64).decode("ascii", "replace").split()
+        return not (text and text[0].isdigit() and int(text[0]) != os.getpid() and _pid_alive(int(text[0])))
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
