@@ -43,7 +43,9 @@ class ModelConfig:
     from_teacher_layers: list | None = opt(None, "student only: keep these teacher blocks (DistilGPT-2 style)")
     train_layers: list | None = opt(None, "student only: train just these student blocks and the final norm, "
                                     "freezing embeddings, LM head and other blocks (cheaper steps); null = all")
-    dtype: str = opt("float32", "weights dtype", choices=("float32", "bfloat16", "float16"))
+    dtype: str = opt("auto", "weights dtype; auto: bfloat16 where the hardware runs bf16 natively (CUDA with bf16, "
+                     "a CPU with AMX), else float32 (distill/precision.py)",
+                     choices=("auto", "float32", "bfloat16", "float16"))
     trust_remote_code: bool = opt(False, "run model code from the hub repo (off unless you trust it)")
 
 
@@ -72,7 +74,8 @@ class TrainConfig:
     warmup_steps: int = opt(0, "linear warmup steps before the cosine decay", range=(0, INF))
     min_lr_ratio: float = opt(0.1, "cosine decays to lr * min_lr_ratio", range=(0.0, 1.0))
     max_grad_norm: float = opt(1.0, "clip the global grad norm (0 = off)", range=(0.0, INF))
-    mixed_precision: str = opt("auto", "auto: bf16 where the GPU supports it, else fp32",
+    mixed_precision: str = opt("auto", "bf16 autocast or none (no = fp32); auto: bf16 where the hardware runs it "
+                               "natively (CUDA with bf16, a CPU with AMX), else no (distill/precision.py)",
                                choices=("auto", "no", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the student (inductor; needs a C++ compiler on CPU). GPT-2 shapes "
                         "on 2 CPU cores: KD step about 6% faster after 7-40 s of compiling (distill bench --compile)")

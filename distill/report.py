@@ -178,6 +178,7 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
         f"{s['samples_per_prompt']} samples per prompt, {s['max_new_tokens']} new tokens, top-k {s['top_k']}, "
         f"top-p {s['top_p']}, temperature {s['sampling_temperature']}, seed {s['seed']}; "
         f"{s['bootstrap']} bootstrap resamples. Teacher for agreement: `{s['teacher']}`."
+        + (f" Weights in {s['dtype']} ({s.get('dtype_reason', '')})." if s.get("dtype") else "")
     )
     lines += ["", "## Summary", ""]
     lines.append("| model | disparity [95% CI] | male | female | neutral | of which ties | perplexity | teacher agreement |")

@@ -37,6 +37,7 @@ import torch
 
 from distill.config import INF, Config, build_section, check_fields, opt
 from distill.errors import UserError
+from distill.precision import resolve_dtype
 
 MANIFEST_VERSION = 1
 # Settings that change where or how fast the set is built, not what is sampled: left out of the key.
@@ -144,7 +145,11 @@ def _path_identity(name_or_path: str, memo_path: Path) -> str | None:
         return None
 
 
-def teacher_identity(cfg: Config, memo_path: Path) -> str | None:
+def teacher_identity(cfg: Config, memo_path: Path, device=None) -> str | None:
+    """The teacher's content hash and the dtype it samples in (`auto` resolved for `device`: bf16 and fp32
+    sample different text, so an AMX machine and an AVX2 one build different sets)."""
+    from distill.precision import resolve_dtype
+
     t = cfg.teacher
     if t.config is not None:  # random teacher: its config, the seed that initialises it, and its tokenizer
         tok_id = _path_identity(t.tokenizer, memo_path) or f"hub:{t.tokenizer}"
@@ -155,7 +160,7 @@ def teacher_identity(cfg: Config, memo_path: Path) -> str | None:
         return None
     if t.tokenizer and t.tokenizer != t.name_or_path:
         ident += "+tok:" + (_path_identity(t.tokenizer, memo_path) or t.tokenizer)
-    return f"{ident}|{t.dtype}"
+    return f"{ident}|{resolve_dtype(t.dtype, device)[0]}"
 
 
 def transfer_key(identity: str, tcfg: TransferSetConfig, prompts: list[str], seed: int) -> str:
@@ -282,7 +287,7 @@ def _load_teacher(cfg: Config, device):
         tokenizer = load_tokenizer(t.tokenizer, t.trust_remote_code)
         teacher = build_random_model(t.config, tokenizer, cfg.seed)
     else:
-        teacher, tokenizer = load_model_and_tokenizer(t.name_or_path, t.dtype, t.trust_remote_code)
+        teacher, tokenizer = load_model_and_tokenizer(t.name_or_path, t.dtype, t.trust_remote_code, device)
         if t.tokenizer and t.tokenizer != t.name_or_path:
             tokenizer = load_tokenizer(t.tokenizer, t.trust_remote_code)
     return teacher.to(device), tokenizer
@@ -306,14 +311,16 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
     cache_dir = Path(tcfg.cache_dir)
     memo = cache_dir / "file_hashes.json"
 
-    identity = teacher_identity(cfg, memo)
+    if device is None:
+        device = next(teacher.parameters()).device if teacher is not None else \
+            "cuda" if torch.cuda.is_available() else "cpu"
+    dtype, dtype_why = resolve_dtype(cfg.teacher.dtype, device)
+    identity = teacher_identity(cfg, memo, device)
     if identity is None and teacher is None:  # a hub id not cached yet: loading it pins the snapshot
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         teacher, tokenizer = _load_teacher(cfg, device)
-        identity = teacher_identity(cfg, memo)
+        identity = teacher_identity(cfg, memo, device)
     if identity is None:
-        identity = f"hub:{cfg.teacher.name_or_path}|{cfg.teacher.dtype}"
+        identity = f"hub:{cfg.teacher.name_or_path}|{dtype}"
     key = transfer_key(identity, tcfg, prompts, cfg.seed)
     final = cache_dir / key
 
@@ -324,13 +331,11 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
         return TransferSet(str(final / "train.jsonl"), str(final / "heldout.jsonl"), manifest)
 
     if teacher is None:
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         teacher, tokenizer = _load_teacher(cfg, device)
     elif tokenizer is None:
         raise UserError("ensure_transfer_set: a teacher was given without its tokenizer")
     print(f"building transfer set {final}: {n_train} train + {n_heldout} held-out continuations of "
-          f"{tcfg.max_new_tokens} new tokens from {len(prompts)} seed prompts")
+          f"{tcfg.max_new_tokens} new tokens from {len(prompts)} seed prompts; teacher in {dtype} ({dtype_why})")
 
     t0 = time.perf_counter()
     # One pass over train + held-out prompts: no half-empty batch for the held-out remainder.
@@ -349,7 +354,8 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
         "key": key,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "teacher": {"source": cfg.teacher.name_or_path or "random:" + json.dumps(cfg.teacher.config, sort_keys=True),
-                    "tokenizer": cfg.teacher.tokenizer, "dtype": cfg.teacher.dtype, "identity": identity},
+                    "tokenizer": cfg.teacher.tokenizer, "dtype": dtype, "dtype_setting": cfg.teacher.dtype,
+                    "dtype_reason": dtype_why, "identity": identity},
         "seed": cfg.seed,
         "settings": dataclasses.asdict(tcfg),
         "seed_prompts": {"path": tcfg.seed_prompts, "count": len(prompts),
