@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -129,12 +130,35 @@ class Config:
     description: str = opt("", "free text shown in the model card")
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only true/false (any case) are bools.
+
+    YAML 1.1 also reads yes/no/on/off as bools, so `train.mixed_precision=no` (or `mixed_precision: no` in a
+    file) reached the config as False and was refused as "must be str" (issue 12). Here such words stay
+    strings; a field typed bool accepts them by name (`_coerce`), so nothing that worked before breaks.
+    """
+
+
+RecipeLoader.yaml_implicit_resolvers = {  # a copy per first character, without the 1.1 bool resolver
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def load_yaml(text: str):
+    """Parse recipe text (a file, or one override's value) with `RecipeLoader`."""
+    return yaml.load(text, Loader=RecipeLoader)
+
+
 def load_config(recipe: str | Path, overrides: list[str] = ()) -> Config:
     path = Path(recipe)
     if not path.is_file():
         raise UserError(f"recipe {str(recipe)!r} not found; see recipes/ for examples")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise UserError(f"recipe {recipe}: not valid YAML: {str(exc).splitlines()[0]}") from exc
     if not isinstance(raw, dict):
@@ -170,7 +194,11 @@ def _apply_override(raw: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"override {item!r}: {part!r} is not a section")
-    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+    try:  # the value reads as the recipe file would read it (so `a.b=[1, 2]` gives a list)
+        node[parts[-1]] = load_yaml(value) if value.strip() else None
+    except yaml.YAMLError as exc:
+        raise UserError(f"override {item!r}: the value is not valid YAML: {str(exc).splitlines()[0]}; quote it"
+                        ) from exc
 
 
 def build_section(cls, raw: Any, prefix: str):
@@ -212,9 +240,12 @@ def _coerce(value, hint, name: str):
             return int(value)
         if typ is bool and isinstance(value, bool):
             return value
+        if typ is bool and isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
         if typ in (str, dict, list) and isinstance(value, typ):
             return value
-    names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
+    names = " or ".join("bool (true/false, yes/no, on/off)" if a is bool else getattr(a, "__name__", str(a))
+                        for a in allowed)
     raise UserError(f"recipe key {name!r} must be {names}, got {value!r}")
 
 
