@@ -1,4 +1,4 @@
-"""Batched sampling generation for prompt sets, reproducible across models.
+"""Batched sampling generation for prompt sets, reproducible across models: the project's one sampling loop.
 
     from distill.generate import SamplingConfig, generate_samples
     texts = generate_samples(model, tok, ["The nurse said that"], SamplingConfig(samples_per_prompt=4))
@@ -11,6 +11,9 @@ Prompts go through the model in batches of `batch_size` prompts, each with K sam
 models see the same prompts in the same batches under the same seeds (a paired design: differences between
 models come from the models, not from which random numbers they drew). The global RNG state is restored
 afterwards.
+
+`sample_batches` is that loop, shared by `generate_samples` (`distill eval`, `distill samples`) and the
+teacher-written transfer set (`transfer.sample_continuations`), so one seeding scheme and one sampler serve all.
 
 `generation_throughput` measures tokens/s at fixed settings (greedy, exactly max_new_tokens per prompt), so
 batched and one-prompt-at-a-time generation can be compared on equal work.
