@@ -5,6 +5,7 @@
     python -m distill.bench_precision --tiny               # random 2-layer model, seconds (tests)
 
 Times, in interleaved rounds (round 0 an untimed warm-up, ratio = median over rounds of the per-round ratio):
+- matmul_512: 20 products of two 512 x 512 matrices in fp32 against bf16 (GFLOP/s in the JSON);
 - student_fwd_bwd: a forward + backward of the demo student (26 of the teacher's 30 blocks, 6 of them
   trainable, batch 8 x 128 tokens) in fp32 against under `torch.autocast("cpu", torch.bfloat16)`, which is
   what accelerate's mixed_precision=bf16 does;
@@ -53,12 +54,13 @@ def build(tiny: bool):
 
 
 def measure(tiny: bool = False, rounds: int = 3, only: tuple = (), verbose: bool = False) -> dict:
-    teacher, student, (B, T), (n_gen, n_new) = build(tiny)
-    vocab = teacher.config.vocab_size
+    teacher, student, (B, T), (n_gen, n_new) = build(tiny) if only != ("matmul_512",) else (None, None, (1, 1),
+                                                                                               (1, 1))
+    vocab = teacher.config.vocab_size if teacher is not None else 2
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, vocab, (B, T), generator=g)
     prompts = torch.randint(0, vocab, (n_gen, 8), generator=g)
-    teachers = {"fp32": teacher, "bf16": _bf16_copy(teacher)}
+    teachers = {"fp32": teacher, "bf16": _bf16_copy(teacher) if teacher is not None else None}
 
     def fwd_bwd(kind):
         ctx = torch.autocast("cpu", dtype=torch.bfloat16) if kind == "bf16" else contextlib.nullcontext()
@@ -77,8 +79,17 @@ def measure(tiny: bool = False, rounds: int = 3, only: tuple = (), verbose: bool
                                     max_new_tokens=n_new, min_new_tokens=n_new,
                                     pad_token_id=teacher.config.eos_token_id or 0)
 
+    mats = {kind: (torch.randn(512, 512).to(dt), torch.randn(512, 512).to(dt))
+            for kind, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
+
+    def matmul(kind):  # 20 products of 512 x 512: the probe of native vs emulated bf16
+        a, b = mats[kind]
+        for _ in range(20):
+            a @ b
+
     out = {}
-    for name, fn in (("student_fwd_bwd", fwd_bwd), ("teacher_forward", teacher_forward), ("generate", generate)):
+    for name, fn in (("matmul_512", matmul), ("student_fwd_bwd", fwd_bwd), ("teacher_forward", teacher_forward),
+                     ("generate", generate)):
         if only and name not in only:
             continue
         times = {"fp32": [], "bf16": []}
@@ -93,6 +104,9 @@ def measure(tiny: bool = False, rounds: int = 3, only: tuple = (), verbose: bool
         ratio = statistics.median(b / f for b, f in zip(times["bf16"], times["fp32"], strict=True))
         out[name] = {"fp32_s": statistics.median(times["fp32"]), "bf16_s": statistics.median(times["bf16"]),
                      "bf16_over_fp32": ratio, "times_s": times}
+    if "matmul_512" in out:
+        for kind in ("fp32", "bf16"):
+            out["matmul_512"][f"{kind}_gflop_per_s"] = 20 * 2 * 512**3 / out["matmul_512"][f"{kind}_s"] / 1e9
     return {"cpu": cpu_features(), "auto": choose("cpu").name, "auto_reason": choose("cpu").reason,
             "threads": torch.get_num_threads(), "shapes": {"train_batch": [B, T], "generate": [n_gen, n_new]},
             "tiny": tiny, **out}
@@ -108,8 +122,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m distill.bench_precision", description=__doc__.splitlines()[0])
     p.add_argument("--tiny", action="store_true", help="random 2-layer model: seconds, for the tests")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3, after one warm-up)")
-    p.add_argument("--only", nargs="*", default=(), help="measure only these (student_fwd_bwd, teacher_forward, "
-                   "generate)")
+    p.add_argument("--only", nargs="*", default=(), help="measure only these (matmul_512, student_fwd_bwd, "
+                   "teacher_forward, generate)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     from distill.bench_setup import choose_threads
@@ -120,7 +134,7 @@ def main(argv=None) -> int:
     f = r["cpu"]
     print(f"CPU capability {f['capability']}, AMX {f['amx']}, AVX512-BF16 {f['avx512_bf16']}, "
           f"{r['threads']} threads; auto -> {r['auto']} ({r['auto_reason']})")
-    for name in (n for n in ("student_fwd_bwd", "teacher_forward", "generate") if n in r):
+    for name in (n for n in ("matmul_512", "student_fwd_bwd", "teacher_forward", "generate") if n in r):
         x = r[name]
         print(f"  {name:16s} fp32 {x['fp32_s']:.3f} s  bf16 {x['bf16_s']:.3f} s  bf16/fp32 {x['bf16_over_fp32']:.2f}")
     if args.out:

@@ -87,3 +87,13 @@ def test_train_plan_says_which_precision_and_why(tmp_path, capsys):
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("precision:"))
     assert line.startswith("precision: student fp32 (train.mixed_precision=auto), teacher float32 "
                            "(teacher.dtype=auto); CPU capability AVX2 (no AMX, no AVX512-BF16)")
+
+
+def test_bench_precision_measures_every_piece_in_both_precisions():
+    from distill.bench_precision import measure
+
+    r = measure(tiny=True, rounds=1)
+    assert r["auto"] == "fp32" and "AVX2" in r["auto_reason"]  # conftest's CPU
+    for name in ("matmul_512", "student_fwd_bwd", "teacher_forward", "generate"):
+        assert r[name]["fp32_s"] > 0 and r[name]["bf16_s"] > 0
+        assert r[name]["bf16_over_fp32"] == pytest.approx(r[name]["bf16_s"] / r[name]["fp32_s"], rel=1e-9)
