@@ -68,6 +68,8 @@ What each key means:
   top-p 0.95, one sample per prompt) at batch_size prompts per call / one prompt per call: same 64 prompts of
   data/prompts/professions.json, same max_new_tokens, EOS disabled (generation_config.eos_token_id = None)
   so every row generates exactly max_new_tokens in both. Model: the student above (81.9M parameters).
+- cpu, precision, auto_precision: torch's CPU capability checks (`precision.cpu_features`), the precision the CPU
+  section ran in (fp32 always: comparable across machines), and what `auto` would pick on this CPU and why.
 - cda_mb_per_s: `counterfactual.benchmark_swap` (the text swap of augmentation), MB/s.
 - token_swap_per_s: `counterfactual_batch` on the benchmark batches, sequences/s (tokens/s beside it).
 
@@ -477,6 +479,10 @@ def format_table(r: dict) -> str:
     g = r["gen"]
     lines.append(f"generation: {g['tokens_per_s_batched']:.0f} tok/s at batch {g['batch_size']} vs "
                  f"{g['tokens_per_s_sequential']:.1f} tok/s one prompt at a time ({g['model_shape']})")
+    c = r["cpu"]
+    lines.append(f"CPU capability {c['capability']} (AMX {c['amx']}, AVX512-BF16 {c['avx512_bf16']}); measured in "
+                 f"{r['precision']}; auto would pick {r['auto_precision']['choice']} "
+                 f"({r['auto_precision']['reason']})")
     lines.append(f"threads {r['torch_threads']}; load average {r['load_average']['start']} -> "
                  f"{r['load_average']['end']} on {r['load_average']['cores']} cores; {r['elapsed_s']:.0f} s")
     return "\n".join(lines)
@@ -487,6 +493,16 @@ INFO_KEYS = ("kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "crr_block_over_kd_
              "loss_over_unchunked", "kd_compiled_over_kd_step", "kd_compiled_first_step_s",
              "kd_peak_mem_over_ce_unchunked", "kd_peak_mem_over_ce_process", "crr_peak_mem_over_kd",
              "cf_teacher_over_plain_teacher", "prefix_reuse_speedup", "token_swap_tokens_per_s")
+
+
+def cpu_and_precision() -> dict:
+    """What the CPU offers and what the CPU section ran in: fp32 throughout (Accelerator without mixed
+    precision, fp32 models), whatever `auto` would pick here, so that figures compare across machines."""
+    from distill.precision import choose, cpu_features
+
+    auto = choose("cpu")
+    return {"cpu": cpu_features(), "precision": "fp32",
+            "auto_precision": {"choice": auto.name, "reason": auto.reason}}
 
 
 def _ratio(a, b):
@@ -577,6 +593,7 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
                                 "kd_topk_cached": f"as kd with loss.teacher_top_k {TOP_K}, every target cached"},
                      "ratios": "median over rounds of the per-round ratio (same batch in a round)"},
         "torch_threads": threads, "threads_reason": why,
+        **cpu_and_precision(),
         "load_average": {"start": load_start, "end": load_end, "cores": os.cpu_count(),
                          "high_load": max(load_start[0], load_end[0]) > 3,
                          "note": "1/5/15-minute load averages at start and end; above ~3 (2 cores) other jobs "

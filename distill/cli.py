@@ -52,8 +52,9 @@ def _add_model_args(p, what: str) -> None:
     p.add_argument("--top-k", type=int, default=40, help="sampling top-k (default 40, BOLD's setting)")
     p.add_argument("--top-p", type=float, default=0.95, help="sampling top-p (default 0.95, BOLD's setting)")
     p.add_argument("--sampling-temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
-                   help="weights dtype for scoring (bfloat16 is ~3x faster on CPUs with AMX; default float32)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="weights dtype; auto (default): bfloat16 where the hardware runs it natively (CUDA with "
+                   "bf16, a CPU with AMX), else float32; the report says which and why")
 
 
 def _add_eval(sub) -> None:

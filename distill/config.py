@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -43,7 +44,9 @@ class ModelConfig:
     from_teacher_layers: list | None = opt(None, "student only: keep these teacher blocks (DistilGPT-2 style)")
     train_layers: list | None = opt(None, "student only: train just these student blocks and the final norm, "
                                     "freezing embeddings, LM head and other blocks (cheaper steps); null = all")
-    dtype: str = opt("float32", "weights dtype", choices=("float32", "bfloat16", "float16"))
+    dtype: str = opt("auto", "weights dtype; auto: bfloat16 where the hardware runs bf16 natively (CUDA with bf16, "
+                     "a CPU with AMX), else float32 (distill/precision.py)",
+                     choices=("auto", "float32", "bfloat16", "float16"))
     trust_remote_code: bool = opt(False, "run model code from the hub repo (off unless you trust it)")
 
 
@@ -72,7 +75,8 @@ class TrainConfig:
     warmup_steps: int = opt(0, "linear warmup steps before the cosine decay", range=(0, INF))
     min_lr_ratio: float = opt(0.1, "cosine decays to lr * min_lr_ratio", range=(0.0, 1.0))
     max_grad_norm: float = opt(1.0, "clip the global grad norm (0 = off)", range=(0.0, INF))
-    mixed_precision: str = opt("auto", "auto: bf16 where the GPU supports it, else fp32",
+    mixed_precision: str = opt("auto", "bf16 autocast or none (no = fp32); auto: bf16 where the hardware runs it "
+                               "natively (CUDA with bf16, a CPU with AMX), else no (distill/precision.py)",
                                choices=("auto", "no", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the student (inductor; needs a C++ compiler on CPU). GPT-2 shapes "
                         "on 2 CPU cores: KD step about 6% faster after 7-40 s of compiling (distill bench --compile)")
@@ -126,12 +130,47 @@ class Config:
     description: str = opt("", "free text shown in the model card")
 
 
+class RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 booleans: only true/false (any case) are bools.
+
+    YAML 1.1 also reads yes/no/on/off as bools, so `train.mixed_precision=no` (or `mixed_precision: no` in a
+    file) reached the config as False and was refused as "must be str" (issue 12). Here such words stay
+    strings; a field typed bool accepts them by name (`_coerce`), so nothing that worked before breaks.
+    A key given twice in one mapping is refused (PyYAML silently keeps the last; issue 16).
+    """
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                line = key_node.start_mark.line + 1
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice (again on line "
+                                                        f"{line}); keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+RecipeLoader.yaml_implicit_resolvers = {  # a copy per first character, without the 1.1 bool resolver
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                   list("tTfF"))
+_BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def load_yaml(text: str):
+    """Parse recipe text (a file, or one override's value) with `RecipeLoader`."""
+    return yaml.load(text, Loader=RecipeLoader)
+
+
 def load_config(recipe: str | Path, overrides: list[str] = ()) -> Config:
     path = Path(recipe)
     if not path.is_file():
         raise UserError(f"recipe {str(recipe)!r} not found; see recipes/ for examples")
     try:
-        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader) or {}
+        raw = load_yaml(path.read_text()) or {}
     except UnicodeDecodeError as exc:
         raise UserError(f"recipe {recipe}: not a UTF-8 text file") from exc
     except yaml.YAMLError as exc:
@@ -169,27 +208,12 @@ def _apply_override(raw: dict, item: str) -> None:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
             raise UserError(f"override {item!r}: {part!r} is not a section")
-    try:
-        node[parts[-1]] = yaml.load(value, Loader=UniqueKeyLoader) if value.strip() else None
+    try:  # the value reads as the recipe file would read it (so `a.b=[1, 2]` gives a list)
+        node[parts[-1]] = load_yaml(value) if value.strip() else None
     except yaml.YAMLError as exc:
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise UserError(f"override {item!r}: the value is not valid YAML ({problem}); quote a string, "
                         "close brackets, e.g. train.lr=1e-3 or student.train_layers=[0,1]") from exc
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """safe_load that refuses a key given twice in one mapping (PyYAML silently keeps the last)."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                line = key_node.start_mark.line + 1
-                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice (again on line "
-                                                        f"{line}); keep one", key_node.start_mark)
-            seen.add(key)
-        return super().construct_mapping(node, deep=deep)
 
 
 def build_section(cls, raw: Any, prefix: str):
@@ -231,9 +255,12 @@ def _coerce(value, hint, name: str):
             return int(value)
         if typ is bool and isinstance(value, bool):
             return value
+        if typ is bool and isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
         if typ in (str, dict, list) and isinstance(value, typ):
             return value
-    names = " or ".join(getattr(a, "__name__", str(a)) for a in allowed)
+    names = " or ".join("bool (true/false, yes/no, on/off)" if a is bool else getattr(a, "__name__", str(a))
+                        for a in allowed)
     raise UserError(f"recipe key {name!r} must be {names}, got {value!r}")
 
 

@@ -256,7 +256,16 @@ def _settings(args, prompts, n_groups: int) -> dict:
         "samples_per_prompt": args.samples_per_prompt, "max_new_tokens": args.max_new_tokens,
         "top_k": args.top_k, "top_p": args.top_p, "sampling_temperature": args.sampling_temperature,
         "seed": args.seed, "batch_size": args.batch_size,
+        "dtype": args.dtype, "dtype_reason": getattr(args, "dtype_reason", "set explicitly"),
     }
+
+
+def _resolve_dtype(args, device) -> None:
+    """--dtype auto -> the dtype `distill.precision` picks for `device`; the reason goes into the report."""
+    from distill.precision import resolve_dtype
+
+    args.dtype, args.dtype_reason = resolve_dtype(args.dtype, device)
+    _log(f"weights in {args.dtype} ({args.dtype_reason})")
 
 
 # ----------------------------------------------------------------------------------------------- eval
@@ -314,6 +323,7 @@ def run_eval(args) -> int:
 
     # 2. Compute, one run at a time, the teacher's first.
     device, cfg = _device(), _sampling(args)
+    _resolve_dtype(args, device)
     texts = [p.text for p in prompts]
     order = [(teacher, k) for k in range(len(paths[teacher]))]
     order += [(n, k) for n in names if n != teacher for k in range(len(paths[n]))]
@@ -514,6 +524,7 @@ def run_samples(args) -> int:
         _log(f"showing {len(prompts)} prompts (pass --max-prompts N for another number)")
 
     device, cfg = _device(), _sampling(args)
+    _resolve_dtype(args, device)
     generations = {}
     for step, (name, path) in enumerate(models, 1):
         _log(f"[{step}/{len(models)}] {name}: loading {path} on {device}")

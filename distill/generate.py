@@ -1,4 +1,4 @@
-"""Batched sampling generation for prompt sets, reproducible across models.
+"""Batched sampling generation for prompt sets, reproducible across models: the project's one sampling loop.
 
     from distill.generate import SamplingConfig, generate_samples
     texts = generate_samples(model, tok, ["The nurse said that"], SamplingConfig(samples_per_prompt=4))
@@ -12,12 +12,16 @@ models see the same prompts in the same batches under the same seeds (a paired d
 models come from the models, not from which random numbers they drew). The global RNG state is restored
 afterwards.
 
+`sample_batches` is that loop, shared by `generate_samples` (`distill eval`, `distill samples`) and the
+teacher-written transfer set (`transfer.sample_continuations`), so one seeding scheme and one sampler serve all.
+
 `generation_throughput` measures tokens/s at fixed settings (greedy, exactly max_new_tokens per prompt), so
 batched and one-prompt-at-a-time generation can be compared on equal work.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -98,44 +102,75 @@ class TopKTopPSampler(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter_(-1, pick, 0.0)
 
 
+@dataclass
+class SampledBatch:
+    """One batch of `sample_batches`: `start` is the index of its first prompt; `input_ids` / `attention_mask`
+    the left-padded prompts (one row per prompt); `new_ids` the generated ids, `samples_per_prompt` rows per
+    prompt, prompt-major (prompt 0's samples first), padded after a stop token."""
+
+    start: int
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    new_ids: torch.Tensor
+
+
+def sample_batches(model, tokenizer, prompts: Sequence[str], cfg: SamplingConfig, *, stop_ids=None,
+                   add_special_tokens: bool = True, progress: bool = True, desc: str = "generate",
+                   unit: str = "batch"):
+    """The one seeded, batched sampling loop of the project (transfer set, `distill eval`, `distill samples`).
+
+    Yields a `SampledBatch` per `cfg.batch_size` prompts. Batch b draws from a generator seeded with
+    `batch_seed(cfg.seed, b)` inside a forked RNG, so the caller's random state is untouched and batch b gets the
+    same draws whatever ran before it. With top_k > 0 the draw is `TopKTopPSampler` (the distribution of
+    transformers' temperature/top-k/top-p warpers, over the k candidates only); top_k = 0 (no top-k cut) falls
+    back to transformers' sampler over the whole vocabulary. `stop_ids`: token ids that end a row (default:
+    the model's generation config). The tokenizer's padding side and pad token are restored afterwards.
+    """
+    device = _device_of(model)
+    k = cfg.samples_per_prompt
+    old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
+    prepare_tokenizer(tokenizer)
+    was_training = model.training
+    model.eval()
+    stop = {} if stop_ids is None else {"eos_token_id": list(stop_ids) or None}
+    batches = range(0, len(prompts), cfg.batch_size)
+    bar = tqdm(total=len(prompts) if unit == "seq" else len(batches), desc=desc, unit=unit, disable=not progress,
+               file=sys.stderr)
+    try:
+        for b, start in enumerate(batches):
+            chunk = list(prompts[start : start + cfg.batch_size])
+            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
+            enc = {n: enc[n].to(device) for n in ("input_ids", "attention_mask")}
+            with torch.random.fork_rng(devices=_rng_devices(device)), torch.inference_mode():
+                torch.manual_seed(batch_seed(cfg.seed, b))  # seeds CPU and every CUDA device
+                common = {"max_new_tokens": cfg.max_new_tokens, "pad_token_id": tokenizer.pad_token_id, **stop}
+                if cfg.top_k > 0:  # see TopKTopPSampler: same distribution, no per-step work over the whole vocab
+                    sampler = TopKTopPSampler(cfg.top_k, cfg.top_p, cfg.temperature)
+                    ids = model.generate(
+                        **{n: t.repeat_interleave(k, dim=0) for n, t in enc.items()},  # prompt-major rows
+                        do_sample=False, logits_processor=LogitsProcessorList([sampler]), **common)
+                else:
+                    ids = model.generate(**enc, do_sample=True, top_k=0, top_p=cfg.top_p,
+                                         temperature=cfg.temperature, num_return_sequences=k, **common)
+            yield SampledBatch(start, enc["input_ids"], enc["attention_mask"], ids[:, enc["input_ids"].shape[1]:])
+            bar.update(len(chunk) if unit == "seq" else 1)
+    finally:
+        bar.close()
+        tokenizer.padding_side = old_side
+        if old_pad is None:
+            tokenizer.pad_token = None
+        model.train(was_training)
+
+
 def generate_samples(
     model, tokenizer, prompts: Sequence[str], cfg: SamplingConfig, progress: bool = True, desc: str = "generate"
 ) -> list[list[str]]:
     """`cfg.samples_per_prompt` sampled continuations per prompt; result[i][k] is sample k of prompt i."""
-    prepare_tokenizer(tokenizer)
-    device = _device_of(model)
     k = cfg.samples_per_prompt
     out: list[list[str]] = []
-    model.eval()
-    batches = range(0, len(prompts), cfg.batch_size)
-    for b, start in enumerate(tqdm(batches, desc=desc, unit="batch", disable=not progress)):
-        chunk = list(prompts[start : start + cfg.batch_size])
-        enc = tokenizer(chunk, return_tensors="pt", padding=True).to(device)
-        with torch.random.fork_rng(devices=_rng_devices(device)), torch.inference_mode():
-            torch.manual_seed(batch_seed(cfg.seed, b))  # seeds CPU and every CUDA device
-            if cfg.top_k > 0:  # see TopKTopPSampler: same distribution, no per-step work over the whole vocab
-                sampler = TopKTopPSampler(cfg.top_k, cfg.top_p, cfg.temperature)
-                ids = model.generate(
-                    **{name: t.repeat_interleave(k, dim=0) for name, t in enc.items()},  # prompt-major rows
-                    do_sample=False,
-                    logits_processor=LogitsProcessorList([sampler]),
-                    max_new_tokens=cfg.max_new_tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            else:
-                ids = model.generate(
-                    **enc,
-                    do_sample=True,
-                    top_k=cfg.top_k,
-                    top_p=cfg.top_p,
-                    temperature=cfg.temperature,
-                    max_new_tokens=cfg.max_new_tokens,
-                    num_return_sequences=k,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-        new = ids[:, enc["input_ids"].shape[1] :]  # rows are prompt-major: prompt 0's k samples first
-        texts = tokenizer.batch_decode(new, skip_special_tokens=True)
-        out.extend(texts[i * k : (i + 1) * k] for i in range(len(chunk)))
+    for batch in sample_batches(model, tokenizer, prompts, cfg, progress=progress, desc=desc):
+        texts = tokenizer.batch_decode(batch.new_ids, skip_special_tokens=True)
+        out.extend(texts[i * k : (i + 1) * k] for i in range(batch.input_ids.shape[0]))
     return out
 
 

@@ -57,7 +57,13 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False) -> PreTra
     return tok
 
 
-def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False) -> torch.nn.Module:
+def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False,
+               device=None) -> torch.nn.Module:
+    """`dtype` may be "auto": the precision `distill.precision.choose(device)` picks for the device the model
+    will run on (default: CUDA if present, else the CPU)."""
+    from distill.precision import resolve_dtype
+
+    dtype = resolve_dtype(dtype, device)[0]
     src, extra = _source_kwargs(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(
@@ -71,11 +77,11 @@ def load_model(name_or_path: str, dtype: str = "float32", trust_remote_code: boo
 
 
 def load_model_and_tokenizer(
-    name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False
+    name_or_path: str, dtype: str = "float32", trust_remote_code: bool = False, device=None
 ) -> tuple[torch.nn.Module, PreTrainedTokenizerBase]:
     """Tokenizer first: it is cheap, and a model dir without one should fail before the weights load."""
     tok = load_tokenizer(name_or_path, trust_remote_code)
-    return load_model(name_or_path, dtype, trust_remote_code), tok
+    return load_model(name_or_path, dtype, trust_remote_code, device), tok
 
 
 def build_random_model(config: dict, tokenizer: PreTrainedTokenizerBase, seed: int) -> torch.nn.Module:

@@ -229,7 +229,8 @@ def _settings_sentence(s: dict) -> str:
             f"{s['n_groups']} groups (by {s['group_by']}); {s['samples_per_prompt']} samples per prompt, "
             f"{s['max_new_tokens']} new tokens, top-k {s['top_k']}, top-p {s['top_p']}, temperature "
             f"{s['sampling_temperature']}, seed {s['seed']}; {s['bootstrap']} bootstrap resamples. "
-            f"Teacher: `{s['teacher']}`.")
+            f"Teacher: `{s['teacher']}`."
+            + (f" Weights in {s['dtype']} ({s.get('dtype_reason', '')})." if s.get("dtype") else ""))
 
 
 def _summary_md(models: dict) -> list[str]:

@@ -76,7 +76,9 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
     if s.train_layers is not None:
         models.freeze_except_layers(student, list(s.train_layers))
     # Only now, with the student copied from full-precision weights, may the teacher drop to its dtype.
-    teacher.to(dtype=models.DTYPES[t.dtype])
+    from distill.precision import resolve_dtype
+
+    teacher.to(dtype=models.DTYPES[resolve_dtype(t.dtype, accelerator.device)[0]])
     vocab_rows = models.shared_vocab_size(teacher, student, len(tokenizer))
     if cfg.loss.alpha_cos > 0 and teacher.config.hidden_size != student.config.hidden_size:
         raise UserError(
@@ -409,9 +411,23 @@ def _cpu_only_multiprocess() -> bool:
 
 
 def _mixed_precision(choice: str) -> str:
-    if choice != "auto":
-        return choice
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    """train.mixed_precision, `auto` resolved by `distill.precision` for the device accelerate will pick."""
+    from distill.precision import resolve_mixed_precision
+
+    return resolve_mixed_precision(choice, "cpu" if _cpu_only_multiprocess() else None)[0]
+
+
+def precision_line(cfg: Config, accelerator, teacher) -> str:
+    """The plan's precision line: what runs in which precision, and why (the capability that decided)."""
+    from distill.precision import choose
+
+    mp = accelerator.mixed_precision
+    student = "fp32" if mp == "no" else f"{mp} autocast"
+    teacher_dtype = str(next(teacher.parameters()).dtype).removeprefix("torch.")
+    auto = "auto" in (cfg.train.mixed_precision, cfg.teacher.dtype)
+    why = choose(accelerator.device).reason if auto else "both set explicitly"
+    return (f"precision: student {student} (train.mixed_precision={cfg.train.mixed_precision}), teacher "
+            f"{teacher_dtype} (teacher.dtype={cfg.teacher.dtype}); {why}")
 
 
 def main(args) -> int:
@@ -493,6 +509,7 @@ def _print_plan(cfg: Config, setup: Setup, accelerator) -> None:
         + (f"; teacher top-{cfg.loss.teacher_top_k} targets, cached per block" if cfg.loss.teacher_top_k else "")
         + f"; crr: augment={cfg.crr.augment}, teacher={cfg.crr.teacher}\n"
         f"{cfg.train.max_steps} steps x {cfg.train.batch_size} x {cfg.train.grad_accum} accum x "
-        f"{accelerator.num_processes} processes on {accelerator.device} ({accelerator.mixed_precision})"
+        f"{accelerator.num_processes} processes on {accelerator.device} ({accelerator.mixed_precision})\n"
+        + precision_line(cfg, accelerator, setup.teacher)
     )
 

@@ -37,8 +37,9 @@ import torch
 
 from distill.config import INF, Config, build_section, check_fields, opt
 from distill.errors import UserError
+from distill.precision import resolve_dtype
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2  # 2: one sampler (generate.sample_batches) and its per-batch seeds
 # Settings that change where or how fast the set is built, not what is sampled: left out of the key.
 _NOT_IN_KEY = ("batch_size", "cache_dir")
 
@@ -144,7 +145,11 @@ def _path_identity(name_or_path: str, memo_path: Path) -> str | None:
         return None
 
 
-def teacher_identity(cfg: Config, memo_path: Path) -> str | None:
+def teacher_identity(cfg: Config, memo_path: Path, device=None) -> str | None:
+    """The teacher's content hash and the dtype it samples in (`auto` resolved for `device`: bf16 and fp32
+    sample different text, so an AMX machine and an AVX2 one build different sets)."""
+    from distill.precision import resolve_dtype
+
     t = cfg.teacher
     if t.config is not None:  # random teacher: its config, the seed that initialises it, and its tokenizer
         tok_id = _path_identity(t.tokenizer, memo_path) or f"hub:{t.tokenizer}"
@@ -155,7 +160,7 @@ def teacher_identity(cfg: Config, memo_path: Path) -> str | None:
         return None
     if t.tokenizer and t.tokenizer != t.name_or_path:
         ident += "+tok:" + (_path_identity(t.tokenizer, memo_path) or t.tokenizer)
-    return f"{ident}|{t.dtype}"
+    return f"{ident}|{resolve_dtype(t.dtype, device)[0]}"
 
 
 def transfer_key(identity: str, tcfg: TransferSetConfig, prompts: list[str], seed: int) -> str:
@@ -193,64 +198,56 @@ def _stop_ids(teacher, tokenizer) -> list[int]:
     return sorted(i for i in ids if i is not None)
 
 
-@torch.inference_mode()
+def sampling_config(tcfg: TransferSetConfig, seed: int):
+    """The transfer set's settings as a `generate.SamplingConfig` (one continuation per prompt)."""
+    from distill.generate import SamplingConfig
+
+    return SamplingConfig(samples_per_prompt=1, max_new_tokens=tcfg.max_new_tokens, batch_size=tcfg.batch_size,
+                          top_k=tcfg.top_k, top_p=tcfg.top_p, temperature=tcfg.sampling_temperature, seed=seed)
+
+
 def sample_continuations(teacher, tokenizer, prompts: list[str], tcfg: TransferSetConfig, seed: int, *,
                          desc: str = "sampling", show_progress: bool = True) -> tuple[list[str], list[int], list[int]]:
     """Texts (prompt + continuation), their prompt token counts, and their generated token counts.
 
-    Batches are left-padded so every row's continuation starts at the same position. Each batch is seeded
-    from (seed, batch index) inside a forked RNG: the caller's random state is left alone, and batch b gets the
-    same draws whatever ran before it.
+    The sampling is `generate.sample_batches`, the loop `distill eval` and `distill samples` use: batches
+    left-padded so every row's continuation starts at the same position, each seeded from (seed, batch index)
+    in a forked RNG, top-k/top-p drawn over the k candidates only (the distribution of transformers' warpers;
+    issue 12 measured transformers' full-vocabulary sort as the bottleneck of this step on CPU). A row ends at
+    the first of the tokenizer's EOS / pad or the teacher's generation-config EOS.
     """
-    from tqdm.auto import tqdm
+    from distill.generate import sample_batches
 
-    device = next(teacher.parameters()).device
     stop = _stop_ids(teacher, tokenizer)
-    eos = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else stop[0] if stop else None
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    if pad is None:
+    if tokenizer.pad_token_id is None and not stop:
         raise UserError("the teacher's tokenizer has neither a pad nor an EOS token; cannot batch prompts")
+    old_pad = tokenizer.pad_token_id
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else stop[0]
     texts, prompt_counts, new_counts = [], [], []
-    old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token_id = pad
-    was_training = teacher.training
-    teacher.eval()
-    bar = tqdm(total=len(prompts), desc=desc, unit="seq", disable=not show_progress, file=sys.stderr)
     t0 = time.perf_counter()
     try:
-        for b, start in enumerate(range(0, len(prompts), tcfg.batch_size)):
-            chunk = prompts[start:start + tcfg.batch_size]
-            enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=True)
-            enc = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-            batch_seed = (seed * 1_000_003 + b) % (2**63 - 1)
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                torch.manual_seed(batch_seed)
-                out = teacher.generate(
-                    **enc, do_sample=True, max_new_tokens=tcfg.max_new_tokens, min_new_tokens=0,
-                    top_k=tcfg.top_k, top_p=tcfg.top_p, temperature=tcfg.sampling_temperature,
-                    pad_token_id=pad, eos_token_id=stop or None,
-                )
-            prompt_len = enc["input_ids"].shape[1]
-            new = out[:, prompt_len:].cpu()
-            n_prompt = enc["attention_mask"].sum(dim=1).cpu()
+        for batch in sample_batches(teacher, tokenizer, prompts, sampling_config(tcfg, seed), stop_ids=stop,
+                                    progress=show_progress, desc=desc, unit="seq"):
+            new = batch.new_ids.cpu()
+            n_prompt = batch.attention_mask.sum(dim=1).cpu()
+            prompt_len = batch.input_ids.shape[1]
             is_stop = torch.isin(new, torch.tensor(stop)) if stop else torch.zeros_like(new, dtype=torch.bool)
             # generated tokens up to (not including) the first stop token; after it come only pads
             n_new = torch.where(is_stop.any(dim=1), is_stop.int().argmax(dim=1), torch.tensor(new.shape[1]))
-            for row in range(len(chunk)):
-                ids = out[row, prompt_len - int(n_prompt[row]): prompt_len + int(n_new[row])]
+            for row in range(new.shape[0]):
+                ids = torch.cat([batch.input_ids[row, prompt_len - int(n_prompt[row]):].cpu(),
+                                 new[row, :int(n_new[row])]])
                 texts.append(tokenizer.decode(ids, skip_special_tokens=True))
                 prompt_counts.append(int(n_prompt[row]))
                 new_counts.append(int(n_new[row]))
-            bar.update(len(chunk))
-            bar.set_postfix(tok_s=f"{sum(new_counts) / max(time.perf_counter() - t0, 1e-9):.0f}")
     finally:
-        bar.close()
-        tokenizer.padding_side = old_side
         if old_pad is None:
             tokenizer.pad_token = None
-        teacher.train(was_training)
+    if show_progress:
+        wall = time.perf_counter() - t0
+        print(f"{desc}: {sum(new_counts)} new tokens in {wall:.0f} s ({sum(new_counts) / max(wall, 1e-9):.1f} "
+              "tokens/s)", file=sys.stderr)
     return texts, prompt_counts, new_counts
 
 
@@ -282,7 +279,7 @@ def _load_teacher(cfg: Config, device):
         tokenizer = load_tokenizer(t.tokenizer, t.trust_remote_code)
         teacher = build_random_model(t.config, tokenizer, cfg.seed)
     else:
-        teacher, tokenizer = load_model_and_tokenizer(t.name_or_path, t.dtype, t.trust_remote_code)
+        teacher, tokenizer = load_model_and_tokenizer(t.name_or_path, t.dtype, t.trust_remote_code, device)
         if t.tokenizer and t.tokenizer != t.name_or_path:
             tokenizer = load_tokenizer(t.tokenizer, t.trust_remote_code)
     return teacher.to(device), tokenizer
@@ -306,14 +303,16 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
     cache_dir = Path(tcfg.cache_dir)
     memo = cache_dir / "file_hashes.json"
 
-    identity = teacher_identity(cfg, memo)
+    if device is None:
+        device = next(teacher.parameters()).device if teacher is not None else \
+            "cuda" if torch.cuda.is_available() else "cpu"
+    dtype, dtype_why = resolve_dtype(cfg.teacher.dtype, device)
+    identity = teacher_identity(cfg, memo, device)
     if identity is None and teacher is None:  # a hub id not cached yet: loading it pins the snapshot
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         teacher, tokenizer = _load_teacher(cfg, device)
-        identity = teacher_identity(cfg, memo)
+        identity = teacher_identity(cfg, memo, device)
     if identity is None:
-        identity = f"hub:{cfg.teacher.name_or_path}|{cfg.teacher.dtype}"
+        identity = f"hub:{cfg.teacher.name_or_path}|{dtype}"
     key = transfer_key(identity, tcfg, prompts, cfg.seed)
     final = cache_dir / key
 
@@ -324,13 +323,11 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
         return TransferSet(str(final / "train.jsonl"), str(final / "heldout.jsonl"), manifest)
 
     if teacher is None:
-        if device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         teacher, tokenizer = _load_teacher(cfg, device)
     elif tokenizer is None:
         raise UserError("ensure_transfer_set: a teacher was given without its tokenizer")
     print(f"building transfer set {final}: {n_train} train + {n_heldout} held-out continuations of "
-          f"{tcfg.max_new_tokens} new tokens from {len(prompts)} seed prompts")
+          f"{tcfg.max_new_tokens} new tokens from {len(prompts)} seed prompts; teacher in {dtype} ({dtype_why})")
 
     t0 = time.perf_counter()
     # One pass over train + held-out prompts: no half-empty batch for the held-out remainder.
@@ -349,7 +346,8 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
         "key": key,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "teacher": {"source": cfg.teacher.name_or_path or "random:" + json.dumps(cfg.teacher.config, sort_keys=True),
-                    "tokenizer": cfg.teacher.tokenizer, "dtype": cfg.teacher.dtype, "identity": identity},
+                    "tokenizer": cfg.teacher.tokenizer, "dtype": dtype, "dtype_setting": cfg.teacher.dtype,
+                    "dtype_reason": dtype_why, "identity": identity},
         "seed": cfg.seed,
         "settings": dataclasses.asdict(tcfg),
         "seed_prompts": {"path": tcfg.seed_prompts, "count": len(prompts),

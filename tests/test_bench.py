@@ -53,6 +53,10 @@ def test_tiny_bench_writes_every_key_and_prints_the_table(tmp_path):
     assert len(r["load_average"]["start"]) == 3
     assert r["memory"]["ce"]["alloc_peak_mb"] > 0 and r["memory"]["kd"]["process_rss_peak_mb"] > 0
     assert f"wrote {out}" in proc.stdout
+    # issue 12: the CPU's capability, the precision measured in (fp32) and what auto would pick, with why
+    assert r["precision"] == "fp32" and set(r["cpu"]) == {"capability", "amx", "avx512_bf16"}
+    assert r["auto_precision"]["choice"] in ("bf16", "fp32") and r["cpu"]["capability"] in r["auto_precision"]["reason"]
+    assert f"CPU capability {r['cpu']['capability']}" in proc.stdout and "measured in fp32" in proc.stdout
 
 
 def test_allocated_peak_counts_the_step_peak_not_the_end():

@@ -170,3 +170,17 @@ def test_corpus_command_with_a_random_teacher(teacher_dir, tmp_path, capsys):
     manifest = json.loads(next((tmp_path / "c").glob("*/manifest.json")).read_text())
     assert manifest["teacher"]["identity"].startswith("random:") and manifest["settings"]["heldout_share"] == 0.25
     assert transfer.main(args) == 0 and "reusing transfer set" in capsys.readouterr().out
+
+
+def test_the_transfer_set_and_eval_share_one_sampler(teacher_dir, teacher, tmp_path):
+    """sample_continuations and generate_samples (the eval/samples path) draw the same continuations for the
+    same prompts, settings and seed: one loop (generate.sample_batches), one seeding scheme."""
+    from distill.generate import generate_samples
+
+    model, tok = teacher
+    tcfg = transfer.parse_transfer_config({"max_new_tokens": 9, "batch_size": 4, "top_k": 20, "top_p": 0.9})
+    texts, prompt_n, new_n = transfer.sample_continuations(model, tok, PROMPTS, tcfg, seed=3, show_progress=False)
+    eval_texts = generate_samples(model, tok, PROMPTS, transfer.sampling_config(tcfg, 3), progress=False)
+    assert [p + e[0] for p, e in zip(PROMPTS, eval_texts, strict=True)] == texts
+    assert prompt_n == [len(tok(p)["input_ids"]) for p in PROMPTS] and max(new_n) == 9
+    assert len(set(texts)) == len(texts)  # sampled, not greedy: six different continuations
