@@ -40,6 +40,12 @@ How a block is swapped (one row at a time):
    counterfactual context would answer a different question. The last token of every swapped word maps to
    the last token of its replacement, so the prediction after "waiter" is compared with the one after
    "waitress".
+   5b. A position whose next token is a piece of a swapped word keeps a counterpart only if the
+   counterfactual's next token maps back to it through the table (" he" <-> " she"). Otherwise the two
+   positions predict different pieces (" wait|er" vs " wait|re|ss", " M|r" vs " M|s", " bro|ther" vs
+   " s|is|ter" on data/tiny_tokenizer) that no table entry relates, and the counterfactual's mass on the
+   female piece would land in a male context (issue 11): align is -1 there, so the target is the teacher's
+   own. A one-token-for-one-token swap counts as exact only when the table maps the new id back.
 6. Length. A counterfactual longer than T is cut to T (the teacher never sees a longer sequence than the
    original, so position limits hold); original positions whose counterpart was cut get -1. Shorter rows
    are right-padded with the pad id (else eos, else 0) and attention_mask 0.
@@ -368,7 +374,8 @@ def _row_counterfactual(row: list[int], cand: list[int], codec: _Codec, table: T
         new_ids = [tid] if tid is not None else codec.encode_cached(new_text)
         if new_ids is None or "\ufffd" in strs[b - 1] or (a and "\ufffd" in strs[a - 1]):
             continue  # the new text cannot be spelt exactly, or a character is split at the run's edge
-        groups.append(_Group(a, b, rs, new_ids, b - a == 1 and len(new_ids) == 1))
+        one_to_one = b - a == 1 and len(new_ids) == 1 and _maps_back(table, new_ids[0], row[a])
+        groups.append(_Group(a, b, rs, new_ids, one_to_one))
     if not groups:
         return None
 
@@ -403,6 +410,12 @@ def _row_counterfactual(row: list[int], cand: list[int], codec: _Codec, table: T
             m = _map_offset(ends[t] - t0, g.reps, t0)
             j = end_to_j.get(m) if m is not None else None
             align[t] = -1 if j is None else c0 + j
+        # Rule 5b: a position whose next token lies in the run predicts a piece of the swapped word; unless
+        # the counterfactual's next token maps back to it through the table, it gets no counterpart.
+        for t in range(max(g.a - 1, 0), g.b - 1):
+            j = align[t]
+            if j >= 0 and (j + 1 >= len(cf) or not _maps_back(table, cf[j + 1], row[t + 1])):
+                align[t] = -1
         shift += len(g.new_ids) - (g.b - g.a)
         prev = g.b
     align[prev:T] = range(prev + shift, T + shift)
@@ -413,6 +426,12 @@ def _row_counterfactual(row: list[int], cand: list[int], codec: _Codec, table: T
         cf = cf[:T]
         align = [x if x < T else -1 for x in align]
     return cf, align, k, n_exact, n_aligned
+
+
+def _maps_back(table: TokenSwapTable, u: int, v: int) -> bool:
+    """Whether counterfactual token u is original token v after mapping back (the same id, the table's
+    counterpart, or one of the ids a one-to-many token splits over)."""
+    return u == v or int(table.counterpart[u]) == v or v in table.back_groups.get(u, ())
 
 
 def _pad_id(tokenizer) -> int:

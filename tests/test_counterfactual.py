@@ -348,8 +348,10 @@ def _check_alignment(tok, lex, table, x, cf):
                     want += [otext[pos:x_.start], x_.new]
                     pos = x_.end
             want = "".join(want) + otext[pos:p]
-            if j < 0:  # inside a swapped word, or cut off with the end of a longer counterfactual
-                assert any(x_.start < p < x_.end for x_ in reps) or len(want) > c_ends[-1], (t, otext[:p])
+            if j < 0:  # inside a swapped word, before a piece of one (rule 5b), or cut off at the end
+                nxt = (p, o_ends[t + 1]) if t + 1 < len(o_ends) else (p, p)
+                assert any(x_.start < p < x_.end or (nxt[0] < x_.end and nxt[1] > x_.start) for x_ in reps) \
+                    or len(want) > c_ends[-1], (t, otext[:p])
             else:
                 assert ctext[:c_ends[j]] == want, (t, j)
         assert cf_ids[:int(cf.prefix_len[i])] == orig_ids[:int(cf.prefix_len[i])]
@@ -367,12 +369,13 @@ def test_multi_token_counterpart_is_aligned(tok, table, lex):
     extra = len(waitress) - 1
     # row 0: " waiter" -> " wait"+"ress": one token longer, cut back to T (the last position loses its counterpart)
     assert cf.input_ids.shape == (2, T)
-    assert cf.align[0, :k].tolist() == list(range(k))
+    assert cf.align[0, :k - 1].tolist() == list(range(k - 1))
+    assert cf.align[0, k - 1] == -1  # predicting " waiter" vs " wait": no table entry relates them (rule 5b)
     assert cf.align[0, k] == k + extra  # after "waiter" <-> after "waitress"
     assert cf.align[0, k + 1:T - extra].tolist() == list(range(k + 1 + extra, T))
     assert cf.align[0, T - extra:].tolist() == [-1] * extra
     # row 1: " wait"+"ress" -> " waiter": the first piece has no counterpart
-    assert cf.align[1, k:k + len(waitress)].tolist() == [-1] * (len(waitress) - 1) + [k]
+    assert cf.align[1, k - 1:k + len(waitress)].tolist() == [-1] * len(waitress) + [k]
     assert int(cf.attention_mask[1].sum()) == T - extra
     assert cf.input_ids[1, T - extra:].tolist() == [tok.eos_token_id] * extra  # right padding
     assert cf.prefix_len.tolist() == [k, k]
@@ -475,3 +478,56 @@ def test_document_scope_targets_equal_block_scope_inside_the_document_and_p_afte
     torch.testing.assert_close(scoped[0, last + 1:], plain[0, last + 1:], rtol=0, atol=1e-6)
     assert (block[0, last + 1:] - plain[0, last + 1:]).abs().max() > 1e-4  # block scope did change them
     torch.testing.assert_close(scoped[1], block[1], rtol=0, atol=1e-6)  # swap in the last document: same
+
+
+def _next_tokens_map_back(x, cf, table):
+    """(t, original next id, counterfactual next id) for every aligned position whose counterfactual next token
+    is neither the original's nor a table counterpart of it: what mapping back cannot bring home."""
+    bad = []
+    cp = table.counterpart.tolist()
+    for i, r in enumerate(cf.rows.tolist()):
+        n = int(cf.attention_mask[i].sum())
+        c = cf.input_ids[i, :n].tolist()
+        o = x[r].tolist()
+        for t, j in enumerate(cf.align[i].tolist()):
+            if j < 0 or t + 1 >= len(o) or j + 1 >= n:
+                continue
+            u, v = c[j + 1], o[t + 1]
+            if u != v and cp[u] != v and v not in table.back_groups.get(u, ()):
+                bad.append((t, v, u))
+    return bad
+
+
+@pytest.mark.parametrize("male,female", [(" waiter", " waitress"), (" Mr.", " Ms."), (" brother", " sister")])
+def test_pieces_of_multi_token_swaps_get_no_counterfactual_target(lex, male, female):
+    """Issue 11, defect 3: on data/tiny_tokenizer " wait|er" <-> " wait|re|ss", " M|r|." <-> " M|s|.",
+    " bro|ther" <-> " s|is|ter". A position whose next token is a piece of such a word was aligned with the
+    counterfactual position predicting the other word's piece ("re", "s", " s"), which no table entry maps
+    back, so the female piece's mass landed in a male context. Those positions now get no counterfactual
+    (-1); a shared first piece (" wait", " M") and the position after the whole word keep their counterpart."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ROOT / "data" / "tiny_tokenizer")
+    table = build_token_swap_table(tok, lex)
+    for word, other in ((male, female), (female, male)):
+        a, b = enc(tok, word), enc(tok, other)
+        assert len(a) > 1 and a != b
+        text = f"Then I met{word} Smith at the bank and we talked for a while"
+        assert lex.swap_text(text) == text.replace(word, other)
+        x = block(tok, [text])
+        cf = counterfactual_batch(x, tok, table, lex)
+        assert cf.rows.tolist() == [0]
+        assert _next_tokens_map_back(x, cf, table) == []  # old code: the female piece's position, every time
+        k, n = len(enc(tok, "Then I met")), len(a)
+        d = next(i for i in range(n) if a[i] != b[i])  # the first piece that differs
+        assert cf.align[0, :k - 1 + d].tolist() == list(range(k - 1 + d))
+        assert int(cf.align[0, k - 1 + d]) == -1
+        assert int(cf.align[0, k + n - 1]) == k + len(b) - 1  # after the whole word: after the whole other
+
+
+def test_every_aligned_counterfactual_next_token_maps_back(tok, table, lex):
+    sentences = [o for _, o, _ in read_cases()]
+    x = block(tok, ["\n" + s + "\n" for s in sentences], pad_text="\n")
+    cf = counterfactual_batch(x, tok, table, lex)
+    assert cf.n_aligned > 0
+    assert _next_tokens_map_back(x, cf, table) == []
