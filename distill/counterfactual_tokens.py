@@ -51,7 +51,8 @@ How a block is swapped (one row at a time):
    are right-padded with the pad id (else eos, else 0) and attention_mask 0.
 7. Document scope (`document_end`, what `crr.cf_scope=document` passes: the EOS id). Packing puts several
    documents in a block; a row's counterfactual stops at the first document end after its last swapped
-   word, EOS included, and the original positions after it get -1 (their targets stay the teacher's own).
+   word, EOS included, and the original positions after it get SAME_CONTEXT (-2): their documents hold no
+   swap, so their counterfactual context is their own (the teacher then uses q = p there).
    Causal attention makes every kept counterfactual position the same as without the cut, and the
    teacher's counterfactual pass runs on the swapped documents only, not on the rest of the block.
 
@@ -75,6 +76,10 @@ import torch
 
 from distill.counterfactual import Lexicon, Replacement
 
+# align values that are not positions: no counterpart (the target stays the teacher's own p), and "the
+# counterfactual context is the original one" (rule 7: a later document of the block), where q = p.
+NO_COUNTERPART = -1
+SAME_CONTEXT = -2
 _ANCHOR_TEXT = "\n"  # decoded before each id so a piece keeps its leading space; encoded before a run likewise
 
 
@@ -110,7 +115,8 @@ class CounterfactualBatch:
 
     rows: (S,) batch rows with at least one swapped word, ascending.
     input_ids / attention_mask: (S, T2) counterfactual ids, right-padded; T2 <= T.
-    align: (S, T) for each original position, the counterfactual position with the same next-token role; -1 if none.
+    align: (S, T) for each original position, the counterfactual position with the same next-token role;
+        NO_COUNTERPART (-1) if none, SAME_CONTEXT (-2) after the swapped document (rule 7).
     prefix_len: (S,) leading tokens identical in original and counterfactual.
     n_exact / n_aligned: swapped words done by single-token substitution / by re-tokenisation and alignment.
     """
@@ -396,7 +402,7 @@ def _row_counterfactual(row: list[int], cand: list[int], codec: _Codec, table: T
     if document_end is not None and document_end in row[groups[-1].b:]:
         last = row.index(document_end, groups[-1].b)
     if n_aligned == 0:
-        return cf[:last + 1], list(range(last + 1)) + [-1] * (T - 1 - last), k, n_exact, 0
+        return cf[:last + 1], list(range(last + 1)) + [SAME_CONTEXT] * (T - 1 - last), k, n_exact, 0
 
     align = [-1] * T
     shift, prev = 0, 0
@@ -421,7 +427,7 @@ def _row_counterfactual(row: list[int], cand: list[int], codec: _Codec, table: T
     align[prev:T] = range(prev + shift, T + shift)
     if last < T - 1:  # rule 7; the tokens after the last group are the original ones, shifted
         cf = cf[:last + shift + 1]
-        align[last + 1:] = [-1] * (T - 1 - last)
+        align[last + 1:] = [SAME_CONTEXT] * (T - 1 - last)
     if len(cf) > T:  # rule 6
         cf = cf[:T]
         align = [x if x < T else -1 for x in align]

@@ -406,7 +406,7 @@ def test_counterfactual_text_matches_text_swap_on_all_cases(tok, table, lex):
     assert cf.n_exact > 0 and cf.n_aligned > 0
     _check_alignment(tok, lex, table, x, cf)
     # the teacher's checks: align points into the real (unpadded) part of each row
-    assert int((cf.align - cf.attention_mask.sum(1, keepdim=True)).max()) < 0 and int(cf.align.min()) >= -1
+    assert int((cf.align - cf.attention_mask.sum(1, keepdim=True)).max()) < 0 and int(cf.align.min()) >= -2
 
 
 def test_packed_blocks_edges_and_candidate_path(tok, table, lex, monkeypatch):
@@ -449,7 +449,7 @@ def test_document_scope_stops_at_the_end_of_the_swapped_document(tok, table, lex
     assert n == last + shift + 1 and int(doc_cf.input_ids[0, n - 1]) == eos
     assert doc_cf.input_ids[0, :n].tolist() == block_cf.input_ids[0, :n].tolist()
     assert doc_cf.align[0, :last + 1].tolist() == block_cf.align[0, :last + 1].tolist()
-    assert doc_cf.align[0, last + 1:].tolist() == [-1] * (x.shape[1] - last - 1)
+    assert doc_cf.align[0, last + 1:].tolist() == [ct.SAME_CONTEXT] * (x.shape[1] - last - 1)
     assert int(doc_cf.prefix_len[0]) == int(block_cf.prefix_len[0])
     # no document end after the swapped word: the counterfactual runs to the end of the block, as before
     open_ended = x[:, : last]
@@ -458,13 +458,14 @@ def test_document_scope_stops_at_the_end_of_the_swapped_document(tok, table, lex
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.align, b.align)
 
 
-def test_document_scope_targets_equal_block_scope_inside_the_document_and_p_after(tok, table, lex):
+def test_document_scope_targets_equal_block_scope_inside_the_document_and_own_context_after(tok, table, lex):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from distill.teacher import teacher_targets
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64)).eval()
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,
+                                       initializer_range=0.3)).eval()  # sharp enough to tell scopes apart
     eos = tok.eos_token_id
     doc = enc(tok, "The doctor said that he would call his sister today")
     rest = enc(tok, "The weather was fine and the roads were dry all day long")
@@ -472,11 +473,11 @@ def test_document_scope_targets_equal_block_scope_inside_the_document_and_p_afte
     kwargs = {"mode": "cf_mean", "temperature": 2.0, "vocab_rows": len(tok), "table": table}
     block = teacher_targets(model, x, cf=counterfactual_batch(x, tok, table, lex), **kwargs).probs
     scoped = teacher_targets(model, x, cf=counterfactual_batch(x, tok, table, lex, document_end=eos), **kwargs).probs
-    plain = teacher_targets(model, x, mode="none", temperature=2.0, vocab_rows=len(tok)).probs
+    own = teacher_targets(model, x, **kwargs).probs  # no counterfactual: every context is its own
     last = 1 + len(doc)
     torch.testing.assert_close(scoped[0, :last + 1], block[0, :last + 1], rtol=0, atol=1e-6)
-    torch.testing.assert_close(scoped[0, last + 1:], plain[0, last + 1:], rtol=0, atol=1e-6)
-    assert (block[0, last + 1:] - plain[0, last + 1:]).abs().max() > 1e-4  # block scope did change them
+    torch.testing.assert_close(scoped[0, last + 1:], own[0, last + 1:], rtol=0, atol=1e-6)
+    assert (block[0, last + 1:] - own[0, last + 1:]).abs().max() > 1e-4  # block scope did change them
     torch.testing.assert_close(scoped[1], block[1], rtol=0, atol=1e-6)  # swap in the last document: same
 
 
@@ -531,3 +532,37 @@ def test_every_aligned_counterfactual_next_token_maps_back(tok, table, lex):
     cf = counterfactual_batch(x, tok, table, lex)
     assert cf.n_aligned > 0
     assert _next_tokens_map_back(x, cf, table) == []
+
+
+@pytest.mark.parametrize("mode", ["cf_mean", "cf_max", "cf_expmean"])
+@pytest.mark.parametrize("scope", ["document", "block"])
+def test_cf_target_of_a_context_does_not_depend_on_later_words(tok, table, lex, mode, scope):
+    """Issue 11, defect 2: positions before the first swap of a row with one got combine(p, map_back(p)) while
+    rows with no swap kept p, so one context had two targets depending on what came later in the block. Now
+    every position's target is combine(p, map_back(q)), q the teacher's prediction after the counterfactual of
+    the context (p itself when the context has nothing to swap). Rows that share their first d tokens get the
+    same targets at positions < d, whether or not a gendered word, or a document end, follows."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distill.teacher import teacher_targets
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64)).eval()
+    eos = tok.eos_token_id
+    families = [
+        ["The doctor said that he would call his sister today", "The doctor said that the weather was fine",
+         "The doctor said that.<|endoftext|>She was tired", "The doctor said that she would call"],
+        ["He said that the weather was fine and dry", "He said that the nurse told her she was late",
+         "He said that the man was here"],
+    ]
+    document_end = eos if scope == "document" else None
+    for texts in families:
+        x = block(tok, texts)
+        out = teacher_targets(model, x, mode=mode, temperature=2.0, vocab_rows=len(tok), table=table,
+                              cf=counterfactual_batch(x, tok, table, lex, document_end)).probs
+        plain = teacher_targets(model, x, mode="none", temperature=2.0, vocab_rows=len(tok)).probs
+        d = int((x != x[0]).any(0).int().argmax())  # first position where the rows differ
+        assert d >= 4
+        for r in range(1, len(texts)):
+            torch.testing.assert_close(out[r, :d], out[0, :d], rtol=0, atol=1e-5)
+        assert (out[0, :d] - plain[0, :d]).abs().max() > 1e-4  # the rule acts on these positions
