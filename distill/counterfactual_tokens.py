@@ -440,6 +440,34 @@ def _maps_back(table: TokenSwapTable, u: int, v: int) -> bool:
     return u == v or int(table.counterpart[u]) == v or v in table.back_groups.get(u, ())
 
 
+_WORD_CHAR = re.compile(r"\w")
+
+
+def word_piece_occurrences(rows: list[list[int]], table: TokenSwapTable) -> dict[str, int]:
+    """How often the table's ids occur in token rows as pieces of longer words (issue 11).
+
+    An occurrence of a table id is a piece when a word character joins it to its neighbour: its text starts
+    with one and the previous token's text ends with one ("Sher|man"), or it ends with one and the next token's
+    text starts with one (" he|ad"). Before the word-start rule pair_mean and mapping back acted on every piece
+    (`acted_on_before`); after it, not on those that start inside a word (`acted_on_after`: only word-initial
+    pieces such as " he|ad", which the position predicting them cannot tell from the word " he").
+    """
+    pieces, gendered = table.pieces, table.is_gendered
+    n = n_piece = n_after = 0
+    for row in rows:
+        for i, t in enumerate(row):
+            if not gendered[t]:
+                continue
+            n += 1
+            text = pieces[t]
+            inside = bool(i and _WORD_CHAR.match(text[:1]) and _WORD_CHAR.match(pieces[row[i - 1]][-1:]))
+            continued = bool(i + 1 < len(row) and _WORD_CHAR.match(text[-1:])
+                             and _WORD_CHAR.match(pieces[row[i + 1]][:1]))
+            n_piece += inside or continued
+            n_after += continued and not inside
+    return {"occurrences": n, "pieces": n_piece, "acted_on_before": n_piece, "acted_on_after": n_after}
+
+
 def _pad_id(tokenizer) -> int:
     for name in ("pad_token_id", "eos_token_id"):
         v = getattr(tokenizer, name, None)

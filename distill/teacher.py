@@ -43,6 +43,7 @@ ordinary tensors, because inference tensors cannot be saved for backward and the
 
 from __future__ import annotations
 
+import re
 import weakref
 from dataclasses import dataclass
 from typing import Protocol
@@ -59,6 +60,7 @@ MAX_CF_GROUPS = 4  # at most this many counterfactual forwards per batch (rows g
 # not a measurement: a small forward on a GPU is bound by kernel launches rather than by its token count.
 GROUP_OVERHEAD_TOKENS = 256
 _TINY = torch.finfo(torch.float32).tiny
+_WORD_CHAR = re.compile(r"\w")  # the lexicon's word boundary is (?<!\w) ... (?!\w)
 
 
 class SwapTableLike(Protocol):
@@ -115,6 +117,12 @@ class SwapPlan:
     pair_cols: torch.Tensor  # (C,) ids in any gendered pair
     pair_slot: torch.Tensor  # (C,) 2 * component (of the pair graph) + side (0 male, 1 female) of each id
     slot_size: torch.Tensor  # (2K,) fp32 ids per slot
+    # The word-start rule (issue 11): a spelling without a leading space ("man", "She") is a word only where a
+    # word may start, so at a position whose context ends in a word character its mass is left in place.
+    # None when the table carries no token texts (`pieces`).
+    ends_word: torch.Tensor | None = None  # (V_tokenizer,) bool: the id's text ends in a word character
+    fix_nospace: torch.Tensor | None = None  # (F,) bool: fix col whose text starts with a word character
+    pair_nospace: torch.Tensor | None = None  # (C,) bool: likewise for pair_cols
 
 
 def build_swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device | str = "cpu") -> SwapPlan:
@@ -195,11 +203,27 @@ def build_swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device 
     def ft(x: list) -> torch.Tensor:
         return torch.tensor(x, dtype=torch.float32, device=device)
 
+    # Pairs and counterparts are built per spelling (with or without the leading space), so every component
+    # of the pair graph and every mapping-back source is on one side of this split.
+    pieces = list(getattr(table, "pieces", None) or [])
+    ends_word = fix_nospace = pair_nospace = None
+    if pieces:
+        def bt(x: list) -> torch.Tensor:
+            return torch.tensor(x, dtype=torch.bool, device=device)
+
+        ends_word = bt([bool(_WORD_CHAR.match(s[-1:])) for s in pieces])
+
+        def nospace(i: int) -> bool:
+            return i < len(pieces) and bool(_WORD_CHAR.match(pieces[i][:1]))
+
+        fix_nospace, pair_nospace = bt([nospace(v) for v in fix]), bt([nospace(c) for c in cols])
+
     return SwapPlan(
         vocab_rows=V, fix_cols=lt(fix), read_cols=lt(read), fix_src=lt(fix_src), extra_src=lt(extra_src),
         extra_fix=lt(extra_fix), group_src=lt(g_src), group_fix=lt(g_fix), group_dst=lt(g_dst), group_id=lt(g_id),
         group_size=ft(g_size),
         pair_cols=lt(cols), pair_slot=lt(slot), slot_size=ft(slot_size),
+        ends_word=ends_word, fix_nospace=fix_nospace, pair_nospace=pair_nospace,
     )
 
 
@@ -239,13 +263,15 @@ def softmax_t(logits: torch.Tensor, vocab_rows: int, temperature: float, out: to
     return out.div_(out.sum(-1, keepdim=True))
 
 
-def pair_mean_(p: torch.Tensor, plan: SwapPlan) -> torch.Tensor:
+def pair_mean_(p: torch.Tensor, plan: SwapPlan, mid_word: torch.Tensor | None = None) -> torch.Tensor:
     """Equalise the two genders within every gendered pair group, in place on p (..., V).
 
     For a group with male ids M and female ids F (a plain pair is M = {a}, F = {b}), with m = sum p[M] and
     f = sum p[F]: p'[x] = p[x] * (m + f) / (2 m) for x in M and likewise for F, so each side holds half the
     group's mass and keeps its internal ratio; a side with no mass shares its half equally. For a pair this
     is p'_a = p'_b = (p_a + p_b) / 2. Returns the total-variation change per position, shape p.shape[:-1].
+    `mid_word` (p.shape[:-1] bool): positions whose context ends inside a word, where the spellings without a
+    leading space are left alone (`SwapPlan.pair_nospace`).
     """
     if plan.pair_cols.numel() == 0:
         return p.new_zeros(p.shape[:-1])
@@ -255,25 +281,30 @@ def pair_mean_(p: torch.Tensor, plan: SwapPlan) -> torch.Tensor:
     scale = torch.where(mass > 0, half / mass.clamp_min(torch.finfo(mass.dtype).tiny), 0.0)
     equal = torch.where(mass > 0, 0.0, half / plan.slot_size)
     new = old * scale.index_select(-1, plan.pair_slot) + equal.index_select(-1, plan.pair_slot)
+    if mid_word is not None and plan.pair_nospace is not None:
+        new = torch.where(mid_word.unsqueeze(-1) & plan.pair_nospace, old, new)
     p.index_copy_(-1, plan.pair_cols, new)
     return new.sub_(old).abs_().sum(-1).mul_(0.5)
 
 
-def map_back(q: torch.Tensor, p: torch.Tensor, plan: SwapPlan, inplace: bool = False) -> torch.Tensor:
+def map_back(q: torch.Tensor, p: torch.Tensor, plan: SwapPlan, inplace: bool = False,
+             mid_word: torch.Tensor | None = None) -> torch.Tensor:
     """The counterfactual distribution q (N, V) expressed over the original context's tokens.
 
     q_back[v] = sum of q[u] over cf tokens u with counterpart[u] = v, plus, for every back-group token u
     (one cf token, several originals), q[u] * p[v] / sum_{v' in group(u)} p[v'] (equal split if that sum is 0).
     p (N, V) is the original context's distribution at the same positions. The total mass is preserved.
     Only the gendered columns are touched (a gather/scatter over them), so `inplace=True` costs O(N * F).
+    `mid_word` (N,) bool: rows whose context ends inside a word keep q on the spellings without a space.
     """
     out = q if inplace else q.clone()
     if plan.fix_cols.numel() == 0:
         return out
-    return out.index_copy_(-1, plan.fix_cols, _mapped_back_fix(q, plan, p))
+    return out.index_copy_(-1, plan.fix_cols, _mapped_back_fix(q, plan, p, mid_word))
 
 
-def _mapped_back_fix(q: torch.Tensor, plan: SwapPlan, p: torch.Tensor) -> torch.Tensor:
+def _mapped_back_fix(q: torch.Tensor, plan: SwapPlan, p: torch.Tensor,
+                     mid_word: torch.Tensor | None = None) -> torch.Tensor:
     """map_back(q, p)[..., plan.fix_cols]: the only columns mapping back changes, as a new (N, F) tensor."""
     r = q.index_select(-1, plan.read_cols)
     r = torch.cat([r, r.new_zeros(*r.shape[:-1], 1)], dim=-1)  # column R: "no 1:1 source"
@@ -287,6 +318,8 @@ def _mapped_back_fix(q: torch.Tensor, plan: SwapPlan, p: torch.Tensor) -> torch.
         equal = (1.0 / plan.group_size).index_select(-1, plan.group_id).expand_as(w)
         w = torch.where(total > 0, w / total.clamp_min(_TINY), equal)
         new.index_add_(-1, plan.group_fix, r.index_select(-1, plan.group_src).mul_(w))
+    if mid_word is not None and plan.fix_nospace is not None:
+        new = torch.where(mid_word.unsqueeze(-1) & plan.fix_nospace, q.index_select(-1, plan.fix_cols), new)
     return new
 
 
@@ -555,18 +588,24 @@ def teacher_targets(
     if mode == "none":
         return TeacherOutput(p, hidden, 0.0)
     plan = swap_plan(table, V, p.device)
+    mid = None  # (B, T): the context ends inside a word (the word-start rule, see SwapPlan)
+    if plan.ends_word is not None and int(input_ids.max()) < plan.ends_word.numel():
+        mid = plan.ends_word[input_ids]
     if mode == "pair_mean":
-        tv = pair_mean_(p, plan)
+        tv = pair_mean_(p, plan, mid)
         return TeacherOutput(p, hidden, (tv > CHANGED_TV).sum().item() / max(B * T, 1))
     if job is None:  # no row has a swap: every context is its own counterfactual
         same = torch.ones(B * T, dtype=torch.bool, device=p.device)
-        changed = combine_same_context_(p.view(B * T, V), same, plan, mode)
+        flat_mid = mid.view(-1) if mid is not None else None
+        changed = combine_same_context_(p.view(B * T, V), same, plan, mode, flat_mid)
         return TeacherOutput(p, hidden, changed / max(B * T, 1))
-    changed = _apply_counterfactual(teacher, p, cache, job, plan, mode, temperature)
+    changed = _apply_counterfactual(teacher, p, cache, job, plan, mode, temperature,
+                                    mid.view(-1) if mid is not None else None)
     return TeacherOutput(p, hidden, changed / max(B * T, 1))
 
 
-def _apply_counterfactual(teacher, p, cache, job, plan: SwapPlan, mode: str, temperature: float) -> int:
+def _apply_counterfactual(teacher, p, cache, job, plan: SwapPlan, mode: str, temperature: float,
+                         mid_word: torch.Tensor | None = None) -> int:
     """Set every position's target to combine(p, map_back(q)) (module docstring): q from the counterfactual
     forward at the aligned positions of the cf rows, q = p where the context is its own counterfactual, and p
     left alone where align is -1. Returns the number of positions whose target changed.
@@ -594,19 +633,21 @@ def _apply_counterfactual(teacher, p, cache, job, plan: SwapPlan, mode: str, tem
             torch.index_select(softmax_t(logits, V, temperature), 0, g.select, out=q[start : start + n])
         del logits
         start += n
-    changed = combine_same_context_(p2, same, plan, mode)  # rows disjoint from the cf-sourced ones below
+    changed = combine_same_context_(p2, same, plan, mode, mid_word)  # rows disjoint from the cf-sourced ones
     if M == 0:
         return changed
     dest = torch.cat([g.dest for g in groups])
     p_sel = p2.index_select(0, dest)
-    map_back(q, p_sel, plan, inplace=True)
+    mid_sel = mid_word.index_select(0, dest) if mid_word is not None else None
+    map_back(q, p_sel, plan, inplace=True, mid_word=mid_sel)
     combine_(p_sel, q, mode)
     changed += int(p_sel.sub_(q).abs_().sum(-1).mul_(0.5).gt(CHANGED_TV).sum().item())  # p_sel is spent
     p2.index_copy_(0, dest, q)
     return changed
 
 
-def combine_same_context_(p: torch.Tensor, rows: torch.Tensor, plan: SwapPlan, mode: str) -> int:
+def combine_same_context_(p: torch.Tensor, rows: torch.Tensor, plan: SwapPlan, mode: str,
+                          mid_word: torch.Tensor | None = None) -> int:
     """combine(p, map_back(p)) in place on the rows of p (N, V) selected by the bool mask `rows` (N,): the
     target of a context that is its own counterfactual. Returns how many rows changed by more than CHANGED_TV.
 
@@ -618,7 +659,7 @@ def combine_same_context_(p: torch.Tensor, rows: torch.Tensor, plan: SwapPlan, m
     if plan.fix_cols.numel() == 0 or not bool(rows.any()):
         return 0
     old = p.index_select(-1, plan.fix_cols)
-    new = _mapped_back_fix(p, plan, p)
+    new = _mapped_back_fix(p, plan, p, mid_word)
     if mode == "cf_mean":
         m = new.add_(old).mul_(0.5)
         scale = None

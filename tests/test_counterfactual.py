@@ -566,3 +566,46 @@ def test_cf_target_of_a_context_does_not_depend_on_later_words(tok, table, lex, 
         for r in range(1, len(texts)):
             torch.testing.assert_close(out[r, :d], out[0, :d], rtol=0, atol=1e-5)
         assert (out[0, :d] - plain[0, :d]).abs().max() > 1e-4  # the rule acts on these positions
+
+
+@pytest.mark.parametrize("mode", ["pair_mean", "cf_mean"])
+def test_spellings_without_a_space_are_swapped_only_where_a_word_starts(tok, table, lex, mode):
+    """Issue 11, defect 4: the table holds spellings without a leading space ("man", "She"), and pair_mean and
+    mapping back moved their mass inside words ("She|r|man" -> "She|r|woman"). Now they are swapped only
+    where a word may start: at a position whose context ends in a letter or digit, their columns keep p."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distill.teacher import teacher_targets
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,
+                                       initializer_range=0.3)).eval()
+    text = "Then Sherman took the head of history home.\nHe left the man alone"
+    assert lex.swap_text(text).startswith("Then Sherman took the head of history home.\nShe")
+    x = torch.tensor([enc(tok, text)])
+    P = table.pieces
+    man, woman = one(tok, "man"), one(tok, "woman")
+    assert int(table.counterpart[man]) == woman
+    nospace = [i for i in table.is_gendered.nonzero().flatten().tolist() if P[i][:1].isalnum()]
+    assert {man, woman} <= set(nospace)
+    kw = {"temperature": 1.0, "vocab_rows": len(tok)}
+    cf = counterfactual_batch(x, tok, table, lex, tok.eos_token_id) if mode != "pair_mean" else None
+    out = teacher_targets(model, x, mode=mode, table=table, cf=cf, **kw).probs[0]
+    p = teacher_targets(model, x, mode="none", **kw).probs[0]
+    first_swap = enc(tok, "Then Sherman took the head of history home.\n").__len__()
+    mid = [t for t in range(first_swap) if P[int(x[0, t])][-1:].isalnum()]  # later: the cf forward's q
+    start = [t for t in range(first_swap) if t not in mid]
+    assert len(mid) >= 5 and len(start) >= 3
+    assert enc(tok, "Then Sherman")[-1] == man and enc(tok, "Then Sherman")[-2] in [x[0, t] for t in mid]
+    torch.testing.assert_close(out[mid][:, nospace], p[mid][:, nospace], rtol=0, atol=1e-7)
+    torch.testing.assert_close(out[start][:, man], out[start][:, woman], rtol=0, atol=1e-7)
+    assert (out[start][:, man] - p[start][:, man]).abs().max() > 1e-5
+
+
+def test_share_of_table_ids_that_are_pieces_of_longer_words(tok, table):
+    """The measurement behind the README's figure: every occurrence of a table id that is a piece of a longer
+    word; before the word-start rule all were acted on, after it only word-initial pieces (" he|ad")."""
+    ids = enc(tok, "Then Sherman took the head of history home by herself. He left the man")
+    got = ct.word_piece_occurrences([ids], table)
+    # She|r|man: "She" (word-initial piece) and "man" (inside the word); " he|ad", " his|t|or|y", " hers|elf"
+    assert got == {"occurrences": 7, "pieces": 5, "acted_on_before": 5, "acted_on_after": 4}
