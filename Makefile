@@ -2,7 +2,7 @@
 PY ?= python
 RECIPE ?= recipes/debug.yaml
 
-.PHONY: install test test-slow lint train teacher demo demo-smoke bench clean
+.PHONY: install test test-slow lint train teacher demo demo-smoke study study-smoke bench clean
 
 install:  ## torch CPU build first (pinned), then the package with its dev extras
 	$(PY) -m pip install torch==2.13.0
@@ -43,6 +43,16 @@ demo-smoke:  ## the demo path end to end on the real teacher in about 2 minutes 
 	$(MAKE) demo DEMO_OUT=out/smoke DEMO_RUNS=out/smoke_runs \
 		DEMO_ARGS="train.max_steps=2 train.batch_size=2 data.transfer_set.num_sequences=48 data.transfer_set.max_new_tokens=32 train.eval_batches=1" \
 		DEMO_EVAL="--prompts professions --max-prompts 14 --samples-per-prompt 1 --max-new-tokens 8"
+
+STUDY_SEEDS ?= 3
+STUDY_ARMS ?=
+STUDY_OUT ?= out/study
+
+study: teacher  ## the ablation table of issue 11 (hours on 2 cores): STUDY_SEEDS seeds x STUDY_ARMS -> out/study/
+	$(PY) -m distill.study --seeds $(STUDY_SEEDS) --arms "$(STUDY_ARMS)" --out $(STUDY_OUT)
+
+study-smoke:  ## the study's code path on the debug recipes in about a minute: out/study_smoke/
+	$(PY) -m distill.study --smoke --in-process --seeds 2 --arms "$(or $(STUDY_ARMS),cda_cf_mean)" --out out/study_smoke
 
 bench:
 	distill bench
