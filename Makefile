@@ -2,7 +2,7 @@
 PY ?= python
 RECIPE ?= recipes/debug.yaml
 
-.PHONY: install test test-slow lint train teacher demo demo-smoke demo-seeds bench gpu-check clean
+.PHONY: install test test-slow lint train teacher demo demo-smoke demo-seeds study study-smoke bench gpu-check clean
 
 install:  ## torch CPU build first (pinned), then the package with its dev extras
 	$(PY) -m pip install torch==2.13.0
@@ -65,6 +65,16 @@ demo-seeds: teacher  ## SEEDS (default 3) KD and CRR students per arm, scored to
 	done
 	distill eval --model teacher=$(TEACHER) --model kd=$(call seed_runs,kd) --model crr=$(call seed_runs,crr) \
 		--text data/tiny_heldout.txt --out $(DEMO_SEEDS_OUT) --overwrite $(DEMO_EVAL)
+
+STUDY_SEEDS ?= 3
+STUDY_ARMS ?=
+STUDY_OUT ?= out/study
+
+study: teacher  ## the ablation table of issue 11 (hours on 2 cores): STUDY_SEEDS seeds x STUDY_ARMS -> out/study/
+	$(PY) -m distill.study --seeds $(STUDY_SEEDS) --arms "$(STUDY_ARMS)" --out $(STUDY_OUT)
+
+study-smoke:  ## the study's code path on the debug recipes in about a minute: out/study_smoke/
+	$(PY) -m distill.study --smoke --in-process --seeds 2 --arms "$(or $(STUDY_ARMS),cda_cf_mean)" --out out/study_smoke
 
 bench:
 	distill bench

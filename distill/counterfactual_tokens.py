@@ -40,12 +40,19 @@ How a block is swapped (one row at a time):
    counterfactual context would answer a different question. The last token of every swapped word maps to
    the last token of its replacement, so the prediction after "waiter" is compared with the one after
    "waitress".
+   5b. A position whose next token is a piece of a swapped word keeps a counterpart only if the
+   counterfactual's next token maps back to it through the table (" he" <-> " she"). Otherwise the two
+   positions predict different pieces (" wait|er" vs " wait|re|ss", " M|r" vs " M|s", " bro|ther" vs
+   " s|is|ter" on data/tiny_tokenizer) that no table entry relates, and the counterfactual's mass on the
+   female piece would land in a male context (issue 11): align is -1 there, so the target is the teacher's
+   own. A one-token-for-one-token swap counts as exact only when the table maps the new id back.
 6. Length. A counterfactual longer than T is cut to T (the teacher never sees a longer sequence than the
    original, so position limits hold); original positions whose counterpart was cut get -1. Shorter rows
    are right-padded with the pad id (else eos, else 0) and attention_mask 0.
 7. Document scope (`document_end`, what `crr.cf_scope=document` passes: the EOS id). Packing puts several
    documents in a block; a row's counterfactual stops at the first document end after its last swapped
-   word, EOS included, and the original positions after it get -1 (their targets stay the teacher's own).
+   word, EOS included, and the original positions after it get SAME_CONTEXT (-2): their documents hold no
+   swap, so their counterfactual context is their own (the teacher then uses q = p there).
    Causal attention makes every kept counterfactual position the same as without the cut, and the
    teacher's counterfactual pass runs on the swapped documents only, not on the rest of the block.
 
@@ -69,6 +76,10 @@ import torch
 
 from distill.counterfactual import Lexicon, Replacement
 
+# align values that are not positions: no counterpart (the target stays the teacher's own p), and "the
+# counterfactual context is the original one" (rule 7: a later document of the block), where q = p.
+NO_COUNTERPART = -1
+SAME_CONTEXT = -2
 _ANCHOR_TEXT = "\n"  # decoded before each id so a piece keeps its leading space; encoded before a run likewise
 
 
@@ -104,7 +115,8 @@ class CounterfactualBatch:
 
     rows: (S,) batch rows with at least one swapped word, ascending.
     input_ids / attention_mask: (S, T2) counterfactual ids, right-padded; T2 <= T.
-    align: (S, T) for each original position, the counterfactual position with the same next-token role; -1 if none.
+    align: (S, T) for each original position, the counterfactual position with the same next-token role;
+        NO_COUNTERPART (-1) if none, SAME_CONTEXT (-2) after the swapped document (rule 7).
     prefix_len: (S,) leading tokens identical in original and counterfactual.
     n_exact / n_aligned: swapped words done by single-token substitution / by re-tokenisation and alignment.
     """
@@ -368,7 +380,8 @@ def _row_counterfactual(row: list[int], cand: list[int], codec: _Codec, table: T
         new_ids = [tid] if tid is not None else codec.encode_cached(new_text)
         if new_ids is None or "\ufffd" in strs[b - 1] or (a and "\ufffd" in strs[a - 1]):
             continue  # the new text cannot be spelt exactly, or a character is split at the run's edge
-        groups.append(_Group(a, b, rs, new_ids, b - a == 1 and len(new_ids) == 1))
+        one_to_one = b - a == 1 and len(new_ids) == 1 and _maps_back(table, new_ids[0], row[a])
+        groups.append(_Group(a, b, rs, new_ids, one_to_one))
     if not groups:
         return None
 
@@ -389,7 +402,7 @@ def _row_counterfactual(row: list[int], cand: list[int], codec: _Codec, table: T
     if document_end is not None and document_end in row[groups[-1].b:]:
         last = row.index(document_end, groups[-1].b)
     if n_aligned == 0:
-        return cf[:last + 1], list(range(last + 1)) + [-1] * (T - 1 - last), k, n_exact, 0
+        return cf[:last + 1], list(range(last + 1)) + [SAME_CONTEXT] * (T - 1 - last), k, n_exact, 0
 
     align = [-1] * T
     shift, prev = 0, 0
@@ -403,16 +416,56 @@ def _row_counterfactual(row: list[int], cand: list[int], codec: _Codec, table: T
             m = _map_offset(ends[t] - t0, g.reps, t0)
             j = end_to_j.get(m) if m is not None else None
             align[t] = -1 if j is None else c0 + j
+        # Rule 5b: a position whose next token lies in the run predicts a piece of the swapped word; unless
+        # the counterfactual's next token maps back to it through the table, it gets no counterpart.
+        for t in range(max(g.a - 1, 0), g.b - 1):
+            j = align[t]
+            if j >= 0 and (j + 1 >= len(cf) or not _maps_back(table, cf[j + 1], row[t + 1])):
+                align[t] = -1
         shift += len(g.new_ids) - (g.b - g.a)
         prev = g.b
     align[prev:T] = range(prev + shift, T + shift)
     if last < T - 1:  # rule 7; the tokens after the last group are the original ones, shifted
         cf = cf[:last + shift + 1]
-        align[last + 1:] = [-1] * (T - 1 - last)
+        align[last + 1:] = [SAME_CONTEXT] * (T - 1 - last)
     if len(cf) > T:  # rule 6
         cf = cf[:T]
         align = [x if x < T else -1 for x in align]
     return cf, align, k, n_exact, n_aligned
+
+
+def _maps_back(table: TokenSwapTable, u: int, v: int) -> bool:
+    """Whether counterfactual token u is original token v after mapping back (the same id, the table's
+    counterpart, or one of the ids a one-to-many token splits over)."""
+    return u == v or int(table.counterpart[u]) == v or v in table.back_groups.get(u, ())
+
+
+_WORD_CHAR = re.compile(r"\w")
+
+
+def word_piece_occurrences(rows: list[list[int]], table: TokenSwapTable) -> dict[str, int]:
+    """How often the table's ids occur in token rows as pieces of longer words (issue 11).
+
+    An occurrence of a table id is a piece when a word character joins it to its neighbour: its text starts
+    with one and the previous token's text ends with one ("Sher|man"), or it ends with one and the next token's
+    text starts with one (" he|ad"). Before the word-start rule pair_mean and mapping back acted on every piece
+    (`acted_on_before`); after it, not on those that start inside a word (`acted_on_after`: only word-initial
+    pieces such as " he|ad", which the position predicting them cannot tell from the word " he").
+    """
+    pieces, gendered = table.pieces, table.is_gendered
+    n = n_piece = n_after = 0
+    for row in rows:
+        for i, t in enumerate(row):
+            if not gendered[t]:
+                continue
+            n += 1
+            text = pieces[t]
+            inside = bool(i and _WORD_CHAR.match(text[:1]) and _WORD_CHAR.match(pieces[row[i - 1]][-1:]))
+            continued = bool(i + 1 < len(row) and _WORD_CHAR.match(text[-1:])
+                             and _WORD_CHAR.match(pieces[row[i + 1]][:1]))
+            n_piece += inside or continued
+            n_after += continued and not inside
+    return {"occurrences": n, "pieces": n_piece, "acted_on_before": n_piece, "acted_on_after": n_after}
 
 
 def _pad_id(tokenizer) -> int:

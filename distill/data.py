@@ -80,7 +80,12 @@ def augment_documents(ds, lexicon, mode: str, p: float, seed: int):
 
     replace: each document is swapped with probability p (a per-document coin seeded by seed and index, so
              the result does not depend on batching or process count).
-    both:    every document that contains a swappable word is kept and its counterfactual added after it.
+    both:    every document that contains a swappable word is kept and its counterfactual is added; then all
+             documents are shuffled with `seed`. Why: packing cuts the stream in order, so a counterfactual
+             appended after its original shared a block with it (186 of 187 on data/tiny_corpus.txt at block
+             size 64), and teacher and student then read the swapped copy as a copying task in which the
+             teacher's copy prior favours the original gender (issue 11). After the shuffle the share is the
+             chance level of a random order (tests/test_data.py).
     """
 
     def apply(batch, indices):
@@ -101,7 +106,10 @@ def augment_documents(ds, lexicon, mode: str, p: float, seed: int):
 
     if mode == "none":
         return ds.map(lambda b: {"swapped": [False] * len(b["text"])}, batched=True)
-    return ds.map(apply, batched=True, with_indices=True, remove_columns=ds.column_names)
+    out = ds.map(apply, batched=True, with_indices=True, remove_columns=ds.column_names)
+    if mode == "both":
+        out = out.shuffle(seed=seed).flatten_indices()  # a pure function of the seed: resume stays exact
+    return out
 
 
 def pack(ds, tokenizer, block_size: int, num_proc: int | None = None):

@@ -159,12 +159,18 @@ class _ChunkedDistillLoss(torch.autograd.Function):
     def forward(ctx, logits, teacher_probs, labels, w_kd, w_ce, temperature, kind, beta, chunk_size, reuse):
         n = logits.shape[0]
         grad = None
+        # fp16 logits get an fp32 gradient buffer: the gradient is stored at the 1/n_global scale, where fp16
+        # flushed 42.5% of the entries to zero, and GradScaler's 2^16 applied in fp16 overflowed it to inf
+        # (issue 11). Only backward's scaled result is rounded to fp16, as autograd would. bf16 has fp32's
+        # exponent range, so it keeps a buffer of its own dtype (half the memory).
+        buf_dtype = torch.float32 if logits.dtype == torch.float16 else logits.dtype
+        ctx.logits_dtype = logits.dtype
         if ctx.needs_input_grad[0]:
             # With `reuse`, each chunk's gradient overwrites the teacher rows it has just consumed, so the
             # step holds one (N, V) tensor less (the caller promises not to read teacher_probs afterwards).
-            can_reuse = reuse and teacher_probs is not None and teacher_probs.dtype == logits.dtype \
+            can_reuse = reuse and teacher_probs is not None and teacher_probs.dtype == buf_dtype \
                 and teacher_probs.shape == logits.shape
-            grad = teacher_probs if can_reuse else torch.empty_like(logits)
+            grad = teacher_probs if can_reuse else torch.empty_like(logits, dtype=buf_dtype)
         closed_form = teacher_probs is None or kind == "forward_kl" or (kind == "jsd" and beta == 0.0)
         kd_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
         ce_sum = torch.zeros((), dtype=torch.float64, device=logits.device)
@@ -193,7 +199,8 @@ class _ChunkedDistillLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_total, _grad_kd, _grad_ce):
         (grad,) = ctx.saved_tensors
-        return grad.mul_(grad_total.to(grad.dtype)), None, None, None, None, None, None, None, None, None
+        grad = grad.mul_(grad_total.to(grad.dtype)).to(ctx.logits_dtype)
+        return grad, None, None, None, None, None, None, None, None, None
 
 
 def auto_chunk_size(device: torch.device) -> int:

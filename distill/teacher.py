@@ -22,6 +22,17 @@ original readings (`table.back_groups`, e.g. " her" -> [" his", " him"]) splits 
 proportion to p of those targets at the same position, so grammatical gender keeps agreeing with the
 original context while what follows (a profession, say) becomes gender-invariant.
 
+Where the cf_* modes act: at EVERY position, target = combine(p, q_back), q the teacher's prediction after
+the counterfactual of the context. A context with nothing to swap (before the first gendered word, in a row
+with none, in a later document under `cf_scope: document`) is its own counterfactual, so q = p and no extra
+forward is needed; q_back is then p with each gendered token's mass moved to its counterpart. Why one rule:
+before issue 11 those positions kept p in rows without a swap but were combined in rows with a later swap, so
+one context had two targets depending on tokens after it. The one exception is named by the alignment
+(`cf.align == -1`): a position predicting a piece of a multi-token swapped word, or whose counterpart was cut
+off at the block's end, keeps p, because no counterfactual prediction there can be mapped back. Whether a
+word is swapped can depend on the word being predicted (" he" vs " he|ad", "her" -> "his"/"him"), never on
+later words.
+
 Cost: the counterfactual forward runs only for the rows in `cf.rows` and only from the first swapped token on,
 on the teacher's key/value cache of the shared prefix (see `prefix_cache`). Rows are grouped by prefix length
 when that saves enough tokens (`_plan_groups`).
@@ -32,6 +43,7 @@ ordinary tensors, because inference tensors cannot be saved for backward and the
 
 from __future__ import annotations
 
+import re
 import weakref
 from dataclasses import dataclass
 from typing import Protocol
@@ -48,6 +60,7 @@ MAX_CF_GROUPS = 4  # at most this many counterfactual forwards per batch (rows g
 # not a measurement: a small forward on a GPU is bound by kernel launches rather than by its token count.
 GROUP_OVERHEAD_TOKENS = 256
 _TINY = torch.finfo(torch.float32).tiny
+_WORD_CHAR = re.compile(r"\w")  # the lexicon's word boundary is (?<!\w) ... (?!\w)
 
 
 class SwapTableLike(Protocol):
@@ -104,6 +117,12 @@ class SwapPlan:
     pair_cols: torch.Tensor  # (C,) ids in any gendered pair
     pair_slot: torch.Tensor  # (C,) 2 * component (of the pair graph) + side (0 male, 1 female) of each id
     slot_size: torch.Tensor  # (2K,) fp32 ids per slot
+    # The word-start rule (issue 11): a spelling without a leading space ("man", "She") is a word only where a
+    # word may start, so at a position whose context ends in a word character its mass is left in place.
+    # None when the table carries no token texts (`pieces`).
+    ends_word: torch.Tensor | None = None  # (V_tokenizer,) bool: the id's text ends in a word character
+    fix_nospace: torch.Tensor | None = None  # (F,) bool: fix col whose text starts with a word character
+    pair_nospace: torch.Tensor | None = None  # (C,) bool: likewise for pair_cols
 
 
 def build_swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device | str = "cpu") -> SwapPlan:
@@ -184,11 +203,27 @@ def build_swap_plan(table: SwapTableLike, vocab_rows: int, device: torch.device 
     def ft(x: list) -> torch.Tensor:
         return torch.tensor(x, dtype=torch.float32, device=device)
 
+    # Pairs and counterparts are built per spelling (with or without the leading space), so every component
+    # of the pair graph and every mapping-back source is on one side of this split.
+    pieces = list(getattr(table, "pieces", None) or [])
+    ends_word = fix_nospace = pair_nospace = None
+    if pieces:
+        def bt(x: list) -> torch.Tensor:
+            return torch.tensor(x, dtype=torch.bool, device=device)
+
+        ends_word = bt([bool(_WORD_CHAR.match(s[-1:])) for s in pieces])
+
+        def nospace(i: int) -> bool:
+            return i < len(pieces) and bool(_WORD_CHAR.match(pieces[i][:1]))
+
+        fix_nospace, pair_nospace = bt([nospace(v) for v in fix]), bt([nospace(c) for c in cols])
+
     return SwapPlan(
         vocab_rows=V, fix_cols=lt(fix), read_cols=lt(read), fix_src=lt(fix_src), extra_src=lt(extra_src),
         extra_fix=lt(extra_fix), group_src=lt(g_src), group_fix=lt(g_fix), group_dst=lt(g_dst), group_id=lt(g_id),
         group_size=ft(g_size),
         pair_cols=lt(cols), pair_slot=lt(slot), slot_size=ft(slot_size),
+        ends_word=ends_word, fix_nospace=fix_nospace, pair_nospace=pair_nospace,
     )
 
 
@@ -228,13 +263,15 @@ def softmax_t(logits: torch.Tensor, vocab_rows: int, temperature: float, out: to
     return out.div_(out.sum(-1, keepdim=True))
 
 
-def pair_mean_(p: torch.Tensor, plan: SwapPlan) -> torch.Tensor:
+def pair_mean_(p: torch.Tensor, plan: SwapPlan, mid_word: torch.Tensor | None = None) -> torch.Tensor:
     """Equalise the two genders within every gendered pair group, in place on p (..., V).
 
     For a group with male ids M and female ids F (a plain pair is M = {a}, F = {b}), with m = sum p[M] and
     f = sum p[F]: p'[x] = p[x] * (m + f) / (2 m) for x in M and likewise for F, so each side holds half the
     group's mass and keeps its internal ratio; a side with no mass shares its half equally. For a pair this
     is p'_a = p'_b = (p_a + p_b) / 2. Returns the total-variation change per position, shape p.shape[:-1].
+    `mid_word` (p.shape[:-1] bool): positions whose context ends inside a word, where the spellings without a
+    leading space are left alone (`SwapPlan.pair_nospace`).
     """
     if plan.pair_cols.numel() == 0:
         return p.new_zeros(p.shape[:-1])
@@ -244,21 +281,31 @@ def pair_mean_(p: torch.Tensor, plan: SwapPlan) -> torch.Tensor:
     scale = torch.where(mass > 0, half / mass.clamp_min(torch.finfo(mass.dtype).tiny), 0.0)
     equal = torch.where(mass > 0, 0.0, half / plan.slot_size)
     new = old * scale.index_select(-1, plan.pair_slot) + equal.index_select(-1, plan.pair_slot)
+    if mid_word is not None and plan.pair_nospace is not None:
+        new = torch.where(mid_word.unsqueeze(-1) & plan.pair_nospace, old, new)
     p.index_copy_(-1, plan.pair_cols, new)
     return new.sub_(old).abs_().sum(-1).mul_(0.5)
 
 
-def map_back(q: torch.Tensor, p: torch.Tensor, plan: SwapPlan, inplace: bool = False) -> torch.Tensor:
+def map_back(q: torch.Tensor, p: torch.Tensor, plan: SwapPlan, inplace: bool = False,
+             mid_word: torch.Tensor | None = None) -> torch.Tensor:
     """The counterfactual distribution q (N, V) expressed over the original context's tokens.
 
     q_back[v] = sum of q[u] over cf tokens u with counterpart[u] = v, plus, for every back-group token u
     (one cf token, several originals), q[u] * p[v] / sum_{v' in group(u)} p[v'] (equal split if that sum is 0).
     p (N, V) is the original context's distribution at the same positions. The total mass is preserved.
     Only the gendered columns are touched (a gather/scatter over them), so `inplace=True` costs O(N * F).
+    `mid_word` (N,) bool: rows whose context ends inside a word keep q on the spellings without a space.
     """
     out = q if inplace else q.clone()
     if plan.fix_cols.numel() == 0:
         return out
+    return out.index_copy_(-1, plan.fix_cols, _mapped_back_fix(q, plan, p, mid_word))
+
+
+def _mapped_back_fix(q: torch.Tensor, plan: SwapPlan, p: torch.Tensor,
+                     mid_word: torch.Tensor | None = None) -> torch.Tensor:
+    """map_back(q, p)[..., plan.fix_cols]: the only columns mapping back changes, as a new (N, F) tensor."""
     r = q.index_select(-1, plan.read_cols)
     r = torch.cat([r, r.new_zeros(*r.shape[:-1], 1)], dim=-1)  # column R: "no 1:1 source"
     new = r.index_select(-1, plan.fix_src)
@@ -271,7 +318,9 @@ def map_back(q: torch.Tensor, p: torch.Tensor, plan: SwapPlan, inplace: bool = F
         equal = (1.0 / plan.group_size).index_select(-1, plan.group_id).expand_as(w)
         w = torch.where(total > 0, w / total.clamp_min(_TINY), equal)
         new.index_add_(-1, plan.group_fix, r.index_select(-1, plan.group_src).mul_(w))
-    return out.index_copy_(-1, plan.fix_cols, new)
+    if mid_word is not None and plan.fix_nospace is not None:
+        new = torch.where(mid_word.unsqueeze(-1) & plan.fix_nospace, q.index_select(-1, plan.fix_cols), new)
+    return new
 
 
 def combine_(p: torch.Tensor, q_back: torch.Tensor, mode: str) -> torch.Tensor:
@@ -449,20 +498,19 @@ def _prepare_cf(cf: CounterfactualLike, input_ids: torch.Tensor, reuse: bool):
         raise ValueError(f"cf.rows must be distinct batch rows in 0..{B - 1}")
     if stats[3] != 0:
         raise ValueError("cf.attention_mask must be right padding (ones, then zeros) on every row")
-    if stats[4] < -1 or stats[5] >= 0:
-        raise ValueError("cf.align must hold -1 or a real (unpadded) cf position for every original position")
+    if stats[4] < -2 or stats[5] >= 0:
+        raise ValueError("cf.align must hold -1, -2 or a real (unpadded) cf position for every original position")
     prefix = torch.minimum(prefix.clamp_min(0), torch.minimum(lengths, torch.tensor(T, device=dev)))
     plan = _plan_groups(prefix.tolist(), lengths.tolist(), reuse)
 
-    groups, p_src, p_dest = [], [], []
+    groups = []
     for members, k, L in plan:
         local = torch.tensor(members, dtype=torch.long, device=dev)
         g_rows = rows[local]
         if k > 0 and not torch.equal(ids[local, :k], input_ids[g_rows, :k]):
             raise ValueError("cf.prefix_len claims a shared prefix but the cf tokens differ from the original there")
         al = align[local]
-        from_cf = al >= k
-        from_p = (al >= 0) & ~from_cf  # cf position < k <= prefix_len: same context, so q there is p
+        from_cf = al >= k  # a cf position < k <= prefix_len has the original context: q = p (same context)
         s_i, t_i = from_cf.nonzero(as_tuple=True)
         j = al[s_i, t_i] - k
         keep = torch.zeros(len(members), L - k, dtype=torch.bool, device=dev)
@@ -471,10 +519,14 @@ def _prepare_cf(cf: CounterfactualLike, input_ids: torch.Tensor, reuse: bool):
         select = rank[s_i, j]
         in_order = torch.equal(select, torch.arange(select.numel(), device=dev))  # monotone alignment
         groups.append(_CfGroup(g_rows, local, k, L, keep, select, in_order, g_rows[s_i] * T + t_i))
-        ps, pt = from_p.nonzero(as_tuple=True)
-        p_src.append(g_rows[ps] * T + al[ps, pt])
-        p_dest.append(g_rows[ps] * T + pt)
-    return ids, mask, groups, torch.cat(p_src) if p_src else None, torch.cat(p_dest) if p_dest else None
+    # Positions whose target is combine(p, map_back(p)): all but the cf-sourced ones and those without a
+    # counterpart (align -1), which keep p.
+    same = torch.ones(B * T, dtype=torch.bool, device=dev)
+    s_i, t_i = (align == -1).nonzero(as_tuple=True)
+    same[rows[s_i] * T + t_i] = False
+    for g in groups:
+        same[g.dest] = False
+    return ids, mask, groups, same
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -497,8 +549,9 @@ def teacher_targets(
 
     mode: one of MODES (see the module docstring for the formulas). `temperature` is the loss temperature:
     targets are softmax(logits[..., :vocab_rows] / temperature) before any perturbation. `table` is needed by
-    every mode but `none`; `cf` by the cf_* modes (None or no rows: every target stays p). Rows not in cf.rows,
-    and positions whose cf.align is -1, keep p. `reuse_prefix=False` recomputes the counterfactual rows from
+    every mode but `none`; `cf` by the cf_* modes (None or no rows: every context is its own counterfactual,
+    q = p). Positions whose cf.align is -1 keep p (see the module docstring for the rule and why).
+    `reuse_prefix=False` recomputes the counterfactual rows from
     scratch instead of reusing the prefix cache (same result; for debugging and for comparison).
     The teacher must be in eval mode (dropout would make the targets, and the prefix reuse, noisy).
     """
@@ -535,29 +588,37 @@ def teacher_targets(
     if mode == "none":
         return TeacherOutput(p, hidden, 0.0)
     plan = swap_plan(table, V, p.device)
+    mid = None  # (B, T): the context ends inside a word (the word-start rule, see SwapPlan)
+    if plan.ends_word is not None and int(input_ids.max()) < plan.ends_word.numel():
+        mid = plan.ends_word[input_ids]
     if mode == "pair_mean":
-        tv = pair_mean_(p, plan)
+        tv = pair_mean_(p, plan, mid)
         return TeacherOutput(p, hidden, (tv > CHANGED_TV).sum().item() / max(B * T, 1))
-    if job is None:
-        return TeacherOutput(p, hidden, 0.0)
-    changed = _apply_counterfactual(teacher, p, cache, job, plan, mode, temperature)
+    if job is None:  # no row has a swap: every context is its own counterfactual
+        same = torch.ones(B * T, dtype=torch.bool, device=p.device)
+        flat_mid = mid.view(-1) if mid is not None else None
+        changed = combine_same_context_(p.view(B * T, V), same, plan, mode, flat_mid)
+        return TeacherOutput(p, hidden, changed / max(B * T, 1))
+    changed = _apply_counterfactual(teacher, p, cache, job, plan, mode, temperature,
+                                    mid.view(-1) if mid is not None else None)
     return TeacherOutput(p, hidden, changed / max(B * T, 1))
 
 
-def _apply_counterfactual(teacher, p, cache, job, plan: SwapPlan, mode: str, temperature: float) -> int:
-    """Replace p at every aligned position of the cf rows by combine(p, map_back(q)); returns #changed.
+def _apply_counterfactual(teacher, p, cache, job, plan: SwapPlan, mode: str, temperature: float,
+                         mid_word: torch.Tensor | None = None) -> int:
+    """Set every position's target to combine(p, map_back(q)) (module docstring): q from the counterfactual
+    forward at the aligned positions of the cf rows, q = p where the context is its own counterfactual, and p
+    left alone where align is -1. Returns the number of positions whose target changed.
 
-    Memory: besides p, one group's kept logits and two (M, V) tensors, M = aligned positions (about S/B of
+    Memory: besides p, one group's kept logits and two (M, V) tensors, M = cf-sourced positions (about S/B of
     the batch), are alive at once (three briefly: cf_expmean's log p, or an out-of-order alignment).
     """
-    ids, mask, groups, p_src, p_dest = job
+    ids, mask, groups, same = job
     B, T, V = p.shape
     p2 = p.view(B * T, V)
     n_cf = [g.select.numel() for g in groups]
-    M = sum(n_cf) + (p_dest.numel() if p_dest is not None else 0)
-    if M == 0:
-        return 0
-    q = p.new_empty(M, V)  # the cf distribution at each aligned position, before mapping back
+    M = sum(n_cf)
+    q = p.new_empty(M, V)  # the cf distribution at each cf-sourced position, before mapping back
     start = 0
     for g, n in zip(groups, n_cf, strict=True):
         if n == 0:
@@ -572,14 +633,55 @@ def _apply_counterfactual(teacher, p, cache, job, plan: SwapPlan, mode: str, tem
             torch.index_select(softmax_t(logits, V, temperature), 0, g.select, out=q[start : start + n])
         del logits
         start += n
-    if p_dest is not None and p_dest.numel():
-        # prefix positions: the cf context is the original one there, so its prediction is p itself
-        torch.index_select(p2, 0, p_src, out=q[start:])
-    dest = torch.cat([g.dest for g in groups] + ([p_dest] if p_dest is not None else []))
-
+    changed = combine_same_context_(p2, same, plan, mode, mid_word)  # rows disjoint from the cf-sourced ones
+    if M == 0:
+        return changed
+    dest = torch.cat([g.dest for g in groups])
     p_sel = p2.index_select(0, dest)
-    map_back(q, p_sel, plan, inplace=True)
+    mid_sel = mid_word.index_select(0, dest) if mid_word is not None else None
+    map_back(q, p_sel, plan, inplace=True, mid_word=mid_sel)
     combine_(p_sel, q, mode)
-    changed = int(p_sel.sub_(q).abs_().sum(-1).mul_(0.5).gt(CHANGED_TV).sum().item())  # p_sel is spent
+    changed += int(p_sel.sub_(q).abs_().sum(-1).mul_(0.5).gt(CHANGED_TV).sum().item())  # p_sel is spent
     p2.index_copy_(0, dest, q)
     return changed
+
+
+def combine_same_context_(p: torch.Tensor, rows: torch.Tensor, plan: SwapPlan, mode: str,
+                          mid_word: torch.Tensor | None = None) -> int:
+    """combine(p, map_back(p)) in place on the rows of p (N, V) selected by the bool mask `rows` (N,): the
+    target of a context that is its own counterfactual. Returns how many rows changed by more than CHANGED_TV.
+
+    map_back(p) differs from p only on `plan.fix_cols` (F ids), so the work is on (N, F) plus, for cf_max and
+    cf_expmean, one in-place rescaling of the row: with o = p[fix], m = the combined values there, and
+    r = sum(p) - sum(o) the untouched mass (max(p, p) = sqrt(p p) = p elsewhere), the row becomes
+    [p elsewhere, m] / (r + sum(m)); cf_mean needs no rescaling (map_back keeps the mass of the fix columns).
+    """
+    if plan.fix_cols.numel() == 0 or not bool(rows.any()):
+        return 0
+    old = p.index_select(-1, plan.fix_cols)
+    new = _mapped_back_fix(p, plan, p, mid_word)
+    if mode == "cf_mean":
+        m = new.add_(old).mul_(0.5)
+        scale = None
+    elif mode == "cf_max":
+        m = torch.maximum(new, old, out=new)
+    elif mode == "cf_expmean":
+        m = new.clamp_min_(_TINY).log_().add_(old.clamp_min(_TINY).log_()).mul_(0.5).exp_()
+    else:
+        raise ValueError(f"not a counterfactual combination: {mode!r} (expected one of {CF_MODES})")
+    sel = rows.unsqueeze(-1)
+    m = torch.where(sel, m, old)
+    rest = None
+    if mode != "cf_mean":
+        rest = p.sum(-1) - old.sum(-1)
+        total = rest + m.sum(-1)
+        scale = torch.where(rows, 1.0 / total.clamp_min(_TINY), 1.0)
+    tv = (m - old).abs_()
+    if scale is not None:
+        p.mul_(scale.unsqueeze(-1))
+        m.mul_(scale.unsqueeze(-1))
+        tv = (m - old).abs_().sum(-1) + rest * (scale - 1.0).abs()
+    else:
+        tv = tv.sum(-1)
+    p.index_copy_(-1, plan.fix_cols, m)
+    return int(tv.mul_(0.5).gt(CHANGED_TV).logical_and_(rows).sum().item())

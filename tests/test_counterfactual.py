@@ -348,8 +348,10 @@ def _check_alignment(tok, lex, table, x, cf):
                     want += [otext[pos:x_.start], x_.new]
                     pos = x_.end
             want = "".join(want) + otext[pos:p]
-            if j < 0:  # inside a swapped word, or cut off with the end of a longer counterfactual
-                assert any(x_.start < p < x_.end for x_ in reps) or len(want) > c_ends[-1], (t, otext[:p])
+            if j < 0:  # inside a swapped word, before a piece of one (rule 5b), or cut off at the end
+                nxt = (p, o_ends[t + 1]) if t + 1 < len(o_ends) else (p, p)
+                assert any(x_.start < p < x_.end or (nxt[0] < x_.end and nxt[1] > x_.start) for x_ in reps) \
+                    or len(want) > c_ends[-1], (t, otext[:p])
             else:
                 assert ctext[:c_ends[j]] == want, (t, j)
         assert cf_ids[:int(cf.prefix_len[i])] == orig_ids[:int(cf.prefix_len[i])]
@@ -367,12 +369,13 @@ def test_multi_token_counterpart_is_aligned(tok, table, lex):
     extra = len(waitress) - 1
     # row 0: " waiter" -> " wait"+"ress": one token longer, cut back to T (the last position loses its counterpart)
     assert cf.input_ids.shape == (2, T)
-    assert cf.align[0, :k].tolist() == list(range(k))
+    assert cf.align[0, :k - 1].tolist() == list(range(k - 1))
+    assert cf.align[0, k - 1] == -1  # predicting " waiter" vs " wait": no table entry relates them (rule 5b)
     assert cf.align[0, k] == k + extra  # after "waiter" <-> after "waitress"
     assert cf.align[0, k + 1:T - extra].tolist() == list(range(k + 1 + extra, T))
     assert cf.align[0, T - extra:].tolist() == [-1] * extra
     # row 1: " wait"+"ress" -> " waiter": the first piece has no counterpart
-    assert cf.align[1, k:k + len(waitress)].tolist() == [-1] * (len(waitress) - 1) + [k]
+    assert cf.align[1, k - 1:k + len(waitress)].tolist() == [-1] * len(waitress) + [k]
     assert int(cf.attention_mask[1].sum()) == T - extra
     assert cf.input_ids[1, T - extra:].tolist() == [tok.eos_token_id] * extra  # right padding
     assert cf.prefix_len.tolist() == [k, k]
@@ -403,7 +406,7 @@ def test_counterfactual_text_matches_text_swap_on_all_cases(tok, table, lex):
     assert cf.n_exact > 0 and cf.n_aligned > 0
     _check_alignment(tok, lex, table, x, cf)
     # the teacher's checks: align points into the real (unpadded) part of each row
-    assert int((cf.align - cf.attention_mask.sum(1, keepdim=True)).max()) < 0 and int(cf.align.min()) >= -1
+    assert int((cf.align - cf.attention_mask.sum(1, keepdim=True)).max()) < 0 and int(cf.align.min()) >= -2
 
 
 def test_packed_blocks_edges_and_candidate_path(tok, table, lex, monkeypatch):
@@ -446,7 +449,7 @@ def test_document_scope_stops_at_the_end_of_the_swapped_document(tok, table, lex
     assert n == last + shift + 1 and int(doc_cf.input_ids[0, n - 1]) == eos
     assert doc_cf.input_ids[0, :n].tolist() == block_cf.input_ids[0, :n].tolist()
     assert doc_cf.align[0, :last + 1].tolist() == block_cf.align[0, :last + 1].tolist()
-    assert doc_cf.align[0, last + 1:].tolist() == [-1] * (x.shape[1] - last - 1)
+    assert doc_cf.align[0, last + 1:].tolist() == [ct.SAME_CONTEXT] * (x.shape[1] - last - 1)
     assert int(doc_cf.prefix_len[0]) == int(block_cf.prefix_len[0])
     # no document end after the swapped word: the counterfactual runs to the end of the block, as before
     open_ended = x[:, : last]
@@ -455,13 +458,14 @@ def test_document_scope_stops_at_the_end_of_the_swapped_document(tok, table, lex
     assert torch.equal(a.input_ids, b.input_ids) and torch.equal(a.align, b.align)
 
 
-def test_document_scope_targets_equal_block_scope_inside_the_document_and_p_after(tok, table, lex):
+def test_document_scope_targets_equal_block_scope_inside_the_document_and_own_context_after(tok, table, lex):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from distill.teacher import teacher_targets
 
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64)).eval()
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,
+                                       initializer_range=0.3)).eval()  # sharp enough to tell scopes apart
     eos = tok.eos_token_id
     doc = enc(tok, "The doctor said that he would call his sister today")
     rest = enc(tok, "The weather was fine and the roads were dry all day long")
@@ -469,9 +473,139 @@ def test_document_scope_targets_equal_block_scope_inside_the_document_and_p_afte
     kwargs = {"mode": "cf_mean", "temperature": 2.0, "vocab_rows": len(tok), "table": table}
     block = teacher_targets(model, x, cf=counterfactual_batch(x, tok, table, lex), **kwargs).probs
     scoped = teacher_targets(model, x, cf=counterfactual_batch(x, tok, table, lex, document_end=eos), **kwargs).probs
-    plain = teacher_targets(model, x, mode="none", temperature=2.0, vocab_rows=len(tok)).probs
+    own = teacher_targets(model, x, **kwargs).probs  # no counterfactual: every context is its own
     last = 1 + len(doc)
     torch.testing.assert_close(scoped[0, :last + 1], block[0, :last + 1], rtol=0, atol=1e-6)
-    torch.testing.assert_close(scoped[0, last + 1:], plain[0, last + 1:], rtol=0, atol=1e-6)
-    assert (block[0, last + 1:] - plain[0, last + 1:]).abs().max() > 1e-4  # block scope did change them
+    torch.testing.assert_close(scoped[0, last + 1:], own[0, last + 1:], rtol=0, atol=1e-6)
+    assert (block[0, last + 1:] - own[0, last + 1:]).abs().max() > 1e-4  # block scope did change them
     torch.testing.assert_close(scoped[1], block[1], rtol=0, atol=1e-6)  # swap in the last document: same
+
+
+def _next_tokens_map_back(x, cf, table):
+    """(t, original next id, counterfactual next id) for every aligned position whose counterfactual next token
+    is neither the original's nor a table counterpart of it: what mapping back cannot bring home."""
+    bad = []
+    cp = table.counterpart.tolist()
+    for i, r in enumerate(cf.rows.tolist()):
+        n = int(cf.attention_mask[i].sum())
+        c = cf.input_ids[i, :n].tolist()
+        o = x[r].tolist()
+        for t, j in enumerate(cf.align[i].tolist()):
+            if j < 0 or t + 1 >= len(o) or j + 1 >= n:
+                continue
+            u, v = c[j + 1], o[t + 1]
+            if u != v and cp[u] != v and v not in table.back_groups.get(u, ()):
+                bad.append((t, v, u))
+    return bad
+
+
+@pytest.mark.parametrize("male,female", [(" waiter", " waitress"), (" Mr.", " Ms."), (" brother", " sister")])
+def test_pieces_of_multi_token_swaps_get_no_counterfactual_target(lex, male, female):
+    """Issue 11, defect 3: on data/tiny_tokenizer " wait|er" <-> " wait|re|ss", " M|r|." <-> " M|s|.",
+    " bro|ther" <-> " s|is|ter". A position whose next token is a piece of such a word was aligned with the
+    counterfactual position predicting the other word's piece ("re", "s", " s"), which no table entry maps
+    back, so the female piece's mass landed in a male context. Those positions now get no counterfactual
+    (-1); a shared first piece (" wait", " M") and the position after the whole word keep their counterpart."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ROOT / "data" / "tiny_tokenizer")
+    table = build_token_swap_table(tok, lex)
+    for word, other in ((male, female), (female, male)):
+        a, b = enc(tok, word), enc(tok, other)
+        assert len(a) > 1 and a != b
+        text = f"Then I met{word} Smith at the bank and we talked for a while"
+        assert lex.swap_text(text) == text.replace(word, other)
+        x = block(tok, [text])
+        cf = counterfactual_batch(x, tok, table, lex)
+        assert cf.rows.tolist() == [0]
+        assert _next_tokens_map_back(x, cf, table) == []  # old code: the female piece's position, every time
+        k, n = len(enc(tok, "Then I met")), len(a)
+        d = next(i for i in range(n) if a[i] != b[i])  # the first piece that differs
+        assert cf.align[0, :k - 1 + d].tolist() == list(range(k - 1 + d))
+        assert int(cf.align[0, k - 1 + d]) == -1
+        assert int(cf.align[0, k + n - 1]) == k + len(b) - 1  # after the whole word: after the whole other
+
+
+def test_every_aligned_counterfactual_next_token_maps_back(tok, table, lex):
+    sentences = [o for _, o, _ in read_cases()]
+    x = block(tok, ["\n" + s + "\n" for s in sentences], pad_text="\n")
+    cf = counterfactual_batch(x, tok, table, lex)
+    assert cf.n_aligned > 0
+    assert _next_tokens_map_back(x, cf, table) == []
+
+
+@pytest.mark.parametrize("mode", ["cf_mean", "cf_max", "cf_expmean"])
+@pytest.mark.parametrize("scope", ["document", "block"])
+def test_cf_target_of_a_context_does_not_depend_on_later_words(tok, table, lex, mode, scope):
+    """Issue 11, defect 2: positions before the first swap of a row with one got combine(p, map_back(p)) while
+    rows with no swap kept p, so one context had two targets depending on what came later in the block. Now
+    every position's target is combine(p, map_back(q)), q the teacher's prediction after the counterfactual of
+    the context (p itself when the context has nothing to swap). Rows that share their first d tokens get the
+    same targets at positions < d, whether or not a gendered word, or a document end, follows."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distill.teacher import teacher_targets
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64)).eval()
+    eos = tok.eos_token_id
+    families = [
+        ["The doctor said that he would call his sister today", "The doctor said that the weather was fine",
+         "The doctor said that.<|endoftext|>She was tired", "The doctor said that she would call"],
+        ["He said that the weather was fine and dry", "He said that the nurse told her she was late",
+         "He said that the man was here"],
+    ]
+    document_end = eos if scope == "document" else None
+    for texts in families:
+        x = block(tok, texts)
+        out = teacher_targets(model, x, mode=mode, temperature=2.0, vocab_rows=len(tok), table=table,
+                              cf=counterfactual_batch(x, tok, table, lex, document_end)).probs
+        plain = teacher_targets(model, x, mode="none", temperature=2.0, vocab_rows=len(tok)).probs
+        d = int((x != x[0]).any(0).int().argmax())  # first position where the rows differ
+        assert d >= 4
+        for r in range(1, len(texts)):
+            torch.testing.assert_close(out[r, :d], out[0, :d], rtol=0, atol=1e-5)
+        assert (out[0, :d] - plain[0, :d]).abs().max() > 1e-4  # the rule acts on these positions
+
+
+@pytest.mark.parametrize("mode", ["pair_mean", "cf_mean"])
+def test_spellings_without_a_space_are_swapped_only_where_a_word_starts(tok, table, lex, mode):
+    """Issue 11, defect 4: the table holds spellings without a leading space ("man", "She"), and pair_mean and
+    mapping back moved their mass inside words ("She|r|man" -> "She|r|woman"). Now they are swapped only
+    where a word may start: at a position whose context ends in a letter or digit, their columns keep p."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distill.teacher import teacher_targets
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,
+                                       initializer_range=0.3)).eval()
+    text = "Then Sherman took the head of history home.\nHe left the man alone"
+    assert lex.swap_text(text).startswith("Then Sherman took the head of history home.\nShe")
+    x = torch.tensor([enc(tok, text)])
+    P = table.pieces
+    man, woman = one(tok, "man"), one(tok, "woman")
+    assert int(table.counterpart[man]) == woman
+    nospace = [i for i in table.is_gendered.nonzero().flatten().tolist() if P[i][:1].isalnum()]
+    assert {man, woman} <= set(nospace)
+    kw = {"temperature": 1.0, "vocab_rows": len(tok)}
+    cf = counterfactual_batch(x, tok, table, lex, tok.eos_token_id) if mode != "pair_mean" else None
+    out = teacher_targets(model, x, mode=mode, table=table, cf=cf, **kw).probs[0]
+    p = teacher_targets(model, x, mode="none", **kw).probs[0]
+    first_swap = enc(tok, "Then Sherman took the head of history home.\n").__len__()
+    mid = [t for t in range(first_swap) if P[int(x[0, t])][-1:].isalnum()]  # later: the cf forward's q
+    start = [t for t in range(first_swap) if t not in mid]
+    assert len(mid) >= 5 and len(start) >= 3
+    assert enc(tok, "Then Sherman")[-1] == man and enc(tok, "Then Sherman")[-2] in [x[0, t] for t in mid]
+    torch.testing.assert_close(out[mid][:, nospace], p[mid][:, nospace], rtol=0, atol=1e-7)
+    torch.testing.assert_close(out[start][:, man], out[start][:, woman], rtol=0, atol=1e-7)
+    assert (out[start][:, man] - p[start][:, man]).abs().max() > 1e-5
+
+
+def test_share_of_table_ids_that_are_pieces_of_longer_words(tok, table):
+    """The measurement behind the README's figure: every occurrence of a table id that is a piece of a longer
+    word; before the word-start rule all were acted on, after it only word-initial pieces (" he|ad")."""
+    ids = enc(tok, "Then Sherman took the head of history home by herself. He left the man")
+    got = ct.word_piece_occurrences([ids], table)
+    # She|r|man: "She" (word-initial piece) and "man" (inside the word); " he|ad", " his|t|or|y", " hers|elf"
+    assert got == {"occurrences": 7, "pieces": 5, "acted_on_before": 5, "acted_on_after": 4}

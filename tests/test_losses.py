@@ -166,3 +166,25 @@ def test_cross_entropy_only_matches_torch_cross_entropy():
     total.backward()
     assert kd_sum.item() == 0.0 and total.item() == pytest.approx(ce_sum.item())
     assert (z.grad - ref_logits.grad).abs().max().item() < 1e-6
+
+
+def test_fp16_logits_under_a_grad_scaler_scale_get_the_autograd_gradient():
+    """Issue 11, defect 5: with fp16 logits the closed-form gradient was stored in fp16 at the 1/n_tokens
+    scale (most entries flushed to zero) and multiplied by GradScaler's initial scale 2^16 in fp16 (inf: every
+    step skipped). The buffer is fp32 now and only the scaled gradient is rounded to fp16, as autograd does."""
+    g = torch.Generator().manual_seed(18)
+    n, vocab, scale = 512, 3000, 2.0**16  # 2^16: torch.amp.GradScaler's initial scale
+    logits = (torch.randn(n, vocab, generator=g) * 3).half()
+    teacher = F.softmax(torch.randn(n, vocab, generator=g) * 3, -1)
+    labels = torch.randint(0, vocab, (n,), generator=g)
+    w = 1.0 / n  # the loop's 1/n_global weight
+    ref_logits = logits.float().requires_grad_()
+    (scale * (w * kd_loss(ref_logits, teacher, labels, temperature=2.0) + w * ce_loss(ref_logits, labels))).backward()
+    want = ref_logits.grad.half()
+    z = logits.clone().requires_grad_()
+    total, _, _ = distill_loss(z, teacher.clone(), labels, w_kd=w, w_ce=w, temperature=2.0,
+                               reuse_teacher_buffer=True)
+    (total * scale).backward()
+    assert z.grad.dtype == torch.float16 and torch.isfinite(z.grad).all()
+    assert (z.grad.float() - want.float()).abs().max().item() <= 1e-3 * want.float().abs().max().item()
+    assert (z.grad == 0).float().mean().item() == pytest.approx((want == 0).float().mean().item(), abs=0.01)

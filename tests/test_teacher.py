@@ -208,20 +208,30 @@ def test_cf_target_is_swap_equivariant(model, mode):
     torch.testing.assert_close(out.probs[0][..., table.counterpart], out.probs[1], atol=1e-5, rtol=0)
     # Before the first gendered word both contexts are the same, and so is the target.
     torch.testing.assert_close(out.probs[0, :4], out.probs[1, :4], atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.probs[2], plain(model, x)[2], atol=1e-6, rtol=0)
+    # A row with nothing to swap is its own counterfactual: combine(p, map_back(p)), the same as with no cf.
+    own = teacher_targets(model, x, mode=mode, temperature=2.0, vocab_rows=V, table=table).probs
+    torch.testing.assert_close(out.probs[2], own[2], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.probs[0, :4], own[0, :4], atol=1e-5, rtol=0)
 
 
-def test_rows_without_cf_and_unaligned_positions_keep_p(model):
+def test_unaligned_positions_keep_p_and_unswapped_contexts_are_their_own_counterfactual(model):
     table = make_table()
     x = gendered_batch()
     cf = exact_cf(x, [0, 1], table)
     cf.align[0, 10:] = -1
     cf.align[1, :] = -1
+    cf.align[1, 12:] = -2  # SAME_CONTEXT: a later document of the block
     out = teacher_targets(model, x, mode="cf_mean", temperature=2.0, vocab_rows=V, table=table, cf=cf)
     p = plain(model, x)
+    own = p.clone()  # (p + map_back(p)) / 2: each one-to-one pair (a, b) gets (p_a + p_b) / 2
+    for a, b in ((HE, SHE), (MAN, WOMAN), (HIS, HER)):
+        own[..., a] = own[..., b] = (p[..., a] + p[..., b]) / 2
     torch.testing.assert_close(out.probs[0, 10:], p[0, 10:], atol=1e-6, rtol=0)
-    torch.testing.assert_close(out.probs[1:], p[1:], atol=1e-6, rtol=0)
-    assert not torch.allclose(out.probs[0, 5:10], p[0, 5:10], atol=1e-4)
+    torch.testing.assert_close(out.probs[1, :12], p[1, :12], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.probs[1, 12:], own[1, 12:], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.probs[2:], own[2:], atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.probs[0, :5], own[0, :5], atol=1e-6, rtol=0)  # before the first swap
+    assert not torch.allclose(out.probs[0, 5:10], own[0, 5:10], atol=1e-4)  # after it: the cf forward
     changed = (0.5 * (out.probs - p).abs().sum(-1) > 1e-6).float().mean().item()
     assert out.changed_share == pytest.approx(changed)
 
@@ -252,12 +262,15 @@ def _reference_targets(model, x, cf, table, mode, T):
     with torch.no_grad():
         qcf = torch.softmax(model(cf.input_ids, attention_mask=cf.attention_mask).logits.float() / T, -1)
     out = p.clone()
-    for s, row in enumerate(cf.rows.tolist()):
+    rows = cf.rows.tolist()
+    for row in range(x.shape[0]):
+        s = rows.index(row) if row in rows else None
         for t in range(x.shape[1]):
-            j = int(cf.align[s, t])
-            if j < 0:
+            j = int(cf.align[s, t]) if s is not None else -2
+            if j == -1:  # no counterpart: p
                 continue
-            q, pr = qcf[s, j], p[row, t]
+            pr = p[row, t]
+            q = qcf[s, j] if j >= 0 else pr  # -2 (or no cf row): the context is its own counterfactual
             back = torch.zeros(V)
             for u in range(V):
                 if u in table.back_groups:

@@ -1,0 +1,320 @@
+"""The ablation study of issue 11: which part of counterfactual role reversal buys what, over several seeds.
+
+    python -m distill.study --out out/study                          # every arm, 3 seeds (hours on 2 cores)
+    python -m distill.study --arms kd,cda_pair_mean --seeds 2 --out out/study_two
+    python -m distill.study --smoke --out /tmp/study_smoke            # debug recipes, 2 steps: the code path
+    make study STUDY_SEEDS=3 STUDY_ARMS=kd,cda,pair_mean             # the same through make
+
+Each arm is a base recipe plus overrides (ARMS). For every (arm, seed) the study runs `distill train` into
+OUT/runs/ARM/sSEED (a finished run, one with final/, is reused, so an interrupted study resumes), then ONE
+`distill eval` over all runs, so every model is scored on the same prompts and sampling seeds and the scorer's
+paired tests apply. It writes:
+
+    OUT/eval/                 the scorer's own outputs (results.json, report.md, generations)
+    OUT/results.json          {"arms": [...], "seeds": [...], "runs": [{"arm", "seed", "final_dir", "figures"}],
+                               "comparisons": [the scorer's comparisons that involve the baseline arm]}
+    OUT/table.md              per arm: mean +- sd over seeds of each figure, paired test against plain KD
+    OUT/disparity_vs_perplexity.png   one point per run
+
+The scorer's contract (issue 10): `--model NAME=DIR1,DIR2,...` gives one model several training runs, whose
+per-run figures are under `seeds`; per-model figures `disparity_rms`, `disparity_rms_ci`, `probe{...}`;
+comparisons `{a, b, metric, diff, ci, p}`. A scorer without several-run models refuses that spelling before any
+compute; the study then scores every run as its own model (`ARM@sSEED`) and reads the older names
+(`disparity`, `disparity_ci`, `difference`, `p_value`) where the new ones are missing.
+
+Seeds: `seed=N` moves the training order and the teacher-written transfer set (its cache key holds the seed),
+so arms with the same seed see the same text and differ only in their method.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+from distill.errors import UserError
+
+TEACHER = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE = "recipes/demo_kd.yaml"  # the demo budget; every arm differs from it only in the listed keys
+SMALL = "recipes/study/small_kd.yaml"  # 20 of 30 blocks: the real-compression arms
+BASELINE = "kd"
+
+
+def _crr(augment: str = "none", teacher: str = "none") -> dict[str, str]:
+    return {"crr.augment": augment, "crr.teacher": teacher}
+
+
+# arm -> (recipe, overrides). The order is the table's.
+ARMS: dict[str, tuple[str, dict[str, str]]] = {
+    "kd": (BASE, _crr()),
+    "cda": (BASE, _crr("both")),
+    **{m: (BASE, _crr(teacher=m)) for m in ("pair_mean", "cf_mean", "cf_max", "cf_expmean")},
+    **{f"cda_{m}": (BASE, _crr("both", m)) for m in ("pair_mean", "cf_mean", "cf_max", "cf_expmean")},
+    # Real compression (issue 11): a third of the blocks removed, three times the steps. Two arms, because
+    # one compressed arm alone would have no baseline of its own size to be compared with.
+    "small_kd": (SMALL, _crr()),
+    "small_cda_pair_mean": (SMALL, _crr("both", "pair_mean")),
+}
+
+EVAL_ARGS = ["--prompts", "professions", "--samples-per-prompt", "3", "--max-new-tokens", "24",
+             "--batch-size", "64", "--dtype", "bfloat16", "--text", "data/tiny_heldout.txt"]
+
+# Smoke mode: the debug recipe (tiny random teacher, data/tiny_corpus.txt), two steps, a handful of prompts.
+SMOKE_BASE = "recipes/debug.yaml"
+SMOKE_OVERRIDES = {"train.max_steps": "2", "train.eval_steps": "2", "train.eval_batches": "1",
+                   "train.save_steps": "0", "train.log_steps": "1"}
+SMOKE_SMALL = {"student.from_teacher_layers": "[0]", "train.max_steps": "3"}
+SMOKE_EVAL = ["--prompts", "tests/fixtures/bold_small.json", "--samples-per-prompt", "2", "--max-new-tokens",
+              "4", "--batch-size", "16", "--text", "data/tiny_heldout.txt", "--bootstrap", "50"]
+
+# (label, key in the per-run figures, nested key); the first present of each list is shown
+FIGURES = [
+    ("disparity", [("disparity_rms", None), ("disparity", None)]),
+    ("naive |d|", [("naive_disparity", None)]),
+    ("probe rms log-ratio", [("probe", "rms_logratio")]),
+    ("probe slope on teacher", [("probe", "slope_on_teacher")]),
+    ("perplexity", [("perplexity", None)]),
+    ("agreement", [("teacher_agreement", None)]),
+]
+
+
+def arm_plan(arm: str, smoke: bool) -> tuple[str, dict[str, str]]:
+    """(recipe, overrides) of one arm, in smoke mode moved onto the debug recipe."""
+    recipe, over = ARMS[arm]
+    if not smoke:
+        return recipe, dict(over)
+    small = SMOKE_SMALL if recipe == SMALL else {}
+    return SMOKE_BASE, {**over, **SMOKE_OVERRIDES, **small}
+
+
+def parse_arms(spec: str | None) -> list[str]:
+    if not spec:
+        return list(ARMS)
+    arms = [a.strip() for a in spec.replace(" ", ",").split(",") if a.strip()]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise UserError(f"unknown arm(s) {', '.join(unknown)} in STUDY_ARMS/--arms; choose from {', '.join(ARMS)}")
+    if BASELINE not in arms:
+        arms.insert(0, BASELINE)  # every paired test is against plain KD
+    return list(dict.fromkeys(arms))
+
+
+class Runner:
+    """Runs `distill ...` as a subprocess (the study) or in this process (the smoke test: no start-up cost)."""
+
+    def __init__(self, in_process: bool, log):
+        self.in_process, self.log = in_process, log
+
+    def __call__(self, argv: list[str]) -> int:
+        self.log(f"$ distill {shlex.join(argv)}")
+        if not self.in_process:
+            return subprocess.run([sys.executable, "-m", "distill", *argv]).returncode
+        from distill.cli import main
+
+        try:
+            main(argv)
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        return 0
+
+
+def train_runs(arms: list[str], seeds: list[int], out: Path, smoke: bool, run) -> list[dict]:
+    """Train every (arm, seed) not yet finished; returns [{arm, seed, final_dir}]."""
+    runs = []
+    corpus_done: set[int] = set()
+    for seed in seeds:
+        for arm in arms:
+            recipe, over = arm_plan(arm, smoke)
+            run_dir = out / "runs" / arm / f"s{seed}"
+            final = run_dir / "final"
+            runs.append({"arm": arm, "seed": seed, "final_dir": str(final)})
+            if (final / "config.json").exists():
+                continue  # finished earlier: an interrupted study picks up here
+            if not smoke and seed not in corpus_done:  # the seed's transfer set, once, before its first arm
+                if run(["corpus", "--recipe", recipe, f"seed={seed}"]) != 0:
+                    raise UserError(f"distill corpus failed for seed {seed} (see above)")
+                corpus_done.add(seed)
+            argv = ["train", "--recipe", recipe, "--overwrite", f"output_dir={run_dir}", f"seed={seed}",
+                    *(f"{k}={v}" for k, v in over.items())]
+            if run(argv) != 0:
+                raise UserError(f"training arm {arm} seed {seed} failed (see above); rerun to resume the rest")
+    return runs
+
+
+def score(runs: list[dict], arms: list[str], out: Path, smoke: bool, run, teacher: str | None) -> tuple[dict, bool]:
+    """One `distill eval` over every run; (its results.json, whether arms were scored as several-run models)."""
+    eval_dir = out / "eval"
+    extra = SMOKE_EVAL if smoke else EVAL_ARGS
+    head = ["--model", f"teacher={teacher}"] if teacher else []
+    grouped = [f"{arm}=" + ",".join(r["final_dir"] for r in runs if r["arm"] == arm) for arm in arms]
+    argv = ["eval", *head, *(x for m in grouped for x in ("--model", m)), *extra, "--out", str(eval_dir),
+            "--overwrite"]
+    if run(argv) == 0:
+        return json.loads((eval_dir / "results.json").read_text()), True
+    # A scorer without NAME=DIR1,DIR2 refuses it in one line before any compute: one model per run instead.
+    per_run = [x for r in runs for x in ("--model", f"{r['arm']}@s{r['seed']}={r['final_dir']}")]
+    argv = ["eval", *head, *per_run, *extra, "--out", str(eval_dir), "--overwrite"]
+    if run(argv) != 0:
+        raise UserError("distill eval failed (see above); the trained runs are kept under " + str(out / "runs"))
+    return json.loads((eval_dir / "results.json").read_text()), False
+
+
+def run_figures(results: dict, run: dict, index: int, grouped: bool) -> dict:
+    """The scorer's figures for one training run (several-run models: the matching `seeds` entry)."""
+    models = results.get("models", {})
+    if not grouped:
+        return models.get(f"{run['arm']}@s{run['seed']}", {})
+    model = models.get(run["arm"], {})
+    seeds = model.get("seeds")
+    if isinstance(seeds, list) and index < len(seeds):
+        return seeds[index]
+    if isinstance(seeds, dict):
+        for key in (run["final_dir"], str(index), f"s{run['seed']}", str(run["seed"])):
+            if key in seeds:
+                return seeds[key]
+    return model if not seeds else {}
+
+
+def figure(fig: dict, keys) -> float | None:
+    for key, sub in keys:
+        v = fig.get(key)
+        if sub is not None:
+            v = v.get(sub) if isinstance(v, dict) else None
+        if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+            return float(v)
+    return None
+
+
+def _comparison_fields(c: dict) -> tuple[float | None, list | None, float | None]:
+    diff = c.get("diff", c.get("difference"))
+    return diff, c.get("ci"), c.get("p", c.get("p_value"))
+
+
+def baseline_comparisons(results: dict, arm: str, grouped: bool) -> list[dict]:
+    """The scorer's comparisons of `arm` against the baseline, oriented as arm - kd."""
+    names = {arm} if grouped else None
+    out = []
+    for c in results.get("comparisons", []):
+        a, b = str(c.get("a")), str(c.get("b"))
+        base_of = (lambda n: n == BASELINE) if grouped else (lambda n: n.split("@")[0] == BASELINE)
+        arm_of = (lambda n: n in names) if grouped else (lambda n: n.split("@")[0] == arm)
+        if not ((base_of(a) and arm_of(b)) or (base_of(b) and arm_of(a))):
+            continue
+        if not grouped and a.split("@")[-1] != b.split("@")[-1]:
+            continue  # per-run scoring: pair the runs of one seed
+        diff, ci, p = _comparison_fields(c)
+        sign = 1.0 if base_of(a) else -1.0  # the scorer's diff is b - a
+        if diff is not None:
+            diff = sign * diff
+        if ci and sign < 0:
+            ci = [-ci[1], -ci[0]]
+        out.append({"metric": c.get("metric"), "seed": None if grouped else a.split("@")[-1],
+                    "a": BASELINE if grouped else (a if sign > 0 else b),
+                    "b": arm if grouped else (b if sign > 0 else a), "diff": diff, "ci": ci, "p": p})
+    return out
+
+
+def _mean_sd(xs: list[float]) -> str:
+    if not xs:
+        return "n/a"
+    if len(xs) == 1:
+        return f"{xs[0]:.3f}"
+    return f"{statistics.fmean(xs):.3f} ± {statistics.stdev(xs):.3f}"
+
+
+def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict[str, list[dict]],
+                command: str) -> None:
+    lines = [f"Made by `{command}`. Mean ± sd over seeds (n per arm in the second column); paired test against "
+             f"`{BASELINE}` from the scorer (arm - {BASELINE}, [95% CI], p).", "",
+             "| arm | n | " + " | ".join(label for label, _ in FIGURES) + f" | vs {BASELINE} (paired) |",
+             "|---|---|" + "---|" * (len(FIGURES) + 1)]
+    for arm in arms:
+        mine = [r for r in runs if r["arm"] == arm]
+        cells = [_mean_sd([v for r in mine if (v := figure(r["figures"], keys)) is not None]) for _, keys in FIGURES]
+        tests = []
+        for c in comparisons.get(arm, []):
+            if c["diff"] is None:
+                continue
+            ci = f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" if c.get("ci") else ""
+            p = f", p {c['p']:.3f}" if isinstance(c.get("p"), (int, float)) else ""
+            seed = f"{c['seed']} " if c.get("seed") else ""
+            tests.append(f"{seed}{c['metric']}: {c['diff']:+.3f}{ci}{p}")
+        lines.append(f"| {arm} | {len(mine)} | " + " | ".join(cells) + " | " + ("; ".join(tests) or "—") + " |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_plot(path: Path, arms: list[str], runs: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cmap = plt.get_cmap("tab20")
+    for i, arm in enumerate(arms):
+        pts = [(figure(r["figures"], FIGURES[4][1]), figure(r["figures"], FIGURES[0][1])) for r in runs
+               if r["arm"] == arm]
+        pts = [(x, y) for x, y in pts if x is not None and y is not None]
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), label=arm, color=cmap(i % 20), s=30)
+    ax.set_xlabel("perplexity (held-out text)")
+    ax.set_ylabel("disparity (one point per training run)")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m distill.study", description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", default="out/study", help="output folder (default out/study)")
+    p.add_argument("--seeds", type=int, default=3, help="training seeds per arm, 0..N-1 (default 3)")
+    p.add_argument("--arms", default="", help=f"comma-separated subset of: {', '.join(ARMS)} (default all)")
+    p.add_argument("--teacher", default=None, help=f"first scored model (default {TEACHER}; none in --smoke)")
+    p.add_argument("--smoke", action="store_true", help="debug recipes, 2 steps, few prompts: tests the code path")
+    p.add_argument("--in-process", action="store_true", help="run the distill commands in this process")
+    args = p.parse_args(argv)
+    try:
+        return _study(args, argv)
+    except UserError as exc:
+        print(f"distill study: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _study(args, argv) -> int:
+    if args.seeds < 1:
+        raise UserError(f"--seeds/STUDY_SEEDS must be at least 1, got {args.seeds}")
+    arms = parse_arms(args.arms)
+    seeds = list(range(args.seeds))
+    teacher = None if args.smoke else (args.teacher or TEACHER)
+    if teacher and not Path(teacher).exists():
+        raise UserError(f"teacher {teacher!r} not found; run `make teacher` first (or pass --teacher)")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python -m distill.study " + shlex.join(argv if argv is not None else sys.argv[1:])
+    run = Runner(args.in_process, lambda msg: print(msg, flush=True))
+    runs = train_runs(arms, seeds, out, args.smoke, run)
+    results, grouped = score(runs, arms, out, args.smoke, run, teacher)
+    for r in runs:  # a several-run model lists its runs in the order given: seeds ascending
+        index = sorted(x["seed"] for x in runs if x["arm"] == r["arm"]).index(r["seed"])
+        r["figures"] = run_figures(results, r, index, grouped)
+    comparisons = {arm: baseline_comparisons(results, arm, grouped) for arm in arms if arm != BASELINE}
+    (out / "results.json").write_text(json.dumps({
+        "command": command, "arms": arms, "seeds": seeds,
+        "scored_as": "several-run models" if grouped else "one model per run",
+        "recipes": {a: dict(zip(("recipe", "overrides"), arm_plan(a, args.smoke), strict=True)) for a in arms},
+        "runs": runs, "comparisons": comparisons, "teacher": results.get("models", {}).get("teacher"),
+    }, indent=2, default=str) + "\n")
+    write_table(out / "table.md", arms, runs, comparisons, command)
+    write_plot(out / "disparity_vs_perplexity.png", arms, runs)
+    print(f"wrote {out}/results.json, table.md and disparity_vs_perplexity.png ({len(runs)} runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

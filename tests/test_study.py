@@ -1,0 +1,114 @@
+"""The ablation study (`python -m distill.study`, `make study`): smoke run on the debug recipes, the reading of
+the scorer's results.json (several-run contract of issue 10 and the older per-run one), bad input.
+
+    python -m pytest tests/test_study.py -q
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distill import study
+from distill.config import load_config
+from distill.errors import UserError
+
+
+def test_smoke_study_trains_scores_and_writes_table_results_and_plot(tmp_path):
+    out = tmp_path / "study"
+    code = study.main(["--smoke", "--in-process", "--seeds", "2", "--arms", "cda_cf_mean", "--out", str(out)])
+    assert code == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["arms"] == ["kd", "cda_cf_mean"] and res["seeds"] == [0, 1]  # the baseline is always added
+    assert [(r["arm"], r["seed"]) for r in res["runs"]] == [("kd", 0), ("cda_cf_mean", 0), ("kd", 1),
+                                                            ("cda_cf_mean", 1)]
+    for r in res["runs"]:
+        assert r["final_dir"] == str(out / "runs" / r["arm"] / f"s{r['seed']}" / "final")
+        assert (out / "runs" / r["arm"] / f"s{r['seed']}" / "final" / "config.json").exists()
+        assert r["figures"]["perplexity"] > 1.0 and 0.0 <= r["figures"]["teacher_agreement"] <= 1.0
+    assert res["recipes"]["cda_cf_mean"]["overrides"]["crr.teacher"] == "cf_mean"
+    assert res["comparisons"]["cda_cf_mean"]  # paired against kd by the scorer
+    assert all(c["b"].startswith("cda_cf_mean") for c in res["comparisons"]["cda_cf_mean"])
+    table = (out / "table.md").read_text().splitlines()
+    rows = {line.split("|")[1].strip(): line for line in table if line.startswith("| ") and "---" not in line}
+    assert set(rows) == {"arm", "kd", "cda_cf_mean"}
+    ppl = [r["figures"]["perplexity"] for r in res["runs"] if r["arm"] == "kd"]
+    mean, sd = sum(ppl) / 2, abs(ppl[0] - ppl[1]) / 2**0.5
+    assert f"{mean:.3f} ± {sd:.3f}" in rows["kd"] and "| 2 |" in rows["kd"]
+    assert (out / "disparity_vs_perplexity.png").read_bytes()[:4] == b"\x89PNG"
+    # A second call reuses the finished runs (resume) and rewrites the outputs.
+    assert study.main(["--smoke", "--in-process", "--seeds", "1", "--arms", "kd", "--out", str(out)]) == 0
+    assert json.loads((out / "results.json").read_text())["seeds"] == [0]
+
+
+def _results_v2():
+    """A results.json shaped by issue 10's contract: arms as several-run models with per-run `seeds`."""
+    def run(d, ppl):
+        return {"disparity_rms": d, "disparity_rms_ci": [0, d * 2], "perplexity": ppl, "teacher_agreement": 0.6,
+                "probe": {"rms_logratio": d * 10, "mean_logratio": 0.1, "slope_on_teacher": 0.5, "r_on_teacher": 0.9}}
+    return {"models": {"teacher": run(0.2, 40.0),
+                       "kd": {**run(0.1, 80.0), "seeds": [run(0.10, 80.0), run(0.12, 82.0)]},
+                       "cda_pair_mean": {**run(0.05, 81.0), "seeds": [run(0.04, 81.0), run(0.06, 81.0)]}},
+            "comparisons": [{"a": "cda_pair_mean", "b": "kd", "metric": "disparity_rms", "diff": 0.06,
+                             "ci": [0.01, 0.1], "p": 0.02},
+                            {"a": "teacher", "b": "kd", "metric": "disparity_rms", "diff": -0.1, "ci": [-1, 0],
+                             "p": 0.5}]}
+
+
+def test_reads_the_several_run_contract_and_orients_comparisons_against_kd(tmp_path):
+    res = _results_v2()
+    runs = [{"arm": a, "seed": s, "final_dir": f"runs/{a}/s{s}/final"} for s in (0, 1) for a in ("kd", "cda_pair_mean")]
+    for r in runs:
+        r["figures"] = study.run_figures(res, r, r["seed"], grouped=True)
+    assert [study.figure(r["figures"], study.FIGURES[0][1]) for r in runs] == [0.10, 0.04, 0.12, 0.06]
+    assert study.figure(runs[0]["figures"], study.FIGURES[3][1]) == 0.5  # probe slope on teacher
+    comps = study.baseline_comparisons(res, "cda_pair_mean", grouped=True)
+    assert comps == [{"metric": "disparity_rms", "seed": None, "a": "kd", "b": "cda_pair_mean", "diff": -0.06,
+                      "ci": [-0.1, -0.01], "p": 0.02}]
+    study.write_table(tmp_path / "t.md", ["kd", "cda_pair_mean"], runs, {"cda_pair_mean": comps}, "cmd")
+    text = (tmp_path / "t.md").read_text()
+    assert "| cda_pair_mean | 2 | 0.050 ± 0.014 |" in text
+    assert "disparity_rms: -0.060 [-0.100, -0.010], p 0.020" in text
+    study.write_plot(tmp_path / "p.png", ["kd", "cda_pair_mean"], runs)
+    assert (tmp_path / "p.png").stat().st_size > 1000
+
+
+def test_seeds_given_as_a_mapping_are_matched_by_run_directory():
+    res = {"models": {"kd": {"seeds": {"runs/kd/s1/final": {"disparity_rms": 0.3}}}}}
+    fig = study.run_figures(res, {"arm": "kd", "seed": 1, "final_dir": "runs/kd/s1/final"}, 0, grouped=True)
+    assert fig == {"disparity_rms": 0.3}
+
+
+def test_arms_cover_the_ablation_and_the_compressed_student_removes_a_third_of_the_blocks():
+    assert {"kd", "cda", "pair_mean", "cf_mean", "cf_max", "cf_expmean", "cda_pair_mean", "cda_cf_mean",
+            "cda_cf_max", "cda_cf_expmean", "small_kd"} <= set(study.ARMS)
+    small = load_config(study.SMALL)
+    demo = load_config(study.BASE)
+    assert len(small.student.from_teacher_layers) <= 20 and small.train.max_steps >= 3 * demo.train.max_steps
+    for arm in study.ARMS:  # every arm's recipe loads with its overrides
+        recipe, over = study.arm_plan(arm, smoke=False)
+        cfg = load_config(recipe, [f"{k}={v}" for k, v in over.items()])
+        assert cfg.crr.teacher == over["crr.teacher"] and cfg.crr.augment == over["crr.augment"]
+        recipe, over = study.arm_plan(arm, smoke=True)
+        load_config(recipe, [f"{k}={v}" for k, v in over.items()])
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--arms", "kd,cf_min"], "unknown arm(s) cf_min"),
+    (["--seeds", "0"], "at least 1"),
+    (["--teacher", "nowhere.gguf"], "not found"),
+])
+def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, message):
+    out = tmp_path / "study"
+    assert study.main([*argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("distill study: error:") and message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_parse_arms_keeps_order_and_adds_the_baseline():
+    assert study.parse_arms("cda, pair_mean") == ["kd", "cda", "pair_mean"]
+    assert study.parse_arms("") == list(study.ARMS)
+    with pytest.raises(UserError):
+        study.parse_arms("kd,nope")
