@@ -151,8 +151,8 @@ def split_bios(bios: Bios, seed: int = 0, test_share: float = TEST_SHARE) -> np.
 def check_bios(bios: Bios, test: np.ndarray) -> None:
     """One UserError line for data the lens cannot score: before any model loads."""
     occ, gen = np.array(bios.occupations), np.array(bios.genders)
-    train_occ = set(occ[~test])
-    test_occ = sorted(set(occ[test]))
+    train_occ = {str(o) for o in occ[~test]}
+    test_occ = sorted({str(o) for o in occ[test]})
     if len(set(occ)) < 2:
         raise UserError(f"--bios {bios.source}: needs at least 2 occupations, found {sorted(set(occ))}")
     if not test.any() or test.all():
@@ -162,7 +162,7 @@ def check_bios(bios: Bios, test: np.ndarray) -> None:
             raise UserError(f"--bios {bios.source}: occupation {o!r} is in the test split but not in train")
         have = set(gen[test & (occ == o)])
         if have != {"female", "male"}:
-            only = next(iter(have))
+            only = str(next(iter(have)))
             raise UserError(f"--bios {bios.source}: occupation {o!r} has only {only} biographies in the test split, "
                             "so its TPR gap is undefined; add the other gender or drop the occupation")
 
