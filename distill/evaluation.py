@@ -186,12 +186,16 @@ def _settings(args, prompts, n_groups: int) -> dict:
 
 
 def run_eval(args) -> int:
-    from distill import metrics
+    from distill import lens_eval, metrics
     from distill.generate import generate_samples
     from distill.models import check_same_tokenizer, load_model, load_tokenizer
     from distill.prompts import group_names, load_prompts, select_prompts
 
     # 1. Everything that can be wrong with the input, before any model loads.
+    if "generation" not in lens_eval.parse_lenses(getattr(args, "lens", "generation")):
+        return lens_eval.run_lenses_only(args)  # issue 15: the embedding/downstream lenses without sampling
+    if args.prompts is None:
+        raise UserError("--prompts is required by the generation lens (or pass --lens embedding,downstream)")
     _check_common(args)
     if args.bootstrap < 1:
         raise UserError(f"--bootstrap must be >= 1, not {args.bootstrap}")
@@ -206,6 +210,7 @@ def run_eval(args) -> int:
     groups = group_names(prompts, args.group_by)
     docs = load_text(args.text) if args.text else None
     tokenizers = {name: load_tokenizer(path) for name, path in models}
+    lens_plan = lens_eval.plan_lenses(args, tokenizers)
     vectors = metrics.load_minilm_vectors()
     notes = []
     if vectors is None:
@@ -224,13 +229,16 @@ def run_eval(args) -> int:
     per_model: dict[str, dict] = {}
     generations: dict[str, list[list[str]]] = {}
     teacher_windows = teacher_argmax = None
+    lens_private: dict[str, dict] = {}
     t_start = time.time()
     for step, name in enumerate(order, 1):
         _log(f"[{step}/{len(order)}] {name}: loading {paths[name]} on {device}")
         model = load_model(paths[name], args.dtype).to(device).eval()
+        lens_eval.check_layer(model, lens_plan.layer)
         tok = tokenizers[name]
         generations[name] = generate_samples(model, tok, texts, cfg, desc=f"{name}: generate")
         entry: dict = {"source": paths[name], "notes": []}
+        lens_entry, lens_private[name] = lens_eval.score_model(lens_plan, model, tok, device)
         ppl = agreement = None
         if docs is not None:
             windows = metrics.make_windows(_token_stream(tok, docs), _context_length(model))
@@ -253,7 +261,7 @@ def run_eval(args) -> int:
         del model
         _release_memory()
         entry["perplexity"], entry["teacher_agreement"] = ppl, agreement
-        per_model[name] = entry
+        per_model[name] = {**entry, **lens_entry}
 
     # 3. Score the generations and build results (pure numpy from here on).
     counts, emb_counts, labels_all = {}, {}, {}
@@ -268,11 +276,11 @@ def run_eval(args) -> int:
         entry["disparity"] = metrics.disparity(counts[name])
         entry["disparity_ci"] = list(metrics.bootstrap_ci(counts[name], args.bootstrap, args.seed))
         entry["groups"] = metrics.group_shares(counts[name])
-        entry["embedding"] = None
+        entry["embedding_polarity"] = None  # "embedding" is the association lens (issue 15's contract)
         if vectors is not None:
             emb_labels = [[metrics.embedding_polarity(t, vectors) for t in row] for row in generations[name]]
             emb_counts[name] = c = metrics.count_labels(emb_labels, groups)
-            entry["embedding"] = {**metrics.overall_shares(c), "disparity": metrics.disparity(c),
+            entry["embedding_polarity"] = {**metrics.overall_shares(c), "disparity": metrics.disparity(c),
                                   "disparity_ci": list(metrics.bootstrap_ci(c, args.bootstrap, args.seed)),
                                   "groups": metrics.group_shares(c)}
     comparisons = []
@@ -286,7 +294,9 @@ def run_eval(args) -> int:
                 comparisons.append({"a": a, "b": b, "metric": "embedding_disparity",
                                     **metrics.paired_comparison(emb_counts[a], emb_counts[b], args.bootstrap,
                                                                 args.seed)})
+    comparisons += lens_eval.lens_comparisons(lens_plan, lens_private, names)
     settings = _settings(args, prompts, len(set(groups)))
+    settings.update(lens_plan.settings())
     settings.update({
         "teacher": teacher, "bootstrap": args.bootstrap, "text": args.text, "device": str(device),
         "perplexity_window": WINDOW, "max_eval_tokens": MAX_EVAL_TOKENS,
@@ -318,7 +328,9 @@ def run_eval(args) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(summary_table(results))
-    print(f"wrote {out}/results.json, report.md, generations.jsonl and 2 plots")
+    print("\n".join(lens_eval.summary_lines(results, comparisons=False)))
+    extra = " and the lenses plot" if lens_plan.spec is not None or lens_plan.bios is not None else ""
+    print(f"wrote {out}/results.json, report.md, generations.jsonl, 2 plots{extra}")
     return 0
 
 

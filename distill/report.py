@@ -10,7 +10,8 @@ results.json schema (other tools read it; keys may be added, never renamed):
                        "male": float, "female": float, "neutral": float,
                        "groups": {GROUP: {"male": float, "female": float, "neutral": float, "n": int}},
                        "perplexity": float | null, "teacher_agreement": float | null,
-                       ... extra keys: "tie", "embedding", "source", "notes"}},
+                       ... extra keys: "tie", "embedding_polarity", "source", "notes",
+                       "embedding" and "downstream": the lenses of issue 15, see distill/lens_report.py}},
      "settings": {...},
      "comparisons": [{"a": NAME, "b": NAME, "metric": "disparity", "difference": b - a,
                       "ci": [lo, hi], "p_value": float, ...}]}
@@ -26,6 +27,7 @@ import math
 import re
 from pathlib import Path
 
+from distill.lens_report import render_lenses_md, write_lens_outputs
 from distill.metrics import gendered_spans
 
 GROUP_PLOT = "group_shares.png"
@@ -188,12 +190,12 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
             f"| {name} | {_fmt(m['disparity'])} [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(m['male'])} | {_fmt(m['female'])} | "
             f"{_fmt(m['neutral'])} | {_fmt(m.get('tie'))} | {_fmt_ppl(m['perplexity'])} | {_fmt(m['teacher_agreement'])} |"
         )
-    if any(m.get("embedding") for m in models.values()):
+    if any(m.get("embedding_polarity") for m in models.values()):
         lines += ["", f"Embedding-weighted polarity ({s.get('word_vectors')}, threshold +/-0.25):", ""]
         lines.append("| model | disparity [95% CI] | male | female | neutral |")
         lines.append("|---|---|---|---|---|")
         for name, m in models.items():
-            e = m.get("embedding")
+            e = m.get("embedding_polarity")
             if e:
                 lo, hi = e["disparity_ci"]
                 lines.append(f"| {name} | {_fmt(e['disparity'])} [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(e['male'])} | "
@@ -222,6 +224,7 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
             for name, text in ex["texts"].items():
                 lines.append(f"- {name}: {highlight_md(text)}")
             lines.append("")
+    lines += render_lenses_md(results)  # issue 15: the embedding and downstream lenses next to generation
     notes = list(s.get("notes", []))
     lines += ["", "## What the numbers mean", ""]
     lines += [
@@ -249,6 +252,8 @@ def write_eval_outputs(out_dir: Path, results: dict, examples: list[dict]) -> li
     paths[1].write_text(render_report_md(results, examples), encoding="utf-8")
     plot_group_shares(paths[2], results)
     plot_disparity_vs_perplexity(paths[3], results)
+    if any(m.get("embedding") or m.get("downstream") for m in results["models"].values()):
+        paths += write_lens_outputs(out_dir, results)
     return paths
 
 
