@@ -210,7 +210,7 @@ def run_eval(args) -> int:
     groups = group_names(prompts, args.group_by)
     docs = load_text(args.text) if args.text else None
     tokenizers = {name: load_tokenizer(path) for name, path in models}
-    lens_plan = lens_eval.plan_lenses(args, tokenizers)
+    lens_plan = lens_eval.plan_lenses(args, tokenizers, dict(models))
     vectors = metrics.load_minilm_vectors()
     notes = []
     if vectors is None:

@@ -45,6 +45,7 @@ class Bios:
     genders: list[str]  # "female" or "male"
     splits: list[str] | None  # "train"/"test" per record when the data says so, else None
     source: str
+    pairs: list | None = None  # optional "pair" id: biographies that differ only in gender share one
 
 
 def _pick(rec: dict, keys: tuple[str, ...]):
@@ -63,7 +64,7 @@ def _gender(value, where: str) -> str:
 
 def load_bios(spec: str) -> Bios:
     """Biographies from 'project' (data/lenses/bios.jsonl), a JSONL file (one {"text", "occupation", "gender"
-    [, "split"]} per line), or a hub dataset NAME (train and test splits; columns text/hard_text,
+    [, "split"][, "pair"]} per line), or a hub dataset NAME (train and test splits; columns text/hard_text,
     occupation/profession, gender; integer class labels mapped through the dataset's label names)."""
     if spec == "project":
         path = PROJECT_BIOS
@@ -77,7 +78,7 @@ def load_bios(spec: str) -> Bios:
 
 
 def _load_jsonl(path: Path, spec: str) -> Bios:
-    texts, occs, gens, splits = [], [], [], []
+    texts, occs, gens, splits, pairs = [], [], [], [], []
     for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
@@ -96,12 +97,14 @@ def _load_jsonl(path: Path, spec: str) -> Bios:
         occs.append(str(occ))
         gens.append(_gender(gen, where))
         splits.append(rec.get("split"))
+        pairs.append(rec.get("pair"))
     if not texts:
         raise UserError(f"--bios {spec!r} holds no biographies")
     given = [s for s in splits if s is not None]
     if given and (len(given) != len(splits) or set(given) - {"train", "test"}):
         raise UserError(f"--bios {spec}: 'split' must be 'train' or 'test' on every line, or on none")
-    return Bios(texts, occs, gens, splits if given else None, str(path))
+    has_pairs = any(p is not None for p in pairs)
+    return Bios(texts, occs, gens, splits if given else None, str(path), pairs if has_pairs else None)
 
 
 def _load_hub(spec: str) -> Bios:
@@ -278,13 +281,35 @@ def _bootstrap_rms(pred: np.ndarray, true: np.ndarray, female: np.ndarray, n_cla
     return np.array([rms(tpr_gaps(pred[ix], true[ix], female[ix], n_classes)[0]) for ix in picks])
 
 
-def stratified_picks(true: np.ndarray, female: np.ndarray, n_boot: int, seed: int) -> list[np.ndarray]:
-    """Bootstrap index sets over test biographies, resampled within each (occupation, gender) cell so every
-    cell keeps its size (each TPR stays defined)."""
+def stratified_picks(true: np.ndarray, female: np.ndarray, n_boot: int, seed: int, pairs=None) -> list[np.ndarray]:
+    """Bootstrap index sets over test biographies. Without pair ids: resampled within each (occupation,
+    gender) cell, so every cell keeps its size and each TPR stays defined. With pair ids (counterfactual
+    pairs, as in the project's set): whole pairs are resampled within each occupation, so a resample keeps
+    the pairing that makes a gender-blind model's gap exactly 0 (resampling the cells apart would give it a
+    spurious positive RMS)."""
     rng = np.random.default_rng(seed)
-    cells = [np.flatnonzero((true == k) & (female == f)) for k in np.unique(true) for f in (True, False)]
-    cells = [c for c in cells if len(c)]
-    return [np.concatenate([rng.choice(c, len(c)) for c in cells]) for _ in range(n_boot)]
+    if pairs is None:
+        clusters = [[i] for i in range(len(true))]
+        strata = [(int(true[i]), bool(female[i])) for i in range(len(true))]
+    else:
+        keys: dict = {}
+        for i, p in enumerate(pairs):
+            keys.setdefault((int(true[i]), p if p is not None else ("single", i)), []).append(i)
+        clusters = list(keys.values())
+        strata = [k[0] for k in keys]
+    by_stratum: dict = {}
+    for c, s in zip(clusters, strata, strict=True):
+        by_stratum.setdefault(s, []).append(np.array(c))
+    groups = [by_stratum[s] for s in sorted(by_stratum)]
+    out = []
+    for _ in range(n_boot):
+        parts = [g[j] for g in groups for j in rng.integers(0, len(g), len(g))]
+        out.append(np.concatenate(parts))
+    return out
+
+
+def _test_pairs(bios: Bios, test: np.ndarray):
+    return None if bios.pairs is None else [p for p, t in zip(bios.pairs, test, strict=True) if t]
 
 
 def downstream_lens(features: np.ndarray, bios: Bios, test: np.ndarray, seed: int = 0, n_boot: int = 1000) -> dict:
@@ -302,7 +327,7 @@ def downstream_lens(features: np.ndarray, bios: Bios, test: np.ndarray, seed: in
     gaps, var = tpr_gaps(pred, yt, ft, len(classes))
     present = ~np.isnan(gaps)
     share = np.array([np.mean(female[~test & (y == k)]) for k in range(len(classes))])
-    boots = _bootstrap_rms(pred, yt, ft, len(classes), stratified_picks(yt, ft, n_boot, seed))
+    boots = _bootstrap_rms(pred, yt, ft, len(classes), stratified_picks(yt, ft, n_boot, seed, _test_pairs(bios, test)))
     ms_unbiased = float(np.mean(gaps[present] ** 2 - var[present]))
     return {
         "tpr_gap_rms": rms(gaps),
@@ -326,7 +351,7 @@ def paired_downstream_comparison(pred_a: np.ndarray, pred_b: np.ndarray, bios: B
     cid = {o: i for i, o in enumerate(classes)}
     yt = np.array([cid[o] for o in bios.occupations])[test]
     ft = np.array([g == "female" for g in bios.genders])[test]
-    picks = stratified_picks(yt, ft, n_boot, seed)
+    picks = stratified_picks(yt, ft, n_boot, seed, _test_pairs(bios, test))
     diffs = (_bootstrap_rms(pred_b, yt, ft, len(classes), picks)
              - _bootstrap_rms(pred_a, yt, ft, len(classes), picks))
     alpha = (1 - level) / 2
@@ -334,4 +359,4 @@ def paired_downstream_comparison(pred_a: np.ndarray, pred_b: np.ndarray, bios: B
     p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
     diff = rms(tpr_gaps(pred_b, yt, ft, len(classes))[0]) - rms(tpr_gaps(pred_a, yt, ft, len(classes))[0])
     return {"difference": diff, "ci": [float(lo), float(hi)], "p_value": p, "n_boot": n_boot,
-            "unit": "test biography (paired stratified bootstrap)"}
+            "unit": "test biography or counterfactual pair (paired stratified bootstrap)"}

@@ -61,9 +61,31 @@ class LensPlan:
         return out
 
 
-def plan_lenses(args, tokenizers: dict) -> LensPlan:
-    """Validate the lens inputs for every model's tokenizer: one UserError line, before any compute."""
+def _config_layers(path: str) -> int | None:
+    """The model's layer count from its config alone (no weights read); None when it cannot be read here."""
+    try:
+        from transformers import AutoConfig
+
+        from distill.models import _source_kwargs
+
+        src, extra = _source_kwargs(path)
+        cfg = AutoConfig.from_pretrained(src, **extra)
+    except Exception:  # the model loader reports unreadable models with its own line later
+        return None
+    return int(getattr(cfg, "num_hidden_layers", 0) or getattr(cfg, "n_layer", 0)) or None
+
+
+def plan_lenses(args, tokenizers: dict, paths: dict | None = None) -> LensPlan:
+    """Validate the lens inputs for every model's tokenizer: one UserError line, before any compute.
+    `paths` ({name: model path}) lets --lens-layer be checked against each config before the weights load."""
     lenses = parse_lenses(getattr(args, "lens", "generation"))
+    layer = getattr(args, "lens_layer", -1)
+    if len(lenses) > 1 or lenses != ("generation",):
+        for name, path in (paths or {}).items():
+            n = _config_layers(path)
+            if n is not None and not -(n + 1) <= layer <= n:
+                raise UserError(f"--lens-layer {layer} is out of range for --model {name} with {n} layers "
+                                f"(use 0..{n} or -1 for the last)")
     spec = bios = test = None
     if "embedding" in lenses:
         spec = le.load_embedding_spec()
@@ -73,7 +95,7 @@ def plan_lenses(args, tokenizers: dict) -> LensPlan:
         bios = ld.load_bios(getattr(args, "bios", None) or "project")
         test = ld.split_bios(bios, seed=args.seed)
         ld.check_bios(bios, test)
-    return LensPlan(lenses, spec, bios, test, getattr(args, "lens_layer", -1), args.seed, args.bootstrap)
+    return LensPlan(lenses, spec, bios, test, layer, args.seed, args.bootstrap)
 
 
 def check_layer(model, layer: int) -> None:
@@ -149,7 +171,7 @@ def run_lenses_only(args) -> int:
     out = Path(args.out).expanduser()
     _check_out_dir(out, args.overwrite)
     tokenizers = {name: load_tokenizer(path) for name, path in models}
-    plan = plan_lenses(args, tokenizers)
+    plan = plan_lenses(args, tokenizers, dict(models))
 
     device, t0 = _device(), time.time()
     per_model, private = {}, {}

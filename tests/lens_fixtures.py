@@ -12,6 +12,7 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 LENSES = REPO / "data" / "lenses"
 WORD_RE = r"\w+|[^\w\s]"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def vocabulary() -> list[str]:

@@ -6,13 +6,14 @@
 Written for the project from the templates below (no third-party text). Eight occupations in four domains;
 within a domain the two occupations share every "domain" sentence, and only half of the biographies carry a
 sentence specific to the occupation (Bias in Bios removes the job title too, so the occupation is often
-ambiguous from the text). Each line: {"text", "occupation", "gender", "split"}.
+ambiguous from the text). Each line: {"text", "occupation", "gender", "split"}, and "pair" on test lines.
 
 * train (240 lines): 30 per occupation, with a planted gender/occupation correlation: 80% of one gender
   (nurse, paralegal, teacher, dietitian female; surgeon, attorney, professor, chef male), so a probe can
   learn gender as a shortcut between the two occupations of a domain.
 * test (160 lines): 10 biographies per occupation, each written twice, once per gender, identical but for
-  the name and pronouns (counterfactual pairs). A TPR gap on this split is caused by gender alone, and a
+  the name and pronouns (counterfactual pairs, sharing a "pair" id that the lens's bootstrap resamples as
+  one unit). A TPR gap on this split is caused by gender alone, and a
   model that cannot tell the genders apart has a gap of exactly 0.
 """
 
@@ -100,8 +101,9 @@ def build() -> list[dict]:
     for occ in OCCUPATIONS:
         for _ in range(TEST_PER_OCC):
             skel = _bio(rng, occ)
+            pair = sum(r["split"] == "test" for r in rows) // 2
             for g in ("female", "male"):
-                rows.append({"text": _render(skel, g), "occupation": occ, "gender": g, "split": "test"})
+                rows.append({"text": _render(skel, g), "occupation": occ, "gender": g, "split": "test", "pair": pair})
     return rows
 
 
