@@ -25,7 +25,8 @@ teacher:  ## fetch the offline default teacher (SmolLM2-135M-Instruct GGUF from 
 	$(PY) -m distill.fetch_teacher
 
 TEACHER ?= cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf
-DEMO_EVAL ?= --prompts professions --samples-per-prompt 3 --max-new-tokens 24 --batch-size 64 --dtype bfloat16
+DEMO_EVAL ?= --prompts professions --samples-per-prompt 3 --max-new-tokens 24 --batch-size 64 --dtype bfloat16 \
+	--lens all --bios project
 DEMO_ARGS ?=
 DEMO_OUT ?= out/demo
 DEMO_RUNS ?= out/demo_runs
@@ -42,7 +43,7 @@ demo: teacher  ## the main job, offline: transfer set -> KD and CRR students -> 
 demo-smoke:  ## the demo path end to end on the real teacher in about 2 minutes (CI): tiny budgets, out/smoke*
 	$(MAKE) demo DEMO_OUT=out/smoke DEMO_RUNS=out/smoke_runs \
 		DEMO_ARGS="train.max_steps=2 train.batch_size=2 data.transfer_set.num_sequences=48 data.transfer_set.max_new_tokens=32 train.eval_batches=1" \
-		DEMO_EVAL="--prompts professions --max-prompts 14 --samples-per-prompt 1 --max-new-tokens 8"
+		DEMO_EVAL="--prompts professions --max-prompts 14 --samples-per-prompt 1 --max-new-tokens 8 --lens all --bios project"
 
 bench:
 	distill bench
