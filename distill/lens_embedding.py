@@ -154,7 +154,6 @@ def word_representations(model, tokenizer, spec: EmbeddingSpec, layer: int = -1,
                         f"(use 0..{n_layers} or -1 for the last)")
     device = device or next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    out = {w: np.zeros((len(spec.templates), 0)) for w in place}
     vecs: dict[tuple[str, int], np.ndarray] = {}
     with torch.inference_mode():
         for i in range(0, len(items), batch_size):
@@ -169,9 +168,7 @@ def word_representations(model, tokenizer, spec: EmbeddingSpec, layer: int = -1,
             h = hs.hidden_states[layer].float().cpu().numpy().astype(np.float64)
             for r, (w, t, _, pos) in enumerate(chunk):
                 vecs[(w, t)] = h[r, pos].mean(axis=0)
-    for w in place:
-        out[w] = np.stack([vecs[(w, t)] for t in range(len(spec.templates))])
-    return out
+    return {w: np.stack([vecs[(w, t)] for t in range(len(spec.templates))]) for w in place}
 
 
 # ------------------------------------------------------------------------------------------ statistics
