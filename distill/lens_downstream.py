@@ -184,6 +184,9 @@ def bio_features(model, tokenizer, texts: list[str], layer: int = -1, batch_size
     limit = min(MAX_TOKENS, getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or MAX_TOKENS)
     enc = [tokenizer(t, add_special_tokens=False)["input_ids"][:limit] or [pad] for t in texts]
     out = []
+    # the backbone alone: its hidden states are all the lens needs, and the LM head's (tokens x vocab)
+    # logits would cost a fifth of the compute of a 135M model for nothing
+    backbone = getattr(model, "base_model", model)
     with torch.inference_mode():
         for i in range(0, len(enc), batch_size):
             chunk = enc[i:i + batch_size]
@@ -193,7 +196,7 @@ def bio_features(model, tokenizer, texts: list[str], layer: int = -1, batch_size
             for r, row in enumerate(chunk):
                 ids[r, :len(row)] = torch.tensor(row)
                 mask[r, :len(row)] = 1
-            h = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+            h = backbone(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
             h = h.hidden_states[layer].float()
             m = mask.to(h.device).unsqueeze(-1).float()
             out.append(((h * m).sum(1) / m.sum(1)).cpu().numpy().astype(np.float64))

@@ -155,6 +155,9 @@ def word_representations(model, tokenizer, spec: EmbeddingSpec, layer: int = -1,
     device = device or next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     vecs: dict[tuple[str, int], np.ndarray] = {}
+    # the backbone alone: its hidden states are all the lens needs, and the LM head's (tokens x vocab)
+    # logits would cost a fifth of the compute of a 135M model for nothing
+    backbone = getattr(model, "base_model", model)
     with torch.inference_mode():
         for i in range(0, len(items), batch_size):
             chunk = items[i:i + batch_size]
@@ -164,7 +167,7 @@ def word_representations(model, tokenizer, spec: EmbeddingSpec, layer: int = -1,
             for r, (_, _, row, _) in enumerate(chunk):
                 ids[r, :len(row)] = torch.tensor(row)
                 mask[r, :len(row)] = 1
-            hs = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+            hs = backbone(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
             h = hs.hidden_states[layer].float().cpu().numpy().astype(np.float64)
             for r, (w, t, _, pos) in enumerate(chunk):
                 vecs[(w, t)] = h[r, pos].mean(axis=0)
