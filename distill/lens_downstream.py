@@ -363,3 +363,15 @@ def paired_downstream_comparison(pred_a: np.ndarray, pred_b: np.ndarray, bios: B
     diff = rms(tpr_gaps(pred_b, yt, ft, len(classes))[0]) - rms(tpr_gaps(pred_a, yt, ft, len(classes))[0])
     return {"difference": diff, "ci": [float(lo), float(hi)], "p_value": p, "n_boot": n_boot,
             "unit": "test biography or counterfactual pair (paired stratified bootstrap)"}
+
+
+def occupation_squared_gaps(pred: np.ndarray, bios: Bios, test: np.ndarray) -> np.ndarray:
+    """Per occupation in the test split (sorted by name), the unbiased squared TPR gap gap_y^2 - Var(gap_y):
+    the per-cluster figure of a paired test over occupations (its mean is the unbiased mean squared gap)."""
+    classes = sorted(set(bios.occupations))
+    cid = {o: i for i, o in enumerate(classes)}
+    yt = np.array([cid[o] for o in bios.occupations])[test]
+    ft = np.array([g == "female" for g in bios.genders])[test]
+    gaps, var = tpr_gaps(pred, yt, ft, len(classes))
+    keep = ~np.isnan(gaps)
+    return gaps[keep] ** 2 - var[keep]

@@ -329,3 +329,14 @@ def paired_embedding_comparison(assoc_a, assoc_b, n_boot: int = 1000, seed: int 
     p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
     return {"difference": _combined_from(assoc_b, None) - _combined_from(assoc_a, None), "ci": [float(lo), float(hi)],
             "p_value": p, "n_boot": n_boot, "unit": "target word (paired bootstrap)"}
+
+
+def unit_effects(assoc: list[tuple[np.ndarray, np.ndarray]], names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The per-cluster figures of the embedding lens for a paired test over clusters: d for every
+    (test, template) unit, in a fixed order, with each unit's test name as its stratum."""
+    d, strata = [], []
+    for (sx, sy), name in zip(assoc, names, strict=True):
+        d_t, _ = template_effects(sx, sy)
+        d.extend(d_t)
+        strata.extend([name] * len(d_t))
+    return np.array(d), strata
