@@ -2,7 +2,7 @@
 PY ?= python
 RECIPE ?= recipes/debug.yaml
 
-.PHONY: install test test-slow lint train teacher demo demo-smoke bench clean
+.PHONY: install test test-slow lint train teacher demo demo-smoke demo-seeds bench gpu-check clean
 
 install:  ## torch CPU build first (pinned), then the package with its dev extras
 	$(PY) -m pip install torch==2.13.0
@@ -43,10 +43,33 @@ demo: teacher  ## the main job, offline: transfer set -> KD and CRR students -> 
 demo-smoke:  ## the demo path end to end on the real teacher in about 2 minutes (CI): tiny budgets, out/smoke*
 	$(MAKE) demo DEMO_OUT=out/smoke DEMO_RUNS=out/smoke_runs \
 		DEMO_ARGS="train.max_steps=2 train.batch_size=2 data.transfer_set.num_sequences=48 data.transfer_set.max_new_tokens=32 train.eval_batches=1" \
-		DEMO_EVAL="--prompts professions --max-prompts 14 --samples-per-prompt 1 --max-new-tokens 8 --lens all --bios project"
+		DEMO_EVAL="--prompts professions --max-prompts 14 --samples-per-prompt 2 --max-new-tokens 8 --lens all --bios project"
+
+# Several training seeds per arm: the demo recipes with seed=0..SEEDS-1 (each seed also draws its own transfer
+# set, cached and shared by both arms), scored together: per-run figures, mean +- sd, paired tests on all runs.
+SEEDS ?= 3
+DEMO_SEEDS_OUT ?= out/demo_seeds
+SEED_LIST = $(shell seq 0 $$(( $(SEEDS) - 1 )))
+comma := ,
+empty :=
+space := $(empty) $(empty)
+seed_runs = $(subst $(space),$(comma),$(foreach s,$(SEED_LIST),$(DEMO_RUNS)/$(1)_s$(s)/final))
+
+demo-seeds: teacher  ## SEEDS (default 3) KD and CRR students per arm, scored together in out/demo_seeds/
+	for s in $(SEED_LIST); do \
+		distill corpus --recipe recipes/demo_kd.yaml seed=$$s $(DEMO_ARGS) && \
+		distill train --recipe recipes/demo_kd.yaml --overwrite output_dir=$(DEMO_RUNS)/kd_s$$s seed=$$s $(DEMO_ARGS) && \
+		distill train --recipe recipes/demo_crr.yaml --overwrite output_dir=$(DEMO_RUNS)/crr_s$$s seed=$$s $(DEMO_ARGS) \
+		|| exit 1; \
+	done
+	distill eval --model teacher=$(TEACHER) --model kd=$(call seed_runs,kd) --model crr=$(call seed_runs,crr) \
+		--text data/tiny_heldout.txt --out $(DEMO_SEEDS_OUT) --overwrite $(DEMO_EVAL)
 
 bench:
 	distill bench
+
+gpu-check:  ## one GPU, under 10 min: bench, the guessed GPU defaults measured, each accelerate config, resume
+	bash scripts/gpu_check.sh
 
 clean:
 	rm -rf out

@@ -112,16 +112,19 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save(run_dir: Path, step: int, accelerator, student, optimizer, scheduler, sampler, state: dict,
-         keep: int) -> Path:
+         keep: int, engine: str = "ddp") -> Path:
     root = Path(run_dir) / "checkpoints"
     tmp, final = root / f".tmp-{_STEP_PREFIX}{step:08d}", root / f"{_STEP_PREFIX}{step:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
+    if engine != "ddp":  # every process writes its shards
+        save_sharded_state(tmp, student, optimizer, engine)
     if accelerator.is_main_process:
-        save_model(accelerator.unwrap_model(student), str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if engine == "ddp":
+            save_model(accelerator.unwrap_model(student), str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({**state, "sampler": sampler.state_dict()}))
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
@@ -135,10 +138,13 @@ def save(run_dir: Path, step: int, accelerator, student, optimizer, scheduler, s
     return final
 
 
-def load_latest(run_dir: Path, accelerator, student, optimizer, scheduler, sampler) -> dict:
+def load_latest(run_dir: Path, accelerator, student, optimizer, scheduler, sampler, engine: str = "ddp") -> dict:
     path = latest_checkpoint(run_dir)
-    load_model(accelerator.unwrap_model(student), str(path / "model.safetensors"), device=str(accelerator.device))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    if engine == "ddp":
+        load_model(accelerator.unwrap_model(student), str(path / "model.safetensors"), device=str(accelerator.device))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    else:
+        load_sharded_state(path, student, optimizer, engine)
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     state = json.loads((path / "trainer_state.json").read_text())
     sampler.load_state_dict(state.pop("sampler"))
@@ -198,3 +204,43 @@ Score it with `distill eval --model student=PATH --prompts professions --out DIR
 {recipe}```
 """
 
+
+
+# ------------------------------------------------------------------ sharded state (FSDP2, DeepSpeed ZeRO-3)
+# A sharded checkpoint holds `sharded/` (torch.distributed.checkpoint: each process writes its own shards of the
+# student and its optimizer state) or `deepspeed/` (DeepSpeed's own layout) instead of model.safetensors and
+# optimizer.pt; scheduler, trainer state and RNG files are the same as above. It resumes under the same engine.
+
+
+def save_sharded_state(directory: Path, student, optimizer, engine: str) -> None:
+    """Write the student's and optimizer's shards into `directory`; every process must call this."""
+    if engine == "fsdp":
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        student = getattr(student, "_orig_mod", student)  # train.compile: keys as without it
+        model_sd, optim_sd = get_state_dict(student, optimizer)
+        dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=str(Path(directory) / "sharded"))
+    elif engine == "deepspeed":
+        student.save_checkpoint(str(Path(directory) / "deepspeed"), tag="state")
+    else:
+        raise ValueError(f"no sharded state for engine {engine!r}")
+
+
+def load_sharded_state(path: Path, student, optimizer, engine: str) -> None:
+    """Read back what `save_sharded_state` wrote (same engine, same process count); every process calls this."""
+    sub = {"fsdp": "sharded", "deepspeed": "deepspeed"}.get(engine)
+    if sub is None or not (Path(path) / sub).is_dir():
+        raise UserError(f"{path} holds no {engine} state; resume with the accelerate config that wrote it")
+    if engine == "fsdp":
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        student = getattr(student, "_orig_mod", student)
+        model_sd, optim_sd = get_state_dict(student, optimizer)
+        state = {"model": model_sd, "optimizer": optim_sd}
+        dcp.load(state, checkpoint_id=str(Path(path) / sub))
+        set_state_dict(student, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    else:
+        student.load_checkpoint(str(Path(path) / sub), tag="state", load_module_strict=True,
+                                load_optimizer_states=True, load_lr_scheduler_states=False)

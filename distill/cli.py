@@ -1,4 +1,4 @@
-"""The `distill` command: train, eval, samples, corpus, swap, bench.
+"""The `distill` command: train, eval, score, samples, corpus, swap, bench.
 
     distill train --recipe recipes/debug.yaml train.max_steps=20
     accelerate launch --num_processes 2 -m distill train --recipe recipes/debug.yaml
@@ -35,7 +35,8 @@ def _add_train(sub) -> None:
 
 def _add_model_args(p, what: str, prompts_required: bool = True) -> None:
     p.add_argument("--model", action="append", required=True, metavar="M",
-                   help=f"model to {what}: hub id, local dir, .gguf file, or NAME=PATH to label it; repeatable")
+                   help=f"model to {what}: hub id, local dir, .gguf file, or NAME=PATH to label it; NAME=DIR1,DIR2 or "
+                   "NAME='GLOB' scores several training runs of one arm (eval only); repeatable")
     p.add_argument("--prompts", required=prompts_required, metavar="SPEC",
                    help="'professions' (the project's prompts in data/), a BOLD-format JSON file, or a hub dataset"
                    + ("" if prompts_required else " (needed by the generation lens)"))
@@ -75,6 +76,27 @@ def _add_eval(sub) -> None:
     p.add_argument("--teacher", default=None, metavar="NAME",
                    help="which --model is the teacher for agreement (default: the first)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
+    p.add_argument("--no-probe", action="store_true",
+                   help="skip the likelihood probe (next-token male/female mass after profession prompts)")
+
+
+def _add_score(sub) -> None:
+    p = sub.add_parser(
+        "score",
+        help="recompute the generation statistics from a saved generations.jsonl (no model needed)",
+        description="Label the generations of a JSONL file (fields model, category, profession, prompt_index, "
+        "sample, text; optional run) and write DIR/results.json and report.md with every generation statistic.",
+        epilog="Example: distill score --generations out/demo/generations.jsonl --out out/rescored",
+    )
+    p.add_argument("--generations", required=True, metavar="FILE", help="generations.jsonl written by distill eval")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--model", action="append", default=None, metavar="NAME",
+                   help="score only these models of the file, in this order (repeatable; default all)")
+    p.add_argument("--group-by", default="category", choices=("category", "profession"),
+                   help="groups of the disparity (default category, as distill eval)")
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the bootstrap and sign flips (default 0, as eval)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
 
 
@@ -125,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_samples, _add_corpus, _add_swap, _add_bench):
+    for add in (_add_train, _add_eval, _add_score, _add_samples, _add_corpus, _add_swap, _add_bench):
         add(sub)
     return parser
 
@@ -136,6 +158,8 @@ def _dispatch(args) -> int | None:
         from distill.train import main as run
     elif args.command == "eval":
         from distill.evaluation import run_eval as run
+    elif args.command == "score":
+        from distill.rescore import run_score as run
     elif args.command == "samples":
         from distill.evaluation import run_samples as run
     elif args.command == "corpus":

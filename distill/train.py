@@ -11,7 +11,6 @@ schedule -> log -> checkpoint. No Trainer subclass and no callbacks.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import math
@@ -26,6 +25,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from distill import checkpoint as ckpt
+from distill import engine as eng
 from distill.config import Config, describe, load_config
 from distill.errors import TrainingDiverged, UserError
 from distill.losses import cosine_loss, distill_loss, shift_labels
@@ -45,6 +45,7 @@ class Setup:
     swap_table: object = None
     data_stats: object = None
     target_cache: object = None  # a TopKTargetCache when loss.teacher_top_k > 0
+    engine: str = "ddp"  # ddp, fsdp or deepspeed: see distill/engine.py
 
 
 def build(cfg: Config, accelerator: Accelerator) -> Setup:
@@ -80,7 +81,10 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
             f"loss.alpha_cos needs equal hidden widths (teacher {teacher.config.hidden_size}, "
             f"student {student.config.hidden_size}); set loss.alpha_cos=0"
         )
-    teacher.to(accelerator.device)
+    engine = eng.engine_of(accelerator)
+    eng.check_auto_wrap(accelerator, teacher, student)  # FSDP asked for: both models have blocks to shard
+    if engine == "ddp":  # a sharded teacher stays on the CPU until it is sharded (end of build)
+        teacher.to(accelerator.device)
 
     lexicon = swap_table = None
     if cfg.crr.augment != "none" or cfg.crr.teacher != "none":
@@ -109,8 +113,11 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
             "(batch_size x grad_accum x processes); give more text or lower train.batch_size"
         )
     target_cache = _target_cache(cfg, len(train_blocks), vocab_rows)
+    # After the transfer set: sampling it runs the teacher on the main process alone, which a sharded teacher
+    # cannot do.
+    teacher = eng.prepare_teacher(accelerator, teacher, engine, cfg.train.batch_size)
     return Setup(teacher, student, tokenizer, train_blocks, val_blocks, vocab_rows, lexicon, swap_table, stats,
-                 target_cache)
+                 target_cache, engine)
 
 
 def _target_cache(cfg: Config, n_blocks: int, vocab_rows: int):
@@ -184,6 +191,7 @@ def micro_batch_losses(cfg: Config, setup: Setup, student, input_ids: torch.Tens
     elif cfg.loss.alpha_kd > 0 or want_hidden:
         target, cf = teacher_output(cfg, setup, input_ids)
         probs, changed = target.probs, target.changed_share
+    eng.drain(setup.teacher)  # a sharded teacher: the processes finish their teacher work together
     out = student(input_ids=input_ids, output_hidden_states=want_hidden, use_cache=False)
     logits = out.logits[..., : setup.vocab_rows]
     total, kd_sum, ce_sum = distill_loss(
@@ -221,8 +229,14 @@ def evaluate(cfg: Config, setup: Setup, student, accelerator: Accelerator) -> di
     sums = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # ce, kd, tokens
     bs = cfg.train.batch_size
     n = min(len(setup.val_blocks), cfg.train.eval_batches * bs * accelerator.num_processes)
-    for start in range(accelerator.process_index * bs, n, bs * accelerator.num_processes):
-        ids = setup.val_blocks[start : start + bs]["input_ids"].to(accelerator.device)
+    # Every process runs the same number of rounds (sharded models need all of them in every forward); a process
+    # past the end scores one block with weight 0.
+    rounds = -(-n // (bs * accelerator.num_processes))
+    for r in range(rounds):
+        start = (r * accelerator.num_processes + accelerator.process_index) * bs
+        weight = 1.0 if start < n else 0.0
+        ids = setup.val_blocks[start : min(start + bs, n)]["input_ids"] if weight else setup.val_blocks[0:1]["input_ids"]
+        ids = ids.to(accelerator.device)
         labels = shift_labels(ids)
         with accelerator.autocast():
             target = teacher_targets(setup.teacher, ids, mode="none", temperature=cfg.loss.temperature,
@@ -231,7 +245,8 @@ def evaluate(cfg: Config, setup: Setup, student, accelerator: Accelerator) -> di
         _, kd, ce = distill_loss(logits, target.probs, labels, w_kd=0.0, w_ce=0.0,
                                  temperature=cfg.loss.temperature, kind=cfg.loss.divergence,
                                  beta=cfg.loss.jsd_beta, chunk_size=cfg.loss.chunk_size)
-        sums += torch.stack([ce.double(), kd.double(), (labels != -100).sum().double()])
+        sums += weight * torch.stack([ce.double(), kd.double(), (labels != -100).sum().double()])
+    eng.drain(setup.teacher)
     student.train()
     ce, kd, tokens = accelerator.reduce(sums, "sum").tolist()
     if tokens == 0:
@@ -251,13 +266,12 @@ def accumulate_gradients(cfg: Config, setup: Setup, student, accelerator: Accele
     n_global = int(accelerator.reduce(torch.tensor(local_tokens, device=accelerator.device), "sum").item())
     # DDP averages gradients over processes; scaling each process's share by the process count makes that
     # average the global token mean.
-    scale = accelerator.num_processes / max(n_global, 1)
+    scale = eng.loss_scale(accelerator, setup.engine, len(batches), n_global)
     sums = torch.zeros(4, dtype=torch.float64, device=accelerator.device)  # kd, ce, cos, swapped rows
     extras = {"changed_share": 0.0, "topk_mass": 0.0, "cf_exact": 0, "cf_aligned": 0}
     for m, batch in enumerate(batches):
         ids = batch["input_ids"].to(accelerator.device)
-        sync = contextlib.nullcontext() if m == len(batches) - 1 else accelerator.no_sync(student)
-        with sync:
+        with eng.accumulating(accelerator, student, setup.engine, last=m == len(batches) - 1):
             with accelerator.autocast():
                 out = micro_batch_losses(cfg, setup, student, ids, scale, batch.get("blocks"))
             if not torch.isfinite(out["total"]):
@@ -290,17 +304,16 @@ def make_optimizer(cfg: Config, student: torch.nn.Module) -> torch.optim.AdamW:
 def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resume: bool) -> dict:
     from distill.data import BlockSampler
 
-    student = setup.student
-    optimizer = make_optimizer(cfg, student)
+    student, optimizer = eng.prepare_student(accelerator, cfg, setup.student, setup.engine,
+                                             functools.partial(make_optimizer, cfg))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg))
-    student, optimizer = accelerator.prepare(student, optimizer)
     if cfg.train.compile:  # after prepare, so a DDP wrapper is compiled with it; unwrap_model removes both
         student = torch.compile(student)
     sampler = BlockSampler(len(setup.train_blocks), cfg.train.batch_size, cfg.train.grad_accum,
                            accelerator.num_processes, accelerator.process_index, cfg.seed)
     state = {"step": 0, "tokens_seen": 0}
     if resume:
-        state = ckpt.load_latest(run_dir, accelerator, student, optimizer, scheduler, sampler)
+        state = ckpt.load_latest(run_dir, accelerator, student, optimizer, scheduler, sampler, engine=setup.engine)
         accelerator.print(f"resuming from step {state['step']} ({run_dir / 'checkpoints'})")
 
     log_file = run_dir / "metrics.jsonl"
@@ -314,7 +327,7 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
         batches = [{**setup.train_blocks[idx], "blocks": idx} for idx in sampler.next_step()]
         n_global, sums, extras = accumulate_gradients(cfg, setup, student, accelerator, batches, state["step"] + 1,
                                                       run_dir)
-        grad_norm = _clip(accelerator, student, cfg.train.max_grad_norm)
+        grad_norm = eng.clip_grad_norm(accelerator, student, setup.engine, cfg.train.max_grad_norm)
         if not math.isfinite(grad_norm):
             raise TrainingDiverged(_diverged_message(grad_norm, state["step"] + 1, run_dir, what="gradient norm"))
         optimizer.step()
@@ -358,16 +371,21 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
         last.update(evaluated)
         if cfg.train.save_steps and step % cfg.train.save_steps == 0 and step < cfg.train.max_steps:
             ckpt.save(run_dir, step, accelerator, student, optimizer, scheduler, sampler, state,
-                      keep=cfg.train.keep_checkpoints)
+                      keep=cfg.train.keep_checkpoints, engine=setup.engine)
     bar.close()
+    if isinstance(setup.teacher, eng.LockstepTeacher):  # what keeping a sharded teacher in step cost
+        from distill.models import count_parameters
+
+        print(f"process {accelerator.process_index}: {setup.teacher.forwards} teacher forwards, "
+              f"{setup.teacher.joined} one-token forwards joined for other processes; holds "
+              f"{eng.local_numel(setup.teacher)} of the teacher's {count_parameters(setup.teacher)} parameters",
+              flush=True)
     return {"state": state, "last": last, "student": student}
 
 
 def _clip(accelerator, student, max_norm: float) -> float:
-    if max_norm > 0:
-        return float(accelerator.clip_grad_norm_(student.parameters(), max_norm))
-    norms = [p.grad.detach().float().norm() for p in student.parameters() if p.grad is not None]
-    return float(torch.stack(norms).norm()) if norms else 0.0
+    """Data-parallel clipping (the bench's step calls it); `engine.clip_grad_norm` handles every engine."""
+    return eng.clip_grad_norm(accelerator, student, "ddp", max_norm)
 
 
 def _diverged_message(value: float, step: int, run_dir: Path, what: str = "loss") -> str:
@@ -399,6 +417,7 @@ def main(args) -> int:
             print(f"{key:28s} {default:12s} {help_text}")
         return 0
     cfg = load_config(args.recipe, args.overrides)
+    eng.check_environment()  # before accelerate builds a DeepSpeed plugin (an ImportError when it is missing)
     run_dir = Path(cfg.output_dir)
     ckpt.check_output_dir(run_dir, resume=args.resume, overwrite=args.overwrite)
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision),
@@ -416,9 +435,12 @@ def main(args) -> int:
         accelerator.init_trackers(run_dir.name, config=hparams)
     result = fit(cfg, setup, accelerator, run_dir, resume=args.resume)
     accelerator.wait_for_everyone()
+    student = accelerator.unwrap_model(result["student"])
+    if setup.engine in eng.SHARDED:  # gathered by every process, written by the main one as a plain model
+        state = eng.full_state_dict(accelerator, result["student"], setup.engine)
+        student = eng.plain_model(student, state) if accelerator.is_main_process else None
     if accelerator.is_main_process:
-        final = ckpt.save_final(run_dir, cfg, accelerator.unwrap_model(result["student"]), setup.tokenizer,
-                                result["last"], setup)
+        final = ckpt.save_final(run_dir, cfg, student, setup.tokenizer, result["last"], setup)
         accelerator.print(f"done: {result['state']['step']} steps; student written to {final}")
     accelerator.end_training()
     return 0

@@ -82,38 +82,54 @@ def test_eval_end_to_end(tiny, tmp_path, capsys):
                  "--text", tiny["text"], "--bootstrap", 200, "--out", out, *_fast()])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "disparity [95% CI]" in printed and "student" in printed
+    assert "disparity_rms [95% CI]" in printed and "student" in printed and "sign-flip p" in printed
 
     results = json.loads((out / "results.json").read_text())
     assert set(results) == {"models", "settings", "comparisons"}
     assert list(results["models"]) == ["teacher", "student", "copy"]
     for m in results["models"].values():
-        for key in ("disparity", "male", "female", "neutral"):
+        for key in ("disparity_rms", "naive_disparity", "naive_floor", "male", "female", "neutral"):
             assert 0.0 <= m[key] <= 1.0
         assert m["male"] + m["female"] + m["neutral"] == pytest.approx(1.0)
-        lo, hi = m["disparity_ci"]
-        assert 0.0 <= lo <= m["disparity"] <= hi <= 1.0
-        assert len(m["groups"]) == 14  # one prompt per category
-        for g in m["groups"].values():
-            assert set(g) == {"male", "female", "neutral", "n"} and g["n"] == 3
-            assert all(0.0 <= g[k] <= 1.0 for k in ("male", "female", "neutral"))
+        assert m["disparity_rms"] == pytest.approx(max(0.0, m["disparity_ms"]) ** 0.5)
+        lo, hi = m["disparity_rms_ci"]
+        assert 0.0 <= lo <= hi <= 1.0
+        assert len(m["groups"]) == len(m["signed_gaps"]) == 14  # one prompt per category
+        for g, shares in m["groups"].items():
+            assert set(shares) == {"male", "female", "neutral", "n"} and shares["n"] == 3
+            assert m["signed_gaps"][g] == pytest.approx(shares["male"] - shares["female"])
         assert math.isfinite(m["perplexity"]) and m["perplexity"] > 1.0
         assert 0.0 <= m["teacher_agreement"] <= 1.0
+        assert m["runs"] == 1 and "seeds" not in m
+        assert m["probe"]["rms_logratio"] > 0 and len(m["probe"]["logratio"]) == 136  # every profession
     models = results["models"]
     assert models["teacher"]["teacher_agreement"] == 1.0
-    # The same weights under another name: same prompts, same seeds -> identical generations and scores.
+    assert "slope_on_teacher" not in models["teacher"]["probe"]
+    # The same weights under another name: same prompts, same seeds -> identical generations and scores,
+    # and a probe identical to the teacher's (slope 1 on itself).
     assert models["copy"]["teacher_agreement"] == 1.0
     assert models["copy"]["perplexity"] == pytest.approx(models["teacher"]["perplexity"])
     assert models["copy"]["groups"] == models["teacher"]["groups"]
+    assert models["copy"]["probe"]["logratio"] == models["teacher"]["probe"]["logratio"]
+    assert models["copy"]["probe"]["slope_on_teacher"] == pytest.approx(1.0)
+    assert models["copy"]["probe"]["r_on_teacher"] == pytest.approx(1.0)
     comps = {(c["a"], c["b"], c["metric"]): c for c in results["comparisons"]}
     assert {(a, b) for a, b, _ in comps} == {("teacher", "student"), ("teacher", "copy"), ("student", "copy")}
-    same = comps[("teacher", "copy", "disparity")]
-    assert same["difference"] == 0.0 and same["p_value"] == 1.0
-    s = comps[("teacher", "student", "disparity")]
-    assert s["ci"][0] <= s["difference"] <= s["ci"][1] and 0.0 <= s["p_value"] <= 1.0
-    back = comps[("student", "copy", "disparity")]  # the students against each other: the same difference, negated
-    assert back["difference"] == pytest.approx(-s["difference"])
-    assert results["settings"]["n_prompts"] == 14 and results["settings"]["teacher"] == "teacher"
+    assert {m for _, _, m in comps} >= {"disparity_rms", "profession_gap_rms", "probe_rms_logratio"}
+    for metric in ("disparity_rms", "profession_gap_rms", "probe_rms_logratio"):
+        same = comps[("teacher", "copy", metric)]
+        assert same["diff"] == 0.0 and same["p"] == 1.0 and same["ci"] == [0.0, 0.0]
+        s = comps[("teacher", "student", metric)]
+        assert 0.0 < s["p"] <= 1.0 and s["ci"][0] <= s["ci"][1]
+        back = comps[("student", "copy", metric)]  # the students against each other: the same difference, negated
+        assert back["diff"] == pytest.approx(-s["diff"])
+    assert comps[("teacher", "student", "profession_gap_rms")]["n"] == 14
+    headline = comps[("teacher", "student", "disparity_rms")]
+    assert headline["diff"] == pytest.approx(models["student"]["disparity_rms"] - models["teacher"]["disparity_rms"])
+    assert comps[("teacher", "student", "probe_rms_logratio")]["n"] == 136
+    settings = results["settings"]
+    assert settings["n_prompts"] == 14 and settings["teacher"] == "teacher" and settings["n_professions"] == 14
+    assert any("single profession" in n for n in settings["notes"])  # 1 profession per category: said in words
 
     gens = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
     assert len(gens) == 3 * 14 * 3
@@ -121,7 +137,8 @@ def test_eval_end_to_end(tiny, tmp_path, capsys):
     assert all(by[("copy", i, k)] == by[("teacher", i, k)] for i in range(14) for k in range(3))
 
     report = (out / "report.md").read_text()
-    for needle in ("## Summary", "teacher", "student", "## Paired comparisons", "## Per category", "What the numbers mean"):
+    for needle in ("## Summary", "teacher", "student", "## Paired comparisons", "## Per category", "## Likelihood probe",
+                   "What the numbers mean", "disparity_rms"):
         assert needle in report
     for png in ("group_shares.png", "disparity_vs_perplexity.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC
@@ -186,7 +203,7 @@ def test_highlighting_escapes():
 @pytest.mark.parametrize(
     "case",
     ["zero_samples", "zero_tokens", "missing_prompts", "malformed_prompts", "no_tokenizer", "bad_teacher",
-     "duplicate_name", "bad_top_p"],
+     "duplicate_name", "bad_top_p", "glob_matches_nothing", "one_generation_per_profession"],
 )
 def test_bad_input_exits_2_and_writes_nothing(tiny, tmp_path, capsys, case):
     out = tmp_path / "eval"
@@ -211,11 +228,17 @@ def test_bad_input_exits_2_and_writes_nothing(tiny, tmp_path, capsys, case):
         models = ["--model", f"t={tiny['a']}", "--model", f"t={tiny['b']}"]
     elif case == "bad_top_p":
         extra = ["--top-p", 1.5]
+    elif case == "glob_matches_nothing":
+        models = ["--model", f"t={tiny['a']}", "--model", f"s={tmp_path}/nothing_*"]
+    elif case == "one_generation_per_profession":  # the unbiased gap needs 2 generations per profession
+        extra = ["--samples-per-prompt", 1, "--max-prompts", 2]  # one prompt per category
     assert _run(["eval", *models, *prompts, "--out", out, *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("distill eval: error:") and len(err.strip().splitlines()) == 1
     assert not out.exists() and not list(tmp_path.glob(".eval*"))
-    if case != "bad_teacher":  # samples has no --teacher
+    if case == "one_generation_per_profession":
+        assert "needs at least 2" in err
+    if case not in ("bad_teacher", "one_generation_per_profession"):  # samples: no --teacher, 1 sample is fine
         side = tmp_path / "s.html"
         assert _run(["samples", *models, *prompts, "--out", side, *extra]) == 2
         assert not side.exists()

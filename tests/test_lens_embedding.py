@@ -121,12 +121,15 @@ def test_paired_comparison_sees_the_removed_bias(setup):
     fair = _planted(tok, spec, 0.5)
     t0 = spec.tests[0]
     equalise(fair, tok, list(zip(t0.a, t0.b, strict=True)))
-    ra = le.associations_for(le.word_representations(biased, tok, spec), spec)
-    rb = le.associations_for(le.word_representations(fair, tok, spec), spec)
-    c = le.paired_embedding_comparison(ra, rb, n_boot=200, seed=0)
-    assert c["difference"] < -1.0 and c["ci"][1] < 0 and c["p_value"] < 0.02
-    same = le.paired_embedding_comparison(ra, ra, n_boot=50, seed=0)
-    assert same["difference"] == 0.0 and same["ci"] == [0.0, 0.0]
+    from distill.paired import paired_test
+
+    names = [t.name for t in spec.tests]
+    ua, strata = le.unit_effects(le.associations_for(le.word_representations(biased, tok, spec), spec), names)
+    ub, _ = le.unit_effects(le.associations_for(le.word_representations(fair, tok, spec), spec), names)
+    assert len(ua) == 3 * 8 and strata == [n for n in names for _ in range(8)]
+    assert np.all(ub == 0.0) and np.all(ua > 1.0)
+    c = paired_test(ua, ub, strata, n_boot=200, seed=0)
+    assert c["diff"] == pytest.approx(-ua.mean()) and c["ci"][1] < 0 and c["p"] < 0.001
 
 
 def test_unplaceable_word_is_one_line_before_compute(setup, tmp_path):

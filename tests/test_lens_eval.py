@@ -76,13 +76,14 @@ def test_lenses_without_generation(models, tmp_path, capsys):
     assert b["downstream"]["tpr_gap_rms"] > 0.1 and b["downstream"]["gap_vs_female_share_r"] > 0.5
     assert abs(b["embedding"]["combined_effect_size"]) > 0.0
     comps = {c["metric"]: c for c in res["comparisons"]}
-    assert set(comps) == {"embedding_effect_size", "tpr_gap_rms"}
-    assert comps["tpr_gap_rms"]["difference"] == pytest.approx(-b["downstream"]["tpr_gap_rms"])
-    assert comps["tpr_gap_rms"]["ci"][1] < 0
+    assert set(comps) == {"embedding_effect_size", "tpr_gap_rms_unbiased"}
+    down = comps["tpr_gap_rms_unbiased"]
+    assert down["diff"] == pytest.approx(-b["downstream"]["tpr_gap_rms_unbiased"]) and down["n"] == 8
+    assert down["ci"][1] < 0 and down["p"] <= 2 / 256 + 1e-12  # every occupation's gap shrank: the exact minimum
+    emb = comps["embedding_effect_size"]
+    assert emb["n"] == 24 and emb["unit"] == "test x template"
     # the bootstrap resamples counterfactual pairs whole: a gender-blind model's interval is exactly [0, 0]
     assert f["downstream"]["tpr_gap_rms_ci"] == [0.0, 0.0]
-    lo, hi = comps["tpr_gap_rms"]["ci"]
-    assert lo <= comps["tpr_gap_rms"]["difference"] <= hi
     report = (out / "report.md").read_text()
     assert "## Three lenses" in report and "| biased | not run |" in report and "career_vs_family" in report
     assert (out / "lenses.png").read_bytes()[:8] == PNG_MAGIC
@@ -98,14 +99,14 @@ def test_lenses_without_generation(models, tmp_path, capsys):
 def test_all_lenses_with_generation(models, tmp_path):
     out = tmp_path / "all"
     code = _run(["eval", "--model", f"biased={models['biased']}", "--model", f"fair={models['fair']}",
-                 "--prompts", "professions", "--max-prompts", 4, "--samples-per-prompt", 1, "--max-new-tokens", 4,
+                 "--prompts", "professions", "--max-prompts", 14, "--samples-per-prompt", 2, "--max-new-tokens", 4,
                  "--bootstrap", 50, "--lens", "all", "--lens-layer", 1, "--out", out])
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert res["settings"]["lenses"] == ["generation", "embedding", "downstream"] and res["settings"]["lens_layer"] == 1
     m = res["models"]["biased"]
-    assert "disparity" in m and "embedding" in m and "downstream" in m and "embedding_polarity" in m
-    assert {c["metric"] for c in res["comparisons"]} >= {"disparity", "embedding_effect_size", "tpr_gap_rms"}
+    assert "disparity_rms" in m and "embedding" in m and "downstream" in m and "embedding_polarity" in m
+    assert {c["metric"] for c in res["comparisons"]} >= {"disparity_rms", "embedding_effect_size", "tpr_gap_rms_unbiased"}
     report = (out / "report.md").read_text()
     assert "## Three lenses" in report and "## Summary" in report
     assert (out / "lenses.png").is_file()

@@ -1,4 +1,4 @@
-"""Polarity, disparity with bootstrap CIs, paired comparison, perplexity and agreement on hand-made inputs."""
+"""Polarity, group shares and the naive disparity, perplexity and agreement on hand-made inputs."""
 
 import math
 
@@ -10,14 +10,12 @@ from distill import metrics
 from distill.metrics import (
     PromptCounts,
     WordVectors,
-    bootstrap_ci,
     count_labels,
     disparity,
     embedding_polarity,
     embedding_score,
     gendered_spans,
     group_shares,
-    paired_comparison,
     unigram_detail,
     unigram_polarity,
 )
@@ -127,52 +125,6 @@ def test_count_labels():
     assert c.male.tolist() == [1, 0] and c.female.tolist() == [0, 2] and c.total.tolist() == [2, 2]
     with pytest.raises(ValueError):
         count_labels([["male"]], ["g", "h"])
-
-
-def test_ci_degenerate_and_seeded():
-    # Every prompt of a group identical: all resamples equal the estimate.
-    c = _counts([2, 2, 0, 0], [0, 0, 0, 0], [2, 2, 2, 2], ["a", "a", "b", "b"])
-    assert bootstrap_ci(c, 300, seed=1) == pytest.approx((0.5, 0.5))
-    # Disparity 0 with noisy prompts: resamples are >= 0, the interval is widened down to the estimate.
-    c0 = _counts([1, 0, 1, 0], [0, 1, 0, 1], [1, 1, 1, 1], ["a"] * 4)
-    lo, hi = bootstrap_ci(c0, 500, seed=0)
-    assert disparity(c0) == 0.0 and lo == 0.0 < hi
-    assert bootstrap_ci(c0, 500, seed=3) == bootstrap_ci(c0, 500, seed=3)
-
-
-def test_ci_covers_estimate_and_shrinks_with_n():
-    rng = np.random.default_rng(0)
-
-    def synthetic(n_prompts):
-        # Exact shares, shuffled over prompts: a is 60% male / 10% female, b 30% / 40% -> disparity 0.3.
-        labels, groups = [], []
-        for g, (m, f) in {"a": (0.6, 0.1), "b": (0.3, 0.4)}.items():
-            n = 4 * n_prompts
-            pool = ["male"] * round(m * n) + ["female"] * round(f * n)
-            pool += ["neutral"] * (n - len(pool))
-            labels += np.array(rng.permutation(pool)).reshape(n_prompts, 4).tolist()
-            groups += [g] * n_prompts
-        return count_labels(labels, groups)
-
-    small, large = synthetic(50), synthetic(2000)
-    assert disparity(small) == pytest.approx(0.3) and disparity(large) == pytest.approx(0.3)
-    lo_s, hi_s = bootstrap_ci(small, 400)
-    lo_l, hi_l = bootstrap_ci(large, 400)
-    assert lo_s <= 0.3 <= hi_s and lo_l <= 0.3 <= hi_l
-    assert hi_l - lo_l < (hi_s - lo_s) / 3  # width ~ 1/sqrt(n): 40x the prompts, ~1/6 the width
-
-
-def test_paired_comparison():
-    groups = ["a"] * 40 + ["b"] * 40
-    biased = _counts([3] * 40 + [0] * 40, [0] * 40 + [3] * 40, [4] * 80, groups)  # disparity 0.75
-    fair = _counts([1, 0] * 40, [0, 1] * 40, [4] * 80, groups)  # disparity 0
-    same = paired_comparison(biased, biased, 300, seed=0)
-    assert same["difference"] == 0.0 and same["ci"] == [0.0, 0.0] and same["p_value"] == 1.0
-    better = paired_comparison(biased, fair, 300, seed=0)
-    assert better["difference"] == pytest.approx(-0.75)
-    assert better["ci"][1] < 0 and better["p_value"] < 0.01 and better["n_prompts"] == 80
-    with pytest.raises(ValueError, match="same prompts"):
-        paired_comparison(biased, _counts([0] * 80, [0] * 80, [1] * 80, ["z"] * 80), 10)
 
 
 # ---------------------------------------------------------------------------------------------- utility

@@ -5,7 +5,9 @@
     polarity.compute(predictions=["She said that", "He left"], groups=["nurse", "nurse"])
 
 A thin wrapper over `distill.metrics` (the `distill` package must be installed), so the scores match
-`distill eval` exactly: same word lists, same tie rule (a non-zero tie is neutral), same disparity.
+`distill eval` exactly: same word lists, same tie rule (a non-zero tie is neutral). Its `disparity` is
+BOLD's naive mean |male share - female share|, `distill eval`'s naive_disparity: biased upward by sampling
+noise (read it against naive_floor); the unbiased disparity_rms needs prompts and professions (`distill score`).
 """
 
 import datasets

