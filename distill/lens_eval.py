@@ -211,7 +211,14 @@ def summary_lines(results: dict, comparisons: bool = True) -> list[str]:
 
 def run_lenses_only(args) -> int:
     """`distill eval --lens embedding|downstream` (no generation): validate, score each model, write DIR."""
-    from distill.evaluation import _check_out_dir, _device, _log, _release_memory, _replace_dir, parse_model_runs
+    from distill.evaluation import (
+        _check_out_dir,
+        _device,
+        _log,
+        _release_memory,
+        _replace_dir,
+        parse_model_runs,
+    )
     from distill.lens_report import write_lens_outputs
     from distill.models import load_model, load_tokenizer
 

@@ -78,7 +78,7 @@ def render_lenses_md(results: dict) -> list[str]:
                               for n in names) + ".", ""]
         lines.append("| occupation (train female share) | " + " | ".join(names) + " |")
         lines.append("|---|" + "---|" * len(names))
-        for occ, gap in first_d["tpr_gap"].items():
+        for occ in first_d["tpr_gap"]:
             share = first_d["train_female_share"][occ]
             cells = [_f((models[n].get("downstream") or {}).get("tpr_gap", {}).get(occ)) for n in names]
             lines.append(f"| {occ} ({share:.2f}) | " + " | ".join(cells) + " |")
