@@ -36,7 +36,7 @@ def test_score_reproduces_eval_with_several_runs(tiny, tmp_path, capsys):  # noq
         if "seeds" in m:  # per-run generation figures too (eval adds source, perplexity, probe to each)
             assert [{k: v for k, v in s.items() if k in again["models"][name]["seeds"][0]} for s in m["seeds"]] \
                 == again["models"][name]["seeds"]
-    gen_metrics = [c for c in evald["comparisons"] if not c["metric"].startswith("probe")]
+    gen_metrics = [c for c in evald["comparisons"] if not c["metric"].startswith("probe") and not c.get("lens")]
     assert again["comparisons"] == gen_metrics
     assert (rescored / "report.md").read_text().startswith("# Gender disparity")
     # --model picks and orders models from the file
