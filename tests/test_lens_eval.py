@@ -144,3 +144,23 @@ def test_bad_input_is_one_line_before_compute(models, tmp_path, capsys, case):
     assert err.startswith("distill eval: error: ") and want in err, err
     assert "loading" not in err and len(err.splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_several_runs_show_the_mean_of_their_runs_without_an_interval():
+    from distill.lens_eval import merge_runs
+
+    def run(d, rms, gap):
+        return {"embedding": {"tests": [{"name": "t", "effect_size": d, "p": 0.01}], "combined_effect_size": d,
+                              "combined_p": 0.01, "combined_ci": [d - 1, d + 1]},
+                "downstream": {"tpr_gap_rms": rms, "tpr_gap_rms_ci": [0, 1], "tpr_gap": {"nurse": gap},
+                               "accuracy": 0.5, "train_female_share": {"nurse": 0.8}}}
+
+    one = run(1.0, 0.2, 0.1)
+    assert merge_runs([one]) is one
+    m = merge_runs([run(1.0, 0.2, 0.1), run(0.5, 0.4, 0.3)])
+    e, d = m["embedding"], m["downstream"]
+    assert e["combined_effect_size"] == 0.75 and e["tests"][0] == {"name": "t", "effect_size": 0.75, "p": None}
+    assert e["combined_p"] is None and e["combined_ci"] is None and len(e["runs"]) == 2
+    assert e["combined_effect_size_sd"] == pytest.approx(0.3535533906)
+    assert d["tpr_gap_rms"] == pytest.approx(0.3) and d["tpr_gap"] == {"nurse": pytest.approx(0.2)}
+    assert d["tpr_gap_rms_ci"] is None and d["accuracy"] == 0.5
