@@ -15,7 +15,9 @@ is chosen). For every test (targets X vs Y, attributes A = male terms vs B = fem
 * CEAT's random-effects combination of the per-template effect sizes (Guo & Caliskan 2021);
 
 and, over all (test, template) effect sizes, one random-effects combined effect size with its p-value and
-95% interval: the lens's single number. Tests are oriented so that a positive d is the stereotype
+95% interval: the lens's single number. The templates reuse the same words, so the combination treats alike
+replicates as independent (as CEAT does with its context samples): its p and interval are optimistic, and
+the per-test permutation p over words is the conservative check. Tests are oriented so that a positive d is the stereotype
 (X is the stereotypically male target), so the combination over tests has a meaning.
 
 Pure numpy from `word_representations` on; the model is only needed to get the vectors.
@@ -302,13 +304,24 @@ def associations_for(reps: dict[str, np.ndarray], spec: EmbeddingSpec) -> list[t
     return [_test_associations(reps, t) for t in spec.tests]
 
 
-def unit_effects(assoc: list[tuple[np.ndarray, np.ndarray]], names: list[str]) -> tuple[np.ndarray, list[str]]:
-    """The per-cluster figures of the embedding lens for `distill.paired.paired_test`: d for every
-    (test, template) unit, in a fixed order, with each unit's test name as its stratum. Two models scored on
-    the same words and templates give the same units, so their d's pair up."""
-    d, strata = [], []
+def word_effects(assoc: list[tuple[np.ndarray, np.ndarray]], names: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The per-cluster figures of the embedding lens for `distill.paired.paired_test`: one per target word.
+
+    With |X| = |Y| = n, Caliskan's d on template-averaged associations s(w) splits into word terms:
+    d = (mean_x s(x) - mean_y s(y)) / sd = mean_{w in X u Y} f(w), f(w) = 2 sign(w) s(w) / sd, sign +1 on X
+    and -1 on Y, sd the test's pooled std (0 spread: f = 0, as d is then 0). Words are the units the
+    association test itself permutes, so they are the clusters: the mean over a test's words is its d, and
+    over all words (strata = tests) the mean of the tests' d. Tests with |X| != |Y| weight X and Y by 1/|X|
+    and 1/|Y| in the same way (f(x) = (|X|+|Y|)/|X| s(x)/sd)."""
+    f, strata = [], []
     for (sx, sy), name in zip(assoc, names, strict=True):
-        d_t, _ = template_effects(sx, sy)
-        d.extend(d_t)
-        strata.extend([name] * len(d_t))
-    return np.array(d), strata
+        mx, my = sx.mean(axis=0), sy.mean(axis=0)
+        pooled = np.concatenate([mx, my])
+        sd = float(np.std(pooled, ddof=1))
+        n = len(pooled)
+        if sd <= 1e-12 * max(1.0, float(np.max(np.abs(pooled)))):
+            f.extend([0.0] * n)
+        else:
+            f.extend(list(n / len(mx) * mx / sd) + list(-n / len(my) * my / sd))
+        strata.extend([name] * n)
+    return np.array(f), strata

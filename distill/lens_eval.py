@@ -119,7 +119,7 @@ def score_model(plan: LensPlan, model, tok, device=None) -> tuple[dict, dict]:
         print(f"  embedding lens: {n} sentences", file=sys.stderr, flush=True)
         reps = le.word_representations(model, tok, plan.spec, layer=plan.layer, device=device)
         entry["embedding"] = le.embedding_lens(reps, plan.spec, n_perm=N_PERMUTATIONS, seed=plan.seed)
-        private["units"] = le.unit_effects(le.associations_for(reps, plan.spec), [t.name for t in plan.spec.tests])
+        private["units"] = le.word_effects(le.associations_for(reps, plan.spec), [t.name for t in plan.spec.tests])
     if plan.bios is not None:
         print(f"  downstream lens: {len(plan.bios.texts)} biographies, probe", file=sys.stderr, flush=True)
         feats = ld.bio_features(model, tok, plan.bios.texts, layer=plan.layer, device=device)
@@ -159,9 +159,10 @@ def lens_comparisons(plan: LensPlan, private: dict[str, list[dict]], names: list
     """Every pair of models in the order given, for each lens that ran: b - a by `distill.paired.paired_test`
     on per-cluster figures (averaged over a model's runs), the scorer's test for the generation lens too.
 
-    * embedding: clusters are the (test, template) units, stratified by test; the figure is Caliskan's d in
-      that unit, so `diff` is the difference of the mean per-template effect size (equal weights, not the
-      random-effects combination) and the sign-flip p asks whether the units' differences centre on 0.
+    * embedding: clusters are the target words, stratified by test; each word's figure is its term of the
+      test's effect size (`lens_embedding.word_effects`), so `diff` is the difference of the mean over tests
+      of Caliskan's d (the per-test `effect_size`), and the sign-flip p flips words, the units the
+      association test itself permutes (templates reuse the same words, so they are not independent).
     * downstream: clusters are the occupations of the test split; the figure is the unbiased squared TPR
       gap, turned into an RMS by sqrt(max(0, mean)), so `diff` is the difference of the unbiased RMS gaps.
     """
@@ -177,7 +178,7 @@ def lens_comparisons(plan: LensPlan, private: dict[str, list[dict]], names: list
                 strata = private[a][0]["units"][1]
                 c = paired_test(avg(a, "units"), avg(b, "units"), strata, n_boot=plan.n_boot, seed=plan.seed)
                 out.append({"a": a, "b": b, "metric": "embedding_effect_size", "lens": "embedding", **c,
-                            "unit": "test x template"})
+                            "unit": "target word"})
             if plan.bios is not None:
                 c = paired_test(avg(a, "sq_gaps"), avg(b, "sq_gaps"), transform=rms_of_mean, n_boot=plan.n_boot,
                                 seed=plan.seed)

@@ -83,7 +83,7 @@ def render_lenses_md(results: dict) -> list[str]:
             cells = [_f((models[n].get("downstream") or {}).get("tpr_gap", {}).get(occ)) for n in names]
             lines.append(f"| {occ} ({share:.2f}) | " + " | ".join(cells) + " |")
         lines.append("")
-        lines.append("Unbiased mean squared gap (sum of gap^2 - Var(gap), the RMS's noise floor removed): "
+        lines.append("Unbiased mean squared gap (mean over occupations of gap^2 - Var(gap): the RMS's noise floor removed): "
                      + ", ".join(f"{n} {_f((models[n].get('downstream') or {}).get('tpr_gap_ms_unbiased'), '+.4f')}"
                                  for n in names) + ".")
     comps = [c for c in results["comparisons"] if c.get("lens") in ("embedding", "downstream")]

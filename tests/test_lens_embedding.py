@@ -124,10 +124,15 @@ def test_paired_comparison_sees_the_removed_bias(setup):
     from distill.paired import paired_test
 
     names = [t.name for t in spec.tests]
-    ua, strata = le.unit_effects(le.associations_for(le.word_representations(biased, tok, spec), spec), names)
-    ub, _ = le.unit_effects(le.associations_for(le.word_representations(fair, tok, spec), spec), names)
-    assert len(ua) == 3 * 8 and strata == [n for n in names for _ in range(8)]
-    assert np.all(ub == 0.0) and np.all(ua > 1.0)
+    reps = le.word_representations(biased, tok, spec)
+    ua, strata = le.word_effects(le.associations_for(reps, spec), names)
+    ub, _ = le.word_effects(le.associations_for(le.word_representations(fair, tok, spec), spec), names)
+    assert len(ua) == 3 * 16 and strata == [n for n in names for _ in range(16)]
+    # the mean of a test's word terms is its effect size
+    per_test = le.embedding_lens(reps, spec, n_perm=10, seed=0)["tests"]
+    for k, t in enumerate(per_test):
+        assert ua[16 * k:16 * (k + 1)].mean() == pytest.approx(t["effect_size"])
+    assert np.all(ub == 0.0) and np.all(ua > 0.0)
     c = paired_test(ua, ub, strata, n_boot=200, seed=0)
     assert c["diff"] == pytest.approx(-ua.mean()) and c["ci"][1] < 0 and c["p"] < 0.001
 

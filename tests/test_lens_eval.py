@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from lens_fixtures import PNG_MAGIC, equalise, tiny_model, vocabulary, word_tokenizer
@@ -81,7 +82,8 @@ def test_lenses_without_generation(models, tmp_path, capsys):
     assert down["diff"] == pytest.approx(-b["downstream"]["tpr_gap_rms_unbiased"]) and down["n"] == 8
     assert down["ci"][1] < 0 and down["p"] <= 2 / 256 + 1e-12  # every occupation's gap shrank: the exact minimum
     emb = comps["embedding_effect_size"]
-    assert emb["n"] == 24 and emb["unit"] == "test x template"
+    assert emb["n"] == 48 and emb["unit"] == "target word"
+    assert emb["diff"] == pytest.approx(-np.mean([t["effect_size"] for t in b["embedding"]["tests"]]))
     # the bootstrap resamples counterfactual pairs whole: a gender-blind model's interval is exactly [0, 0]
     assert f["downstream"]["tpr_gap_rms_ci"] == [0.0, 0.0]
     report = (out / "report.md").read_text()
