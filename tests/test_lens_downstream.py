@@ -154,3 +154,11 @@ def test_other_bad_bios(tmp_path):
         ld.load_bios(_write(tmp_path, [{"text": "a", "occupation": "nurse", "gender": "x"}]))
     with pytest.raises(UserError, match="'split' must be"):
         ld.load_bios(_write(tmp_path, [{"text": "a", "occupation": "n", "gender": "f", "split": "dev"}]))
+
+
+def test_project_bios_file_is_what_its_generator_writes():
+    import subprocess
+    import sys
+
+    gen = ld.PROJECT_BIOS.with_name("make_bios.py")
+    assert subprocess.run([sys.executable, str(gen), "--check"]).returncode == 0
