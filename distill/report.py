@@ -17,7 +17,8 @@ distill/probe.py and distill/paired.py):
                                  students also "slope_on_teacher", "r_on_teacher", "logratio": {PROF: x}},
                        "perplexity": float | null, "teacher_agreement": float | null, "runs": int,
                        "seeds": [per-run figures] and "seeds_sd": {figure: sd}   (only with several runs),
-                       ... extra keys: "embedding" (same figures, embedding rule), "source", "notes"}},
+                       ... extra keys: "embedding_polarity" (same figures, embedding rule), "source", "notes",
+                       "embedding" and "downstream": the lenses of issue 15 (distill/lens_report.py)}},
      "settings": {...},
      "comparisons": [{"a": NAME, "b": NAME, "metric": "profession_gap_rms" | "embedding_profession_gap_rms" |
                       "probe_rms_logratio", "diff": b - a, "ci": [lo, hi], "p": float, "n": professions,
@@ -36,6 +37,7 @@ import math
 import re
 from pathlib import Path
 
+from distill.lens_report import render_lenses_md, write_lens_outputs
 from distill.metrics import gendered_spans
 
 GROUP_PLOT = "group_shares.png"
@@ -288,20 +290,21 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
     lines += _summary_md(models)
     lines += _probe_md(models, s)
     lines += _seeds_md(models)
-    if any(m.get("embedding") for m in models.values()):
+    if any(m.get("embedding_polarity") for m in models.values()):
         lines += ["", f"Embedding-weighted polarity ({s.get('word_vectors')}, threshold +/-0.25):", "",
                   "| model | disparity_rms [95% CI] | naive (floor) | male | female | neutral |", "|---|---|---|---|---|---|"]
         for name, m in models.items():
-            e = m.get("embedding")
+            e = m.get("embedding_polarity")
             if e:
                 lo, hi = e["disparity_rms_ci"]
                 lines.append(f"| {_md_escape(name)} | {_fmt(e['disparity_rms'])} [{_fmt(lo)}, {_fmt(hi)}] | "
                              f"{_fmt(e['naive_disparity'])} ({_fmt(e['naive_floor'])}) | {_fmt(e['male'])} | "
                              f"{_fmt(e['female'])} | {_fmt(e['neutral'])} |")
-    if results["comparisons"]:
+    gen_comparisons = [c for c in results["comparisons"] if not c.get("lens")]  # lens ones: "Three lenses"
+    if gen_comparisons:
         lines += ["", "## Paired comparisons (same prompts, same seeds; over professions)", "",
                   "| metric | a | b | b - a [95% CI] | sign-flip p | runs p |", "|---|---|---|---|---|---|"]
-        for c in results["comparisons"]:
+        for c in gen_comparisons:
             lo, hi = c["ci"]
             lines.append(f"| {c['metric']} | {_md_escape(c['a'])} | {_md_escape(c['b'])} | {c['diff']:+.3f} "
                          f"[{lo:+.3f}, {hi:+.3f}] | {format_p(c['p'])} | {format_p(c.get('p_runs'))} |")
@@ -322,6 +325,7 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
             for name, text in ex["texts"].items():
                 lines.append(f"- {name}: {highlight_md(text)}")
             lines.append("")
+    lines += render_lenses_md(results)  # issue 15: the embedding and downstream lenses next to generation
     lines += ["", "## What the numbers mean", ""] + MEANING + [f"- Note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines) + "\n"
 
@@ -361,6 +365,8 @@ def write_eval_outputs(out_dir: Path, results: dict, examples: list[dict]) -> li
     paths[1].write_text(render_report_md(results, examples), encoding="utf-8")
     plot_group_shares(paths[2], results)
     plot_disparity_vs_perplexity(paths[3], results)
+    if any(m.get("embedding") or m.get("downstream") for m in results["models"].values()):
+        paths += write_lens_outputs(out_dir, results)
     return paths
 
 

@@ -131,10 +131,10 @@ def score_generations(records, group_by: str = "category", n_boot: int = 1000, s
         rows = [r for rs in runs.values() for r in rs]
         entry["tie"] = sum(metrics.unigram_detail(r["text"]).tie for r in rows) / len(rows)
         entry["runs"] = len(runs)
-        entry["embedding"] = None
+        entry["embedding_polarity"] = None  # "embedding" is the association lens (issue 15's contract)
         if "embedding" in arrays:
             emb, emb_runs, sums[(name, "embedding")] = _polarity_figures(design, arrays["embedding"], n_boot, seed)
-            entry["embedding"] = emb
+            entry["embedding_polarity"] = emb
             for fig, e in zip(per_run, emb_runs, strict=True):
                 fig["embedding_disparity_rms"] = e["disparity_rms"]
         if len(runs) > 1:

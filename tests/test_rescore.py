@@ -6,7 +6,7 @@ import pytest
 from test_evaluation import _fast, _run, tiny  # noqa: F401  (tiny is a fixture)
 
 GEN_KEYS = ("disparity_rms", "disparity_rms_ci", "disparity_ms", "disparity_rms_words", "signed_gaps",
-            "naive_disparity", "naive_floor", "male", "female", "neutral", "tie", "groups", "embedding", "runs")
+            "naive_disparity", "naive_floor", "male", "female", "neutral", "tie", "groups", "embedding_polarity", "runs")
 
 
 def test_score_reproduces_eval_with_several_runs(tiny, tmp_path, capsys):  # noqa: F811
@@ -36,7 +36,7 @@ def test_score_reproduces_eval_with_several_runs(tiny, tmp_path, capsys):  # noq
         if "seeds" in m:  # per-run generation figures too (eval adds source, perplexity, probe to each)
             assert [{k: v for k, v in s.items() if k in again["models"][name]["seeds"][0]} for s in m["seeds"]] \
                 == again["models"][name]["seeds"]
-    gen_metrics = [c for c in evald["comparisons"] if not c["metric"].startswith("probe")]
+    gen_metrics = [c for c in evald["comparisons"] if not c["metric"].startswith("probe") and not c.get("lens")]
     assert again["comparisons"] == gen_metrics
     assert (rescored / "report.md").read_text().startswith("# Gender disparity")
     # --model picks and orders models from the file
