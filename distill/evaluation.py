@@ -265,7 +265,7 @@ def _resolve_dtype(args, device) -> None:
     from distill.precision import resolve_dtype
 
     args.dtype, args.dtype_reason = resolve_dtype(args.dtype, device)
-    _log(f"weights in {args.dtype} ({args.dtype_reason})")
+    print(f"weights in {args.dtype} ({args.dtype_reason})")
 
 
 # ----------------------------------------------------------------------------------------------- eval

@@ -111,17 +111,16 @@ def check_layer(model, layer: int) -> None:
 
 def score_model(plan: LensPlan, model, tok, device=None) -> tuple[dict, dict]:
     """({"embedding": ..., "downstream": ...} for results.json, the per-cluster figures for the comparisons)."""
-    import sys
 
     entry, private = {}, {}
     if plan.spec is not None:
         n = len(plan.spec.words()) * len(plan.spec.templates)
-        print(f"  embedding lens: {n} sentences", file=sys.stderr, flush=True)
+        print(f"  embedding lens: {n} sentences", flush=True)
         reps = le.word_representations(model, tok, plan.spec, layer=plan.layer, device=device)
         entry["embedding"] = le.embedding_lens(reps, plan.spec, n_perm=N_PERMUTATIONS, seed=plan.seed)
         private["units"] = le.word_effects(le.associations_for(reps, plan.spec), [t.name for t in plan.spec.tests])
     if plan.bios is not None:
-        print(f"  downstream lens: {len(plan.bios.texts)} biographies, probe", file=sys.stderr, flush=True)
+        print(f"  downstream lens: {len(plan.bios.texts)} biographies, probe", flush=True)
         feats = ld.bio_features(model, tok, plan.bios.texts, layer=plan.layer, device=device)
         res = ld.downstream_lens(feats, plan.bios, plan.test, seed=plan.seed, n_boot=plan.n_boot)
         private["sq_gaps"] = ld.occupation_squared_gaps(res.pop("_predictions"), plan.bios, plan.test)
