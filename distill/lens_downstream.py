@@ -178,6 +178,8 @@ def bio_features(model, tokenizer, texts: list[str], layer: int = -1, batch_size
     the model's context is shorter), from the frozen model."""
     import torch
 
+    from distill.models import right_padded
+
     device = device or next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     cfg = model.config
@@ -190,12 +192,7 @@ def bio_features(model, tokenizer, texts: list[str], layer: int = -1, batch_size
     with torch.inference_mode():
         for i in range(0, len(enc), batch_size):
             chunk = enc[i:i + batch_size]
-            width = max(len(r) for r in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, row in enumerate(chunk):
-                ids[r, :len(row)] = torch.tensor(row)
-                mask[r, :len(row)] = 1
+            ids, mask = right_padded(chunk, pad)
             h = backbone(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
             h = h.hidden_states[layer].float()
             m = mask.to(h.device).unsqueeze(-1).float()

@@ -234,3 +234,15 @@ def train_byte_bpe_tokenizer(texts: list[str], vocab_size: int = 512):
     core.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|endoftext|>", eos_token="<|endoftext|>",
                                    unk_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, attention_mask), both (len(rows), longest row), for token-id rows padded on the right: the
+    batch shape of one-forward probes (the likelihood probe, the lenses), which read the last real position."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for r, row in enumerate(rows):
+        ids[r, :len(row)] = torch.tensor(row)
+        mask[r, :len(row)] = 1
+    return ids, mask

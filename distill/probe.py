@@ -81,6 +81,8 @@ def probe_model(model, tokenizer, professions, templates=PROBE_TEMPLATES, batch_
     """
     import torch
 
+    from distill.models import right_padded
+
     device = device or next(model.parameters()).device
     rows = len(tokenizer)
     male, female = gender_token_ids(tokenizer, rows)
@@ -93,12 +95,7 @@ def probe_model(model, tokenizer, professions, templates=PROBE_TEMPLATES, batch_
     with torch.inference_mode():
         for start in range(0, len(texts), batch_size):
             batch = encoded[start : start + batch_size]
-            width = max(len(e) for e in batch)
-            ids = torch.full((len(batch), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, e in enumerate(batch):
-                ids[r, : len(e)] = torch.tensor(e)
-                mask[r, : len(e)] = 1
+            ids, mask = right_padded(batch, pad)
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             last = torch.tensor([len(e) - 1 for e in batch], device=logits.device)
             probs = torch.softmax(logits[torch.arange(len(batch), device=logits.device), last, :rows].float(), -1).cpu()
