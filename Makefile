@@ -12,7 +12,7 @@ install:  ## torch CPU build first (pinned), then the package with its dev extra
 test:  ## fast tier: tiny random models, no network
 	$(PY) -m pytest
 
-test-slow:  ## end-to-end on the real GGUF teacher (needs `make teacher`)
+test-slow: teacher  ## the slow tier: the real GGUF teacher, torch.compile, FSDP2 on 2 CPU processes
 	$(PY) -m pytest -m slow
 
 lint:
