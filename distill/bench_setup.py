@@ -219,7 +219,8 @@ class Trainer:
 
     def step(self, cfg, batch: dict) -> tuple[float, float]:
         """One optimizer step as `train.fit` runs it; returns (forward+backward s, clip+optimizer s)."""
-        from distill.train import _clip, accumulate_gradients
+        from distill.engine import clip_grad_norm
+        from distill.train import accumulate_gradients
 
         self.steps += 1
         if not cfg.loss.teacher_top_k:  # block ids reach micro_batch_losses only when the cache is meant
@@ -234,7 +235,7 @@ class Trainer:
         accumulate_gradients(cfg, self.setup, student, self.accelerator, [batch], self.steps, self.run_dir)
         self.sync()
         t1 = time.perf_counter()
-        _clip(self.accelerator, self.student, cfg.train.max_grad_norm)
+        clip_grad_norm(self.accelerator, self.student, "ddp", cfg.train.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.sync()

@@ -388,11 +388,6 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
     return {"state": state, "last": last, "student": student}
 
 
-def _clip(accelerator, student, max_norm: float) -> float:
-    """Data-parallel clipping (the bench's step calls it); `engine.clip_grad_norm` handles every engine."""
-    return eng.clip_grad_norm(accelerator, student, "ddp", max_norm)
-
-
 def _diverged_message(value: float, step: int, run_dir: Path, what: str = "loss") -> str:
     latest = ckpt.latest_checkpoint(run_dir)
     keep = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
