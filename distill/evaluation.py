@@ -405,20 +405,11 @@ def run_eval(args) -> int:
     from distill.report import summary_table, write_eval_outputs
 
     examples = pick_examples(records, names, args.group_by)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        write_marker(tmp, "report")
+    def write(tmp: Path) -> None:
         write_eval_outputs(tmp, results, examples)
         write_generations(tmp / "generations.jsonl", records)
-        _replace_dir(tmp, out)
-    except OSError as exc:
-        raise UserError(f"could not write the report to {out} ({exc.strerror or exc}); "
-                        f"{_rescue_results(results)}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    write_report_dir(out, results, write)
     print(summary_table(results))
     print("\n".join(lens_eval.summary_lines(results, comparisons=False)))
     extra = " and the lenses plot" if lens_plan.spec is not None or lens_plan.bios is not None else ""
@@ -470,6 +461,25 @@ def write_generations(path: Path, records: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps({**rec, "unigram": unigram_polarity(rec["text"])}, ensure_ascii=False) + "\n")
+
+
+def write_report_dir(out: Path, results: dict, write) -> None:
+    """Write a report folder whole or not at all: `write(tmp)` fills a temporary sibling that gets the report
+    marker and is then renamed onto `out`. A failed write is one line, and results.json goes to a temporary
+    file that the line names. `distill eval`, `distill score` and the lens-only eval all write through here."""
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        write_marker(tmp, "report")
+        write(tmp)
+        _replace_dir(tmp, out)
+    except OSError as exc:
+        raise UserError(f"could not write the report to {out} ({exc.strerror or exc}); "
+                        f"{_rescue_results(results)}") from exc
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _rescue_results(results: dict) -> str:

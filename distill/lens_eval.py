@@ -12,8 +12,6 @@ the generation lens: the same validation, one model at a time, results.json + re
 
 from __future__ import annotations
 
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,8 +214,8 @@ def run_lenses_only(args) -> int:
         _device,
         _log,
         _release_memory,
-        _replace_dir,
         parse_model_runs,
+        write_report_dir,
     )
     from distill.lens_report import write_lens_outputs
     from distill.models import load_model, load_tokenizer
@@ -252,15 +250,7 @@ def run_lenses_only(args) -> int:
                 "seconds": round(time.time() - t0, 1), "notes": []}
     results = {"models": per_model, "settings": settings, "comparisons": lens_comparisons(plan, private, names)}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        write_lens_outputs(tmp, results, standalone=True)
-        _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    write_report_dir(out, results, lambda tmp: write_lens_outputs(tmp, results, standalone=True))
     print("\n".join(summary_lines(results)))
     print(f"wrote {out}/results.json, report.md and lenses.png")
     return 0

@@ -18,8 +18,6 @@ not match the first one's, so that they cannot be paired.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -105,9 +103,8 @@ def _check_pairing(path: Path, records: list[dict], where: dict) -> None:
 
 def run_score(args) -> int:
     from distill import metrics, stats
-    from distill.evaluation import _check_out_dir, _replace_dir, pick_examples
+    from distill.evaluation import _check_out_dir, pick_examples, write_report_dir
     from distill.report import summary_table, write_eval_outputs
-    from distill.rundir import write_marker
     from distill.scoring import score_generations
 
     if args.bootstrap < 1:
@@ -134,16 +131,8 @@ def run_score(args) -> int:
         "seconds": round(time.time() - t0, 1), "notes": notes + gen["notes"],
     }
     results = {"models": gen["models"], "settings": settings, "comparisons": gen["comparisons"]}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        tmp.mkdir()
-        write_marker(tmp, "report")
-        write_eval_outputs(tmp, results, pick_examples(records, names, args.group_by))
-        _replace_dir(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    examples = pick_examples(records, names, args.group_by)
+    write_report_dir(out, results, lambda tmp: write_eval_outputs(tmp, results, examples))
     print(summary_table(results))
     print(f"wrote {out}/results.json, report.md and 2 plots")
     return 0
