@@ -61,8 +61,9 @@ ARMS: dict[str, tuple[str, dict[str, str]]] = {
     "small_cda_pair_mean": (SMALL, _crr("both", "pair_mean")),
 }
 
-EVAL_ARGS = ["--prompts", "professions", "--samples-per-prompt", "3", "--max-new-tokens", "24",
-             "--batch-size", "64", "--dtype", "bfloat16", "--text", "data/tiny_heldout.txt"]
+# The demo's scoring budget (Makefile DEMO_EVAL): 272 prompts (2 per profession) x 3 samples, precision auto.
+EVAL_ARGS = ["--prompts", "professions", "--max-prompts", "272", "--samples-per-prompt", "3", "--max-new-tokens",
+             "24", "--batch-size", "64", "--dtype", "auto", "--text", "data/tiny_heldout.txt"]
 
 # Smoke mode: the debug recipe (tiny random teacher, data/tiny_corpus.txt), two steps, a handful of prompts.
 SMOKE_BASE = "recipes/debug.yaml"
