@@ -46,25 +46,14 @@ demo-smoke:  ## the demo path end to end on the real teacher in about 2 minutes 
 		DEMO_ARGS="train.max_steps=2 train.batch_size=2 data.transfer_set.num_sequences=48 data.transfer_set.max_new_tokens=32 train.eval_batches=1" \
 		DEMO_EVAL="--prompts professions --max-prompts 14 --samples-per-prompt 2 --max-new-tokens 8 --lens all --bios project"
 
-# Several training seeds per arm: the demo recipes with seed=0..SEEDS-1 (each seed also draws its own transfer
-# set, cached and shared by both arms), scored together: per-run figures, mean +- sd, paired tests on all runs.
+# Several training seeds per arm: the study's kd and cda_pair_mean arms, which are recipes/demo_kd.yaml and
+# recipes/demo_crr.yaml at seed=0..SEEDS-1 (each seed draws its own transfer set, shared by both arms), scored
+# together by one `distill eval`: per-run figures, mean +- sd, paired tests on all runs (distill/study.py).
 SEEDS ?= 3
 DEMO_SEEDS_OUT ?= out/demo_seeds
-SEED_LIST = $(shell seq 0 $$(( $(SEEDS) - 1 )))
-comma := ,
-empty :=
-space := $(empty) $(empty)
-seed_runs = $(subst $(space),$(comma),$(foreach s,$(SEED_LIST),$(DEMO_RUNS)/$(1)_s$(s)/final))
 
 demo-seeds: teacher  ## SEEDS (default 3) KD and CRR students per arm, scored together in out/demo_seeds/
-	for s in $(SEED_LIST); do \
-		distill corpus --recipe recipes/demo_kd.yaml seed=$$s $(DEMO_ARGS) && \
-		distill train --recipe recipes/demo_kd.yaml --overwrite output_dir=$(DEMO_RUNS)/kd_s$$s seed=$$s $(DEMO_ARGS) && \
-		distill train --recipe recipes/demo_crr.yaml --overwrite output_dir=$(DEMO_RUNS)/crr_s$$s seed=$$s $(DEMO_ARGS) \
-		|| exit 1; \
-	done
-	distill eval --model teacher=$(TEACHER) --model kd=$(call seed_runs,kd) --model crr=$(call seed_runs,crr) \
-		--text data/tiny_heldout.txt --out $(DEMO_SEEDS_OUT) --overwrite $(DEMO_EVAL)
+	$(PY) -m distill.study --seeds $(SEEDS) --arms kd,cda_pair_mean --out $(DEMO_SEEDS_OUT)
 
 STUDY_SEEDS ?= 3
 STUDY_ARMS ?=

@@ -18,9 +18,7 @@ paired tests apply. It writes:
 
 The scorer's contract (issue 10): `--model NAME=DIR1,DIR2,...` gives one model several training runs, whose
 per-run figures are under `seeds`; per-model figures `disparity_rms`, `disparity_rms_ci`, `probe{...}`;
-comparisons `{a, b, metric, diff, ci, p}`. A scorer without several-run models refuses that spelling before any
-compute; the study then scores every run as its own model (`ARM@sSEED`) and reads the older names
-(`disparity`, `disparity_ci`, `difference`, `p_value`) where the new ones are missing.
+comparisons `{a, b, metric, diff, ci, p, p_runs}`.
 
 Seeds: `seed=N` moves the training order and the teacher-written transfer set (its cache key holds the seed),
 so arms with the same seed see the same text and differ only in their method.
@@ -75,7 +73,7 @@ SMOKE_EVAL = ["--prompts", "tests/fixtures/bold_small.json", "--samples-per-prom
 
 # (label, key in the per-run figures, nested key); the first present of each list is shown
 FIGURES = [
-    ("disparity", [("disparity_rms", None), ("disparity", None)]),
+    ("disparity_rms", [("disparity_rms", None)]),
     ("naive |d|", [("naive_disparity", None)]),
     ("probe rms log-ratio", [("probe", "rms_logratio")]),
     ("probe slope on teacher", [("probe", "slope_on_teacher")]),
@@ -147,38 +145,42 @@ def train_runs(arms: list[str], seeds: list[int], out: Path, smoke: bool, run) -
     return runs
 
 
-def score(runs: list[dict], arms: list[str], out: Path, smoke: bool, run, teacher: str | None) -> tuple[dict, bool]:
-    """One `distill eval` over every run; (its results.json, whether arms were scored as several-run models)."""
+def score(runs: list[dict], arms: list[str], out: Path, smoke: bool, run, teacher: str | None) -> dict:
+    """One `distill eval` over every run, each arm one several-run model; returns its results.json."""
     eval_dir = out / "eval"
     extra = SMOKE_EVAL if smoke else EVAL_ARGS
     head = ["--model", f"teacher={teacher}"] if teacher else []
     grouped = [f"{arm}=" + ",".join(r["final_dir"] for r in runs if r["arm"] == arm) for arm in arms]
     argv = ["eval", *head, *(x for m in grouped for x in ("--model", m)), *extra, "--out", str(eval_dir),
             "--overwrite"]
-    if run(argv) == 0:
-        return json.loads((eval_dir / "results.json").read_text()), True
-    # A scorer without NAME=DIR1,DIR2 refuses it in one line before any compute: one model per run instead.
-    per_run = [x for r in runs for x in ("--model", f"{r['arm']}@s{r['seed']}={r['final_dir']}")]
-    argv = ["eval", *head, *per_run, *extra, "--out", str(eval_dir), "--overwrite"]
     if run(argv) != 0:
         raise UserError("distill eval failed (see above); the trained runs are kept under " + str(out / "runs"))
-    return json.loads((eval_dir / "results.json").read_text()), False
+    return json.loads((eval_dir / "results.json").read_text())
 
 
-def run_figures(results: dict, run: dict, index: int, grouped: bool) -> dict:
-    """The scorer's figures for one training run (several-run models: the matching `seeds` entry)."""
+def reuse_eval(arms: list[str], seeds: list[int], out: Path) -> tuple[list[dict], dict]:
+    """The runs and the scorer's results of an earlier study, checked to be the same arms and seeds."""
+    path = out / "eval" / "results.json"
+    if not path.is_file():
+        raise UserError(f"--reuse-eval needs {path} from an earlier study; run without --reuse-eval first")
+    results = json.loads(path.read_text())
+    runs = [{"arm": arm, "seed": seed, "final_dir": str(out / "runs" / arm / f"s{seed}" / "final")}
+            for seed in seeds for arm in arms]
     models = results.get("models", {})
-    if not grouped:
-        return models.get(f"{run['arm']}@s{run['seed']}", {})
-    model = models.get(run["arm"], {})
+    for arm in arms:
+        scored = models.get(arm, {}).get("runs")
+        if scored != len(seeds):
+            raise UserError(f"{path} scored arm {arm} with {scored or 0} runs, not {len(seeds)}; "
+                            "pass the arms and seeds of that study, or run without --reuse-eval")
+    return runs, results
+
+
+def run_figures(results: dict, arm: str, index: int) -> dict:
+    """The scorer's figures for one training run: the index-th entry of its arm's `seeds` (runs are passed in
+    seed order), or the arm's own figures when it has a single run."""
+    model = results.get("models", {}).get(arm, {})
     seeds = model.get("seeds")
-    if isinstance(seeds, list) and index < len(seeds):
-        return seeds[index]
-    if isinstance(seeds, dict):
-        for key in (run["final_dir"], str(index), f"s{run['seed']}", str(run["seed"])):
-            if key in seeds:
-                return seeds[key]
-    return model if not seeds else {}
+    return seeds[index] if seeds else model
 
 
 def figure(fig: dict, keys) -> float | None:
@@ -191,33 +193,30 @@ def figure(fig: dict, keys) -> float | None:
     return None
 
 
-def _comparison_fields(c: dict) -> tuple[float | None, list | None, float | None]:
-    diff = c.get("diff", c.get("difference"))
-    return diff, c.get("ci"), c.get("p", c.get("p_value"))
+TABLE_TESTS = ("disparity_rms", "probe_rms_logratio")  # the paired tests the table shows (all are in results)
 
 
-def baseline_comparisons(results: dict, arm: str, grouped: bool) -> list[dict]:
-    """The scorer's comparisons of `arm` against the baseline, oriented as arm - kd."""
-    names = {arm} if grouped else None
+def baseline_comparisons(results: dict, arm: str) -> list[dict]:
+    """The scorer's comparisons between `arm` and the baseline, oriented as arm - kd (the scorer's diff is
+    b - a, in the order the models were given)."""
     out = []
     for c in results.get("comparisons", []):
-        a, b = str(c.get("a")), str(c.get("b"))
-        base_of = (lambda n: n == BASELINE) if grouped else (lambda n: n.split("@")[0] == BASELINE)
-        arm_of = (lambda n: n in names) if grouped else (lambda n: n.split("@")[0] == arm)
-        if not ((base_of(a) and arm_of(b)) or (base_of(b) and arm_of(a))):
+        pair = (c.get("a"), c.get("b"))
+        if pair not in ((BASELINE, arm), (arm, BASELINE)):
             continue
-        if not grouped and a.split("@")[-1] != b.split("@")[-1]:
-            continue  # per-run scoring: pair the runs of one seed
-        diff, ci, p = _comparison_fields(c)
-        sign = 1.0 if base_of(a) else -1.0  # the scorer's diff is b - a
-        if diff is not None:
-            diff = sign * diff
-        if ci and sign < 0:
-            ci = [-ci[1], -ci[0]]
-        out.append({"metric": c.get("metric"), "seed": None if grouped else a.split("@")[-1],
-                    "a": BASELINE if grouped else (a if sign > 0 else b),
-                    "b": arm if grouped else (b if sign > 0 else a), "diff": diff, "ci": ci, "p": p})
+        sign = 1.0 if pair[0] == BASELINE else -1.0
+        ci = c.get("ci")
+        out.append({"metric": c["metric"], "a": BASELINE, "b": arm, "diff": sign * c["diff"],
+                    "ci": (ci if sign > 0 else [-ci[1], -ci[0]]) if ci else None, "p": c.get("p"),
+                    "p_runs": c.get("p_runs")})
     return out
+
+
+def _test_cell(c: dict) -> str:
+    ci = f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" if c.get("ci") else ""
+    p = f", p {c['p']:.3f}" if isinstance(c.get("p"), (int, float)) else ""
+    runs = f", runs p {c['p_runs']:.2f}" if isinstance(c.get("p_runs"), (int, float)) else ""
+    return f"{c['metric']}: {c['diff']:+.3f}{ci}{p}{runs}"
 
 
 def _mean_sd(xs: list[float]) -> str:
@@ -231,20 +230,15 @@ def _mean_sd(xs: list[float]) -> str:
 def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict[str, list[dict]],
                 command: str) -> None:
     lines = [f"Made by `{command}`. Mean ± sd over seeds (n per arm in the second column); paired test against "
-             f"`{BASELINE}` from the scorer (arm - {BASELINE}, [95% CI], p).", "",
+             f"`{BASELINE}` from the scorer (arm - {BASELINE}, [95% CI], p over professions; runs p: exact "
+             "permutation over training runs, the only p that includes training noise; 0.10 is its floor with "
+             "3 runs per arm).", "",
              "| arm | n | " + " | ".join(label for label, _ in FIGURES) + f" | vs {BASELINE} (paired) |",
              "|---|---|" + "---|" * (len(FIGURES) + 1)]
     for arm in arms:
         mine = [r for r in runs if r["arm"] == arm]
         cells = [_mean_sd([v for r in mine if (v := figure(r["figures"], keys)) is not None]) for _, keys in FIGURES]
-        tests = []
-        for c in comparisons.get(arm, []):
-            if c["diff"] is None:
-                continue
-            ci = f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" if c.get("ci") else ""
-            p = f", p {c['p']:.3f}" if isinstance(c.get("p"), (int, float)) else ""
-            seed = f"{c['seed']} " if c.get("seed") else ""
-            tests.append(f"{seed}{c['metric']}: {c['diff']:+.3f}{ci}{p}")
+        tests = [_test_cell(c) for c in comparisons.get(arm, []) if c["metric"] in TABLE_TESTS]
         lines.append(f"| {arm} | {len(mine)} | " + " | ".join(cells) + " | " + ("; ".join(tests) or "—") + " |")
     path.write_text("\n".join(lines) + "\n")
 
@@ -279,6 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", default=None, help=f"first scored model (default {TEACHER}; none in --smoke)")
     p.add_argument("--smoke", action="store_true", help="debug recipes, 2 steps, few prompts: tests the code path")
     p.add_argument("--in-process", action="store_true", help="run the distill commands in this process")
+    p.add_argument("--reuse-eval", action="store_true",
+                   help="write results.json, table.md and the plot from OUT/eval/results.json of an earlier study "
+                   "with the same arms and seeds, without training or scoring again")
     args = p.parse_args(argv)
     try:
         return _study(args, argv)
@@ -299,15 +296,16 @@ def _study(args, argv) -> int:
     out.mkdir(parents=True, exist_ok=True)
     command = "python -m distill.study " + shlex.join(argv if argv is not None else sys.argv[1:])
     run = Runner(args.in_process, lambda msg: print(msg, flush=True))
-    runs = train_runs(arms, seeds, out, args.smoke, run)
-    results, grouped = score(runs, arms, out, args.smoke, run, teacher)
+    if args.reuse_eval:
+        runs, results = reuse_eval(arms, seeds, out)
+    else:
+        runs = train_runs(arms, seeds, out, args.smoke, run)
+        results = score(runs, arms, out, args.smoke, run, teacher)
     for r in runs:  # a several-run model lists its runs in the order given: seeds ascending
-        index = sorted(x["seed"] for x in runs if x["arm"] == r["arm"]).index(r["seed"])
-        r["figures"] = run_figures(results, r, index, grouped)
-    comparisons = {arm: baseline_comparisons(results, arm, grouped) for arm in arms if arm != BASELINE}
+        r["figures"] = run_figures(results, r["arm"], seeds.index(r["seed"]))
+    comparisons = {arm: baseline_comparisons(results, arm) for arm in arms if arm != BASELINE}
     (out / "results.json").write_text(json.dumps({
         "command": command, "arms": arms, "seeds": seeds,
-        "scored_as": "several-run models" if grouped else "one model per run",
         "recipes": {a: dict(zip(("recipe", "overrides"), arm_plan(a, args.smoke), strict=True)) for a in arms},
         "runs": runs, "comparisons": comparisons, "teacher": results.get("models", {}).get("teacher"),
     }, indent=2, default=str) + "\n")

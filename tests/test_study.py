@@ -1,5 +1,5 @@
 """The ablation study (`python -m distill.study`, `make study`): smoke run on the debug recipes, the reading of
-the scorer's results.json (several-run contract of issue 10 and the older per-run one), bad input.
+the scorer's results.json (the several-run contract of issue 10), bad input.
 
     python -m pytest tests/test_study.py -q
 """
@@ -37,6 +37,11 @@ def test_smoke_study_trains_scores_and_writes_table_results_and_plot(tmp_path):
     mean, sd = sum(ppl) / 2, abs(ppl[0] - ppl[1]) / 2**0.5
     assert f"{mean:.3f} ± {sd:.3f}" in rows["kd"] and "| 2 |" in rows["kd"]
     assert (out / "disparity_vs_perplexity.png").read_bytes()[:4] == b"\x89PNG"
+    # --reuse-eval rewrites the table from the scorer's results without training or scoring again.
+    (out / "table.md").unlink()
+    assert study.main(["--smoke", "--reuse-eval", "--seeds", "2", "--arms", "cda_cf_mean", "--out", str(out)]) == 0
+    assert (out / "table.md").read_text().splitlines()[4:] == table[4:]
+    assert study.main(["--smoke", "--reuse-eval", "--seeds", "1", "--arms", "cda_cf_mean", "--out", str(out)]) == 2
     # A second call reuses the finished runs (resume) and rewrites the outputs.
     assert study.main(["--smoke", "--in-process", "--seeds", "1", "--arms", "kd", "--out", str(out)]) == 0
     assert json.loads((out / "results.json").read_text())["seeds"] == [0]
@@ -51,7 +56,7 @@ def _results_v2():
                        "kd": {**run(0.1, 80.0), "seeds": [run(0.10, 80.0), run(0.12, 82.0)]},
                        "cda_pair_mean": {**run(0.05, 81.0), "seeds": [run(0.04, 81.0), run(0.06, 81.0)]}},
             "comparisons": [{"a": "cda_pair_mean", "b": "kd", "metric": "disparity_rms", "diff": 0.06,
-                             "ci": [0.01, 0.1], "p": 0.02},
+                             "ci": [0.01, 0.1], "p": 0.02, "p_runs": 0.1},
                             {"a": "teacher", "b": "kd", "metric": "disparity_rms", "diff": -0.1, "ci": [-1, 0],
                              "p": 0.5}]}
 
@@ -60,24 +65,23 @@ def test_reads_the_several_run_contract_and_orients_comparisons_against_kd(tmp_p
     res = _results_v2()
     runs = [{"arm": a, "seed": s, "final_dir": f"runs/{a}/s{s}/final"} for s in (0, 1) for a in ("kd", "cda_pair_mean")]
     for r in runs:
-        r["figures"] = study.run_figures(res, r, r["seed"], grouped=True)
+        r["figures"] = study.run_figures(res, r["arm"], r["seed"])
     assert [study.figure(r["figures"], study.FIGURES[0][1]) for r in runs] == [0.10, 0.04, 0.12, 0.06]
     assert study.figure(runs[0]["figures"], study.FIGURES[3][1]) == 0.5  # probe slope on teacher
-    comps = study.baseline_comparisons(res, "cda_pair_mean", grouped=True)
-    assert comps == [{"metric": "disparity_rms", "seed": None, "a": "kd", "b": "cda_pair_mean", "diff": -0.06,
-                      "ci": [-0.1, -0.01], "p": 0.02}]
+    comps = study.baseline_comparisons(res, "cda_pair_mean")
+    assert comps == [{"metric": "disparity_rms", "a": "kd", "b": "cda_pair_mean", "diff": -0.06,
+                      "ci": [-0.1, -0.01], "p": 0.02, "p_runs": 0.1}]
     study.write_table(tmp_path / "t.md", ["kd", "cda_pair_mean"], runs, {"cda_pair_mean": comps}, "cmd")
     text = (tmp_path / "t.md").read_text()
     assert "| cda_pair_mean | 2 | 0.050 ± 0.014 |" in text
-    assert "disparity_rms: -0.060 [-0.100, -0.010], p 0.020" in text
+    assert "disparity_rms: -0.060 [-0.100, -0.010], p 0.020, runs p 0.10" in text
     study.write_plot(tmp_path / "p.png", ["kd", "cda_pair_mean"], runs)
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
-def test_seeds_given_as_a_mapping_are_matched_by_run_directory():
-    res = {"models": {"kd": {"seeds": {"runs/kd/s1/final": {"disparity_rms": 0.3}}}}}
-    fig = study.run_figures(res, {"arm": "kd", "seed": 1, "final_dir": "runs/kd/s1/final"}, 0, grouped=True)
-    assert fig == {"disparity_rms": 0.3}
+def test_a_single_run_arm_reads_its_own_figures():
+    res = {"models": {"kd": {"disparity_rms": 0.3, "runs": 1}}}
+    assert study.run_figures(res, "kd", 0) == {"disparity_rms": 0.3, "runs": 1}
 
 
 def test_arms_cover_the_ablation_and_the_compressed_student_removes_a_third_of_the_blocks():
