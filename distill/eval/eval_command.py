@@ -144,6 +144,7 @@ def _check_inputs(args) -> EvalInputs:
 def _score_runs(inputs: EvalInputs, device) -> RunScores:
     """Load each run in turn (the teacher's first), score it, free it."""
     from distill.eval.lenses import run as lenses
+    from distill.eval.probe import probe_model
     from distill.models import load_model
 
     args, paths, order = inputs.args, inputs.paths, inputs.order()
@@ -162,8 +163,6 @@ def _score_runs(inputs: EvalInputs, device) -> RunScores:
         scores.records += _generate(inputs, model, tok, cfg, name, k, label)
         run: dict = {"source": path, "notes": [], "perplexity": None, "teacher_agreement": None}
         if inputs.professions:
-            from distill.eval.probe import probe_model
-
             run["probe"] = probe_model(model, tok, inputs.professions, device=device)
         scores.lens_runs[(name, k)] = lenses.score_model(inputs.lens_plan, model, tok, device)
         if utility is not None:

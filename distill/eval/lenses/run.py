@@ -155,7 +155,7 @@ def lens_comparisons(plan: LensPlan, private: dict[str, list[dict]], names: list
     on per-cluster figures (averaged over a model's runs), the scorer's test for the generation lens too.
 
     * embedding: clusters are the target words, stratified by test; each word's figure is its term of the
-      test's effect size (`lens_embedding.word_effects`), so `diff` is the difference of the mean over tests
+      test's effect size (`embedding.word_effects`), so `diff` is the difference of the mean over tests
       of Caliskan's d (the per-test `effect_size`), and the sign-flip p flips words, the units the
       association test itself permutes (templates reuse the same words, so they are not independent).
     * downstream: clusters are the occupations of the test split; the figure is the unbiased squared TPR
