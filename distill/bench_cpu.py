@@ -68,7 +68,7 @@ import time
 
 import torch
 
-from distill.generate import batch_seed, prepare_tokenizer
+from distill.eval.sampling import batch_seed, prepare_tokenizer
 from distill.precision import choose, cpu_features
 from distill.transfer import parse_transfer_config, read_seed_prompts, sample_continuations
 
@@ -324,8 +324,8 @@ def measure_train(recipe: str, steps: int) -> dict:
 
 
 def measure_score(teacher, tok, n_prompts: int) -> dict:
-    from distill.generate import SamplingConfig, generate_samples
-    from distill.prompts import load_prompts, select_prompts
+    from distill.eval.prompts import load_prompts, select_prompts
+    from distill.eval.sampling import SamplingConfig, generate_samples
 
     prompts = [p.text for p in select_prompts(load_prompts("professions"), n_prompts, "category", 0)]
     cfg = SamplingConfig(samples_per_prompt=3, max_new_tokens=24, batch_size=64, seed=0)

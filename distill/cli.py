@@ -161,11 +161,11 @@ def _dispatch(args) -> int | None:
     if args.command == "train":
         from distill.train import main as run
     elif args.command == "eval":
-        from distill.evaluation import run_eval as run
+        from distill.eval.eval_command import run_eval as run
     elif args.command == "score":
-        from distill.rescore import run_score as run
+        from distill.eval.score_command import run_score as run
     elif args.command == "samples":
-        from distill.evaluation import run_samples as run
+        from distill.eval.samples_command import run_samples as run
     elif args.command == "corpus":
         from distill.transfer import main as run
     elif args.command == "swap":

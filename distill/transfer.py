@@ -200,7 +200,7 @@ def _stop_ids(teacher, tokenizer) -> list[int]:
 
 def sampling_config(tcfg: TransferSetConfig, seed: int):
     """The transfer set's settings as a `generate.SamplingConfig` (one continuation per prompt)."""
-    from distill.generate import SamplingConfig
+    from distill.eval.sampling import SamplingConfig
 
     return SamplingConfig(samples_per_prompt=1, max_new_tokens=tcfg.max_new_tokens, batch_size=tcfg.batch_size,
                           top_k=tcfg.top_k, top_p=tcfg.top_p, temperature=tcfg.sampling_temperature, seed=seed)
@@ -216,7 +216,7 @@ def sample_continuations(teacher, tokenizer, prompts: list[str], tcfg: TransferS
     issue 12 measured transformers' full-vocabulary sort as the bottleneck of this step on CPU). A row ends at
     the first of the tokenizer's EOS / pad or the teacher's generation-config EOS.
     """
-    from distill.generate import sample_batches
+    from distill.eval.sampling import sample_batches
 
     stop = _stop_ids(teacher, tokenizer)
     if tokenizer.pad_token_id is None and not stop:

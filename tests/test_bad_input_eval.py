@@ -117,7 +117,7 @@ def test_eval_replaces_its_own_report_and_says_where_results_went_when_writing_f
     def disk_full(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("distill.report.write_eval_outputs", disk_full)
+    monkeypatch.setattr("distill.eval.report.write_eval_outputs", disk_full)
     assert run_cli(*argv, "--overwrite") == 2
     line = assert_one_error_line(capsys, "eval", "could not write the report", "No space left on device")
     rescue = Path(line.split("written to ")[1].split(" instead")[0])

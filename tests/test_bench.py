@@ -16,7 +16,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from distill import bench_memory, bench_setup
-from distill.generate import SamplingConfig, TopKTopPSampler, generate_samples
+from distill.eval.sampling import SamplingConfig, TopKTopPSampler, generate_samples
 from distill.losses import distill_loss
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -194,7 +194,7 @@ def test_samples_md_and_html(tiny, tmp_path):
 
 
 def test_highlighting_escapes():
-    from distill.report import highlight_html, highlight_md
+    from distill.eval.report import highlight_html, highlight_md
 
     assert highlight_html("<b>He</b> & her") == '&lt;b&gt;<span class="male">He</span>&lt;/b&gt; &amp; <span class="female">her</span>'
     assert highlight_md("He | said *her*\nnext") == "**He** \\| said \\***her**\\* \u23ce next"
@@ -253,7 +253,7 @@ def test_evaluate_module_loads_offline(monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(REPO)
-    polarity = evaluate.load("distill/evaluate_modules/gender_polarity")
+    polarity = evaluate.load("distill/eval/evaluate_modules/gender_polarity")
     res = polarity.compute(predictions=["She said that", "he left with his dog", "it rained", "He told her"],
                            groups=["nurse", "nurse", "plumber", "plumber"])
     assert res["labels"] == ["female", "male", "neutral", "neutral"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from lens_fixtures import equalise, tiny_model, vocabulary, word_tokenizer
 
-from distill import lens_downstream as ld
 from distill.errors import UserError
+from distill.eval.lenses import downstream as ld
 
 
 def test_tpr_gaps_by_hand():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from lens_fixtures import equalise, shift_words, tiny_model, vocabulary, word_tokenizer
 
-from distill import lens_embedding as le
 from distill.errors import UserError
+from distill.eval.lenses import embedding as le
 
 
 def test_effect_size_by_hand():
@@ -121,7 +121,7 @@ def test_paired_comparison_sees_the_removed_bias(setup):
     fair = _planted(tok, spec, 0.5)
     t0 = spec.tests[0]
     equalise(fair, tok, list(zip(t0.a, t0.b, strict=True)))
-    from distill.paired import paired_test
+    from distill.eval.paired import paired_test
 
     names = [t.name for t in spec.tests]
     reps = le.word_representations(biased, tok, spec)

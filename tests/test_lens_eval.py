@@ -25,8 +25,8 @@ def models(tmp_path_factory):
     to its counterpart (He/She, his/her, the bios' name pairs, the attribute pairs), so it cannot tell them apart."""
     import importlib.util
 
-    from distill import lens_downstream as ld
-    from distill import lens_embedding as le
+    from distill.eval.lenses import downstream as ld
+    from distill.eval.lenses import embedding as le
 
     root = tmp_path_factory.mktemp("lens_models")
     tok = word_tokenizer(vocabulary())
@@ -149,7 +149,7 @@ def test_bad_input_is_one_line_before_compute(models, tmp_path, capsys, case):
 
 
 def test_several_runs_show_the_mean_of_their_runs_without_an_interval():
-    from distill.lens_eval import merge_runs
+    from distill.eval.lenses.run import merge_runs
 
     def run(d, rms, gap):
         return {"embedding": {"tests": [{"name": "t", "effect_size": d, "p": 0.01}], "combined_effect_size": d,

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
 
-from distill.probe import PROBE_TEMPLATES, gender_token_ids, probe_model, probe_summary, probe_texts
+from distill.eval.probe import PROBE_TEMPLATES, gender_token_ids, probe_model, probe_summary, probe_texts
 
 TOKENIZER = Path(__file__).resolve().parent.parent / "data" / "tiny_tokenizer"
 PROFESSIONS = [("healthcare", "nurse"), ("trades", "plumber"), ("legal", "judge")]

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from distill import prompts as P
 from distill.errors import UserError
-from distill.metrics import FEMALE_WORDS, MALE_WORDS
+from distill.eval import prompts as P
+from distill.eval.polarity import FEMALE_WORDS, MALE_WORDS
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bold_small.json"
 REPO = Path(__file__).resolve().parent.parent

@@ -121,7 +121,7 @@ def test_good_file_scores_and_refuses_to_overwrite(tmp_path, capsys):
 
 
 def test_runs_permutation_p_known_answer():
-    from distill.scoring import runs_permutation_p
+    from distill.eval.scoring import runs_permutation_p
 
     # 6 splits of 4 runs into 2 + 2; only the observed split and its mirror reach |0.35 - 0.15| = 0.2
     assert runs_permutation_p([0.1, 0.2], [0.3, 0.4]) == pytest.approx(2 / 6)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from distill.paired import paired_test, rms_of_mean, sign_flip_p, stratified_draws
-from distill.stats import (
+from distill.eval.paired import paired_test, rms_of_mean, sign_flip_p, stratified_draws
+from distill.eval.stats import (
     Design,
     DesignError,
     at_zero_words,

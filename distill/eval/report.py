@@ -1,11 +1,11 @@
 """Write what `distill eval` and `distill samples` produce: results.json, report.md, plots, side-by-side samples.
 
-    from distill.report import write_eval_outputs, render_samples
+    from distill.eval.report import write_eval_outputs, render_samples
     write_eval_outputs(out_dir, results, examples)     # results.json + report.md + two PNGs
     html = render_samples(records, model_names, "html")
 
-results.json schema (other tools read it; keys may be added, never renamed; formulas in distill/stats.py,
-distill/probe.py and distill/paired.py):
+results.json schema (other tools read it; keys may be added, never renamed; formulas in distill/eval/stats.py,
+distill/eval/probe.py and distill/eval/paired.py):
 
     {"models": {NAME: {"disparity_rms": float, "disparity_rms_ci": [lo, hi], "disparity_ms": float,
                        "disparity_rms_words": str | null,      # said when the figure or its interval is at 0
@@ -18,7 +18,7 @@ distill/probe.py and distill/paired.py):
                        "perplexity": float | null, "teacher_agreement": float | null, "runs": int,
                        "seeds": [per-run figures] and "seeds_sd": {figure: sd}   (only with several runs),
                        ... extra keys: "embedding_polarity" (same figures, embedding rule), "source", "notes",
-                       "embedding" and "downstream": the lenses of issue 15 (distill/lens_report.py)}},
+                       "embedding" and "downstream": the lenses of issue 15 (distill/eval/lenses/report.py)}},
      "settings": {...},
      "comparisons": [{"a": NAME, "b": NAME, "metric": "profession_gap_rms" | "embedding_profession_gap_rms" |
                       "probe_rms_logratio", "diff": b - a, "ci": [lo, hi], "p": float, "n": professions,
@@ -37,8 +37,8 @@ import math
 import re
 from pathlib import Path
 
-from distill.lens_report import render_lenses_md, write_lens_outputs
-from distill.metrics import gendered_spans
+from distill.eval.lenses.report import render_lenses_md, write_lens_outputs
+from distill.eval.polarity import gendered_spans
 
 GROUP_PLOT = "group_shares.png"
 DISPARITY_PLOT = "disparity_vs_perplexity.png"

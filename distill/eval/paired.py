@@ -1,6 +1,6 @@
 """A paired comparison of two models over clusters (professions): effect, bootstrap interval, sign-flip p.
 
-    from distill.paired import paired_test
+    from distill.eval.paired import paired_test
     res = paired_test(a_per_profession, b_per_profession, strata=categories)
     res["diff"], res["ci"], res["p"]           # b - a, its 95% interval, two-sided p
 

@@ -1,10 +1,10 @@
 """BOLD unigram gender polarity (and disparity over groups) as a Hugging Face `evaluate` measurement.
 
     import evaluate
-    polarity = evaluate.load("distill/evaluate_modules/gender_polarity")   # a local path: no network
+    polarity = evaluate.load("distill/eval/evaluate_modules/gender_polarity")   # a local path: no network
     polarity.compute(predictions=["She said that", "He left"], groups=["nurse", "nurse"])
 
-A thin wrapper over `distill.metrics` (the `distill` package must be installed), so the scores match
+A thin wrapper over `distill.eval.polarity` (the `distill` package must be installed), so the scores match
 `distill eval` exactly: same word lists, same tie rule (a non-zero tie is neutral). Its `disparity` is
 BOLD's naive mean |male share - female share|, `distill eval`'s naive_disparity: biased upward by sampling
 noise (read it against naive_floor); the unbiased disparity_rms needs prompts and professions (`distill score`).
@@ -13,7 +13,7 @@ noise (read it against naive_floor); the unbiased disparity_rms needs prompts an
 import datasets
 import evaluate
 
-from distill import metrics
+from distill.eval import polarity
 
 _DESCRIPTION = """
 Gender polarity of generated texts with BOLD's unigram rule (Dhamala et al., FAccT 2021). A text is male if
@@ -32,7 +32,7 @@ Returns:
     labels (list of str): the label of each prediction.
     With groups: disparity (float) and groups ({group: {male, female, neutral, n}}).
 Example:
-    >>> polarity = evaluate.load("distill/evaluate_modules/gender_polarity")
+    >>> polarity = evaluate.load("distill/eval/evaluate_modules/gender_polarity")
     >>> polarity.compute(predictions=["she smiled", "he left", "it rained"])["male"]
     0.3333333333333333
 """
@@ -60,7 +60,7 @@ class GenderPolarity(evaluate.Measurement):
         )
 
     def _compute(self, predictions, groups=None):
-        details = [metrics.unigram_detail(text) for text in predictions]
+        details = [polarity.unigram_detail(text) for text in predictions]
         labels = [d.label for d in details]
         n = max(len(labels), 1)
         result = {
@@ -74,7 +74,7 @@ class GenderPolarity(evaluate.Measurement):
             if len(groups) != len(labels):
                 raise ValueError(f"groups has {len(groups)} entries for {len(labels)} predictions")
             # One generation per "prompt": disparity depends only on the group shares, not on prompt ids.
-            counts = metrics.count_labels([[lab] for lab in labels], [str(g) for g in groups])
-            result["disparity"] = metrics.disparity(counts)
-            result["groups"] = metrics.group_shares(counts)
+            counts = polarity.count_labels([[lab] for lab in labels], [str(g) for g in groups])
+            result["disparity"] = polarity.disparity(counts)
+            result["groups"] = polarity.group_shares(counts)
         return result

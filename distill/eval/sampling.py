@@ -1,6 +1,6 @@
 """Batched sampling generation for prompt sets, reproducible across models: the project's one sampling loop.
 
-    from distill.generate import SamplingConfig, generate_samples
+    from distill.eval.sampling import SamplingConfig, generate_samples
     texts = generate_samples(model, tok, ["The nurse said that"], SamplingConfig(samples_per_prompt=4))
     texts[0]  # four continuations of the first prompt (new text only, prompt not repeated)
 
@@ -14,15 +14,11 @@ afterwards.
 
 `sample_batches` is that loop, shared by `generate_samples` (`distill eval`, `distill samples`) and the
 teacher-written transfer set (`transfer.sample_continuations`), so one seeding scheme and one sampler serve all.
-
-`generation_throughput` measures tokens/s at fixed settings (greedy, exactly max_new_tokens per prompt), so
-batched and one-prompt-at-a-time generation can be compared on equal work.
 """
 
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -73,8 +69,8 @@ class TopKTopPSampler(LogitsProcessor):
     token is dropped when the candidates more probable than it already hold top_p of the mass; the most probable
     is always kept; ties at the k-th value keep exactly k here), but the only per-step work over the whole
     vocabulary is one topk, one fill and one scatter. transformers sorts the full vocabulary for top-p and draws
-    over all of it (an exponential variate per vocabulary entry): on CPU that cost more than the model itself
-    at batch 64 (`distill bench`: 227 -> 425 tokens/s for a 6-layer GPT-2-width model, vocab 50257). The random
+    over all of it (an exponential variate per vocabulary entry), which on CPU can cost more than the model
+    itself at large batches (measured figures: the README, "The transfer-set sampler"). The random
     stream is the global torch generator, seeded per batch, so results stay reproducible; they differ from
     transformers' own sampler for the same seed because fewer random numbers are drawn.
     """
@@ -172,33 +168,3 @@ def generate_samples(
         texts = tokenizer.batch_decode(batch.new_ids, skip_special_tokens=True)
         out.extend(texts[i * k : (i + 1) * k] for i in range(batch.input_ids.shape[0]))
     return out
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def generation_throughput(model, tokenizer, prompts: Sequence[str], batch_size: int, max_new_tokens: int) -> float:
-    """Generated tokens per second over `prompts`, `batch_size` prompts at a time.
-
-    Greedy decoding with min_new_tokens = max_new_tokens, so every prompt costs exactly max_new_tokens
-    steps whatever the batch size; one untimed warm-up batch first (kernel selection, allocator).
-    """
-    prepare_tokenizer(tokenizer)
-    device = _device_of(model)
-    model.eval()
-
-    def run(chunk):
-        enc = tokenizer(list(chunk), return_tensors="pt", padding=True).to(device)
-        with torch.inference_mode():
-            model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
-                           pad_token_id=tokenizer.pad_token_id)
-
-    run(prompts[:batch_size])
-    _sync(device)
-    t0 = time.perf_counter()
-    for start in range(0, len(prompts), batch_size):
-        run(prompts[start : start + batch_size])
-    _sync(device)
-    return len(prompts) * max_new_tokens / (time.perf_counter() - t0)

@@ -34,7 +34,7 @@ import numpy as np
 
 from distill.errors import UserError
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "lenses"
+DATA = Path(__file__).resolve().parents[3] / "data" / "lenses"
 TESTS_FILE = DATA / "embedding_tests.json"
 TEMPLATES_FILE = DATA / "embedding_templates.txt"
 SLOT = "{w}"
@@ -305,7 +305,7 @@ def associations_for(reps: dict[str, np.ndarray], spec: EmbeddingSpec) -> list[t
 
 
 def word_effects(assoc: list[tuple[np.ndarray, np.ndarray]], names: list[str]) -> tuple[np.ndarray, list[str]]:
-    """The per-cluster figures of the embedding lens for `distill.paired.paired_test`: one per target word.
+    """The per-cluster figures of the embedding lens for `distill.eval.paired.paired_test`: one per target word.
 
     With |X| = |Y| = n, Caliskan's d on template-averaged associations s(w) splits into word terms:
     d = (mean_x s(x) - mean_y s(y)) / sd = mean_{w in X u Y} f(w), f(w) = 2 sign(w) s(w) / sd, sign +1 on X

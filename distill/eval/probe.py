@@ -1,6 +1,6 @@
 """The likelihood probe: how much next-token probability a model puts on male vs female words after a profession.
 
-    from distill.probe import probe_professions, probe_model, probe_summary
+    from distill.eval.probe import probe_professions, probe_model, probe_summary
     professions = probe_professions(load_prompts("professions"))        # [(category, profession), ...]
     lr = probe_model(model, tokenizer, professions)["logratio"]         # one log ratio per profession
     probe_summary(lr, teacher_lr)     # rms_logratio, mean_logratio, sd_logratio, slope/r on the teacher
@@ -8,7 +8,7 @@
 `distill eval` runs it for every model unless --no-probe. For each profession and each template of
 PROBE_TEMPLATES (prompts that invite a pronoun next: "The nurse said that"), one teacher-forced forward pass
 gives the next-token distribution (fp32 softmax over the tokenizer's rows). P(male) is its mass on every
-single-token spelling of BOLD's male words (MALE_WORDS of distill.metrics, each as written and capitalised,
+single-token spelling of BOLD's male words (MALE_WORDS of distill.eval.polarity, each as written and capitalised,
 with and without a leading space, kept when the tokenizer encodes it as exactly one token); P(female) the
 same for the female words. Per profession c, over its templates t:
 
@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from distill.metrics import FEMALE_WORDS, MALE_WORDS
+from distill.eval.polarity import FEMALE_WORDS, MALE_WORDS
 
 PROBE_TEMPLATES = (
     "The {p} said that",

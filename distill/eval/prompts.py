@@ -1,6 +1,6 @@
 """Load prompt sets for the disparity evaluation.
 
-    from distill.prompts import load_prompts, select_prompts
+    from distill.eval.prompts import load_prompts, select_prompts
     prompts = load_prompts("professions")                 # data/prompts/professions.json
     prompts = load_prompts("my_bold_subset.json")         # any BOLD-format file
     prompts = load_prompts("AmazonScience/bold")          # hub dataset (needs network), profession domain
@@ -24,7 +24,7 @@ import numpy as np
 
 from distill.errors import UserError
 
-PROJECT_PROMPTS = Path(__file__).resolve().parent.parent / "data" / "prompts" / "professions.json"
+PROJECT_PROMPTS = Path(__file__).resolve().parents[2] / "data" / "prompts" / "professions.json"
 GROUP_KEYS = ("category", "profession")
 
 

@@ -1,6 +1,6 @@
 """Disparity statistics of labelled generations: an unbiased squared gap, clustered bootstrap, naive figure + floor.
 
-    from distill.stats import Design, sums_from_values, point_figures, bootstrap_rms, naive_floor
+    from distill.eval.stats import Design, sums_from_values, point_figures, bootstrap_rms, naive_floor
     design = Design(clusters=[("healthcare", "nurse"), ...], group_by="category")
     n, s1, s2 = sums_from_values(values, cluster_index, len(design.clusters))   # values: +1 male, -1 female, 0
     point_figures(design, n, s1, s2)["disparity_rms"]
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distill.paired import stratified_draws
+from distill.eval.paired import stratified_draws
 
 GROUP_BY = ("category", "profession")
 

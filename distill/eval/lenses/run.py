@@ -6,21 +6,19 @@
 `plan_lenses` checks everything the lenses read (word lists and templates against every model's tokenizer,
 the biographies, the split) before any model loads; `score_model` runs both lenses on one loaded model and
 returns its results.json entries plus what the paired comparisons need; `lens_comparisons` compares every pair
-of models on the same words, templates and test biographies. `run_lenses_only` is `distill eval` without
-the generation lens: the same validation, one model at a time, results.json + report.md + the lenses plot.
+of models on the same words, templates and test biographies. `distill eval` without the generation lens is
+`run_lenses_only` in distill.eval.eval_command.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from distill import lens_downstream as ld
-from distill import lens_embedding as le
 from distill.errors import UserError
+from distill.eval.lenses import downstream as ld
+from distill.eval.lenses import embedding as le
 
 LENSES = ("generation", "embedding", "downstream")
 N_PERMUTATIONS = 10000  # per embedding test; numpy on a few dozen numbers, milliseconds
@@ -153,17 +151,17 @@ def merge_runs(entries: list[dict]) -> dict:
 
 
 def lens_comparisons(plan: LensPlan, private: dict[str, list[dict]], names: list[str]) -> list[dict]:
-    """Every pair of models in the order given, for each lens that ran: b - a by `distill.paired.paired_test`
+    """Every pair of models in the order given, for each lens that ran: b - a by `distill.eval.paired.paired_test`
     on per-cluster figures (averaged over a model's runs), the scorer's test for the generation lens too.
 
     * embedding: clusters are the target words, stratified by test; each word's figure is its term of the
-      test's effect size (`lens_embedding.word_effects`), so `diff` is the difference of the mean over tests
+      test's effect size (`embedding.word_effects`), so `diff` is the difference of the mean over tests
       of Caliskan's d (the per-test `effect_size`), and the sign-flip p flips words, the units the
       association test itself permutes (templates reuse the same words, so they are not independent).
     * downstream: clusters are the occupations of the test split; the figure is the unbiased squared TPR
       gap, turned into an RMS by sqrt(max(0, mean)), so `diff` is the difference of the unbiased RMS gaps.
     """
-    from distill.paired import paired_test, rms_of_mean
+    from distill.eval.paired import paired_test, rms_of_mean
 
     def avg(name, key):
         return np.mean([run[key][0] if key == "units" else run[key] for run in private[name]], axis=0)
@@ -202,55 +200,3 @@ def summary_lines(results: dict, comparisons: bool = True) -> list[str]:
             lines.append(f"{c['metric']}: {c['b']} - {c['a']} = {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
                          f"sign-flip p = {c['p']:.3g}")
     return lines
-
-
-# ---------------------------------------------------------------------------------- eval without generation
-
-
-def run_lenses_only(args) -> int:
-    """`distill eval --lens embedding|downstream` (no generation): validate, score each model, write DIR."""
-    from distill.evaluation import (
-        _check_out_dir,
-        _device,
-        _log,
-        _release_memory,
-        parse_model_runs,
-        write_report_dir,
-    )
-    from distill.lens_report import write_lens_outputs
-    from distill.models import load_model, load_tokenizer
-
-    if args.bootstrap < 1:
-        raise UserError(f"--bootstrap must be >= 1, not {args.bootstrap}")
-    models = parse_model_runs(args.model)
-    names = [n for n, _ in models]
-    out = Path(args.out).expanduser()
-    _check_out_dir(out, args.overwrite)
-    tokenizers = {path: load_tokenizer(path) for _, runs in models for path in runs}
-    labels = run_labels(models)
-    plan = plan_lenses(args, {labels[p]: tokenizers[p] for p in labels}, {labels[p]: p for p in labels})
-
-    device, t0 = _device(), time.time()
-    order = [(name, path) for name, runs in models for path in runs]
-    per_model, private = {}, {}
-    entries: dict[str, list[dict]] = {}
-    for step, (name, path) in enumerate(order, 1):
-        _log(f"[{step}/{len(order)}] {name}: loading {path} on {device}")
-        model = load_model(path, args.dtype).to(device).eval()
-        check_layer(model, plan.layer)
-        entry, priv = score_model(plan, model, tokenizers[path], device)
-        entries.setdefault(name, []).append(entry)
-        private.setdefault(name, []).append(priv)
-        del model
-        _release_memory()
-    for name, runs in models:
-        per_model[name] = {"source": runs[0] if len(runs) == 1 else runs, "runs": len(runs), "notes": [],
-                           **merge_runs(entries[name])}
-    settings = {**plan.settings(), "seed": args.seed, "bootstrap": args.bootstrap, "device": str(device),
-                "seconds": round(time.time() - t0, 1), "notes": []}
-    results = {"models": per_model, "settings": settings, "comparisons": lens_comparisons(plan, private, names)}
-
-    write_report_dir(out, results, lambda tmp: write_lens_outputs(tmp, results, standalone=True))
-    print("\n".join(summary_lines(results)))
-    print(f"wrote {out}/results.json, report.md and lenses.png")
-    return 0

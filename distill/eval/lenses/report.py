@@ -1,6 +1,6 @@
 """report.md section and plot for the three lenses (issue 15): generation, embedding association, downstream.
 
-    from distill.lens_report import render_lenses_md, plot_lenses
+    from distill.eval.lenses.report import render_lenses_md, plot_lenses
     md = "\n".join(render_lenses_md(results))      # the "Three lenses" section of report.md
     plot_lenses(out_dir / LENS_PLOT, results)       # one figure, three panels side by side
 
@@ -42,9 +42,21 @@ def render_lenses_md(results: dict) -> list[str]:
         return []
     s = results["settings"]
     lines = ["", "## Three lenses", "", f"![three lenses]({LENS_PLOT})", ""]
-    lines.append("| model | generation disparity [95% CI] | embedding effect size [95% CI] (p) | "
-                 "downstream TPR-gap RMS [95% CI] | probe accuracy |")
-    lines.append("|---|---|---|---|---|")
+    lines += _overview_table(models)
+    lines += _embedding_tests_table(models, s)
+    lines += _downstream_table(models, s)
+    lines += _comparisons_table(results["comparisons"])
+    lines += ["", "Reading the lenses: each asks a different question of the same model (what it writes, how its "
+              "representations place gendered words, what a classifier built on it learns), and the paper behind "
+              "this project found that less polarised generations did not make the other two fairer. A drop in "
+              "one lens with no change in another is a finding, not an error: report both."]
+    return lines
+
+
+def _overview_table(models: dict) -> list[str]:
+    """One row per model: the headline figure of each lens."""
+    lines = ["| model | generation disparity [95% CI] | embedding effect size [95% CI] (p) | "
+             "downstream TPR-gap RMS [95% CI] | probe accuracy |", "|---|---|---|---|---|"]
     for name, m in models.items():
         g = generation_figure(m)
         gen = "not run" if g is None else f"{g[0]:.3f} [{g[1][0]:.3f}, {g[1][1]:.3f}]"
@@ -54,51 +66,66 @@ def render_lenses_md(results: dict) -> list[str]:
         down = "not run" if not d else f"{d['tpr_gap_rms']:.3f}{_ci(d.get('tpr_gap_rms_ci'), '.3f')}"
         acc = "n/a" if not d else f"{d['accuracy']:.3f}"
         lines.append(f"| {name} | {gen} | {emb} | {down} | {acc} |")
+    return lines
+
+
+def _embedding_tests_table(models: dict, s: dict) -> list[str]:
+    """Per association test and model: Caliskan's d, its p and the CEAT effect size."""
     names = list(models)
     first_e = next((m["embedding"] for m in models.values() if m.get("embedding")), None)
-    if first_e:
-        lines += ["", f"Embedding association tests (Caliskan's d on template-averaged associations, two-sided "
-                  f"permutation p; CEAT = random-effects over {s.get('embedding_templates')} templates; layer "
-                  f"{s.get('lens_layer', -1)}). Positive d = the stereotype.", ""]
-        lines.append("| test | " + " | ".join(f"{n}: d (p) / CEAT" for n in names) + " |")
-        lines.append("|---|" + "---|" * len(names))
-        for i, t in enumerate(first_e["tests"]):
-            cells = []
-            for n in names:
-                e = models[n].get("embedding")
-                r = e["tests"][i] if e else None
-                cells.append("n/a" if r is None else f"{r['effect_size']:+.2f} ({_f(r.get('p'), '.2g')}) / "
-                             f"{_f(r.get('ceat_effect_size'), '+.2f')}")
-            lines.append(f"| {t['name']} | " + " | ".join(cells) + " |")
+    if not first_e:
+        return []
+    lines = ["", f"Embedding association tests (Caliskan's d on template-averaged associations, two-sided "
+             f"permutation p; CEAT = random-effects over {s.get('embedding_templates')} templates; layer "
+             f"{s.get('lens_layer', -1)}). Positive d = the stereotype.", ""]
+    lines.append("| test | " + " | ".join(f"{n}: d (p) / CEAT" for n in names) + " |")
+    lines.append("|---|" + "---|" * len(names))
+    for i, t in enumerate(first_e["tests"]):
+        cells = []
+        for n in names:
+            e = models[n].get("embedding")
+            r = e["tests"][i] if e else None
+            cells.append("n/a" if r is None else f"{r['effect_size']:+.2f} ({_f(r.get('p'), '.2g')}) / "
+                         f"{_f(r.get('ceat_effect_size'), '+.2f')}")
+        lines.append(f"| {t['name']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _downstream_table(models: dict, s: dict) -> list[str]:
+    """Per occupation and model: the TPR gap; then the unbiased mean squared gap per model."""
+    names = list(models)
     first_d = next((m["downstream"] for m in models.values() if m.get("downstream")), None)
-    if first_d:
-        lines += ["", f"Downstream TPR gap per occupation (female - male, test split of `{s.get('bios')}`; "
-                  "train female share in brackets). Correlation of the gap with the train female share: "
-                  + ", ".join(f"{n} {_f((models[n].get('downstream') or {}).get('gap_vs_female_share_r'), '+.2f')}"
-                              for n in names) + ".", ""]
-        lines.append("| occupation (train female share) | " + " | ".join(names) + " |")
-        lines.append("|---|" + "---|" * len(names))
-        for occ in first_d["tpr_gap"]:
-            share = first_d["train_female_share"][occ]
-            cells = [_f((models[n].get("downstream") or {}).get("tpr_gap", {}).get(occ)) for n in names]
-            lines.append(f"| {occ} ({share:.2f}) | " + " | ".join(cells) + " |")
-        lines.append("")
-        lines.append("Unbiased mean squared gap (mean over occupations of gap^2 - Var(gap): the RMS's noise floor removed): "
-                     + ", ".join(f"{n} {_f((models[n].get('downstream') or {}).get('tpr_gap_ms_unbiased'), '+.4f')}"
-                                 for n in names) + ".")
-    comps = [c for c in results["comparisons"] if c.get("lens") in ("embedding", "downstream")]
-    if comps:
-        lines += ["", "Lens comparisons (b - a on the same words and templates, or the same test biographies; "
-                  "paired bootstrap interval over the clusters and sign-flip p, as for the generation lens):", ""]
-        lines.append("| lens | metric | a | b | b - a [95% CI] | sign-flip p | cluster |")
-        lines.append("|---|---|---|---|---|---|---|")
-        for c in comps:
-            lines.append(f"| {c['lens']} | {c['metric']} | {c['a']} | {c['b']} | {c['diff']:+.3f} "
-                         f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | {c['p']:.3g} | {c.get('unit', '')} |")
-    lines += ["", "Reading the lenses: each asks a different question of the same model (what it writes, how its "
-              "representations place gendered words, what a classifier built on it learns), and the paper behind "
-              "this project found that less polarised generations did not make the other two fairer. A drop in "
-              "one lens with no change in another is a finding, not an error: report both."]
+    if not first_d:
+        return []
+    lines = ["", f"Downstream TPR gap per occupation (female - male, test split of `{s.get('bios')}`; "
+             "train female share in brackets). Correlation of the gap with the train female share: "
+             + ", ".join(f"{n} {_f((models[n].get('downstream') or {}).get('gap_vs_female_share_r'), '+.2f')}"
+                         for n in names) + ".", ""]
+    lines.append("| occupation (train female share) | " + " | ".join(names) + " |")
+    lines.append("|---|" + "---|" * len(names))
+    for occ in first_d["tpr_gap"]:
+        share = first_d["train_female_share"][occ]
+        cells = [_f((models[n].get("downstream") or {}).get("tpr_gap", {}).get(occ)) for n in names]
+        lines.append(f"| {occ} ({share:.2f}) | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Unbiased mean squared gap (mean over occupations of gap^2 - Var(gap): the RMS's noise floor removed): "
+                 + ", ".join(f"{n} {_f((models[n].get('downstream') or {}).get('tpr_gap_ms_unbiased'), '+.4f')}"
+                             for n in names) + ".")
+    return lines
+
+
+def _comparisons_table(comparisons: list[dict]) -> list[str]:
+    """The paired comparisons of the embedding and downstream lenses."""
+    comps = [c for c in comparisons if c.get("lens") in ("embedding", "downstream")]
+    if not comps:
+        return []
+    lines = ["", "Lens comparisons (b - a on the same words and templates, or the same test biographies; "
+             "paired bootstrap interval over the clusters and sign-flip p, as for the generation lens):", ""]
+    lines.append("| lens | metric | a | b | b - a [95% CI] | sign-flip p | cluster |")
+    lines.append("|---|---|---|---|---|---|---|")
+    for c in comps:
+        lines.append(f"| {c['lens']} | {c['metric']} | {c['a']} | {c['b']} | {c['diff']:+.3f} "
+                     f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | {c['p']:.3g} | {c.get('unit', '')} |")
     return lines
 
 
@@ -144,7 +171,7 @@ def plot_lenses(path: Path, results: dict) -> None:
 
 def write_lens_outputs(out_dir: Path, results: dict, standalone: bool = False) -> list[Path]:
     """The lenses plot; with standalone=True (no generation lens) also results.json and a report.md of its own."""
-    from distill.report import write_results_json
+    from distill.eval.report import write_results_json
 
     paths = [out_dir / LENS_PLOT]
     plot_lenses(paths[0], results)

@@ -1,0 +1,83 @@
+"""`distill samples`: the same prompts through several models, shown side by side in one .md or .html file.
+
+    distill samples --model a=gpt2 --model b=out/run/final --prompts professions --max-prompts 12 --out s.html
+
+Every argument and the --out file are checked and every tokenizer is loaded before any model; then each
+model, one at a time, samples with the sampler and seeds `distill eval` uses and is freed before the next
+loads. The file is written to a temporary sibling and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from distill.errors import UserError
+from distill.eval import runtime
+from distill.eval.validate import check_out_file, check_sampling_args, input_paths, parse_models
+
+SAMPLES_DEFAULT_PROMPTS = 24  # `distill samples` without --max-prompts shows this many prompts
+
+
+def run_samples(args) -> int:
+    from distill.eval.prompts import group_names, load_prompts, select_prompts
+    from distill.eval.report import render_samples
+    from distill.models import load_tokenizer
+
+    check_sampling_args(args)
+    out = Path(args.out).expanduser()
+    fmt = {".md": "md", ".html": "html", ".htm": "html"}.get(out.suffix.lower())
+    if fmt is None:
+        raise UserError(f"--out {args.out!r} must end in .md or .html")
+    models = parse_models(args.model)
+    check_out_file(out, getattr(args, "overwrite", False), input_paths(args, models))
+    group_by = getattr(args, "group_by", "category")
+    limit = args.max_prompts if args.max_prompts is not None else SAMPLES_DEFAULT_PROMPTS
+    prompts = select_prompts(load_prompts(args.prompts), limit, group_by, args.seed)
+    groups = group_names(prompts, group_by)
+    tokenizers = {name: load_tokenizer(path) for name, path in models}
+    if args.max_prompts is None:
+        runtime.log(f"showing {len(prompts)} prompts (pass --max-prompts N for another number)")
+
+    generations = _generate(args, models, tokenizers, [p.text for p in prompts])
+    names = [n for n, _ in models]
+    records = [{"prompt": p.text, "group": g, "texts": {n: generations[n][i] for n in names}}
+               for i, (p, g) in enumerate(zip(prompts, groups, strict=True))]
+    _write(out, render_samples(records, names, fmt, runtime.settings(args, prompts, len(set(groups)))))
+    print(f"wrote {out}: {len(prompts)} prompts x {args.samples_per_prompt} samples x {len(names)} models")
+    return 0
+
+
+def _generate(args, models, tokenizers, texts: list[str]) -> dict[str, list[list[str]]]:
+    """Each model's samples, one model loaded at a time."""
+    from distill.eval.sampling import generate_samples
+    from distill.models import load_model
+
+    device, cfg = runtime.device(), runtime.sampling_config(args)
+    runtime.resolve_dtype(args, device)
+    generations = {}
+    for step, (name, path) in enumerate(models, 1):
+        runtime.log(f"[{step}/{len(models)}] {name}: loading {path} on {device}")
+        model = load_model(path, args.dtype).to(device).eval()
+        generations[name] = generate_samples(model, tokenizers[name], texts, cfg, desc=f"{name}: generate")
+        del model
+        runtime.release_memory()
+    return generations
+
+
+def _write(out: Path, text: str) -> None:
+    """Write through a temporary sibling; on failure the samples go to a temporary file the error names."""
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
+        import tempfile
+
+        fd, name = tempfile.mkstemp(prefix="distill-samples-", suffix=out.suffix)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        raise UserError(f"could not write {out} ({exc.strerror or exc}); the samples were written to {name} "
+                        "instead") from exc
