@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
+from distill.atomic import atomic_dir
 from distill.errors import UserError
 from distill.rundir import write_marker
 
@@ -26,19 +26,13 @@ def write_report_dir(out: Path, results: dict, write) -> None:
     """Write a report folder whole or not at all: `write(tmp)` fills a temporary sibling that gets the report
     marker and is then renamed onto `out`. A failed write is one line, and results.json goes to a temporary
     file that the line names. `distill eval`, `distill score` and the lens-only eval all write through here."""
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        write_marker(tmp, "report")
-        write(tmp)
-        _replace_dir(tmp, out)
+        with atomic_dir(out) as tmp:
+            write_marker(tmp, "report")
+            write(tmp)
     except OSError as exc:
         raise UserError(f"could not write the report to {out} ({exc.strerror or exc}); "
                         f"{_rescue_results(results)}") from exc
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _rescue_results(results: dict) -> str:
@@ -52,16 +46,6 @@ def _rescue_results(results: dict) -> str:
         return f"results.json was written to {name} instead"
     except OSError:
         return "the results could not be written anywhere else either"
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        out.rename(old)
-    tmp.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def pick_examples(records: list[dict], names: list[str], group_by: str) -> list[dict]:

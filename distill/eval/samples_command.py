@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from distill.atomic import write_text_atomic
 from distill.errors import UserError
 from distill.eval import runtime
 from distill.eval.validate import check_out_file, check_sampling_args, input_paths, parse_models
@@ -67,13 +68,9 @@ def _generate(args, models, tokenizers, texts: list[str]) -> dict[str, list[list
 
 def _write(out: Path, text: str) -> None:
     """Write through a temporary sibling; on failure the samples go to a temporary file the error names."""
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out)
+        write_text_atomic(out, text)
     except OSError as exc:
-        tmp.unlink(missing_ok=True) if tmp.parent.is_dir() else None
         import tempfile
 
         fd, name = tempfile.mkstemp(prefix="distill-samples-", suffix=out.suffix)
