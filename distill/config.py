@@ -61,7 +61,7 @@ class DataConfig:
     validation_split: float = opt(0.05, "share of documents held out for validation", range=(0.0, 0.5))
     max_documents: int | None = opt(None, "use at most this many documents (after shuffling)", range=(1, INF))
     block_size: int = opt(128, "tokens per packed training block", range=(8, 1_000_000))
-    transfer_set: dict | None = opt(None, "no corpus: sample one from the teacher (see distill/transfer.py)")
+    transfer_set: dict | None = opt(None, "no corpus: sample one from the teacher (see distill/train/transfer.py)")
     num_proc: int | None = opt(None, "processes for tokenisation", range=(1, 256))
 
 

@@ -15,8 +15,8 @@ import pytest
 import torch
 from bad_input_helpers import assert_one_error_line, message_lines, no_leftovers, run_cli, snapshot
 
-import distill.train as train_module
-from distill import checkpoint as ckpt
+import distill.train.loop as train_module
+from distill.train import checkpoint as ckpt
 from distill.rundir import RunLock
 
 CORPUS = Path("data/tiny_corpus.txt")

@@ -15,9 +15,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-from distill import bench_memory, bench_setup
+from distill.bench import memory as bench_memory
+from distill.bench import setup as bench_setup
 from distill.generate import SamplingConfig, TopKTopPSampler, generate_samples
-from distill.losses import distill_loss
+from distill.train.losses import distill_loss
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,4 +1,4 @@
-"""Engines for scale-out (distill/engine.py): the checks that refuse what cannot run, the teacher's preparation,
+"""Engines for scale-out (distill/train/engine.py): the checks that refuse what cannot run, the teacher's preparation,
 and FSDP2 with 2 CPU processes over gloo: same training as one process, bitwise resume from sharded state."""
 
 import json
@@ -15,7 +15,7 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from distill import engine
+from distill.train import engine
 from distill.cli import main
 from distill.errors import UserError
 

@@ -8,7 +8,7 @@ import pytest
 
 from distill.config import Config, load_config, load_yaml
 from distill.errors import UserError
-from distill.transfer import TransferSetConfig, parse_transfer_config
+from distill.train.transfer import TransferSetConfig, parse_transfer_config
 
 YAML11_WORDS = ["no", "No", "NO", "off", "Off", "yes", "YES", "on", "On"]
 

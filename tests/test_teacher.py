@@ -19,8 +19,8 @@ from transformers import (
     MistralForCausalLM,
 )
 
-from distill import teacher as tm
-from distill.teacher import (
+from distill.train import targets as tm
+from distill.train.targets import (
     MODES,
     build_swap_plan,
     combine_,

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill.cli import main
-from distill.teacher_cache import TopKTargetCache, dense_targets
+from distill.train.target_cache import TopKTargetCache, dense_targets
 
 
 def _probs(*shape, seed=0):

@@ -16,8 +16,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from distill.cli import main
 from distill.config import load_config
-from distill.data import BlockSampler
-from distill.train import accumulate_gradients, build
+from distill.train.data import BlockSampler
+from distill.train.loop import accumulate_gradients, build
 
 NO_DROPOUT = ["teacher.config.resid_pdrop=0", "teacher.config.embd_pdrop=0", "teacher.config.attn_pdrop=0"]
 
@@ -178,7 +178,7 @@ def test_existing_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     """A loss that turns NaN at step 3 (injected: a real divergence is slow and flaky to provoke)."""
-    import distill.train as train_module
+    import distill.train.loop as train_module
 
     real = train_module.micro_batch_losses
     calls = {"n": 0}
@@ -236,7 +236,7 @@ def test_fused_adamw_takes_the_same_steps_as_the_default_implementation():
 
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distill.train import make_optimizer
+    from distill.train.loop import make_optimizer
 
     lr, steps = 1e-3, 3
     cfg = SimpleNamespace(train=SimpleNamespace(lr=lr, weight_decay=0.1))

@@ -10,7 +10,7 @@ import yaml
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from distill import transfer
+from distill.train import transfer
 from distill.config import config_from_dict
 from distill.errors import UserError
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from distill.bench_setup import Trainer, build_setup, make_configs, run_child
+from distill.bench.setup import Trainer, build_setup, make_configs, run_child
 
 MEMORY_CONFIGS = ("ce", "kd", "kd_unchunked", "crr")
 
@@ -20,7 +20,7 @@ def unchunked_distill_loss(student_logits, teacher_probs, labels, *, w_kd, w_ce,
                            beta=0.5, chunk_size=None, reuse_teacher_buffer=False):
     """`losses.distill_loss` written the simple way: kd_loss + ce_loss under plain autograd (no chunks; the
     chunking and buffer-reuse arguments are accepted and ignored)."""
-    from distill.losses import ce_loss, kd_loss
+    from distill.train.losses import ce_loss, kd_loss
 
     ce = ce_loss(student_logits, labels)
     kd = (kd_loss(student_logits, teacher_probs, labels, temperature=temperature, kind=kind, beta=beta)
@@ -32,7 +32,7 @@ def unchunked_distill_loss(student_logits, teacher_probs, labels, *, w_kd, w_ce,
 @contextlib.contextmanager
 def loss_variant(name: str):
     """Swap train.distill_loss for the unchunked reference while measuring `kd_unchunked`."""
-    import distill.train as train_mod
+    import distill.train.loop as train_mod
 
     orig = train_mod.distill_loss
     if name == "kd_unchunked":

@@ -1,6 +1,6 @@
 """Teacher next-token targets: plain, pair-equalised, or combined with the counterfactual context.
 
-    from distill.teacher import teacher_targets
+    from distill.train.targets import teacher_targets
     out = teacher_targets(teacher, batch_ids, mode="cf_mean", temperature=2.0, vocab_rows=rows,
                           table=swap_table, cf=cf_batch)
     kd = divergence(out.probs, student_logits[..., :rows] / 2.0)   # out.probs: (B, T, rows) fp32, sums to 1

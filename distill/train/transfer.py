@@ -295,7 +295,7 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
     first (e.g. inside accelerate's `main_process_first()`), so the others find the set in the cache.
     """
     if cfg.data.transfer_set is None:
-        raise UserError("the recipe has no data.transfer_set; add one (see distill/transfer.py) or give data.path")
+        raise UserError("the recipe has no data.transfer_set; add one (see distill/train/transfer.py) or give data.path")
     tcfg = parse_transfer_config(cfg.data.transfer_set)
     prompts = read_seed_prompts(tcfg.seed_prompts)
     n_train, n_heldout = split_counts(tcfg)

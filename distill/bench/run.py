@@ -94,8 +94,8 @@ from pathlib import Path
 import torch
 import transformers
 
-from distill.bench_memory import MEMORY_CONFIGS, measure_memory, memory_child
-from distill.bench_setup import (
+from distill.bench.memory import MEMORY_CONFIGS, measure_memory, memory_child
+from distill.bench.setup import (
     ROOT,
     TOP_K,
     Trainer,
@@ -132,7 +132,7 @@ def phase_timers(sync=lambda: None):
     """Time spent in `teacher.teacher_targets` and `counterfactual_batch` during the block (patched module
     attributes, which `train.micro_batch_losses` imports at call time)."""
     import distill.counterfactual as cmod
-    import distill.teacher as tmod
+    import distill.train.targets as tmod
 
     spent = {"teacher": 0.0, "counterfactual_batch": 0.0}
     orig_t, orig_c = tmod.teacher_targets, cmod.counterfactual_batch
@@ -250,8 +250,8 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
 def measure_loss(settings: dict, repeats: int = 3) -> dict:
     """`losses.distill_loss` alone (forward + backward; chunk_size auto, closed-form gradient) against the
     autograd reference `unchunked_distill_loss`, on random logits and targets of one step's shape."""
-    from distill.bench_memory import unchunked_distill_loss
-    from distill.losses import distill_loss
+    from distill.bench.memory import unchunked_distill_loss
+    from distill.train.losses import distill_loss
 
     g = torch.Generator().manual_seed(0)
     n, v = settings["batch_size"] * settings["seq_len"], settings["teacher"]["vocab_size"]
@@ -278,7 +278,7 @@ def measure_prefix_reuse(setup, batches: list[dict], rounds: int) -> dict:
     """`teacher_targets` alone: plain (mode none) vs cf_mean reusing the prefix key/values vs cf_mean
     recomputing the counterfactual rows from scratch (reuse_prefix=False); interleaved, per-round ratios."""
     from distill.counterfactual import counterfactual_batch
-    from distill.teacher import teacher_targets
+    from distill.train.targets import teacher_targets
 
     modes = ["none", "cf_reuse", "cf_recompute"]
     times = {m: [] for m in modes}
@@ -524,7 +524,7 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
     torch.set_num_threads(threads)
     settings["torch_threads"] = threads
     if settings["chunk_size"] == 0:
-        from distill.losses import auto_chunk_size
+        from distill.train.losses import auto_chunk_size
 
         settings["chunk_size_auto"] = auto_chunk_size(torch.device("cpu"))
     set_seed(0)

@@ -24,11 +24,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from distill import checkpoint as ckpt
-from distill import engine as eng
+from distill.train import checkpoint as ckpt
+from distill.train import engine as eng
 from distill.config import Config, check_block_size, describe, load_config
 from distill.errors import TrainingDiverged, UserError
-from distill.losses import cosine_loss, distill_loss, shift_labels
+from distill.train.losses import cosine_loss, distill_loss, shift_labels
 
 
 @dataclass
@@ -45,13 +45,13 @@ class Setup:
     swap_table: object = None
     data_stats: object = None
     target_cache: object = None  # a TopKTargetCache when loss.teacher_top_k > 0
-    engine: str = "ddp"  # ddp, fsdp or deepspeed: see distill/engine.py
+    engine: str = "ddp"  # ddp, fsdp or deepspeed: see distill/train/engine.py
 
 
 def build(cfg: Config, accelerator: Accelerator) -> Setup:
     """Load teacher, student, tokenizer and data; refuse incompatible pieces before any training."""
     from distill import models
-    from distill.data import build_datasets
+    from distill.train.data import build_datasets
 
     t = cfg.teacher
     tokenizer = models.load_tokenizer(t.tokenizer or t.name_or_path, t.trust_remote_code)
@@ -100,7 +100,7 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
 
     data_cfg = cfg.data
     if data_cfg.transfer_set is not None:
-        from distill.transfer import ensure_transfer_set
+        from distill.train.transfer import ensure_transfer_set
 
         # The main process samples (or reuses) the transfer set; the others wait and then read the cache.
         with accelerator.main_process_first():
@@ -126,7 +126,7 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
 
 def _target_cache(cfg: Config, n_blocks: int, vocab_rows: int):
     """The top-k target cache of `loss.teacher_top_k`, refused when it could not fit in memory."""
-    from distill.teacher_cache import TopKTargetCache, cache_bytes
+    from distill.train.target_cache import TopKTargetCache, cache_bytes
 
     k = cfg.loss.teacher_top_k
     if not k:
@@ -158,7 +158,7 @@ def lr_lambda(cfg: Config):
 def teacher_output(cfg: Config, setup: Setup, input_ids: torch.Tensor):
     """The teacher's targets for packed rows `input_ids`: the counterfactual batch (cf_* modes), then
     `teacher.teacher_targets` in the recipe's mode."""
-    from distill.teacher import teacher_targets
+    from distill.train.targets import teacher_targets
 
     cf = None
     if cfg.crr.teacher.startswith("cf"):
@@ -225,7 +225,7 @@ def _to_device(cf, device):
 @torch.no_grad()
 def evaluate(cfg: Config, setup: Setup, student, accelerator: Accelerator) -> dict:
     """Validation: student CE (and perplexity) and plain KD against the teacher, token-weighted."""
-    from distill.teacher import teacher_targets
+    from distill.train.targets import teacher_targets
 
     if setup.val_blocks is None:
         return {}
@@ -306,7 +306,7 @@ def make_optimizer(cfg: Config, student: torch.nn.Module) -> torch.optim.AdamW:
 
 
 def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resume: bool) -> dict:
-    from distill.data import BlockSampler
+    from distill.train.data import BlockSampler
 
     student, optimizer = eng.prepare_student(accelerator, cfg, setup.student, setup.engine,
                                              functools.partial(make_optimizer, cfg))

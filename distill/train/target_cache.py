@@ -1,6 +1,6 @@
 """Top-k teacher targets, cached per training block so that later epochs skip the teacher (`loss.teacher_top_k`).
 
-    from distill.teacher_cache import TopKTargetCache
+    from distill.train.target_cache import TopKTargetCache
     cache = TopKTargetCache(k=64, vocab_rows=rows)
     probs, changed_share, kept_mass = cache.targets(block_ids, input_ids, compute=teacher_probs_and_changed)
 

@@ -147,7 +147,7 @@ def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True)
     the lexicon and swap table for the counterfactual step; data blocks are the benchmark's own batches."""
     from distill import models
     from distill.counterfactual import build_token_swap_table, load_lexicon
-    from distill.train import Setup
+    from distill.train.loop import Setup
 
     teacher = models.build_random_model(cfg.teacher.config, tokenizer, seed=cfg.seed)
     teacher.to(dtype=models.DTYPES[cfg.teacher.dtype]).eval().requires_grad_(False)
@@ -160,7 +160,7 @@ def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True)
     table = build_token_swap_table(tokenizer, lexicon)
     if not with_teacher:
         teacher = None
-    from distill.teacher_cache import TopKTargetCache
+    from distill.train.target_cache import TopKTargetCache
 
     return Setup(teacher, student, tokenizer, None, None, vocab_rows, lexicon, table, None,
                  TopKTargetCache(TOP_K, vocab_rows))
@@ -168,7 +168,7 @@ def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True)
 
 def fill_target_cache(setup, cfg, batches: list[dict]) -> float:
     """Put every batch's top-k targets in the cache, as a first epoch would; returns the mean kept mass."""
-    from distill.train import teacher_probs
+    from distill.train.loop import teacher_probs
 
     compute = functools.partial(teacher_probs, cfg, setup)
     device = next(setup.teacher.parameters()).device
@@ -198,7 +198,7 @@ class Trainer:
     optimizer's cost does not depend on them), set up as `train.fit` does, wrapped by accelerate."""
 
     def __init__(self, cfg, setup, accelerator, run_dir: Path):
-        from distill.train import make_optimizer
+        from distill.train.loop import make_optimizer
 
         opt = make_optimizer(cfg, setup.student)
         self.student, self.optimizer = accelerator.prepare(setup.student, opt)
@@ -219,8 +219,8 @@ class Trainer:
 
     def step(self, cfg, batch: dict) -> tuple[float, float]:
         """One optimizer step as `train.fit` runs it; returns (forward+backward s, clip+optimizer s)."""
-        from distill.engine import clip_grad_norm
-        from distill.train import accumulate_gradients
+        from distill.train.engine import clip_grad_norm
+        from distill.train.loop import accumulate_gradients
 
         self.steps += 1
         if not cfg.loss.teacher_top_k:  # block ids reach micro_batch_losses only when the cache is meant
@@ -268,7 +268,7 @@ def run_child(spec: dict, workdir: Path, tag: str, env_extra: dict | None = None
     path = workdir / f"{tag}.spec.json"
     path.write_text(json.dumps(spec))
     env = {**os.environ, **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-c", "import sys; from distill.bench import child_main; "
+    proc = subprocess.run([sys.executable, "-c", "import sys; from distill.bench.run import child_main; "
                            "child_main(sys.argv[1])", str(path)],
                           capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:
