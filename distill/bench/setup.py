@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "data" / "tiny_corpus.txt"
 TOP_K = 64  # loss.teacher_top_k of the kd_topk_cached configuration
 
