@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(args) -> int | None:
     # Imports stay inside each branch: torch/transformers load only for the commands that need them.
     if args.command == "train":
-        from distill.train.loop import main as run
+        from distill.train.command import main as run
     elif args.command == "eval":
         from distill.evaluation import run_eval as run
     elif args.command == "score":

@@ -5,7 +5,7 @@
 #   1. `distill bench --compile` (its GPU section: KD/CE, CRR/KD and cached-top-k/KD step ratios with bf16
 #      autocast, absolute tokens/s and torch.cuda.max_memory_allocated per configuration, compile ratio).
 #   2. The measurements behind three GPU defaults that are guesses today (set them from these numbers):
-#      loss.chunk_size auto = 4096 on a GPU (losses.auto_chunk_size), fused AdamW on CUDA (train.make_optimizer),
+#      loss.chunk_size auto = 4096 on a GPU (losses.auto_chunk_size), fused AdamW on CUDA (train.setup.make_optimizer),
 #      train.compile (off by default).
 #   3. A debug run (recipes/debug.yaml) under each config in recipes/accelerate/ with 1 process, and under fsdp
 #      also recipes/debug_crr.yaml with the top-k cache; DeepSpeed is skipped with its one-line reason when it

@@ -6,7 +6,7 @@
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m distill.bench.cpu ...   # as an AVX2-only CPU
 
 All three need the real teacher (`make teacher`), except `precision --tiny` (a random 3-layer model, seconds,
-for the tests). Each uses 1 thread on a loaded machine (`bench_setup.choose_threads`).
+for the tests). Each uses 1 thread on a loaded machine (`distill.bench.setup.choose_threads`).
 
 ## precision
 
@@ -47,13 +47,13 @@ and sequences/s of each, and their ratio.
 
 Short runs of each piece on the real teacher (`make teacher`), in the precision `auto` picks:
 - transfer: `transfer.sample_continuations` of `--sequences` seed prompts at the demo recipes' batch size;
-- train_kd / train_crr: optimizer steps of recipes/demo_kd.yaml and recipes/demo_crr.yaml as `train.fit` runs
-  them (`bench_setup.Trainer`), on blocks of data/tiny_corpus.txt (the same shapes as the transfer set's);
+- train_kd / train_crr: optimizer steps of recipes/demo_kd.yaml and recipes/demo_crr.yaml as `train.loop.fit` runs
+  them (`distill.bench.setup.Trainer`, i.e. `train.step.kd_step`), on blocks of data/tiny_corpus.txt (the same shapes as the transfer set's);
 - score: `generate.generate_samples` with the Makefile's eval settings (3 samples x 24 new tokens, batch 64)
   for `--prompts` profession prompts, on the teacher (the students cost 26/30 of it).
 Each reports wall seconds and process CPU seconds (user + system) per unit. On a shared machine the wall time
 is inflated by other jobs; CPU seconds are less so, and CPU seconds / cores is a lower bound on the wall time
-of a machine with that many free cores. Threads: 1 under load (see `bench_setup.choose_threads`).
+of a machine with that many free cores. Threads: 1 under load (see `distill.bench.setup.choose_threads`).
 """
 
 from __future__ import annotations
@@ -302,7 +302,7 @@ def measure_train(recipe: str, steps: int) -> dict:
     from distill.bench.setup import Trainer
     from distill.config import load_config
     from distill.precision import resolve_mixed_precision
-    from distill.train.loop import build
+    from distill.train.setup import build
 
     cfg = load_config(recipe, ["data.transfer_set=null", "data.path=data/tiny_corpus.txt"])
     accelerator = Accelerator(cpu=True, mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision, "cpu")[0])

@@ -9,8 +9,9 @@ only checks that every key is written. Everything is measured side by side in on
 memory also in fresh child processes). The machine may be shared and its load drifts, so configurations are
 interleaved in rounds (the order rotates every round, round 0 is an untimed warm-up), each round uses one
 batch for every configuration, and a ratio is the median over rounds of the per-round ratio.
-Code: `bench_setup` (shapes, batches, configurations, the step), `bench_memory` (memory), this module (timing,
-generation, swaps, the GPU section, the report).
+Code: `distill.bench.setup` (shapes, batches, configurations, the step), `distill.bench.memory` (memory),
+this module (timing, generation, swaps, the GPU section, the report). Steps are `train.step.kd_step`, the
+function training runs, timed per phase through its `phases` hook.
 
 Models (stated in the JSON under "settings"): a GPT-2-small-shaped teacher with random weights (12 layers,
 width 768, 12 heads, vocab 50257, via `models.build_random_model`), a 6-layer student of its blocks
@@ -24,9 +25,9 @@ of rows `counterfactual_batch` swaps and the share of extra positions the teache
 
 What each key means:
 
-- kd_over_ce_step: seconds of one KD optimizer step / one CE-only student step. A step is what `train.fit`
-  does: `train.accumulate_gradients` (student forward, teacher targets under inference mode, loss, backward)
-  + gradient clipping + AdamW step + zero_grad, on a `train.Setup` built here (as `train.build` does) and a
+- kd_over_ce_step: seconds of one KD optimizer step / one CE-only student step. A step is `kd_step`, what
+  `train.loop.fit` runs (teacher targets under inference mode, student forward, loss, backward, gradient
+  clipping, AdamW and schedule step, zero_grad), on a `train.setup.Setup` built here (as `build` does) and a
   `config.Config` from `config_from_dict`. KD: loss.alpha_kd=1, alpha_ce=0.5 (T=2, forward KL, chunked
   `distill_loss`, chunk_size 0 = the recipe default, auto); CE: alpha_kd=0, alpha_ce=1 (the teacher is not
   run). One student and one AdamW serve every configuration. kd_over_ce_theoretical = (2 N_t + 6 N_s) / (6 N_s) with N = all
@@ -43,14 +44,13 @@ What each key means:
   of the random-weight teacher here (nearly flat, so far lower than a trained teacher's; the effect of
   top-k targets on a real teacher is measured in the README).
 - loss_over_unchunked: seconds of `losses.distill_loss` forward + backward (chunked, closed-form gradient)
-  / `bench_memory.unchunked_distill_loss` (kd_loss + ce_loss under autograd) on random logits and targets of
+  / `bench.memory.unchunked_distill_loss` (kd_loss + ce_loss under autograd) on random logits and targets of
   one step's shape (loss.loss_s and loss.loss_unchunked_s hold the seconds).
 - kd_compiled_over_kd_step (with --compile): a KD step with train.compile (the student run through
   torch.compile, inductor) / a plain KD step; kd_compiled_first_step_s: its untimed first step, compile
   included.
-  steps.<config> splits each step into teacher_targets / counterfactual_batch / the rest.
-  cf_teacher_over_plain_teacher and prefix_reuse_speedup time `teacher.teacher_targets` alone: cf_mean over
-  mode none, and cf_mean with reuse_prefix=False over reuse_prefix=True (> 1: the prefix key/value reuse pays).
+  steps.<config> splits each step into teacher / counterfactual_batch / the rest (kd_step's phases).
+  cf_teacher_over_plain_teacher times `targets.teacher_targets` alone: cf_mean over mode none.
 - kd_peak_mem_over_ce: step working memory of a KD step / of a CE step, i.e. the peak of bytes held by
   torch's CPU allocator during one step above what it held just before (models and AdamW state resident;
   gradients are freed by zero_grad(set_to_none=True), so they count as step memory in both), read from the
@@ -83,7 +83,6 @@ then uses 1 thread, else all cores (DISTILL_BENCH_THREADS overrides). With CUDA 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
@@ -127,42 +126,12 @@ TARGETS = {
 }
 
 
-@contextlib.contextmanager
-def phase_timers(sync=lambda: None):
-    """Time spent in `teacher.teacher_targets` and `counterfactual_batch` during the block (patched module
-    attributes, which `train.micro_batch_losses` imports at call time)."""
-    import distill.counterfactual as cmod
-    import distill.train.targets as tmod
-
-    spent = {"teacher": 0.0, "counterfactual_batch": 0.0}
-    orig_t, orig_c = tmod.teacher_targets, cmod.counterfactual_batch
-
-    def timed(fn, key):
-        def wrapper(*a, **k):
-            sync()
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                sync()
-                spent[key] += time.perf_counter() - t0
-        return wrapper
-
-    tmod.teacher_targets = timed(orig_t, "teacher")
-    cmod.counterfactual_batch = timed(orig_c, "counterfactual_batch")
-    try:
-        yield spent
-    finally:
-        tmod.teacher_targets = orig_t
-        cmod.counterfactual_batch = orig_c
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Child processes
 
 
 def child_main(spec_path: str) -> None:
-    """Entry point of the child processes: fresh-process memory (`bench_memory`) or the GPU section."""
+    """Entry point of the child processes: fresh-process memory (`bench.memory`) or the GPU section."""
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
     from transformers import AutoTokenizer
@@ -198,17 +167,16 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
         for name in order:
             if peak_mem:
                 torch.cuda.reset_peak_memory_stats(trainer.device)
-            with phase_timers(trainer.sync) as spent:
-                fb, opt = trainer.step(cfgs[name], batches[r % len(batches)])
+            spent = trainer.step(cfgs[name], batches[r % len(batches)])
             if peak_mem:
                 cuda_peak[name] = max(cuda_peak.get(name, 0), torch.cuda.max_memory_allocated(trainer.device))
             if r == 0:
-                first[name] = fb + opt  # includes one-off work: torch.compile for kd_compiled
+                first[name] = spent["step"]  # includes one-off work: torch.compile for kd_compiled
                 continue
-            rec[name]["fwd_bwd"].append(fb)
-            rec[name]["opt"].append(opt)
-            rec[name]["teacher"].append(spent["teacher"])
-            rec[name]["counterfactual_batch"].append(spent["counterfactual_batch"])
+            rec[name]["fwd_bwd"].append(spent["fwd_bwd"])
+            rec[name]["opt"].append(spent["clip"] + spent["optimizer"])
+            rec[name]["teacher"].append(spent.get("teacher", 0.0))
+            rec[name]["counterfactual_batch"].append(spent.get("counterfactual_batch", 0.0))
         flops = matmul_flops(matmul_n, trainer.device)
         if r > 0:
             rec["matmul_flops"].append(flops)
@@ -274,37 +242,33 @@ def measure_loss(settings: dict, repeats: int = 3) -> dict:
             "shape": f"({n}, {v}) logits, forward KL T=2 + CE"}
 
 
-def measure_prefix_reuse(setup, batches: list[dict], rounds: int) -> dict:
-    """`teacher_targets` alone: plain (mode none) vs cf_mean reusing the prefix key/values vs cf_mean
-    recomputing the counterfactual rows from scratch (reuse_prefix=False); interleaved, per-round ratios."""
+def measure_cf_teacher(setup, batches: list[dict], rounds: int) -> dict:
+    """`targets.teacher_targets` alone: cf_mean (with the counterfactual rows of the batch) over plain (mode
+    none); interleaved, per-round ratios."""
     from distill.counterfactual import counterfactual_batch
     from distill.train.targets import teacher_targets
 
-    modes = ["none", "cf_reuse", "cf_recompute"]
+    modes = ["none", "cf_mean"]
     times = {m: [] for m in modes}
     for r in range(rounds + 1):
         ids = batches[r % len(batches)]["input_ids"]
         cf = counterfactual_batch(ids, setup.tokenizer, setup.swap_table, setup.lexicon,
                                   setup.tokenizer.eos_token_id)
-        order = modes[r % 3:] + modes[: r % 3]
-        for m in order:
+        for m in (modes if r % 2 == 0 else modes[::-1]):
             t0 = time.perf_counter()
-            teacher_targets(setup.teacher, ids, mode="none" if m == "none" else "cf_mean", temperature=2.0,
-                            vocab_rows=setup.vocab_rows, table=setup.swap_table, cf=cf,
-                            reuse_prefix=m != "cf_recompute")
+            teacher_targets(setup.teacher, ids, mode=m, temperature=2.0, vocab_rows=setup.vocab_rows,
+                            table=setup.swap_table, cf=cf)
             if r > 0:
                 times[m].append(time.perf_counter() - t0)
-    cf_over = [a / b for a, b in zip(times["cf_reuse"], times["none"], strict=True)]
-    speedup = [a / b for a, b in zip(times["cf_recompute"], times["cf_reuse"], strict=True)]
+    cf_over = [a / b for a, b in zip(times["cf_mean"], times["none"], strict=True)]
     return {"median_s": {m: statistics.median(v) for m, v in times.items()}, "times_s": times,
-            "cf_teacher_over_plain_teacher": statistics.median(cf_over),
-            "prefix_reuse_speedup": statistics.median(speedup),
-            "note": "prefix_reuse_speedup = time without reuse / time with reuse (> 1: the reuse pays)"}
+            "cf_teacher_over_plain_teacher": statistics.median(cf_over)}
 
 
 def cf_stats(setup, batches: list[dict]) -> dict:
     """How much counterfactual work the batches hold: rows with a swap, and the positions the teacher's
-    counterfactual pass runs (from the shared prefix on) as a share of the plain pass, for both cf_scopes."""
+    counterfactual pass runs (the swapped rows, cut to the longest) as a share of the plain pass, for both
+    cf_scopes."""
     from distill.counterfactual import counterfactual_batch
 
     out = {}
@@ -315,7 +279,8 @@ def cf_stats(setup, batches: list[dict]) -> dict:
             cf = counterfactual_batch(ids, setup.tokenizer, setup.swap_table, setup.lexicon, end)
             rows += ids.shape[0]
             cf_rows += cf.rows.numel()
-            extra += int((cf.attention_mask.sum(1) - cf.prefix_len).sum()) / ids.shape[1]
+            if cf.rows.numel():
+                extra += cf.rows.numel() * int(cf.attention_mask.sum(1).max()) / ids.shape[1]
         out["cf_rows_share"] = cf_rows / max(rows, 1)
         out[f"teacher_extra_positions_share_{scope}"] = extra / max(rows, 1)
     return out
@@ -492,7 +457,7 @@ INFO_KEYS = ("kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "crr_block_over_kd_
              "kd_topk_cached_over_kd_step", "kd_topk_cached_theoretical", "topk_kept_mass",
              "loss_over_unchunked", "kd_compiled_over_kd_step", "kd_compiled_first_step_s",
              "kd_peak_mem_over_ce_unchunked", "kd_peak_mem_over_ce_process", "crr_peak_mem_over_kd",
-             "cf_teacher_over_plain_teacher", "prefix_reuse_speedup", "token_swap_tokens_per_s")
+             "cf_teacher_over_plain_teacher", "token_swap_tokens_per_s")
 
 
 def cpu_and_precision() -> dict:
@@ -551,9 +516,9 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         steps = time_steps(trainer, cfgs, batches, settings["repeats"], settings["matmul_n"],
                            flops["kd_step_flops"])
         t = mark("steps", t)
-        reuse = measure_prefix_reuse(setup, batches, min(settings["repeats"], 3))
+        cf_teacher = measure_cf_teacher(setup, batches, min(settings["repeats"], 3))
         loss = measure_loss(settings)
-        t = mark("prefix_reuse_and_loss", t)
+        t = mark("cf_teacher_and_loss", t)
         memory = measure_memory(settings, tok_dir, workdir, batches[0], threads, trainer, cfgs)
         t = mark("memory", t)
         gen = measure_generation(setup.student, tok, settings)
@@ -584,8 +549,8 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
                      "student": f"{len(settings['student_layers'])} layers: teacher blocks "
                                 f"{settings['student_layers']}",
                      "batches": batch_info, "counterfactual_work": cf,
-                     "step": "accumulate_gradients (1 micro-batch) + clip + AdamW step + zero_grad; "
-                             "dropout 0.1 on (GPT-2 default)",
+                     "step": "train.step.kd_step (1 micro-batch): targets, forward, loss, backward, clip, "
+                             "AdamW + schedule step, zero_grad; dropout 0.1 on (GPT-2 default)",
                      "losses": {"kd": "alpha_kd 1, alpha_ce 0.5, T 2, forward_kl, chunked distill_loss",
                                 "ce": "alpha_kd 0, alpha_ce 1 (teacher not run)",
                                 "crr": "as kd + crr.teacher cf_mean, crr.augment replace (cf_scope document)",
@@ -609,9 +574,8 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         "kd_compiled_first_step_s": steps["kd_compiled"]["first_step_s"] if "kd_compiled" in steps else None,
         "kd_topk_cached_theoretical": 6 * flops["n_student"] / (2 * flops["n_teacher"] + 6 * flops["n_student"]),
         "topk_kept_mass": topk_mass,
-        "cf_teacher_over_plain_teacher": reuse["cf_teacher_over_plain_teacher"],
-        "prefix_reuse_speedup": reuse["prefix_reuse_speedup"],
-        "prefix_reuse": reuse,
+        "cf_teacher_over_plain_teacher": cf_teacher["cf_teacher_over_plain_teacher"],
+        "cf_teacher": cf_teacher,
         "kd_peak_mem_over_ce": _ratio(mem["kd"].get("alloc_peak_mb"), mem["ce"].get("alloc_peak_mb")),
         "kd_peak_mem_over_ce_unchunked": _ratio(mem["kd_unchunked"].get("alloc_peak_mb"),
                                                 mem["ce"].get("alloc_peak_mb")),
