@@ -20,6 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "data" / "tiny_corpus.txt"
 TOP_K = 64  # loss.teacher_top_k of the kd_topk_cached configuration
+STEP_CONFIGS = ("ce", "kd", "kd_topk_cached", "crr", "crr_block", "kd_compiled")  # the last with --compile
 
 
 def settings_for(tiny: bool) -> dict:
