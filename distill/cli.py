@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _dispatch(args) -> int | None:
     # Imports stay inside each branch: torch/transformers load only for the commands that need them.
     if args.command == "train":
-        from distill.train import main as run
+        from distill.train.command import main as run
     elif args.command == "eval":
         from distill.eval.eval_command import run_eval as run
     elif args.command == "score":
@@ -167,11 +167,11 @@ def _dispatch(args) -> int | None:
     elif args.command == "samples":
         from distill.eval.samples_command import run_samples as run
     elif args.command == "corpus":
-        from distill.transfer import main as run
+        from distill.train.transfer import main as run
     elif args.command == "swap":
         from distill.counterfactual import swap_main as run
     elif args.command == "bench":
-        from distill.bench import main as run
+        from distill.bench.run import main as run
     else:
         raise AssertionError(args.command)
     return run(args)

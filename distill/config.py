@@ -51,6 +51,33 @@ class ModelConfig:
 
 
 @dataclass
+class TransferSetConfig:
+    """`data.transfer_set`: no corpus, so the teacher writes one (distill/train/transfer.py)."""
+
+    seed_prompts: str = opt("data/seed_prompts.txt", "file of seed prompts, one a line ('#' lines ignored)")
+    num_sequences: int = opt(2000, "continuations to sample, train and held-out together", range=(1, INF))
+    max_new_tokens: int = opt(128, "tokens sampled per continuation (fewer if the teacher ends it)",
+                              range=(1, 8192))
+    top_k: int = opt(50, "sample from the k most likely tokens (0 = no top-k cut)", range=(0, INF))
+    top_p: float = opt(0.95, "nucleus sampling mass (1.0 = no top-p cut)", range=(1e-6, 1.0))
+    sampling_temperature: float = opt(1.0, "sampling temperature (not the loss temperature)", range=(1e-3, 100.0))
+    heldout_share: float = opt(0.1, "share of sequences held out, from prompts of their own", range=(0.0, 0.5))
+    batch_size: int = opt(32, "prompts sampled together (left-padded); speed only", range=(1, INF))
+    cache_dir: str = opt("cache/transfer", "where transfer sets are kept, one directory per key")
+
+    def split_counts(self) -> tuple[int, int]:
+        """(train, held-out) sequence counts; a non-zero share always holds out at least one sequence."""
+        n_heldout = max(1, round(self.num_sequences * self.heldout_share)) if self.heldout_share > 0 else 0
+        n_train = self.num_sequences - n_heldout
+        if n_train < 1:
+            raise UserError(
+                f"data.transfer_set.num_sequences={self.num_sequences} leaves no training sequence after holding "
+                f"out {n_heldout}; raise num_sequences or lower heldout_share"
+            )
+        return n_train, n_heldout
+
+
+@dataclass
 class DataConfig:
     path: str | None = opt(None, "local text/json/jsonl/parquet file or directory")
     name: str | None = opt(None, "hub dataset name (e.g. Skylion007/openwebtext)")
@@ -61,7 +88,8 @@ class DataConfig:
     validation_split: float = opt(0.05, "share of documents held out for validation", range=(0.0, 0.5))
     max_documents: int | None = opt(None, "use at most this many documents (after shuffling)", range=(1, INF))
     block_size: int = opt(128, "tokens per packed training block", range=(8, 1_000_000))
-    transfer_set: dict | None = opt(None, "no corpus: sample one from the teacher (see distill/transfer.py)")
+    transfer_set: TransferSetConfig | None = opt(None, "no corpus: sample one from the teacher with the "
+                                                 "data.transfer_set.* keys ({} for their defaults)")
     num_proc: int | None = opt(None, "processes for tokenisation", range=(1, 256))
 
 
@@ -194,10 +222,6 @@ def copy_dict(d):
     return yaml.safe_load(yaml.safe_dump(d))
 
 
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def _apply_override(raw: dict, item: str) -> None:
     if "=" not in item:
         raise UserError(f"override {item!r} must look like key=value (e.g. train.max_steps=100)")
@@ -230,12 +254,22 @@ def build_section(cls, raw: Any, prefix: str):
             close = difflib.get_close_matches(prefix + str(key), valid, n=1, cutoff=0.5)
             hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(valid)}"
             raise UserError(f"unknown recipe key {prefix + str(key)!r}{hint}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            values[key] = build_section(hint, value, prefix + key + ".")
+        section = _section_type(hints[key])
+        if section is not None and (value is not None or section is hints[key]):
+            values[key] = build_section(section, value, prefix + key + ".")
         else:
-            values[key] = _coerce(value, hint, prefix + key)
+            values[key] = _coerce(value, hints[key], prefix + key)
     return cls(**values)
+
+
+def _section_type(hint):
+    """The dataclass of a section field (`X` or an optional `X | None`, which null switches off), else None."""
+    if dataclasses.is_dataclass(hint):
+        return hint
+    if isinstance(hint, types.UnionType):
+        sections = [a for a in typing.get_args(hint) if dataclasses.is_dataclass(a)]
+        return sections[0] if len(sections) == 1 else None
+    return None
 
 
 def _coerce(value, hint, name: str):
@@ -292,6 +326,8 @@ def validate(cfg: Config) -> None:
                         "loss.alpha_cos; set one of them to 0")
     if cfg.loss.teacher_top_k and cfg.loss.alpha_kd == 0:
         raise UserError("loss.teacher_top_k caches KD targets, but loss.alpha_kd is 0; set loss.teacher_top_k=0")
+    if cfg.data.transfer_set is not None:
+        cfg.data.transfer_set.split_counts()
 
 
 def check_layer_list(name: str, layers) -> None:
@@ -354,8 +390,11 @@ def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:
     rows = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        if dataclasses.is_dataclass(hints[f.name]):
-            rows += describe(hints[f.name], prefix + f.name + ".")
+        section = _section_type(hints[f.name])
+        if section is not None and section is not hints[f.name]:  # an optional section: off unless given
+            rows.append((prefix + f.name, "None", f.metadata["help"]))
+        if section is not None:
+            rows += describe(section, prefix + f.name + ".")
         else:
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append((prefix + f.name, repr(default), f.metadata["help"]))

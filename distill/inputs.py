@@ -94,6 +94,6 @@ def check_train_inputs(cfg) -> list[Path]:
                 raise UserError(f"crr.{key} file {value!r} not found")
             inputs.append(Path(value).expanduser())
     ts = cfg.data.transfer_set
-    if isinstance(ts, dict) and ts.get("seed_prompts"):
-        inputs.append(Path(str(ts["seed_prompts"])).expanduser())
+    if ts is not None and ts.seed_prompts:
+        inputs.append(Path(ts.seed_prompts).expanduser())
     return inputs

@@ -8,7 +8,7 @@ Why by capability and not by device type (issue 12): on a CPU without native bf1
 emulates bf16 and a 512 x 512 matmul ran 11x slower than in fp32, so a recipe that hard-codes bf16 turns a
 20-minute demo into hours. bf16 is native on a CUDA device that says so, and on an x86 CPU with AMX tiles
 (`torch.cpu._is_amx_tile_supported()`). A CPU with AVX512-BF16 but no AMX (e.g. AMD Zen 4) has bf16 dot
-products but not the tile engine; `python -m distill.bench_cpu precision` measured the demo's shapes there
+products but not the tile engine; `python -m distill.bench.cpu precision` measured the demo's shapes there
 (see BF16_WITHOUT_AMX below) and bf16 did not pay, so auto picks fp32 on it.
 
 The CPU checks go through ATen's dispatch level as well (`torch.backends.cpu.get_cpu_capability()`): with
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 # Does auto pick bf16 on a CPU with AVX512-BF16 but no AMX? Measured on an AMD EPYC (Zen 4: avx512_bf16, no
-# amx) with `python -m distill.bench_cpu precision`: see README "Hardware and precision" for the figures. Kept as
+# amx) with `python -m distill.bench.cpu precision`: see README "Hardware and precision" for the figures. Kept as
 # a named constant so the decision and its evidence sit in one place.
 BF16_WITHOUT_AMX = False
 
@@ -87,7 +87,7 @@ def choose(device=None) -> Precision:
         if BF16_WITHOUT_AMX:
             return Precision(True, f"CPU capability {cap} with AVX512-BF16")
         return Precision(False, f"CPU capability {cap} with AVX512-BF16 but no AMX: bf16 measured slower than "
-                                "fp32 there (python -m distill.bench_cpu precision)")
+                                "fp32 there (python -m distill.bench.cpu precision)")
     missing = "no AMX, no AVX512-BF16" if not (f["amx"] or f["avx512_bf16"]) else \
         "AMX/AVX512-BF16 present but ATen dispatches below AVX512"
     return Precision(False, f"CPU capability {cap} ({missing}): bf16 would be emulated")

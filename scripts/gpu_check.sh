@@ -5,7 +5,7 @@
 #   1. `distill bench --compile` (its GPU section: KD/CE, CRR/KD and cached-top-k/KD step ratios with bf16
 #      autocast, absolute tokens/s and torch.cuda.max_memory_allocated per configuration, compile ratio).
 #   2. The measurements behind three GPU defaults that are guesses today (set them from these numbers):
-#      loss.chunk_size auto = 4096 on a GPU (losses.auto_chunk_size), fused AdamW on CUDA (train.make_optimizer),
+#      loss.chunk_size auto = 4096 on a GPU (losses.auto_chunk_size), fused AdamW on CUDA (train.setup.make_optimizer),
 #      train.compile (off by default).
 #   3. A debug run (recipes/debug.yaml) under each config in recipes/accelerate/ with 1 process, and under fsdp
 #      also recipes/debug_crr.yaml with the top-k cache; DeepSpeed is skipped with its one-line reason when it
@@ -49,7 +49,7 @@ stage defaults 120 $PY - "$OUT" "$DRY" <<'PY'
 """Chunk size of the KD loss, fused vs foreach AdamW, on this device; prints what each default should be."""
 import json, sys, time
 import torch
-from distill.losses import distill_loss
+from distill.train.losses import distill_loss
 
 out, dry = sys.argv[1], sys.argv[2] == "1"
 dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -120,7 +120,7 @@ PY
 # 3. a debug run under each accelerate config, 1 process
 for config in recipes/accelerate/*.yaml; do
   name=$(basename "$config" .yaml)
-  if ! reason=$($PY -m distill.engine check "$config" 2>&1); then echo "== debug_$name: skipped: $reason"; continue; fi
+  if ! reason=$($PY -m distill.train.engine check "$config" 2>&1); then echo "== debug_$name: skipped: $reason"; continue; fi
   stage "debug_$name" 120 $PY -m accelerate.commands.launch --config_file "$config" --num_processes 1 \
     -m distill train --recipe recipes/debug.yaml output_dir="$OUT/runs/$name" --overwrite train.max_steps=12
   [ "$name" = fsdp ] || continue  # the counterfactual pass and the top-k cache where lockstep matters

@@ -15,9 +15,9 @@ import pytest
 import torch
 from bad_input_helpers import assert_one_error_line, message_lines, no_leftovers, run_cli, snapshot
 
-import distill.train as train_module
-from distill import checkpoint as ckpt
+import distill.train.step as step_module
 from distill.rundir import RunLock
+from distill.train import checkpoint as ckpt
 
 CORPUS = Path("data/tiny_corpus.txt")
 # The base run's settings: a resume with them changes no key of the recipe. Steps take 0.1-3 s on a busy
@@ -54,16 +54,14 @@ def copy_run(base_run, tmp_path) -> Path:
 
 def nan_at_call(monkeypatch, n: int):
     """The loss of the n-th micro-batch becomes NaN: a divergence on demand."""
-    real, calls = train_module.micro_batch_losses, {"n": 0}
+    real, calls = step_module.distill_loss, {"n": 0}
 
     def patched(*args, **kwargs):
-        out = real(*args, **kwargs)
+        total, kd, ce = real(*args, **kwargs)
         calls["n"] += 1
-        if calls["n"] == n:
-            out["total"] = out["total"] * float("nan")
-        return out
+        return (total * float("nan") if calls["n"] == n else total), kd, ce
 
-    monkeypatch.setattr(train_module, "micro_batch_losses", patched)
+    monkeypatch.setattr(step_module, "distill_loss", patched)
 
 
 # ------------------------------------------------------------------------------------------- data loss

@@ -64,3 +64,18 @@ def test_describe_lists_every_key_with_help():
     keys = {k for k, _, _ in rows}
     assert {"train.max_steps", "train.save_steps", "loss.temperature", "crr.teacher", "output_dir"} <= keys
     assert all(h for _, _, h in rows)
+
+
+def test_transfer_set_is_a_typed_section_checked_at_load_and_listed_by_describe():
+    from distill.config import TransferSetConfig
+
+    cfg = load_config("recipes/demo_kd.yaml", ["data.transfer_set.top_k=7"])
+    assert isinstance(cfg.data.transfer_set, TransferSetConfig) and cfg.data.transfer_set.top_k == 7
+    assert load_config("recipes/demo_kd.yaml", ["data.transfer_set=null", "data.path=x.txt"]).data.transfer_set is None
+    assert load_config("recipes/debug.yaml", ["data.transfer_set={}"]).data.transfer_set == TransferSetConfig()
+    with pytest.raises(UserError, match="did you mean 'data.transfer_set.top_k'"):
+        load_config("recipes/demo_kd.yaml", ["data.transfer_set.topk=7"])
+    with pytest.raises(UserError, match="data.transfer_set.top_p=1.5 is out of range"):
+        load_config("recipes/demo_kd.yaml", ["data.transfer_set.top_p=1.5"])
+    rows = {k: d for k, d, _ in describe()}
+    assert rows["data.transfer_set"] == "None" and rows["data.transfer_set.num_sequences"] == "2000"

@@ -461,7 +461,7 @@ def test_document_scope_stops_at_the_end_of_the_swapped_document(tok, table, lex
 def test_document_scope_targets_equal_block_scope_inside_the_document_and_own_context_after(tok, table, lex):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distill.teacher import teacher_targets
+    from distill.train.targets import teacher_targets
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,
@@ -544,7 +544,7 @@ def test_cf_target_of_a_context_does_not_depend_on_later_words(tok, table, lex, 
     same targets at positions < d, whether or not a gendered word, or a document end, follows."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distill.teacher import teacher_targets
+    from distill.train.targets import teacher_targets
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64)).eval()
@@ -575,7 +575,7 @@ def test_spellings_without_a_space_are_swapped_only_where_a_word_starts(tok, tab
     where a word may start: at a position whose context ends in a letter or digit, their columns keep p."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from distill.teacher import teacher_targets
+    from distill.train.targets import teacher_targets
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,

@@ -1,4 +1,4 @@
-"""Engines for scale-out (distill/engine.py): the checks that refuse what cannot run, the teacher's preparation,
+"""Engines for scale-out (distill/train/engine.py): the checks that refuse what cannot run, the teacher's preparation,
 and FSDP2 with 2 CPU processes over gloo: same training as one process, bitwise resume from sharded state."""
 
 import json
@@ -15,9 +15,9 @@ from accelerate import Accelerator
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-from distill import engine
 from distill.cli import main
 from distill.errors import UserError
+from distill.train import engine
 
 NO_DROPOUT = ["teacher.config.resid_pdrop=0", "teacher.config.embd_pdrop=0", "teacher.config.attn_pdrop=0"]
 FSDP_ENV = {"ACCELERATE_USE_FSDP": "true", "FSDP_VERSION": "2"}

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distill.losses import ce_loss, cosine_loss, distill_loss, divergence, kd_loss, shift_labels
+from distill.train.losses import ce_loss, cosine_loss, distill_loss, divergence, kd_loss, shift_labels
 
 V = 5
 

@@ -6,9 +6,8 @@ import typing
 
 import pytest
 
-from distill.config import Config, load_config, load_yaml
+from distill.config import Config, TransferSetConfig, load_config, load_yaml
 from distill.errors import UserError
-from distill.transfer import TransferSetConfig, parse_transfer_config
 
 YAML11_WORDS = ["no", "No", "NO", "off", "Off", "yes", "YES", "on", "On"]
 
@@ -91,5 +90,5 @@ def test_numbers_lists_and_null_still_parse_as_in_a_recipe_file():
 def test_transfer_set_overrides_read_the_same_way():
     cfg = load_config("recipes/demo_kd.yaml", ["data.transfer_set.cache_dir=off",
                                                "data.transfer_set.num_sequences=40"])
-    t = parse_transfer_config(cfg.data.transfer_set)
+    t = cfg.data.transfer_set
     assert isinstance(t, TransferSetConfig) and t.cache_dir == "off" and t.num_sequences == 40

@@ -90,7 +90,7 @@ def test_train_plan_says_which_precision_and_why(tmp_path, capsys):
 
 
 def test_bench_precision_measures_every_piece_in_both_precisions():
-    from distill.bench_cpu import measure_precision as measure
+    from distill.bench.cpu import measure_precision as measure
 
     r = measure(tiny=True, rounds=1)
     assert r["auto"] == "fp32" and "AVX2" in r["auto_reason"]  # conftest's CPU

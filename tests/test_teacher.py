@@ -1,4 +1,4 @@
-"""Teacher targets: distributions, pair equalisation, counterfactual symmetry, prefix key/value reuse.
+"""Teacher targets: distributions, pair equalisation, counterfactual symmetry, the counterfactual forward.
 
 Tiny random GPT-2 / Llama (and a sliding-window Mistral) built here, seeded; runs in seconds on a CPU.
 The swap-table and counterfactual-batch objects are built by hand with the fields of distill.counterfactual.
@@ -19,17 +19,9 @@ from transformers import (
     MistralForCausalLM,
 )
 
-from distill import teacher as tm
-from distill.teacher import (
-    MODES,
-    build_swap_plan,
-    combine_,
-    map_back,
-    pair_mean_,
-    prefix_cache,
-    suffix_logits,
-    teacher_targets,
-)
+from distill.crr.vocab import build_swap_plan, combine_, map_back, pair_mean_
+from distill.train import targets as tm
+from distill.train.targets import MODES, teacher_targets
 
 V = 64
 HE, SHE, HIS, HIM, HER, MAN, WOMAN = 10, 11, 12, 13, 14, 15, 16
@@ -323,58 +315,14 @@ def test_cf_targets_match_slow_reference(model, mode):
     torch.testing.assert_close(out.probs, ref, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("build", [gpt2, llama, mistral_sliding], ids=["gpt2", "llama", "mistral_sliding4"])
-def test_prefix_cache_reuse_equals_full_forward(build):
-    model = build()
-    table = make_table()
-    x = gendered_batch(T=14)
-    cf = ragged_cf(x, table)
-    with torch.inference_mode():
-        cache = model(x, use_cache=True, past_key_values=tm.DynamicCache()).past_key_values
-        before = [layer.keys.clone() for layer in cache.layers]
-        full = model(cf.input_ids, attention_mask=cf.attention_mask).logits
-        for group in ([0, 1, 2], [0, 2], [2]):  # common prefix lengths 2, 5, 9
-            local = torch.tensor(group)
-            k = int(cf.prefix_len[local].min())
-            past = prefix_cache(cache, cf.rows[local], k)
-            got = suffix_logits(model, cf.input_ids[local], cf.attention_mask[local], k, past)
-            real = cf.attention_mask[local, k:].bool()
-            assert (got - full[local, k:])[real].abs().max() < 1e-4
-            # selected logits only, in row-major order
-            keep = real.clone()
-            keep[:, ::2] = False
-            past = prefix_cache(cache, cf.rows[local], k)
-            sel = suffix_logits(model, cf.input_ids[local], cf.attention_mask[local], k, past, keep)
-            assert sel.shape == (int(keep.sum()), V)
-            assert (sel - full[local, k:][keep]).abs().max() < 1e-4
-        for layer, old in zip(cache.layers, before, strict=True):  # the source cache is untouched
-            assert torch.equal(layer.keys, old)
-
-
-@pytest.mark.parametrize("build", [gpt2, llama, mistral_sliding], ids=["gpt2", "llama", "mistral_sliding4"])
-@pytest.mark.parametrize("overhead", [0, 10_000])
-def test_targets_same_with_and_without_prefix_reuse(build, overhead, monkeypatch):
-    """Grouped (overhead 0: one forward per prefix length) or single-group reuse == recomputing from scratch."""
-    monkeypatch.setattr(tm, "GROUP_OVERHEAD_TOKENS", overhead)
-    model = build()
+def test_cf_targets_match_slow_reference_on_a_sliding_window_model():
+    """Mistral with a 4-token window: the counterfactual forward gets the mask and positions right there too."""
+    model = mistral_sliding()
     table = make_table(one_to_one=False)
     x = gendered_batch(T=14)
     cf = ragged_cf(x, table)
-    a = teacher_targets(model, x, mode="cf_expmean", temperature=2.0, vocab_rows=V, table=table, cf=cf)
-    b = teacher_targets(model, x, mode="cf_expmean", temperature=2.0, vocab_rows=V, table=table, cf=cf,
-                        reuse_prefix=False)
-    torch.testing.assert_close(a.probs, b.probs, atol=1e-5, rtol=0)
-    assert a.changed_share == b.changed_share
-
-
-def test_plan_groups():
-    assert tm._plan_groups([3, 3], [10, 10], reuse=False) == [([0, 1], 0, 10)]
-    assert tm._plan_groups([4], [10], reuse=True) == [([0], 4, 10)]
-    # far-apart prefixes over long rows: two forwards save more than the overhead
-    groups = tm._plan_groups([0, 600, 1, 700], [1024] * 4, reuse=True)
-    assert [(sorted(g), k) for g, k, _ in groups] == [([0, 2], 0), ([1, 3], 600)]
-    # a prefix as long as the row still leaves one position to run
-    assert tm._plan_groups([10], [10], reuse=True) == [([0], 9, 10)]
+    out = teacher_targets(model, x, mode="cf_max", temperature=2.0, vocab_rows=V, table=table, cf=cf)
+    torch.testing.assert_close(out.probs, _reference_targets(model, x, cf, table, "cf_max", 2.0), atol=1e-5, rtol=0)
 
 
 def test_table_vocab_mismatch_is_truncated_or_identity_padded(model):
@@ -443,33 +391,14 @@ def test_bad_inputs_raise(model):
         model.eval()
 
 
-def test_unusual_cache_falls_back_to_full_recompute(monkeypatch):
-    """A cache of sliding-window layers (the model's own) cannot be cropped: recompute the cf rows instead."""
-    model = mistral_sliding()
-    monkeypatch.setattr(tm, "_fresh_cache", lambda teacher: tm.DynamicCache(config=teacher.config))
-    x = gendered_batch(T=14)
-    with torch.inference_mode():
-        cache = model(x, use_cache=True, past_key_values=tm._fresh_cache(model)).past_key_values
-    assert prefix_cache(cache, torch.tensor([0]), 5) is None
-    table = make_table(one_to_one=False)
-    cf = ragged_cf(x, table)
-    a = teacher_targets(model, x, mode="cf_max", temperature=2.0, vocab_rows=V, table=table, cf=cf)
-    b = teacher_targets(model, x, mode="cf_max", temperature=2.0, vocab_rows=V, table=table, cf=cf,
-                        reuse_prefix=False)
-    torch.testing.assert_close(a.probs, b.probs, atol=1e-5, rtol=0)
-
-
-def test_cf_forward_runs_only_cf_rows_from_the_shared_prefix_on(model):
+def test_cf_forward_runs_only_the_cf_rows(model):
     shapes = []
     hook = model.get_input_embeddings().register_forward_hook(lambda mod, args, out: shapes.append(tuple(args[0].shape)))
     try:
         table = make_table()
         x = gendered_batch(T=14)
-        cf = ragged_cf(x, table)  # prefixes 5, 2, 9 -> one group from position 2
+        cf = ragged_cf(x, table)  # three of the four rows have a counterfactual
         teacher_targets(model, x, mode="cf_mean", temperature=1.0, vocab_rows=V, table=table, cf=cf)
-        assert shapes == [(4, 14), (3, 12)]
-        shapes.clear()
-        teacher_targets(model, x, mode="cf_mean", temperature=1.0, vocab_rows=V, table=table, cf=cf, reuse_prefix=False)
         assert shapes == [(4, 14), (3, 14)]
         shapes.clear()
         teacher_targets(model, x, mode="pair_mean", temperature=1.0, vocab_rows=V, table=table, cf=cf)

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from distill.cli import main
-from distill.teacher_cache import TopKTargetCache, dense_targets
+from distill.train.target_cache import TopKTargetCache, dense_targets
 
 
 def _probs(*shape, seed=0):
@@ -37,10 +37,17 @@ def test_cache_computes_each_block_once_and_returns_the_same_targets():
         calls.append(ids[:, 0].tolist())
         return full[ids[:, 0]], 0.25
 
+    def targets(blocks, rows):  # as kd_step uses the cache
+        todo = cache.missing(blocks)
+        if todo:
+            probs, share = compute(rows[todo])
+            cache.put([blocks[i] for i in todo], probs, share)
+        return cache.get(blocks, rows.device)
+
     cache = TopKTargetCache(5, 30)
     ids = torch.arange(6).unsqueeze(1).expand(6, 4)
-    first, changed, kept = cache.targets([0, 1, 2], ids[[0, 1, 2]], compute)
-    again, _, _ = cache.targets([2, 3, 0], ids[[2, 3, 0]], compute)
+    first, changed, kept = targets([0, 1, 2], ids[[0, 1, 2]])
+    again, _, _ = targets([2, 3, 0], ids[[2, 3, 0]])
     assert calls == [[0, 1, 2], [3]]  # only the block not seen yet goes to the teacher
     assert torch.equal(again[0], first[2]) and torch.equal(again[2], first[0])
     values, top = torch.topk(full[:3], 5, dim=-1)
@@ -63,13 +70,13 @@ def test_cached_run_equals_a_run_that_recomputes_every_target(tmp_path, monkeypa
     cached, logs = _run(tmp_path, "cached", "loss.teacher_top_k=32")
     assert logs[-1]["epoch"] >= 1 and logs[-1]["teacher_cache_hit_share"] > 0.4
     assert 0 < logs[-1]["teacher_topk_mass"] < 1
-    real = TopKTargetCache.targets
+    real = TopKTargetCache.missing
 
     def forgetful(self, *args, **kwargs):
         self.store.clear()
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(TopKTargetCache, "targets", forgetful)
+    monkeypatch.setattr(TopKTargetCache, "missing", forgetful)
     fresh, fresh_logs = _run(tmp_path, "fresh", "loss.teacher_top_k=32")
     assert fresh_logs[-1]["teacher_cache_hit_share"] == 0
     for key in cached:  # same targets, whether cached or not: the same training up to float rounding

@@ -10,9 +10,9 @@ import yaml
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
-from distill import transfer
 from distill.config import config_from_dict
 from distill.errors import UserError
+from distill.train import transfer
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -86,7 +86,7 @@ def test_builds_the_set_then_reuses_it(teacher_dir, teacher, tmp_path, monkeypat
     assert m["teacher"]["identity"].startswith(tuple("0123456789abcdef")) and m["seed_prompts"]["count"] == 6
     assert m["settings"]["top_k"] == 50 and m["timing"]["wall_s"] >= 0
     assert tok.padding_side == "right"  # left padding is restored afterwards
-    assert not [p for p in Path(cfg.data.transfer_set["cache_dir"]).iterdir() if p.name.startswith(".tmp")]
+    assert not [p for p in Path(cfg.data.transfer_set.cache_dir).iterdir() if p.name.startswith(".tmp")]
 
     # Second call: no sampling and no teacher loading, the same files.
     def boom(*a, **k):
@@ -134,8 +134,8 @@ def test_bad_settings_are_refused(bad, match):
 
 
 def test_counts_and_prompt_files_are_checked(teacher_dir, tmp_path):
-    with pytest.raises(UserError, match="no training sequence"):
-        transfer.ensure_transfer_set(_cfg(teacher_dir, tmp_path, num_sequences=1, heldout_share=0.5))
+    with pytest.raises(UserError, match="no training sequence"):  # refused with the recipe, before any model
+        _cfg(teacher_dir, tmp_path, num_sequences=1, heldout_share=0.5)
     with pytest.raises(UserError, match="not found"):
         transfer.ensure_transfer_set(_cfg(teacher_dir, tmp_path, seed_prompts=str(tmp_path / "missing.txt")))
     cfg = config_from_dict({"teacher": {"name_or_path": str(teacher_dir)}, "student": {"from_teacher_layers": [0]},

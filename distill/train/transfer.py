@@ -3,7 +3,7 @@
     distill corpus --recipe recipes/demo_kd.yaml                        # build it, or reuse a cached one
     distill corpus --recipe recipes/demo_kd.yaml data.transfer_set.num_sequences=256
 
-A recipe without a corpus gives `data.transfer_set`, a mapping of the keys in `TransferSetConfig` below.
+A recipe without a corpus gives `data.transfer_set`, the keys of `config.TransferSetConfig`.
 Seed prompts (data/seed_prompts.txt: short openings of news, stories, how-tos, letters, dialogue) are
 continued by the teacher with top-k / top-p sampling as plain text, with no chat template: the student should
 learn the teacher's distribution over ordinary prose, which is where gendered continuations show up. Each
@@ -35,27 +35,13 @@ from pathlib import Path
 
 import torch
 
-from distill.config import INF, Config, build_section, check_fields, opt
+from distill.config import Config, TransferSetConfig, build_section, check_fields
 from distill.errors import UserError
 from distill.precision import resolve_dtype
 
 MANIFEST_VERSION = 2  # 2: one sampler (generate.sample_batches) and its per-batch seeds
 # Settings that change where or how fast the set is built, not what is sampled: left out of the key.
 _NOT_IN_KEY = ("batch_size", "cache_dir")
-
-
-@dataclass
-class TransferSetConfig:
-    seed_prompts: str = opt("data/seed_prompts.txt", "file of seed prompts, one a line ('#' lines ignored)")
-    num_sequences: int = opt(2000, "continuations to sample, train and held-out together", range=(1, INF))
-    max_new_tokens: int = opt(128, "tokens sampled per continuation (fewer if the teacher ends it)",
-                              range=(1, 8192))
-    top_k: int = opt(50, "sample from the k most likely tokens (0 = no top-k cut)", range=(0, INF))
-    top_p: float = opt(0.95, "nucleus sampling mass (1.0 = no top-p cut)", range=(1e-6, 1.0))
-    sampling_temperature: float = opt(1.0, "sampling temperature (not the loss temperature)", range=(1e-3, 100.0))
-    heldout_share: float = opt(0.1, "share of sequences held out, from prompts of their own", range=(0.0, 0.5))
-    batch_size: int = opt(32, "prompts sampled together (left-padded); speed only", range=(1, INF))
-    cache_dir: str = opt("cache/transfer", "where transfer sets are kept, one directory per key")
 
 
 @dataclass
@@ -66,22 +52,10 @@ class TransferSet:
 
 
 def parse_transfer_config(raw: dict | None) -> TransferSetConfig:
-    """Validate `data.transfer_set`: unknown keys refused with the closest valid one, ranges checked."""
+    """A `TransferSetConfig` from a mapping of `data.transfer_set` keys, validated as in a recipe."""
     tcfg = build_section(TransferSetConfig, raw or {}, prefix="data.transfer_set.")
     check_fields(tcfg, "data.transfer_set.")
     return tcfg
-
-
-def split_counts(tcfg: TransferSetConfig) -> tuple[int, int]:
-    """(train, held-out) sequence counts; a non-zero share always holds out at least one sequence."""
-    n_heldout = max(1, round(tcfg.num_sequences * tcfg.heldout_share)) if tcfg.heldout_share > 0 else 0
-    n_train = tcfg.num_sequences - n_heldout
-    if n_train < 1:
-        raise UserError(
-            f"data.transfer_set.num_sequences={tcfg.num_sequences} leaves no training sequence after holding "
-            f"out {n_heldout}; raise num_sequences or lower heldout_share"
-        )
-    return n_train, n_heldout
 
 
 def read_seed_prompts(path: str | Path) -> list[str]:
@@ -295,10 +269,10 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
     first (e.g. inside accelerate's `main_process_first()`), so the others find the set in the cache.
     """
     if cfg.data.transfer_set is None:
-        raise UserError("the recipe has no data.transfer_set; add one (see distill/transfer.py) or give data.path")
-    tcfg = parse_transfer_config(cfg.data.transfer_set)
+        raise UserError("the recipe has no data.transfer_set; add one (see distill/train/transfer.py) or give data.path")
+    tcfg = cfg.data.transfer_set
     prompts = read_seed_prompts(tcfg.seed_prompts)
-    n_train, n_heldout = split_counts(tcfg)
+    n_train, n_heldout = tcfg.split_counts()
     train_prompts, held_prompts = assign_prompts(prompts, n_train, n_heldout, cfg.seed)
     cache_dir = Path(tcfg.cache_dir)
     memo = cache_dir / "file_hashes.json"

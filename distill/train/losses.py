@@ -1,6 +1,6 @@
 """Pure loss functions for distillation. Shapes: logits (B, T, V) or (N, V); labels (B, T) or (N,).
 
-    from distill.losses import distill_loss
+    from distill.train.losses import distill_loss
     total, kd_sum, ce_sum = distill_loss(student_logits, teacher_probs, labels, w_kd=1 / n, w_ce=0.0,
                                          temperature=2.0, kind="forward_kl")
 

@@ -1,9 +1,10 @@
 """The pieces every benchmark section shares: shapes, threads, batches, configurations, the model setup and
-one optimizer step as `train.fit` runs it. What is measured, and how, is documented in `distill.bench`."""
+one optimizer step (`Trainer.step`: `train.step.kd_step`, the step `train.loop.fit` runs, timed per phase
+through its `phases` hook). What is measured, and how, is documented in `distill.bench.run`."""
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import json
 import math
 import os
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "data" / "tiny_corpus.txt"
 TOP_K = 64  # loss.teacher_top_k of the kd_topk_cached configuration
+STEP_CONFIGS = ("ce", "kd", "kd_topk_cached", "crr", "crr_block", "kd_compiled")  # the last with --compile
 
 
 def settings_for(tiny: bool) -> dict:
@@ -143,11 +145,11 @@ def make_configs(settings: dict, tokenizer_dir: Path, workdir: Path, mixed_preci
 
 
 def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True):
-    """A `train.Setup` as `train.build` makes it (teacher frozen in eval mode, fp32 student in train mode), with
+    """A `train.setup.Setup` as `train.setup.build` makes it (teacher frozen in eval mode, fp32 student in train mode), with
     the lexicon and swap table for the counterfactual step; data blocks are the benchmark's own batches."""
     from distill import models
     from distill.counterfactual import build_token_swap_table, load_lexicon
-    from distill.train import Setup
+    from distill.train.setup import Setup
 
     teacher = models.build_random_model(cfg.teacher.config, tokenizer, seed=cfg.seed)
     teacher.to(dtype=models.DTYPES[cfg.teacher.dtype]).eval().requires_grad_(False)
@@ -160,7 +162,7 @@ def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True)
     table = build_token_swap_table(tokenizer, lexicon)
     if not with_teacher:
         teacher = None
-    from distill.teacher_cache import TopKTargetCache
+    from distill.train.target_cache import TopKTargetCache
 
     return Setup(teacher, student, tokenizer, None, None, vocab_rows, lexicon, table, None,
                  TopKTargetCache(TOP_K, vocab_rows))
@@ -168,11 +170,18 @@ def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True)
 
 def fill_target_cache(setup, cfg, batches: list[dict]) -> float:
     """Put every batch's top-k targets in the cache, as a first epoch would; returns the mean kept mass."""
-    from distill.train import teacher_probs
+    from distill.train.step import batch_targets
 
-    compute = functools.partial(teacher_probs, cfg, setup)
     device = next(setup.teacher.parameters()).device
-    kept = [setup.target_cache.targets(b["blocks"], b["input_ids"].to(device), compute)[2] for b in batches]
+    cache = setup.target_cache
+    kept = []
+    for b in batches:
+        ids = b["input_ids"].to(device)
+        todo = cache.missing(b["blocks"])
+        if todo:
+            targets, _ = batch_targets(cfg, setup, ids[todo])
+            cache.put([b["blocks"][i] for i in todo], targets.probs, targets.changed_share)
+        kept.append(cache.get(b["blocks"], device)[2])
     return statistics.mean(kept)
 
 
@@ -193,22 +202,38 @@ def count_flops(setup, settings: dict) -> dict:
     }
 
 
+class PhaseTimer:
+    """The `phases` hook of `kd_step`: seconds spent in each named phase, the device synchronised at both ends."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.spent: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str):
+        sync_device(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync_device(self.device)
+            self.spent[name] = self.spent.get(name, 0.0) + time.perf_counter() - t0
+
+
 class Trainer:
     """One student and one AdamW shared by every configuration (only the loss and targets differ, and the
-    optimizer's cost does not depend on them), set up as `train.fit` does, wrapped by accelerate."""
+    optimizer's cost does not depend on them), set up as `train.loop.fit` does, wrapped by accelerate."""
 
     def __init__(self, cfg, setup, accelerator, run_dir: Path):
-        from distill.train import make_optimizer
+        from distill.train.setup import make_optimizer, make_scheduler
 
         opt = make_optimizer(cfg, setup.student)
         self.student, self.optimizer = accelerator.prepare(setup.student, opt)
-        self.setup, self.accelerator, self.run_dir = setup, accelerator, run_dir
+        self.scheduler = make_scheduler(cfg, self.optimizer)
+        self.setup, self.accelerator, self.run_dir = setup, accelerator, Path(run_dir)
         self.device = accelerator.device
         self.steps = 0
         self.compiled = None  # torch.compile(student), made on the first step of a train.compile config
-
-    def sync(self) -> None:
-        sync_device(self.device)
 
     def init_optimizer_state(self) -> None:
         """Allocate AdamW's state with one zero-gradient step, so a measured step starts with it resident."""
@@ -217,29 +242,24 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def step(self, cfg, batch: dict) -> tuple[float, float]:
-        """One optimizer step as `train.fit` runs it; returns (forward+backward s, clip+optimizer s)."""
-        from distill.engine import clip_grad_norm
-        from distill.train import accumulate_gradients
+    def step(self, cfg, batch: dict, loss_fn=None) -> dict:
+        """One `kd_step` on `batch`; returns the seconds of each phase it ran plus "step" (the whole step) and
+        "fwd_bwd" (the step less clip and optimizer)."""
+        from distill.train.step import kd_step
 
         self.steps += 1
-        if not cfg.loss.teacher_top_k:  # block ids reach micro_batch_losses only when the cache is meant
-            batch = {k: v for k, v in batch.items() if k != "blocks"}
-        self.sync()
-        t0 = time.perf_counter()
         student = self.student
-        if cfg.train.compile:  # the same module and weights, run through torch.compile as train.fit does
+        if cfg.train.compile:  # the same module and weights, run through torch.compile as train.loop.fit does
             if self.compiled is None:
                 self.compiled = torch.compile(self.student)
             student = self.compiled
-        accumulate_gradients(cfg, self.setup, student, self.accelerator, [batch], self.steps, self.run_dir)
-        self.sync()
-        t1 = time.perf_counter()
-        clip_grad_norm(self.accelerator, self.student, "ddp", cfg.train.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.sync()
-        return t1 - t0, time.perf_counter() - t1
+        timer = PhaseTimer(self.device)
+        with timer("step"):
+            kd_step(cfg, self.setup, student, self.optimizer, self.scheduler, self.accelerator, [batch],
+                    step=self.steps, run_dir=self.run_dir, loss_fn=loss_fn, phases=timer)
+        spent = timer.spent
+        spent["fwd_bwd"] = spent["step"] - spent["clip"] - spent["optimizer"]
+        return spent
 
 
 def sync_device(device: torch.device) -> None:
@@ -268,7 +288,7 @@ def run_child(spec: dict, workdir: Path, tag: str, env_extra: dict | None = None
     path = workdir / f"{tag}.spec.json"
     path.write_text(json.dumps(spec))
     env = {**os.environ, **(env_extra or {})}
-    proc = subprocess.run([sys.executable, "-c", "import sys; from distill.bench import child_main; "
+    proc = subprocess.run([sys.executable, "-c", "import sys; from distill.bench.run import child_main; "
                            "child_main(sys.argv[1])", str(path)],
                           capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:

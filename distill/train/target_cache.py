@@ -1,8 +1,10 @@
 """Top-k teacher targets, cached per training block so that later epochs skip the teacher (`loss.teacher_top_k`).
 
-    from distill.teacher_cache import TopKTargetCache
+    from distill.train.target_cache import TopKTargetCache
     cache = TopKTargetCache(k=64, vocab_rows=rows)
-    probs, changed_share, kept_mass = cache.targets(block_ids, input_ids, compute=teacher_probs_and_changed)
+    todo = cache.missing(block_ids)                    # positions in block_ids not cached yet
+    cache.put([block_ids[i] for i in todo], teacher_probs_of_those_rows, changed_share)
+    probs, changed_share, kept_mass = cache.get(block_ids, device)
 
 What it changes in the loss: the target at each position becomes p on the teacher's k most likely tokens,
 with the remaining mass r = 1 - sum(top k) spread evenly over the other V - k tokens:
@@ -21,8 +23,6 @@ same values up to float rounding, so a resumed run matches an uninterrupted one 
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 
@@ -58,27 +58,26 @@ class TopKTargetCache:
         """Share of the rows served from the cache so far."""
         return self.hits / max(1, self.hits + self.misses)
 
-    def targets(self, blocks: list[int], input_ids: torch.Tensor,
-                compute: Callable[[torch.Tensor], tuple[torch.Tensor, float]]) -> tuple[torch.Tensor, float, float]:
-        """Dense (B, T, V) top-k targets for rows `input_ids` (B, T) holding training blocks `blocks`.
-
-        `compute(ids)` returns (probs (B', T, V), changed_share) for the rows not cached yet; it runs once per
-        call, on those rows only. Returns (targets, changed share, mean kept mass), the last two averaged over
-        the rows as they were when computed.
-        """
+    def missing(self, blocks: list[int]) -> list[int]:
+        """Positions i of `blocks` whose targets are not cached yet (counted as misses; the rest as hits)."""
         missing = [i for i, b in enumerate(blocks) if b not in self.store]
         self.misses += len(missing)
         self.hits += len(blocks) - len(missing)
-        if missing:
-            probs, changed = compute(input_ids[missing])
-            values, ids = torch.topk(probs, self.k, dim=-1, sorted=False)
-            del probs
-            values, ids = values.to("cpu"), ids.to("cpu", torch.int32)
-            for j, i in enumerate(missing):
-                self.store[blocks[i]] = (ids[j].clone(), values[j].clone(), changed)
+        return missing
+
+    def put(self, blocks: list[int], probs: torch.Tensor, changed_share: float) -> None:
+        """Cache the top-k of `probs` (len(blocks), T, V), the full targets of `blocks`."""
+        values, ids = torch.topk(probs, self.k, dim=-1, sorted=False)
+        values, ids = values.to("cpu"), ids.to("cpu", torch.int32)
+        for j, b in enumerate(blocks):
+            self.store[b] = (ids[j].clone(), values[j].clone(), changed_share)
+
+    def get(self, blocks: list[int], device: torch.device) -> tuple[torch.Tensor, float, float]:
+        """Dense (B, T, V) top-k targets of cached `blocks` on `device`, with the changed share and the mean kept
+        mass (the first averaged over the rows as they were when computed)."""
         entries = [self.store[b] for b in blocks]
-        ids = torch.stack([e[0] for e in entries]).to(input_ids.device)
-        values = torch.stack([e[1] for e in entries]).to(input_ids.device)
+        ids = torch.stack([e[0] for e in entries]).to(device)
+        values = torch.stack([e[1] for e in entries]).to(device)
         changed = sum(e[2] for e in entries) / len(entries)
         kept = values.sum(-1).mean().item()
         return dense_targets(values, ids, self.vocab_rows), changed, kept

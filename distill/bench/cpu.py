@@ -1,18 +1,18 @@
 """CPU benchmarks behind issue 12 (any machine): bf16 against fp32, the transfer-set sampler, `make demo` sizing.
 
-    python -m distill.bench_cpu precision            # bf16 vs fp32 at the demo's shapes (real teacher)
-    python -m distill.bench_cpu sampler              # transfer-set sampling: transformers' sampler vs ours
-    python -m distill.bench_cpu demo                 # per-component CPU-seconds of `make demo`
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m distill.bench_cpu ...   # as an AVX2-only CPU
+    python -m distill.bench.cpu precision            # bf16 vs fp32 at the demo's shapes (real teacher)
+    python -m distill.bench.cpu sampler              # transfer-set sampling: transformers' sampler vs ours
+    python -m distill.bench.cpu demo                 # per-component CPU-seconds of `make demo`
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m distill.bench.cpu ...   # as an AVX2-only CPU
 
 All three need the real teacher (`make teacher`), except `precision --tiny` (a random 3-layer model, seconds,
-for the tests). Each uses 1 thread on a loaded machine (`bench_setup.choose_threads`).
+for the tests). Each uses 1 thread on a loaded machine (`distill.bench.setup.choose_threads`).
 
 ## precision
 
-    python -m distill.bench_cpu precision                  # about 8-15 min on the shared 2-core machine
-    python -m distill.bench_cpu precision --only matmul_512 --rounds 5     # seconds
-    python -m distill.bench_cpu precision --tiny           # a random 3-layer model, seconds (tests)
+    python -m distill.bench.cpu precision                  # about 8-15 min on the shared 2-core machine
+    python -m distill.bench.cpu precision --only matmul_512 --rounds 5     # seconds
+    python -m distill.bench.cpu precision --tiny           # a random 3-layer model, seconds (tests)
 
 Times, in interleaved rounds (round 0 an untimed warm-up, ratio = median over rounds of the per-round ratio):
 - matmul_512: 20 products of two 512 x 512 matrices in fp32 against bf16 (GFLOP/s in the JSON);
@@ -28,8 +28,8 @@ records the decision this figure led to on a CPU with AVX512-BF16 and no AMX.
 
 ## sampler
 
-    python -m distill.bench_cpu sampler                        # 40 sequences, about 3 min
-    python -m distill.bench_cpu sampler --sequences 40 --max-new-tokens 32 --batch-size 20 --rounds 2
+    python -m distill.bench.cpu sampler                        # 40 sequences, about 3 min
+    python -m distill.bench.cpu sampler --sequences 40 --max-new-tokens 32 --batch-size 20 --rounds 2
 
 Both paths sample the same seed prompts (data/seed_prompts.txt, in the transfer set's order) with the demo's
 settings (top-k 50, top-p 0.95, temperature 1), in the precision `auto` picks for this CPU, interleaved in
@@ -42,18 +42,18 @@ and sequences/s of each, and their ratio.
 
 ## demo
 
-    python -m distill.bench_cpu demo                                        # native precision (auto), ~5 min
-    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m distill.bench_cpu demo    # as an AVX2-only CPU
+    python -m distill.bench.cpu demo                                        # native precision (auto), ~5 min
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m distill.bench.cpu demo    # as an AVX2-only CPU
 
 Short runs of each piece on the real teacher (`make teacher`), in the precision `auto` picks:
 - transfer: `transfer.sample_continuations` of `--sequences` seed prompts at the demo recipes' batch size;
-- train_kd / train_crr: optimizer steps of recipes/demo_kd.yaml and recipes/demo_crr.yaml as `train.fit` runs
-  them (`bench_setup.Trainer`), on blocks of data/tiny_corpus.txt (the same shapes as the transfer set's);
+- train_kd / train_crr: optimizer steps of recipes/demo_kd.yaml and recipes/demo_crr.yaml as `train.loop.fit` runs
+  them (`distill.bench.setup.Trainer`, i.e. `train.step.kd_step`), on blocks of data/tiny_corpus.txt (the same shapes as the transfer set's);
 - score: `generate.generate_samples` with the Makefile's eval settings (3 samples x 24 new tokens, batch 64)
   for `--prompts` profession prompts, on the teacher (the students cost 26/30 of it).
 Each reports wall seconds and process CPU seconds (user + system) per unit. On a shared machine the wall time
 is inflated by other jobs; CPU seconds are less so, and CPU seconds / cores is a lower bound on the wall time
-of a machine with that many free cores. Threads: 1 under load (see `bench_setup.choose_threads`).
+of a machine with that many free cores. Threads: 1 under load (see `distill.bench.setup.choose_threads`).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ import torch
 
 from distill.eval.sampling import batch_seed, prepare_tokenizer
 from distill.precision import choose, cpu_features
-from distill.transfer import parse_transfer_config, read_seed_prompts, sample_continuations
+from distill.train.transfer import parse_transfer_config, read_seed_prompts, sample_continuations
 
 TEACHER = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -165,14 +165,14 @@ def _bf16_copy(model):
 
 
 def precision_main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distill.bench_cpu precision")
+    p = argparse.ArgumentParser(prog="python -m distill.bench.cpu precision")
     p.add_argument("--tiny", action="store_true", help="random 2-layer model: seconds, for the tests")
     p.add_argument("--rounds", type=int, default=3, help="timed rounds (default 3, after one warm-up)")
     p.add_argument("--only", nargs="*", default=(), help="measure only these (matmul_512, student_fwd_bwd, "
                    "teacher_forward, generate)")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
-    from distill.bench_setup import choose_threads
+    from distill.bench.setup import choose_threads
 
     threads, _ = choose_threads()  # 1 thread on a loaded machine: 2 OpenMP threads then wait on each other
     torch.set_num_threads(threads)
@@ -242,7 +242,7 @@ def measure_sampler(sequences: int, max_new_tokens: int, batch_size: int, rounds
 
 
 def sampler_main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distill.bench_cpu sampler")
+    p = argparse.ArgumentParser(prog="python -m distill.bench.cpu sampler")
     p.add_argument("--sequences", type=int, default=40)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=20)
@@ -250,7 +250,7 @@ def sampler_main(argv=None) -> int:
     p.add_argument("--teacher", default=TEACHER)
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
-    from distill.bench_setup import choose_threads
+    from distill.bench.setup import choose_threads
 
     torch.set_num_threads(choose_threads()[0])
     r = measure_sampler(args.sequences, args.max_new_tokens, args.batch_size, args.rounds, args.teacher)
@@ -282,7 +282,7 @@ def _log(msg: str) -> None:
 
 
 def measure_transfer(teacher, tok, sequences: int, max_new_tokens: int, batch_size: int) -> dict:
-    from distill.transfer import parse_transfer_config, read_seed_prompts, sample_continuations
+    from distill.train.transfer import parse_transfer_config, read_seed_prompts, sample_continuations
 
     prompts = read_seed_prompts("data/seed_prompts.txt")[:sequences]
     tcfg = parse_transfer_config({"max_new_tokens": max_new_tokens, "batch_size": batch_size, "top_k": 50})
@@ -299,10 +299,10 @@ def measure_transfer(teacher, tok, sequences: int, max_new_tokens: int, batch_si
 def measure_train(recipe: str, steps: int) -> dict:
     from accelerate import Accelerator
 
-    from distill.bench_setup import Trainer
+    from distill.bench.setup import Trainer
     from distill.config import load_config
     from distill.precision import resolve_mixed_precision
-    from distill.train import build
+    from distill.train.setup import build
 
     cfg = load_config(recipe, ["data.transfer_set=null", "data.path=data/tiny_corpus.txt"])
     accelerator = Accelerator(cpu=True, mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision, "cpu")[0])
@@ -337,7 +337,7 @@ def measure_score(teacher, tok, n_prompts: int) -> dict:
 
 
 def demo_main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m distill.bench_cpu demo")
+    p = argparse.ArgumentParser(prog="python -m distill.bench.cpu demo")
     p.add_argument("--sequences", type=int, default=20, help="transfer-set sequences (default 20)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="transfer-set tokens per sequence (default 48)")
     p.add_argument("--batch-size", type=int, default=20, help="transfer-set batch (default 20)")
@@ -346,7 +346,7 @@ def demo_main(argv=None) -> int:
     p.add_argument("--only", nargs="*", default=("transfer", "train_kd", "train_crr", "score"))
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
-    from distill.bench_setup import choose_threads
+    from distill.bench.setup import choose_threads
     from distill.models import load_model_and_tokenizer
 
     torch.set_num_threads(choose_threads()[0])
@@ -381,7 +381,7 @@ COMMANDS = {"precision": precision_main, "sampler": sampler_main, "demo": demo_m
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in COMMANDS:
-        print(f"usage: python -m distill.bench_cpu {{{','.join(COMMANDS)}}} [options]  (see --help of each)",
+        print(f"usage: python -m distill.bench.cpu {{{','.join(COMMANDS)}}} [options]  (see --help of each)",
               file=sys.stderr)
         return 2
     return COMMANDS[argv[0]](argv[1:])

@@ -9,8 +9,9 @@ only checks that every key is written. Everything is measured side by side in on
 memory also in fresh child processes). The machine may be shared and its load drifts, so configurations are
 interleaved in rounds (the order rotates every round, round 0 is an untimed warm-up), each round uses one
 batch for every configuration, and a ratio is the median over rounds of the per-round ratio.
-Code: `bench_setup` (shapes, batches, configurations, the step), `bench_memory` (memory), this module (timing,
-generation, swaps, the GPU section, the report).
+Code: `distill.bench.setup` (shapes, batches, configurations, the step), `distill.bench.memory` (memory),
+this module (timing, generation, swaps, the GPU section, the report). Steps are `train.step.kd_step`, the
+function training runs, timed per phase through its `phases` hook.
 
 Models (stated in the JSON under "settings"): a GPT-2-small-shaped teacher with random weights (12 layers,
 width 768, 12 heads, vocab 50257, via `models.build_random_model`), a 6-layer student of its blocks
@@ -24,9 +25,9 @@ of rows `counterfactual_batch` swaps and the share of extra positions the teache
 
 What each key means:
 
-- kd_over_ce_step: seconds of one KD optimizer step / one CE-only student step. A step is what `train.fit`
-  does: `train.accumulate_gradients` (student forward, teacher targets under inference mode, loss, backward)
-  + gradient clipping + AdamW step + zero_grad, on a `train.Setup` built here (as `train.build` does) and a
+- kd_over_ce_step: seconds of one KD optimizer step / one CE-only student step. A step is `kd_step`, what
+  `train.loop.fit` runs (teacher targets under inference mode, student forward, loss, backward, gradient
+  clipping, AdamW and schedule step, zero_grad), on a `train.setup.Setup` built here (as `build` does) and a
   `config.Config` from `config_from_dict`. KD: loss.alpha_kd=1, alpha_ce=0.5 (T=2, forward KL, chunked
   `distill_loss`, chunk_size 0 = the recipe default, auto); CE: alpha_kd=0, alpha_ce=1 (the teacher is not
   run). One student and one AdamW serve every configuration. kd_over_ce_theoretical = (2 N_t + 6 N_s) / (6 N_s) with N = all
@@ -43,14 +44,13 @@ What each key means:
   of the random-weight teacher here (nearly flat, so far lower than a trained teacher's; the effect of
   top-k targets on a real teacher is measured in the README).
 - loss_over_unchunked: seconds of `losses.distill_loss` forward + backward (chunked, closed-form gradient)
-  / `bench_memory.unchunked_distill_loss` (kd_loss + ce_loss under autograd) on random logits and targets of
+  / `bench.memory.unchunked_distill_loss` (kd_loss + ce_loss under autograd) on random logits and targets of
   one step's shape (loss.loss_s and loss.loss_unchunked_s hold the seconds).
 - kd_compiled_over_kd_step (with --compile): a KD step with train.compile (the student run through
   torch.compile, inductor) / a plain KD step; kd_compiled_first_step_s: its untimed first step, compile
   included.
-  steps.<config> splits each step into teacher_targets / counterfactual_batch / the rest.
-  cf_teacher_over_plain_teacher and prefix_reuse_speedup time `teacher.teacher_targets` alone: cf_mean over
-  mode none, and cf_mean with reuse_prefix=False over reuse_prefix=True (> 1: the prefix key/value reuse pays).
+  steps.<config> splits each step into teacher / counterfactual_batch / the rest (kd_step's phases).
+  cf_teacher_over_plain_teacher times `targets.teacher_targets` alone: cf_mean over mode none.
 - kd_peak_mem_over_ce: step working memory of a KD step / of a CE step, i.e. the peak of bytes held by
   torch's CPU allocator during one step above what it held just before (models and AdamW state resident;
   gradients are freed by zero_grad(set_to_none=True), so they count as step memory in both), read from the
@@ -83,7 +83,6 @@ then uses 1 thread, else all cores (DISTILL_BENCH_THREADS overrides). With CUDA 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
@@ -94,9 +93,11 @@ from pathlib import Path
 import torch
 import transformers
 
-from distill.bench_memory import MEMORY_CONFIGS, measure_memory, memory_child
-from distill.bench_setup import (
-    ROOT,
+from distill.bench.generation import measure_generation, measure_swaps
+from distill.bench.memory import measure_memory, memory_child
+from distill.bench.report import evaluate_targets, format_table
+from distill.bench.setup import (
+    STEP_CONFIGS,
     TOP_K,
     Trainer,
     build_batches,
@@ -111,58 +112,12 @@ from distill.bench_setup import (
     settings_for,
 )
 
-PROMPTS = ROOT / "data" / "prompts" / "professions.json"
-STEP_CONFIGS = ("ce", "kd", "kd_topk_cached", "crr", "crr_block", "kd_compiled")  # the last with --compile
-
-# Targets from the issue (the two swap targets are the project's: the token swap must not slow a step, and
-# the text swap should stay near the 7-9 MB/s its docstring reports).
-TARGETS = {
-    "kd_over_ce_step": "within 10% of kd_over_ce_theoretical",
-    "crr_over_kd_step": "<= 1.15",
-    "kd_peak_mem_over_ce": "<= 1.2",
-    "kd_flops_fraction_of_peak": ">= 0.5",
-    "gen_batched_over_sequential": ">= 10",
-    "cda_mb_per_s": ">= 5",
-    "token_swap_per_s": ">= 20 x KD-step sequences/s",
-}
-
-
-@contextlib.contextmanager
-def phase_timers(sync=lambda: None):
-    """Time spent in `teacher.teacher_targets` and `counterfactual_batch` during the block (patched module
-    attributes, which `train.micro_batch_losses` imports at call time)."""
-    import distill.counterfactual as cmod
-    import distill.teacher as tmod
-
-    spent = {"teacher": 0.0, "counterfactual_batch": 0.0}
-    orig_t, orig_c = tmod.teacher_targets, cmod.counterfactual_batch
-
-    def timed(fn, key):
-        def wrapper(*a, **k):
-            sync()
-            t0 = time.perf_counter()
-            try:
-                return fn(*a, **k)
-            finally:
-                sync()
-                spent[key] += time.perf_counter() - t0
-        return wrapper
-
-    tmod.teacher_targets = timed(orig_t, "teacher")
-    cmod.counterfactual_batch = timed(orig_c, "counterfactual_batch")
-    try:
-        yield spent
-    finally:
-        tmod.teacher_targets = orig_t
-        cmod.counterfactual_batch = orig_c
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Child processes
 
 
 def child_main(spec_path: str) -> None:
-    """Entry point of the child processes: fresh-process memory (`bench_memory`) or the GPU section."""
+    """Entry point of the child processes: fresh-process memory (`bench.memory`) or the GPU section."""
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(spec["threads"])
     from transformers import AutoTokenizer
@@ -198,17 +153,16 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
         for name in order:
             if peak_mem:
                 torch.cuda.reset_peak_memory_stats(trainer.device)
-            with phase_timers(trainer.sync) as spent:
-                fb, opt = trainer.step(cfgs[name], batches[r % len(batches)])
+            spent = trainer.step(cfgs[name], batches[r % len(batches)])
             if peak_mem:
                 cuda_peak[name] = max(cuda_peak.get(name, 0), torch.cuda.max_memory_allocated(trainer.device))
             if r == 0:
-                first[name] = fb + opt  # includes one-off work: torch.compile for kd_compiled
+                first[name] = spent["step"]  # includes one-off work: torch.compile for kd_compiled
                 continue
-            rec[name]["fwd_bwd"].append(fb)
-            rec[name]["opt"].append(opt)
-            rec[name]["teacher"].append(spent["teacher"])
-            rec[name]["counterfactual_batch"].append(spent["counterfactual_batch"])
+            rec[name]["fwd_bwd"].append(spent["fwd_bwd"])
+            rec[name]["opt"].append(spent["clip"] + spent["optimizer"])
+            rec[name]["teacher"].append(spent.get("teacher", 0.0))
+            rec[name]["counterfactual_batch"].append(spent.get("counterfactual_batch", 0.0))
         flops = matmul_flops(matmul_n, trainer.device)
         if r > 0:
             rec["matmul_flops"].append(flops)
@@ -250,8 +204,8 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
 def measure_loss(settings: dict, repeats: int = 3) -> dict:
     """`losses.distill_loss` alone (forward + backward; chunk_size auto, closed-form gradient) against the
     autograd reference `unchunked_distill_loss`, on random logits and targets of one step's shape."""
-    from distill.bench_memory import unchunked_distill_loss
-    from distill.losses import distill_loss
+    from distill.bench.memory import unchunked_distill_loss
+    from distill.train.losses import distill_loss
 
     g = torch.Generator().manual_seed(0)
     n, v = settings["batch_size"] * settings["seq_len"], settings["teacher"]["vocab_size"]
@@ -274,37 +228,33 @@ def measure_loss(settings: dict, repeats: int = 3) -> dict:
             "shape": f"({n}, {v}) logits, forward KL T=2 + CE"}
 
 
-def measure_prefix_reuse(setup, batches: list[dict], rounds: int) -> dict:
-    """`teacher_targets` alone: plain (mode none) vs cf_mean reusing the prefix key/values vs cf_mean
-    recomputing the counterfactual rows from scratch (reuse_prefix=False); interleaved, per-round ratios."""
+def measure_cf_teacher(setup, batches: list[dict], rounds: int) -> dict:
+    """`targets.teacher_targets` alone: cf_mean (with the counterfactual rows of the batch) over plain (mode
+    none); interleaved, per-round ratios."""
     from distill.counterfactual import counterfactual_batch
-    from distill.teacher import teacher_targets
+    from distill.train.targets import teacher_targets
 
-    modes = ["none", "cf_reuse", "cf_recompute"]
+    modes = ["none", "cf_mean"]
     times = {m: [] for m in modes}
     for r in range(rounds + 1):
         ids = batches[r % len(batches)]["input_ids"]
         cf = counterfactual_batch(ids, setup.tokenizer, setup.swap_table, setup.lexicon,
                                   setup.tokenizer.eos_token_id)
-        order = modes[r % 3:] + modes[: r % 3]
-        for m in order:
+        for m in (modes if r % 2 == 0 else modes[::-1]):
             t0 = time.perf_counter()
-            teacher_targets(setup.teacher, ids, mode="none" if m == "none" else "cf_mean", temperature=2.0,
-                            vocab_rows=setup.vocab_rows, table=setup.swap_table, cf=cf,
-                            reuse_prefix=m != "cf_recompute")
+            teacher_targets(setup.teacher, ids, mode=m, temperature=2.0, vocab_rows=setup.vocab_rows,
+                            table=setup.swap_table, cf=cf)
             if r > 0:
                 times[m].append(time.perf_counter() - t0)
-    cf_over = [a / b for a, b in zip(times["cf_reuse"], times["none"], strict=True)]
-    speedup = [a / b for a, b in zip(times["cf_recompute"], times["cf_reuse"], strict=True)]
+    cf_over = [a / b for a, b in zip(times["cf_mean"], times["none"], strict=True)]
     return {"median_s": {m: statistics.median(v) for m, v in times.items()}, "times_s": times,
-            "cf_teacher_over_plain_teacher": statistics.median(cf_over),
-            "prefix_reuse_speedup": statistics.median(speedup),
-            "note": "prefix_reuse_speedup = time without reuse / time with reuse (> 1: the reuse pays)"}
+            "cf_teacher_over_plain_teacher": statistics.median(cf_over)}
 
 
 def cf_stats(setup, batches: list[dict]) -> dict:
     """How much counterfactual work the batches hold: rows with a swap, and the positions the teacher's
-    counterfactual pass runs (from the shared prefix on) as a share of the plain pass, for both cf_scopes."""
+    counterfactual pass runs (the swapped rows, cut to the longest) as a share of the plain pass, for both
+    cf_scopes."""
     from distill.counterfactual import counterfactual_batch
 
     out = {}
@@ -315,77 +265,11 @@ def cf_stats(setup, batches: list[dict]) -> dict:
             cf = counterfactual_batch(ids, setup.tokenizer, setup.swap_table, setup.lexicon, end)
             rows += ids.shape[0]
             cf_rows += cf.rows.numel()
-            extra += int((cf.attention_mask.sum(1) - cf.prefix_len).sum()) / ids.shape[1]
+            if cf.rows.numel():
+                extra += cf.rows.numel() * int(cf.attention_mask.sum(1).max()) / ids.shape[1]
         out["cf_rows_share"] = cf_rows / max(rows, 1)
         out[f"teacher_extra_positions_share_{scope}"] = extra / max(rows, 1)
     return out
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Generation and swaps
-
-
-def load_prompts(n: int) -> list[str]:
-    data = json.loads(PROMPTS.read_text(encoding="utf-8"))
-    prompts = [p for group in data.values() for ps in group.values() for p in ps]
-    step = max(1, len(prompts) // n)
-    return prompts[::step][:n]
-
-
-def measure_generation(model, tokenizer, settings: dict) -> dict:
-    """generate_samples at batch_size prompts vs one prompt at a time (interleaved rounds, medians)."""
-    from distill.eval.sampling import SamplingConfig, generate_samples
-
-    g = settings["gen"]
-    prompts = load_prompts(g["n_prompts"])
-    n_new = g["max_new_tokens"]
-    gen_cfg = model.generation_config
-    saved = gen_cfg.eos_token_id
-    # Equal work: no row stops early at EOS. (Not min_new_tokens: its processor adds an isin + where over the
-    # vocabulary per step, a cost the eval does not pay.)
-    gen_cfg.eos_token_id = None
-    was_training = model.training
-    times = {"batched": [], "sequential": []}
-    try:
-        def run(bs: int) -> float:
-            cfg = SamplingConfig(samples_per_prompt=1, max_new_tokens=n_new, batch_size=bs, seed=0)
-            t0 = time.perf_counter()
-            generate_samples(model, tokenizer, prompts, cfg, progress=False)
-            return time.perf_counter() - t0
-
-        run(g["batch_size"])  # warm-up
-        one = SamplingConfig(samples_per_prompt=1, max_new_tokens=n_new, batch_size=1)
-        generate_samples(model, tokenizer, prompts[:2], one, progress=False)
-        for r in range(g["repeats"]):
-            for mode in (("batched", "sequential") if r % 2 == 0 else ("sequential", "batched")):
-                times[mode].append(run(g["batch_size"] if mode == "batched" else 1))
-    finally:
-        gen_cfg.eos_token_id = saved
-        model.train(was_training)
-    tokens = len(prompts) * n_new
-    tps = {k: tokens / statistics.median(v) for k, v in times.items()}
-    return {"tokens_per_s_batched": tps["batched"], "tokens_per_s_sequential": tps["sequential"],
-            "ratio": tps["batched"] / tps["sequential"], "times_s": times, "prompts": len(prompts),
-            "batch_size": g["batch_size"], "max_new_tokens": n_new, "sampling": "top_k 40, top_p 0.95, T 1.0",
-            "model": g["model"]}
-
-
-def measure_swaps(settings: dict, setup, batches: list[dict]) -> dict:
-    from distill.counterfactual import benchmark_swap, counterfactual_batch
-
-    text = benchmark_swap(n_bytes=settings["cda_bytes"], lexicon=setup.lexicon, repeats=3)
-    n = settings["token_swap_batches"]
-    use = [batches[i % len(batches)] for i in range(n)]
-    end = setup.tokenizer.eos_token_id
-    counterfactual_batch(use[0]["input_ids"], setup.tokenizer, setup.swap_table, setup.lexicon, end)  # warm up
-    t0 = time.perf_counter()
-    for b in use:
-        counterfactual_batch(b["input_ids"], setup.tokenizer, setup.swap_table, setup.lexicon, end)
-    dt = time.perf_counter() - t0
-    seqs = sum(b["input_ids"].shape[0] for b in use)
-    toks = sum(b["input_ids"].numel() for b in use)
-    return {"cda_mb_per_s": text["mb_per_s"], "cda": text, "token_swap_per_s": seqs / dt,
-            "token_swap_tokens_per_s": toks / dt, "token_swap_unit": "sequences/s"}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -424,77 +308,6 @@ def _gpu_measure(settings, tok, tokenizer_dir: Path, workdir: Path, batches: lis
     }
 
 
-# --------------------------------------------------------------------------------------------------------------
-# Report
-
-
-def evaluate_targets(r: dict) -> dict:
-    def entry(key, ok):
-        return {"target": TARGETS[key], "value": r.get(key), "ok": None if ok is None else bool(ok)}
-
-    kd_sps = r["settings"]["batch_size"] / r["steps"]["kd"]["step_s"]
-    return {
-        "kd_over_ce_step": entry("kd_over_ce_step",
-                                 abs(r["kd_over_ce_step"] / r["kd_over_ce_theoretical"] - 1) <= 0.10),
-        "crr_over_kd_step": entry("crr_over_kd_step", r["crr_over_kd_step"] <= 1.15),
-        "kd_peak_mem_over_ce": entry("kd_peak_mem_over_ce", r["kd_peak_mem_over_ce"] <= 1.2),
-        "kd_flops_fraction_of_peak": entry("kd_flops_fraction_of_peak", r["kd_flops_fraction_of_peak"] >= 0.5),
-        "gen_batched_over_sequential": entry("gen_batched_over_sequential",
-                                             r["gen_batched_over_sequential"] >= 10),
-        "cda_mb_per_s": entry("cda_mb_per_s", r["cda_mb_per_s"] >= 5),
-        "token_swap_per_s": entry("token_swap_per_s", r["token_swap_per_s"] >= 20 * kd_sps),
-    }
-
-
-def _fmt(v) -> str:
-    return "n/a" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))
-
-
-def format_table(r: dict) -> str:
-    rows = [("key", "value", "target", "ok")]
-    for key, t in r["targets"].items():
-        ok = "-" if t["ok"] is None else ("PASS" if t["ok"] else "FAIL")
-        rows.append((key, _fmt(t["value"]), t["target"], ok))
-    for key in INFO_KEYS:
-        rows.append((key, _fmt(r.get(key)), "(info)", ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    s = r["steps"]
-    lines.append("")
-    st, fl = r["settings"], r["flops"]
-    lines.append(f"batch {st['batch_size']} x {st['seq_len']} tokens, N_teacher {fl['n_teacher'] / 1e6:.1f}M, "
-                 f"N_student {fl['n_student'] / 1e6:.1f}M, chunk_size {st['chunk_size']}"
-                 + (f" (auto: {st['chunk_size_auto']} rows)" if "chunk_size_auto" in st else "") + "; step medians (s):")
-    for n in (n for n in STEP_CONFIGS if n in s):
-        x = s[n]
-        lines.append(f"  {n:14s} {x['step_s']:.2f} = fwd+bwd {x['fwd_bwd_s']:.2f} (teacher {x['teacher_s']:.2f}, "
-                     f"counterfactual_batch {x['counterfactual_batch_s']:.3f}) + clip/AdamW {x['optimizer_s']:.2f}")
-    m = r["memory"]
-    if "loss" in r:
-        lines.append(f"KD + CE loss alone, {r['loss']['shape']}: {r['loss']['loss_s']:.3f} s chunked (closed-form "
-                     f"gradient) vs {r['loss']['loss_unchunked_s']:.3f} s under autograd")
-    lines.append("step working memory (MiB, allocator peak above the step's start): " + ", ".join(
-        f"{n} {m[n]['alloc_peak_mb']:.0f}" for n in MEMORY_CONFIGS if "alloc_peak_mb" in m.get(n, {})))
-    g = r["gen"]
-    lines.append(f"generation: {g['tokens_per_s_batched']:.0f} tok/s at batch {g['batch_size']} vs "
-                 f"{g['tokens_per_s_sequential']:.1f} tok/s one prompt at a time ({g['model_shape']})")
-    c = r["cpu"]
-    lines.append(f"CPU capability {c['capability']} (AMX {c['amx']}, AVX512-BF16 {c['avx512_bf16']}); measured in "
-                 f"{r['precision']}; auto would pick {r['auto_precision']['choice']} "
-                 f"({r['auto_precision']['reason']})")
-    lines.append(f"threads {r['torch_threads']}; load average {r['load_average']['start']} -> "
-                 f"{r['load_average']['end']} on {r['load_average']['cores']} cores; {r['elapsed_s']:.0f} s")
-    return "\n".join(lines)
-
-
-INFO_KEYS = ("kd_over_ce_theoretical", "kd_over_ce_fwd_bwd", "crr_block_over_kd_step",
-             "kd_topk_cached_over_kd_step", "kd_topk_cached_theoretical", "topk_kept_mass",
-             "loss_over_unchunked", "kd_compiled_over_kd_step", "kd_compiled_first_step_s",
-             "kd_peak_mem_over_ce_unchunked", "kd_peak_mem_over_ce_process", "crr_peak_mem_over_kd",
-             "cf_teacher_over_plain_teacher", "prefix_reuse_speedup", "token_swap_tokens_per_s")
-
-
 def cpu_and_precision() -> dict:
     """What the CPU offers and what the CPU section ran in: fp32 throughout (Accelerator without mixed
     precision, fp32 models), whatever `auto` would pick here, so that figures compare across machines."""
@@ -524,7 +337,7 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
     torch.set_num_threads(threads)
     settings["torch_threads"] = threads
     if settings["chunk_size"] == 0:
-        from distill.losses import auto_chunk_size
+        from distill.train.losses import auto_chunk_size
 
         settings["chunk_size_auto"] = auto_chunk_size(torch.device("cpu"))
     set_seed(0)
@@ -551,9 +364,9 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         steps = time_steps(trainer, cfgs, batches, settings["repeats"], settings["matmul_n"],
                            flops["kd_step_flops"])
         t = mark("steps", t)
-        reuse = measure_prefix_reuse(setup, batches, min(settings["repeats"], 3))
+        cf_teacher = measure_cf_teacher(setup, batches, min(settings["repeats"], 3))
         loss = measure_loss(settings)
-        t = mark("prefix_reuse_and_loss", t)
+        t = mark("cf_teacher_and_loss", t)
         memory = measure_memory(settings, tok_dir, workdir, batches[0], threads, trainer, cfgs)
         t = mark("memory", t)
         gen = measure_generation(setup.student, tok, settings)
@@ -584,8 +397,8 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
                      "student": f"{len(settings['student_layers'])} layers: teacher blocks "
                                 f"{settings['student_layers']}",
                      "batches": batch_info, "counterfactual_work": cf,
-                     "step": "accumulate_gradients (1 micro-batch) + clip + AdamW step + zero_grad; "
-                             "dropout 0.1 on (GPT-2 default)",
+                     "step": "train.step.kd_step (1 micro-batch): targets, forward, loss, backward, clip, "
+                             "AdamW + schedule step, zero_grad; dropout 0.1 on (GPT-2 default)",
                      "losses": {"kd": "alpha_kd 1, alpha_ce 0.5, T 2, forward_kl, chunked distill_loss",
                                 "ce": "alpha_kd 0, alpha_ce 1 (teacher not run)",
                                 "crr": "as kd + crr.teacher cf_mean, crr.augment replace (cf_scope document)",
@@ -609,9 +422,8 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         "kd_compiled_first_step_s": steps["kd_compiled"]["first_step_s"] if "kd_compiled" in steps else None,
         "kd_topk_cached_theoretical": 6 * flops["n_student"] / (2 * flops["n_teacher"] + 6 * flops["n_student"]),
         "topk_kept_mass": topk_mass,
-        "cf_teacher_over_plain_teacher": reuse["cf_teacher_over_plain_teacher"],
-        "prefix_reuse_speedup": reuse["prefix_reuse_speedup"],
-        "prefix_reuse": reuse,
+        "cf_teacher_over_plain_teacher": cf_teacher["cf_teacher_over_plain_teacher"],
+        "cf_teacher": cf_teacher,
         "kd_peak_mem_over_ce": _ratio(mem["kd"].get("alloc_peak_mb"), mem["ce"].get("alloc_peak_mb")),
         "kd_peak_mem_over_ce_unchunked": _ratio(mem["kd_unchunked"].get("alloc_peak_mb"),
                                                 mem["ce"].get("alloc_peak_mb")),

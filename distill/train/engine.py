@@ -1,7 +1,7 @@
 """The training engine (DDP, FSDP2 or DeepSpeed ZeRO-3) for both models: the student to train, the teacher sharded
 the same way but in evaluation mode (no optimizer, no gradients).
 
-    python -m distill.engine check recipes/accelerate/fsdp.yaml     # one line: ok, or what to install or set
+    python -m distill.train.engine check recipes/accelerate/fsdp.yaml     # one line: ok, or what to install or set
     accelerate launch --config_file recipes/accelerate/fsdp.yaml -m distill train --recipe recipes/debug.yaml
 
 The engine is the one the accelerate launcher asked for through its environment (ACCELERATE_USE_FSDP,
@@ -366,10 +366,10 @@ def plain_model(model: torch.nn.Module, state: dict) -> torch.nn.Module:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m distill.engine check CONFIG`: one line, exit 0 when the engine can run here, 2 when not."""
+    """`python -m distill.train.engine check CONFIG`: one line, exit 0 when the engine can run here, 2 when not."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 2 or argv[0] != "check":
-        print("usage: python -m distill.engine check ACCELERATE_CONFIG.yaml", file=sys.stderr)
+        print("usage: python -m distill.train.engine check ACCELERATE_CONFIG.yaml", file=sys.stderr)
         return 2
     try:
         engine = check_config_file(argv[1])

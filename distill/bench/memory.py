@@ -1,5 +1,5 @@
 """Step memory of the benchmark: the allocator peak of one step in this process, and whole-process peak RSS in
-fresh child processes (see `distill.bench` for what the keys mean)."""
+fresh child processes (see `distill.bench.run` for what the keys mean)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from distill.bench_setup import Trainer, build_setup, make_configs, run_child
+from distill.bench.setup import Trainer, build_setup, make_configs, run_child
 
 MEMORY_CONFIGS = ("ce", "kd", "kd_unchunked", "crr")
 
@@ -20,27 +20,13 @@ def unchunked_distill_loss(student_logits, teacher_probs, labels, *, w_kd, w_ce,
                            beta=0.5, chunk_size=None, reuse_teacher_buffer=False):
     """`losses.distill_loss` written the simple way: kd_loss + ce_loss under plain autograd (no chunks; the
     chunking and buffer-reuse arguments are accepted and ignored)."""
-    from distill.losses import ce_loss, kd_loss
+    from distill.train.losses import ce_loss, kd_loss
 
     ce = ce_loss(student_logits, labels)
     kd = (kd_loss(student_logits, teacher_probs, labels, temperature=temperature, kind=kind, beta=beta)
           if teacher_probs is not None else ce.new_zeros(()))
     total = w_kd * kd + w_ce * ce
     return total, kd.detach(), ce.detach()
-
-
-@contextlib.contextmanager
-def loss_variant(name: str):
-    """Swap train.distill_loss for the unchunked reference while measuring `kd_unchunked`."""
-    import distill.train as train_mod
-
-    orig = train_mod.distill_loss
-    if name == "kd_unchunked":
-        train_mod.distill_loss = unchunked_distill_loss
-    try:
-        yield
-    finally:
-        train_mod.distill_loss = orig
 
 
 def _proc_status_kb(field: str) -> int | None:
@@ -99,19 +85,18 @@ def allocated_peak(fn) -> int:
 def measure_step_memory(trainer: Trainer, cfgs: dict, name: str, batch: dict, rss: bool) -> dict:
     """rss: peak RSS of one step (a fresh child process); else the allocator trace of one step."""
     cfg = cfgs["kd" if name == "kd_unchunked" else name]
+    loss_fn = unchunked_distill_loss if name == "kd_unchunked" else None  # None: kd_step's distill_loss
     gc.collect()
     out = {}
-    with loss_variant(name):
-        if rss:
-            before = _proc_status_kb("VmRSS")
-            ok = _reset_peak_rss()
-            trainer.step(cfg, batch)
-            peak = _proc_status_kb("VmHWM")
-            if ok and before is not None and peak is not None:
-                out.update(rss_before_mb=before / 1024, rss_peak_mb=peak / 1024,
-                           rss_step_mb=(peak - before) / 1024)
-        else:
-            out["alloc_peak_mb"] = allocated_peak(lambda: trainer.step(cfg, batch)) / 2**20
+    if rss:
+        before = _proc_status_kb("VmRSS")
+        ok = _reset_peak_rss()
+        trainer.step(cfg, batch, loss_fn=loss_fn)
+        peak = _proc_status_kb("VmHWM")
+        if ok and before is not None and peak is not None:
+            out.update(rss_before_mb=before / 1024, rss_peak_mb=peak / 1024, rss_step_mb=(peak - before) / 1024)
+    else:
+        out["alloc_peak_mb"] = allocated_peak(lambda: trainer.step(cfg, batch, loss_fn=loss_fn)) / 2**20
     return out
 
 

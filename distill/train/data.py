@@ -1,6 +1,6 @@
 """Training data: load with `datasets`, optionally gender-swap, tokenise in batches, pack into fixed blocks.
 
-    from distill.data import build_datasets, BlockSampler
+    from distill.train.data import build_datasets, BlockSampler
     train, val, stats = build_datasets(cfg.data, cfg.crr, tokenizer, seed=cfg.seed)
 
 Blocks are windows of `block_size` tokens cut from the concatenated documents (an EOS between documents), so

@@ -1,0 +1,1 @@
+"""Counterfactual role reversal: vocabulary-level operations on the teacher's distributions."""

@@ -1,0 +1,170 @@
+"""One optimizer step of knowledge distillation, in one function: `kd_step`.
+
+    stats = kd_step(cfg, setup, student, optimizer, scheduler, accelerator, batches, step=n, run_dir=run_dir)
+
+`loop.fit` calls it once per step and `distill bench` calls it to time a step, so what the bench measures
+is what training runs. The bench times the named phases through `phases` (a callable returning a context
+manager per phase name, `no_phases` by default) and swaps the loss through `loss_fn`; nothing is patched.
+
+Phases, in order: "counterfactual_batch" (the role-reversed rows, cf_* modes), "teacher" (the teacher's
+targets), "student_forward", "loss", "backward" (per micro-batch), then "clip" and "optimizer" (clip, AdamW
+and schedule step, zero_grad). A top-k cached step skips the first two for cached blocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+from accelerate import Accelerator
+
+from distill.config import Config
+from distill.errors import TrainingDiverged
+from distill.train import checkpoint as ckpt
+from distill.train import engine as eng
+from distill.train.losses import cosine_loss, distill_loss, shift_labels
+from distill.train.targets import CF_MODES, Targets, teacher_targets
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from distill.counterfactual_tokens import CounterfactualBatch
+    from distill.train.setup import Setup
+
+
+class Phases(Protocol):
+    """`phases(name)` is entered around each named phase of the step (e.g. to time it)."""
+
+    def __call__(self, name: str) -> AbstractContextManager: ...
+
+
+def no_phases(name: str) -> AbstractContextManager:
+    return contextlib.nullcontext()
+
+
+@dataclass
+class StepStats:
+    """What one step reports: sums over this process, counts over all processes."""
+
+    n_tokens: int  # real (label != -100) tokens of the step on all processes: the loss's denominator
+    sums: torch.Tensor  # (4,) float64 on this process: kd, ce, cos term sums and gender-swapped rows
+    grad_norm: float
+    changed_share: float  # mean over micro-batches of the share of positions whose target was perturbed
+    topk_mass: float  # mean teacher mass kept by top-k targets (1.0 without the cache)
+    cf_exact: int  # swapped words done by token substitution / by re-tokenisation (cf_* modes)
+    cf_aligned: int
+
+
+def kd_step(cfg: Config, setup: Setup, student: torch.nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler, accelerator: Accelerator, batches: list[dict], *, step: int, run_dir: Path,
+            loss_fn=None, phases: Phases = no_phases) -> StepStats:
+    """Forward and backward over one optimizer step's micro-batches `batches` (dicts with "input_ids",
+    "swapped" and, for the top-k cache, "blocks"), then clip, optimizer step, schedule step, zero_grad.
+
+    Every term is divided by the count of real tokens in ALL micro-batches of the step on ALL processes,
+    counted before the first forward, so batch 4 x accum 1 and batch 1 x accum 4 give the same gradient, and
+    so do 2 processes x batch 2 and 1 process x batch 4 (TRL issue 4719). `loss_fn` (default
+    `losses.distill_loss`) takes distill_loss's arguments. Raises TrainingDiverged on a non-finite loss
+    (before its backward) or gradient norm (before the optimizer step); `step` and `run_dir` name them.
+    """
+    loss_fn = loss_fn or distill_loss  # looked up at call time, so a test can wrap the module's distill_loss
+    device = accelerator.device
+    want_hidden = cfg.loss.alpha_cos > 0
+    cache = setup.target_cache if cfg.loss.teacher_top_k else None
+    local_tokens = sum((shift_labels(b["input_ids"]) != -100).sum().item() for b in batches)
+    n_global = int(accelerator.reduce(torch.tensor(local_tokens, device=device), "sum").item())
+    # DDP averages gradients over processes; the scale makes that average the global token mean.
+    scale = eng.loss_scale(accelerator, setup.engine, len(batches), n_global)
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # kd, ce, cos, swapped rows
+    changed_share = topk_mass = 0.0
+    cf_exact = cf_aligned = 0
+    for m, batch in enumerate(batches):
+        ids = batch["input_ids"].to(device)
+        labels = shift_labels(ids)
+        with eng.accumulating(accelerator, student, setup.engine, last=m == len(batches) - 1):
+            with accelerator.autocast():
+                # 1. Teacher targets: from the top-k cache (the teacher runs on the blocks not cached yet), or
+                #    fresh: plain, pair-equalised or combined with the counterfactual rows.
+                probs = target = cf = None
+                changed, kept = 0.0, 1.0
+                if cache is not None:
+                    todo = cache.missing(batch["blocks"])
+                    if todo:
+                        fresh, _ = batch_targets(cfg, setup, ids[todo], phases)
+                        cache.put([batch["blocks"][i] for i in todo], fresh.probs, fresh.changed_share)
+                        del fresh
+                    probs, changed, kept = cache.get(batch["blocks"], device)
+                elif cfg.loss.alpha_kd > 0 or want_hidden:
+                    target, cf = batch_targets(cfg, setup, ids, phases)
+                    probs, changed = target.probs, target.changed_share
+                eng.drain(setup.teacher)  # a sharded teacher: the processes finish their teacher work together
+                # 2. Student forward.
+                with phases("student_forward"):
+                    out = student(input_ids=ids, output_hidden_states=want_hidden, use_cache=False)
+                # 3. Loss: this process's sums, scaled to its share of the global token mean.
+                with phases("loss"):
+                    total, kd_sum, ce_sum = loss_fn(
+                        out.logits[..., : setup.vocab_rows], probs if cfg.loss.alpha_kd > 0 else None, labels,
+                        w_kd=cfg.loss.alpha_kd * scale, w_ce=cfg.loss.alpha_ce * scale,
+                        temperature=cfg.loss.temperature, kind=cfg.loss.divergence, beta=cfg.loss.jsd_beta,
+                        chunk_size=cfg.loss.chunk_size,
+                        reuse_teacher_buffer=True,  # the targets are not read again: their memory holds the gradient
+                    )
+                    cos_sum = torch.zeros((), device=device)
+                    if want_hidden:
+                        cos_sum = cosine_loss(out.hidden_states[-1], target.hidden, labels)
+                        total = total + cfg.loss.alpha_cos * scale * cos_sum
+            if not torch.isfinite(total):
+                raise TrainingDiverged(diverged_message(total.item(), step, run_dir))
+            # 4. Backward: gradients accumulate in .grad over the micro-batches.
+            with phases("backward"):
+                accelerator.backward(total)
+        sums += torch.stack([kd_sum.detach().double(), ce_sum.detach().double(), cos_sum.detach().double(),
+                             batch["swapped"].sum().double().to(device)])
+        changed_share += changed / len(batches)
+        topk_mass += kept / len(batches)
+        cf_exact += cf.n_exact if cf is not None else 0
+        cf_aligned += cf.n_aligned if cf is not None else 0
+    # 5. Clip the global gradient norm, 6. optimizer and schedule step.
+    with phases("clip"):
+        grad_norm = eng.clip_grad_norm(accelerator, student, setup.engine, cfg.train.max_grad_norm)
+    if not math.isfinite(grad_norm):
+        raise TrainingDiverged(diverged_message(grad_norm, step, run_dir, what="gradient norm"))
+    with phases("optimizer"):
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return StepStats(n_global, sums, grad_norm, changed_share, topk_mass, cf_exact, cf_aligned)
+
+
+def batch_targets(cfg: Config, setup: Setup, input_ids: torch.Tensor,
+                  phases: Phases = no_phases) -> tuple[Targets, CounterfactualBatch | None]:
+    """The teacher's targets for rows `input_ids` in the recipe's crr.teacher mode, and the counterfactual
+    batch they were combined with (cf_* modes; None otherwise)."""
+    cf = None
+    if cfg.crr.teacher in CF_MODES:
+        from distill.counterfactual import counterfactual_batch
+
+        with phases("counterfactual_batch"):
+            document_end = setup.tokenizer.eos_token_id if cfg.crr.cf_scope == "document" else None
+            cf = counterfactual_batch(input_ids.cpu(), setup.tokenizer, setup.swap_table, setup.lexicon,
+                                      document_end)
+            for name, value in vars(cf).items():  # the swap runs on the CPU; the teacher reads it on its device
+                if isinstance(value, torch.Tensor):
+                    setattr(cf, name, value.to(input_ids.device))
+    with phases("teacher"):
+        out = teacher_targets(setup.teacher, input_ids, mode=cfg.crr.teacher, temperature=cfg.loss.temperature,
+                              vocab_rows=setup.vocab_rows, table=setup.swap_table, cf=cf,
+                              want_hidden=cfg.loss.alpha_cos > 0)
+    return out, cf
+
+
+def diverged_message(value: float, step: int, run_dir: Path, what: str = "loss") -> str:
+    latest = ckpt.latest_checkpoint(run_dir)
+    keep = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+    return (f"{what} became {value} at step {step}; training stopped and nothing was saved for that step; "
+            f"{keep}. Lower train.lr or raise train.warmup_steps, then --resume")
