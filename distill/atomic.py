@@ -9,7 +9,7 @@ half-written one. Every writer of results, checkpoints, caches and downloads goe
         (tmp / "a.json").write_text("{}")
 
 If the block raises, the temporary sibling is removed and the target is left as it was. The temporary names
-start with a dot and hold the process id, so concurrent writers never share one.
+(`.tmp-NAME-PID`, `.old-NAME-PID`) hold the process id, so concurrent writers never share one.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from pathlib import Path
 
 
 def _sibling(path: Path, tag: str) -> Path:
-    return path.with_name(f".{path.name}.{tag}-{os.getpid()}")
+    return path.with_name(f".{tag}-{path.name}-{os.getpid()}")
 
 
 @contextmanager

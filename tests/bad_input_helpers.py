@@ -50,5 +50,5 @@ def snapshot(root: Path) -> dict:
 def no_leftovers(root: Path) -> list[str]:
     """Lock files, set-aside runs, temporary folders and pending recipes that must not outlive a command."""
     root = Path(root)
-    bad = (".lock", ".replaced-", ".tmp-", ".recipe.pending", ".distill-probe-")
+    bad = (".lock", ".replaced-", ".tmp-", ".old-", ".recipe.pending", ".distill-probe-")
     return [str(p) for p in root.rglob("*") if any(p.name.startswith(b) for b in bad)] if root.exists() else []

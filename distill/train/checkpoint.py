@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from distill import rundir
+from distill.atomic import atomic_dir, write_text_atomic
 from distill.errors import UserError
 
 _STEP_PREFIX = "step-"
@@ -143,9 +144,9 @@ def start_run(run_dir: Path, cfg, *, resume: bool, overwrite: bool) -> Path | No
     saved = run_dir / "recipe.yaml"
     if resume and saved.is_file():
         if saved.read_text() != recipe:
-            _atomic_write(run_dir / _PENDING_RECIPE, recipe)
+            write_text_atomic(run_dir / _PENDING_RECIPE, recipe)
     else:
-        _atomic_write(saved, recipe)
+        write_text_atomic(saved, recipe)
     return aside
 
 
@@ -162,12 +163,6 @@ def abandon_run(run_dir: Path, aside: Path | None) -> None:
     (Path(run_dir) / _PENDING_RECIPE).unlink(missing_ok=True)
     if aside is not None and aside.is_dir():
         rundir.restore_replaced(run_dir, aside)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def flat_keys(d: dict, prefix: str = "") -> dict:
@@ -201,6 +196,7 @@ def _set_rng_state(state: dict) -> None:
 def save(run_dir: Path, step: int, accelerator, student, optimizer, scheduler, sampler, state: dict,
          keep: int, engine: str = "ddp") -> Path:
     root = Path(run_dir) / "checkpoints"
+    # Not atomic_dir: every process writes into this folder, so its name must not depend on the process.
     tmp, final = root / f".tmp-{_STEP_PREFIX}{step:08d}", root / f"{_STEP_PREFIX}{step:08d}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -367,7 +363,7 @@ def truncate_log(log: Path, step: int) -> int:
         if isinstance(record, dict) and record.get("step", 0) <= step:
             kept.append(line)
     if len(kept) != len(lines):
-        _atomic_write(log, "".join(ln + "\n" for ln in kept))
+        write_text_atomic(log, "".join(ln + "\n" for ln in kept))
     return len(lines) - len(kept)
 
 
@@ -376,13 +372,11 @@ def save_final(run_dir: Path, cfg, student, tokenizer, metrics: dict, setup) -> 
 
     A write that fails (disk full, a file system gone read-only) is retried in a temporary folder, and the
     one-line error says where the model was left."""
-    final, tmp = Path(run_dir) / "final", Path(run_dir) / ".tmp-final"
+    final = Path(run_dir) / "final"
     try:
-        _write_final(tmp, cfg, student, tokenizer, metrics, setup)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with atomic_dir(final) as tmp:
+            _write_final(tmp, cfg, student, tokenizer, metrics, setup)
     except (OSError, RuntimeError, SafetensorError) as exc:
-        shutil.rmtree(tmp, ignore_errors=True)
         text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
         try:
             import tempfile

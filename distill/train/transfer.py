@@ -25,9 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import random
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -35,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from distill.atomic import atomic_dir, write_text_atomic
 from distill.config import Config, TransferSetConfig, build_section, check_fields
 from distill.errors import UserError
 from distill.precision import resolve_dtype
@@ -92,10 +91,7 @@ def _file_sha256(path: Path, memo_path: Path) -> str:
         while block := f.read(1 << 20):
             h.update(block)
     memo[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
-    memo_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(memo, indent=1))
-    os.replace(tmp, memo_path)
+    write_text_atomic(memo_path, json.dumps(memo, indent=1))
     return memo[key]["sha256"]
 
 
@@ -343,25 +339,12 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
                      "distill": _version("distill")},
     }
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f".tmp-{key}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    # Another process may have finished the same key meanwhile: keep its (identical) set; replace a broken one.
+    with atomic_dir(final, replace=_read_manifest(final) is None) as tmp:
         _write_jsonl(tmp / "train.jsonl", train_texts)
         _write_jsonl(tmp / "heldout.jsonl", held_texts)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-        try:
-            os.rename(tmp, final)
-        except OSError:  # another process finished the same key first (or a broken dir is there): keep one
-            existing = _read_manifest(final)
-            if existing is None:
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(tmp, final)
-            else:
-                manifest = existing
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    manifest = _read_manifest(final) or manifest
     print(f"wrote {final}: {len(train_texts)} train / {len(held_texts)} held-out sequences, "
           f"{generated} new tokens in {wall:.0f} s ({generated / max(wall, 1e-9):.0f} tokens/s)")
     return TransferSet(str(final / "train.jsonl"), str(final / "heldout.jsonl"), manifest)
