@@ -131,7 +131,7 @@ TARGETS = {
 def phase_timers(sync=lambda: None):
     """Time spent in `teacher.teacher_targets` and `counterfactual_batch` during the block (patched module
     attributes, which `train.micro_batch_losses` imports at call time)."""
-    import distill.counterfactual as cmod
+    import distill.crr.token_swap as cmod
     import distill.teacher as tmod
 
     spent = {"teacher": 0.0, "counterfactual_batch": 0.0}
@@ -277,7 +277,7 @@ def measure_loss(settings: dict, repeats: int = 3) -> dict:
 def measure_prefix_reuse(setup, batches: list[dict], rounds: int) -> dict:
     """`teacher_targets` alone: plain (mode none) vs cf_mean reusing the prefix key/values vs cf_mean
     recomputing the counterfactual rows from scratch (reuse_prefix=False); interleaved, per-round ratios."""
-    from distill.counterfactual import counterfactual_batch
+    from distill.crr.token_swap import counterfactual_batch
     from distill.teacher import teacher_targets
 
     modes = ["none", "cf_reuse", "cf_recompute"]
@@ -305,7 +305,7 @@ def measure_prefix_reuse(setup, batches: list[dict], rounds: int) -> dict:
 def cf_stats(setup, batches: list[dict]) -> dict:
     """How much counterfactual work the batches hold: rows with a swap, and the positions the teacher's
     counterfactual pass runs (from the shared prefix on) as a share of the plain pass, for both cf_scopes."""
-    from distill.counterfactual import counterfactual_batch
+    from distill.crr.token_swap import counterfactual_batch
 
     out = {}
     for scope, end in (("document", setup.tokenizer.eos_token_id), ("block", None)):
@@ -371,7 +371,8 @@ def measure_generation(model, tokenizer, settings: dict) -> dict:
 
 
 def measure_swaps(settings: dict, setup, batches: list[dict]) -> dict:
-    from distill.counterfactual import benchmark_swap, counterfactual_batch
+    from distill.bench_swap import benchmark_swap
+    from distill.crr.token_swap import counterfactual_batch
 
     text = benchmark_swap(n_bytes=settings["cda_bytes"], lexicon=setup.lexicon, repeats=3)
     n = settings["token_swap_batches"]

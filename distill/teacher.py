@@ -64,7 +64,7 @@ _WORD_CHAR = re.compile(r"\w")  # the lexicon's word boundary is (?<!\w) ... (?!
 
 
 class SwapTableLike(Protocol):
-    """What `distill.counterfactual.TokenSwapTable` provides."""
+    """What `distill.crr.token_table.TokenSwapTable` provides."""
 
     counterpart: torch.Tensor  # (V,) id -> counterpart id; identity for non-gendered
     pairs: torch.Tensor  # (P, 2) [male_id, female_id]
@@ -73,7 +73,7 @@ class SwapTableLike(Protocol):
 
 
 class CounterfactualLike(Protocol):
-    """What `distill.counterfactual.CounterfactualBatch` provides."""
+    """What `distill.crr.token_swap.CounterfactualBatch` provides."""
 
     rows: torch.Tensor  # (S,) batch rows that have a counterfactual
     input_ids: torch.Tensor  # (S, T2) cf ids, right-padded

@@ -92,7 +92,8 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
 
     lexicon = swap_table = None
     if cfg.crr.augment != "none" or cfg.crr.teacher != "none":
-        from distill.counterfactual import build_token_swap_table, load_lexicon
+        from distill.crr.lexicon import load_lexicon
+        from distill.crr.token_table import build_token_swap_table
 
         lexicon = load_lexicon(cfg.crr.lexicon, cfg.crr.names)
         if cfg.crr.teacher != "none":
@@ -162,7 +163,7 @@ def teacher_output(cfg: Config, setup: Setup, input_ids: torch.Tensor):
 
     cf = None
     if cfg.crr.teacher.startswith("cf"):
-        from distill.counterfactual import counterfactual_batch
+        from distill.crr.token_swap import counterfactual_batch
 
         document_end = setup.tokenizer.eos_token_id if cfg.crr.cf_scope == "document" else None
         cf = counterfactual_batch(input_ids.cpu(), setup.tokenizer, setup.swap_table, setup.lexicon, document_end)
