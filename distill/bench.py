@@ -70,7 +70,7 @@ What each key means:
   so every row generates exactly max_new_tokens in both. Model: the student above (81.9M parameters).
 - cpu, precision, auto_precision: torch's CPU capability checks (`precision.cpu_features`), the precision the CPU
   section ran in (fp32 always: comparable across machines), and what `auto` would pick on this CPU and why.
-- cda_mb_per_s: `counterfactual.benchmark_swap` (the text swap of augmentation), MB/s.
+- cda_mb_per_s: `bench_swap.benchmark_swap` (the text swap of augmentation), MB/s.
 - token_swap_per_s: `counterfactual_batch` on the benchmark batches, sequences/s (tokens/s beside it).
 
 Threads: torch.set_num_threads is set explicitly and reported. When the load average at start is within half

@@ -42,7 +42,7 @@ class TokenSwapTable:
     back_groups: counterfactual id -> every original id it can stand for when it has several
         (" her" -> [" him", " his"], " his" -> [" her", " hers"]); other ids map back via `counterpart`.
     is_gendered: (V,) True for the ids in the table.
-    The other fields are caches for counterfactual_batch, filled on first use when empty: pieces (the text of
+    The other fields are caches for counterfactual_batch, filled by `prepare` when empty: pieces (the text of
     each id), text_to_id (each gendered spelling's single id), word_starts (id -> places in its piece where a
     lexicon word may begin, see word_start_offsets), encode_memo (re-tokenised runs).
     """
