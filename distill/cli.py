@@ -169,7 +169,7 @@ def _dispatch(args) -> int | None:
     elif args.command == "corpus":
         from distill.train.transfer import main as run
     elif args.command == "swap":
-        from distill.counterfactual import swap_main as run
+        from distill.crr.swap_command import swap_main as run
     elif args.command == "bench":
         from distill.bench.run import main as run
     else:

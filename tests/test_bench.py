@@ -149,7 +149,7 @@ def test_generate_samples_gives_k_reproducible_samples_per_prompt_on_both_paths(
 
 
 def test_batches_hold_the_gendered_share_spread_over_batches(tmp_path):
-    from distill.counterfactual import load_lexicon
+    from distill.crr.lexicon import load_lexicon
 
     settings = bench_setup.settings_for(tiny=True)
     settings["seq_len"] = 128

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from distill.counterfactual import load_lexicon
+from distill.crr.lexicon import load_lexicon
 from distill.train.data import augment_documents, load_documents, pack
 
 ROOT = Path(__file__).resolve().parent.parent

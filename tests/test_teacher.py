@@ -1,7 +1,7 @@
 """Teacher targets: distributions, pair equalisation, counterfactual symmetry, the counterfactual forward.
 
 Tiny random GPT-2 / Llama (and a sliding-window Mistral) built here, seeded; runs in seconds on a CPU.
-The swap-table and counterfactual-batch objects are built by hand with the fields of distill.counterfactual.
+The swap-table and counterfactual-batch objects are built by hand with the fields of the distill.crr classes.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ NEUTRAL = (20, V)  # ids drawn for ordinary text
 
 
 @dataclass
-class Table:  # same fields as distill.counterfactual.TokenSwapTable
+class Table:  # same fields as distill.crr.token_table.TokenSwapTable
     counterpart: torch.Tensor
     pairs: torch.Tensor
     back_groups: dict[int, list[int]] = field(default_factory=dict)
@@ -37,7 +37,7 @@ class Table:  # same fields as distill.counterfactual.TokenSwapTable
 
 
 @dataclass
-class Cf:  # same fields as distill.counterfactual.CounterfactualBatch
+class Cf:  # same fields as distill.crr.token_swap.CounterfactualBatch
     rows: torch.Tensor
     input_ids: torch.Tensor
     attention_mask: torch.Tensor

@@ -57,7 +57,8 @@ def measure_generation(model, tokenizer, settings: dict) -> dict:
 
 
 def measure_swaps(settings: dict, setup, batches: list[dict]) -> dict:
-    from distill.counterfactual import benchmark_swap, counterfactual_batch
+    from distill.bench.swap import benchmark_swap
+    from distill.crr.token_swap import counterfactual_batch
 
     text = benchmark_swap(n_bytes=settings["cda_bytes"], lexicon=setup.lexicon, repeats=3)
     n = settings["token_swap_batches"]

@@ -70,7 +70,7 @@ What each key means:
   so every row generates exactly max_new_tokens in both. Model: the student above (81.9M parameters).
 - cpu, precision, auto_precision: torch's CPU capability checks (`precision.cpu_features`), the precision the CPU
   section ran in (fp32 always: comparable across machines), and what `auto` would pick on this CPU and why.
-- cda_mb_per_s: `counterfactual.benchmark_swap` (the text swap of augmentation), MB/s.
+- cda_mb_per_s: `bench.swap.benchmark_swap` (the text swap of augmentation), MB/s.
 - token_swap_per_s: `counterfactual_batch` on the benchmark batches, sequences/s (tokens/s beside it).
 
 Threads: torch.set_num_threads is set explicitly and reported. When the load average at start is within half
@@ -231,7 +231,7 @@ def measure_loss(settings: dict, repeats: int = 3) -> dict:
 def measure_cf_teacher(setup, batches: list[dict], rounds: int) -> dict:
     """`targets.teacher_targets` alone: cf_mean (with the counterfactual rows of the batch) over plain (mode
     none); interleaved, per-round ratios."""
-    from distill.counterfactual import counterfactual_batch
+    from distill.crr.token_swap import counterfactual_batch
     from distill.train.targets import teacher_targets
 
     modes = ["none", "cf_mean"]
@@ -255,7 +255,7 @@ def cf_stats(setup, batches: list[dict]) -> dict:
     """How much counterfactual work the batches hold: rows with a swap, and the positions the teacher's
     counterfactual pass runs (the swapped rows, cut to the longest) as a share of the plain pass, for both
     cf_scopes."""
-    from distill.counterfactual import counterfactual_batch
+    from distill.crr.token_swap import counterfactual_batch
 
     out = {}
     for scope, end in (("document", setup.tokenizer.eos_token_id), ("block", None)):

@@ -148,7 +148,8 @@ def build_setup(cfg, tokenizer, device: torch.device, with_teacher: bool = True)
     """A `train.setup.Setup` as `train.setup.build` makes it (teacher frozen in eval mode, fp32 student in train mode), with
     the lexicon and swap table for the counterfactual step; data blocks are the benchmark's own batches."""
     from distill import models
-    from distill.counterfactual import build_token_swap_table, load_lexicon
+    from distill.crr.lexicon import load_lexicon
+    from distill.crr.token_table import build_token_swap_table
     from distill.train.setup import Setup
 
     teacher = models.build_random_model(cfg.teacher.config, tokenizer, seed=cfg.seed)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
-    from distill.counterfactual_tokens import TokenSwapTable
+    from distill.crr.token_table import TokenSwapTable
 
 COMBINATIONS = ("cf_mean", "cf_max", "cf_expmean")  # the cf_* teacher modes
 CHANGED_TV = 1e-6  # total-variation distance above which a position counts as changed (changed_share)

@@ -27,8 +27,8 @@ if TYPE_CHECKING:
     from datasets import Dataset
     from transformers import PreTrainedTokenizerBase
 
-    from distill.counterfactual import Lexicon
-    from distill.counterfactual_tokens import TokenSwapTable
+    from distill.crr.lexicon import Lexicon
+    from distill.crr.token_table import TokenSwapTable
     from distill.train.data import DataStats
     from distill.train.target_cache import TopKTargetCache
 
@@ -60,7 +60,8 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
 
     lexicon = swap_table = None
     if cfg.crr.augment != "none" or cfg.crr.teacher != "none":
-        from distill.counterfactual import build_token_swap_table, load_lexicon
+        from distill.crr.lexicon import load_lexicon
+        from distill.crr.token_table import build_token_swap_table
 
         lexicon = load_lexicon(cfg.crr.lexicon, cfg.crr.names)
         if cfg.crr.teacher != "none":

@@ -32,7 +32,7 @@ from distill.train.targets import CF_MODES, Targets, teacher_targets
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from distill.counterfactual_tokens import CounterfactualBatch
+    from distill.crr.token_swap import CounterfactualBatch
     from distill.train.setup import Setup
 
 
@@ -147,7 +147,7 @@ def batch_targets(cfg: Config, setup: Setup, input_ids: torch.Tensor,
     batch they were combined with (cf_* modes; None otherwise)."""
     cf = None
     if cfg.crr.teacher in CF_MODES:
-        from distill.counterfactual import counterfactual_batch
+        from distill.crr.token_swap import counterfactual_batch
 
         with phases("counterfactual_batch"):
             document_end = setup.tokenizer.eos_token_id if cfg.crr.cf_scope == "document" else None

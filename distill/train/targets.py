@@ -62,7 +62,8 @@ from distill.crr.vocab import (
 )
 
 if TYPE_CHECKING:
-    from distill.counterfactual_tokens import CounterfactualBatch, TokenSwapTable
+    from distill.crr.token_swap import CounterfactualBatch
+    from distill.crr.token_table import TokenSwapTable
 
 MODES = ("none", "pair_mean", *COMBINATIONS)
 CF_MODES = COMBINATIONS
