@@ -10,7 +10,7 @@ for the tests). Each uses 1 thread on a loaded machine (`distill.bench.setup.cho
 
 ## precision
 
-    python -m distill.bench.cpu precision                  # about 8-15 min on the shared 2-core machine
+    python -m distill.bench.cpu precision                  # minutes (README: Hardware and precision)
     python -m distill.bench.cpu precision --only matmul_512 --rounds 5     # seconds
     python -m distill.bench.cpu precision --tiny           # a random 3-layer model, seconds (tests)
 
@@ -28,7 +28,7 @@ records the decision this figure led to on a CPU with AVX512-BF16 and no AMX.
 
 ## sampler
 
-    python -m distill.bench.cpu sampler                        # 40 sequences, about 3 min
+    python -m distill.bench.cpu sampler                        # 40 sequences, minutes
     python -m distill.bench.cpu sampler --sequences 40 --max-new-tokens 32 --batch-size 20 --rounds 2
 
 Both paths sample the same seed prompts (data/seed_prompts.txt, in the transfer set's order) with the demo's
@@ -36,13 +36,13 @@ settings (top-k 50, top-p 0.95, temperature 1), in the precision `auto` picks fo
 rounds (after an untimed warm-up batch):
 - before: `model.generate(do_sample=True, top_k, top_p)`, transformers' warpers, which sort the whole
   vocabulary for top-p and draw over all of it at every step (what transfer.py did before issue 12);
-- after: `transfer.sample_continuations`, i.e. `generate.sample_batches` with `TopKTopPSampler`.
+- after: `transfer.sample_continuations`, i.e. `distill.eval.sampling.sample_batches` with `TopKTopPSampler`.
 Reported: generated tokens/s (EOS counted where a row stops early, so both count the tokens they produced)
 and sequences/s of each, and their ratio.
 
 ## demo
 
-    python -m distill.bench.cpu demo                                        # native precision (auto), ~5 min
+    python -m distill.bench.cpu demo                                        # native precision (auto), minutes
     ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python -m distill.bench.cpu demo    # as an AVX2-only CPU
 
 Short runs of each piece on the real teacher (`make teacher`), in the precision `auto` picks:

@@ -6,7 +6,7 @@ from distill.bench.memory import MEMORY_CONFIGS
 from distill.bench.setup import STEP_CONFIGS
 
 # Targets from the issue (the two swap targets are the project's: the token swap must not slow a step, and
-# the text swap should stay near the 7-9 MB/s its docstring reports).
+# the text swap should stay near its README figure).
 TARGETS = {
     "kd_over_ce_step": "within 10% of kd_over_ce_theoretical",
     "crr_over_kd_step": "<= 1.15",

@@ -1,6 +1,6 @@
 """Benchmarks of what training and evaluation run: step time, step memory, FLOP use, generation, swaps.
 
-    distill bench                               # GPT-2-small shapes; about 4 minutes on 2 CPU cores
+    distill bench                               # GPT-2-small shapes; minutes on a CPU (README: Performance)
     distill bench --tiny --out /tmp/bench.json  # tiny shapes, seconds: checks that every key is written
     python -m pytest tests/test_bench.py -q
 
@@ -74,9 +74,8 @@ What each key means:
 - token_swap_per_s: `counterfactual_batch` on the benchmark batches, sequences/s (tokens/s beside it).
 
 Threads: torch.set_num_threads is set explicitly and reported. When the load average at start is within half
-a core of the core count, every parallel region waits for a descheduled OpenMP thread (measured on the
-2-core machine at load 5: a one-prompt generation step 27x slower with 2 threads than with 1, a 2048^3
-matmul 94 GFLOP/s on 2 threads vs 216 on 1), which distorts everything made of small ops; the benchmark
+a core of the core count, every parallel region waits for a descheduled OpenMP thread (README: Performance
+has the measured cost), which distorts everything made of small ops; the benchmark
 then uses 1 thread, else all cores (DISTILL_BENCH_THREADS overrides). With CUDA available a GPU section
 (the same ratios with bf16 autocast, tokens/s, torch.cuda.max_memory_allocated) runs in a child process.
 """
