@@ -94,10 +94,9 @@ import transformers
 
 from distill.bench.generation import measure_generation, measure_swaps
 from distill.bench.memory import measure_memory, memory_child
-from distill.bench.report import evaluate_targets, format_table
+from distill.bench.report import assemble_result, format_table, load_average
 from distill.bench.setup import (
     STEP_CONFIGS,
-    TOP_K,
     Trainer,
     build_batches,
     build_setup,
@@ -141,11 +140,26 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
     matmul probe; round 0 is the untimed warm-up. Ratios are per round (same batch, same minute), then the
     median over rounds."""
     names = [n for n in STEP_CONFIGS if n in cfgs]
+    rec, first, cuda_peak = _timed_rounds(trainer, cfgs, names, batches, repeats, matmul_n, peak_mem)
+    out, steps = _step_medians(names, rec, first, cuda_peak if peak_mem else None)
+    paired = _paired_ratios(steps, rec, flops_per_kd_step)
+    out["per_round"] = paired
+    out["ratios"] = {k: statistics.median(v) for k, v in paired.items()}
+    out["matmul_flops_per_s"] = statistics.median(rec["matmul_flops"])
+    out["matmul_flops_per_s_all"] = rec["matmul_flops"]
+    return out
+
+
+def _timed_rounds(trainer: Trainer, cfgs: dict, names: list[str], batches: list[dict], repeats: int,
+                  matmul_n: int, peak_mem: bool) -> tuple[dict, dict, dict]:
+    """Run the rounds. Returns the per-round phase times of each configuration (and the matmul FLOP/s under
+    "matmul_flops"), each configuration's untimed first step and its CUDA peak (with `peak_mem`)."""
     rec = {n: {"fwd_bwd": [], "opt": [], "teacher": [], "counterfactual_batch": []} for n in names}
     first = {}
     rec["matmul_flops"] = []
     cuda_peak = {}
     for r in range(repeats + 1):
+        # Rotated, and reversed every other round, so no configuration always follows the same one.
         order = names[r % len(names):] + names[: r % len(names)]
         if r % 2:
             order.reverse()
@@ -165,6 +179,12 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
         flops = matmul_flops(matmul_n, trainer.device)
         if r > 0:
             rec["matmul_flops"].append(flops)
+    return rec, first, cuda_peak
+
+
+def _step_medians(names: list[str], rec: dict, first: dict, cuda_peak: dict | None) -> tuple[dict, dict]:
+    """Per configuration: the medians of each phase and the per-round step times (fwd_bwd + opt); also
+    returns those step times by configuration."""
     out = {}
     steps = {}
     for name in names:
@@ -176,13 +196,17 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
             "teacher_s": statistics.median(rec[name]["teacher"]),
             "counterfactual_batch_s": statistics.median(rec[name]["counterfactual_batch"]),
         }
-        if peak_mem:
+        if cuda_peak is not None:
             out[name]["cuda_max_memory_allocated_mb"] = cuda_peak[name] / 2**20
+    return out, steps
 
+
+def _paired_ratios(steps: dict, rec: dict, flops_per_kd_step: float) -> dict:
+    """The per-round ratios (same batch in a round), by key."""
     def per_round(a, b):
         return [x / y for x, y in zip(a, b, strict=True)]
 
-    paired = {
+    return {
         "kd_over_ce_step": per_round(steps["kd"], steps["ce"]),
         "kd_over_ce_fwd_bwd": per_round(rec["kd"]["fwd_bwd"], rec["ce"]["fwd_bwd"]),
         "crr_over_kd_step": per_round(steps["crr"], steps["kd"]),
@@ -193,11 +217,6 @@ def time_steps(trainer: Trainer, cfgs: dict, batches: list[dict], repeats: int, 
         "kd_flops_fraction_of_peak": [flops_per_kd_step / t / m
                                       for t, m in zip(steps["kd"], rec["matmul_flops"], strict=True)],
     }
-    out["per_round"] = paired
-    out["ratios"] = {k: statistics.median(v) for k, v in paired.items()}
-    out["matmul_flops_per_s"] = statistics.median(rec["matmul_flops"])
-    out["matmul_flops_per_s_all"] = rec["matmul_flops"]
-    return out
 
 
 def measure_loss(settings: dict, repeats: int = 3) -> dict:
@@ -317,17 +336,30 @@ def cpu_and_precision() -> dict:
             "auto_precision": {"choice": auto.name, "reason": auto.reason}}
 
 
-def _ratio(a, b):
-    return None if a is None or b in (None, 0) else a / b
-
-
 def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = None, compile: bool = False) -> dict:
-    from accelerate import Accelerator
+    """Every measurement of the module docstring, as the dict written to bench.json (`report.assemble_result`)."""
     from accelerate.utils import set_seed
 
     t_start = time.perf_counter()
     transformers.logging.set_verbosity_error()  # packed blocks hold EOS ids without a mask: harmless, noisy
     load_start = [round(x, 2) for x in os.getloadavg()]
+    settings, threads, why = _bench_settings(tiny, repeats, compile)
+    set_seed(0)
+    tmp = tempfile.TemporaryDirectory(prefix="distill-bench-") if workdir is None else None
+    workdir = Path(tmp.name) if tmp else Path(workdir)
+    try:
+        measured = _measure(settings, threads, workdir)
+    finally:
+        if tmp:
+            tmp.cleanup()
+    load_end = [round(x, 2) for x in os.getloadavg()]
+    host = {"torch_threads": threads, "threads_reason": why, **cpu_and_precision(),
+            "load_average": load_average(load_start, load_end)}
+    return assemble_result(settings, measured, host, t_start)
+
+
+def _bench_settings(tiny: bool, repeats: int | None, compile: bool) -> tuple[dict, int, str]:
+    """The settings (shapes, repeats, threads, chunk size), with the thread count chosen and set, and why."""
     settings = settings_for(tiny)
     if repeats is not None:
         settings["repeats"] = max(1, repeats)
@@ -339,7 +371,13 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         from distill.train.losses import auto_chunk_size
 
         settings["chunk_size_auto"] = auto_chunk_size(torch.device("cpu"))
-    set_seed(0)
+    return settings, threads, why
+
+
+def _measure(settings: dict, threads: int, workdir: Path) -> dict:
+    """Build the models and batches, then run each section in turn, timing the sections themselves."""
+    from accelerate import Accelerator
+
     sections = {}
 
     def mark(name: str, t0: float) -> float:
@@ -347,113 +385,48 @@ def run(tiny: bool = False, repeats: int | None = None, workdir: Path | None = N
         sections[name] = round(now - t0, 1)
         return now
 
-    tmp = tempfile.TemporaryDirectory(prefix="distill-bench-") if workdir is None else None
-    workdir = Path(tmp.name) if tmp else Path(workdir)
-    try:
-        t = time.perf_counter()
-        tok, tok_dir = build_tokenizer(settings, workdir)
-        cfgs = make_configs(settings, tok_dir, workdir)
-        setup = build_setup(cfgs["kd"], tok, torch.device("cpu"))
-        batches, batch_info = build_batches(tok, setup.lexicon, settings, settings["repeats"] + 1)
-        flops = count_flops(setup, settings)
-        trainer = Trainer(cfgs["kd"], setup, Accelerator(cpu=True), workdir)
-        trainer.init_optimizer_state()
-        topk_mass = fill_target_cache(setup, cfgs["kd_topk_cached"], batches)
-        t = mark("setup", t)
-        steps = time_steps(trainer, cfgs, batches, settings["repeats"], settings["matmul_n"],
-                           flops["kd_step_flops"])
-        t = mark("steps", t)
-        cf_teacher = measure_cf_teacher(setup, batches, min(settings["repeats"], 3))
-        loss = measure_loss(settings)
-        t = mark("cf_teacher_and_loss", t)
-        memory = measure_memory(settings, tok_dir, workdir, batches[0], threads, trainer, cfgs)
-        t = mark("memory", t)
-        gen = measure_generation(setup.student, tok, settings)
-        t = mark("generation", t)
-        swaps = measure_swaps(settings, setup, batches)
-        cf = cf_stats(setup, batches)
-        t = mark("swaps", t)
-        gpu = None
-        if torch.cuda.is_available():
-            try:
-                bp = workdir / "gpu_batches.pt"
-                torch.save(batches, bp)
-                gpu = run_child({"gpu": True, "settings": settings, "tokenizer_dir": str(tok_dir),
-                                  "workdir": str(workdir), "batch_path": str(bp), "batches_path": str(bp),
-                                  "threads": threads}, workdir, "gpu")
-            except Exception as exc:  # the CPU results stand on their own
-                gpu = {"error": str(exc)[-1000:]}
-            t = mark("gpu", t)
-    finally:
-        if tmp:
-            tmp.cleanup()
+    t = time.perf_counter()
+    tok, tok_dir = build_tokenizer(settings, workdir)
+    cfgs = make_configs(settings, tok_dir, workdir)
+    setup = build_setup(cfgs["kd"], tok, torch.device("cpu"))
+    batches, batch_info = build_batches(tok, setup.lexicon, settings, settings["repeats"] + 1)
+    flops = count_flops(setup, settings)
+    trainer = Trainer(cfgs["kd"], setup, Accelerator(cpu=True), workdir)
+    trainer.init_optimizer_state()
+    topk_mass = fill_target_cache(setup, cfgs["kd_topk_cached"], batches)
+    t = mark("setup", t)
+    steps = time_steps(trainer, cfgs, batches, settings["repeats"], settings["matmul_n"],
+                       flops["kd_step_flops"])
+    t = mark("steps", t)
+    cf_teacher = measure_cf_teacher(setup, batches, min(settings["repeats"], 3))
+    loss = measure_loss(settings)
+    t = mark("cf_teacher_and_loss", t)
+    memory = measure_memory(settings, tok_dir, workdir, batches[0], threads, trainer, cfgs)
+    t = mark("memory", t)
+    gen = measure_generation(setup.student, tok, settings)
+    t = mark("generation", t)
+    swaps = measure_swaps(settings, setup, batches)
+    cf = cf_stats(setup, batches)
+    t = mark("swaps", t)
+    gpu = None
+    if torch.cuda.is_available():
+        gpu = _gpu_child(settings, tok_dir, workdir, batches, threads)
+        t = mark("gpu", t)
+    return {"tokenizer_ids": len(tok), "batch_info": batch_info, "flops": flops, "topk_mass": topk_mass,
+            "steps": steps, "cf_teacher": cf_teacher, "loss": loss, "memory": memory, "gen": gen, "swaps": swaps,
+            "cf": cf, "gpu": gpu, "sections": sections}
 
-    ratios, mem = steps["ratios"], memory
-    load_end = [round(x, 2) for x in os.getloadavg()]
-    r = {
-        "settings": {**settings, "tokenizer": "byte-level BPE trained on data/tiny_corpus.txt "
-                     f"({len(tok)} ids); model vocab {settings['teacher']['vocab_size']}",
-                     "student": f"{len(settings['student_layers'])} layers: teacher blocks "
-                                f"{settings['student_layers']}",
-                     "batches": batch_info, "counterfactual_work": cf,
-                     "step": "train.step.kd_step (1 micro-batch): targets, forward, loss, backward, clip, "
-                             "AdamW + schedule step, zero_grad; dropout 0.1 on (GPT-2 default)",
-                     "losses": {"kd": "alpha_kd 1, alpha_ce 0.5, T 2, forward_kl, chunked distill_loss",
-                                "ce": "alpha_kd 0, alpha_ce 1 (teacher not run)",
-                                "crr": "as kd + crr.teacher cf_mean, crr.augment replace (cf_scope document)",
-                                "crr_block": "as crr with crr.cf_scope block",
-                                "kd_topk_cached": f"as kd with loss.teacher_top_k {TOP_K}, every target cached"},
-                     "ratios": "median over rounds of the per-round ratio (same batch in a round)"},
-        "torch_threads": threads, "threads_reason": why,
-        **cpu_and_precision(),
-        "load_average": {"start": load_start, "end": load_end, "cores": os.cpu_count(),
-                         "high_load": max(load_start[0], load_end[0]) > 3,
-                         "note": "1/5/15-minute load averages at start and end; above ~3 (2 cores) other jobs "
-                                 "shared the machine and absolute timings are noisy, ratios less so"},
-        "kd_over_ce_step": ratios["kd_over_ce_step"],
-        "kd_over_ce_theoretical": flops["kd_over_ce_theoretical"],
-        "kd_over_ce_fwd_bwd": ratios["kd_over_ce_fwd_bwd"],
-        "crr_over_kd_step": ratios["crr_over_kd_step"],
-        "crr_block_over_kd_step": ratios["crr_block_over_kd_step"],
-        "kd_topk_cached_over_kd_step": ratios["kd_topk_cached_over_kd_step"],
-        "loss_over_unchunked": loss["loss_over_unchunked"], "loss": loss,
-        "kd_compiled_over_kd_step": ratios.get("kd_compiled_over_kd_step"),
-        "kd_compiled_first_step_s": steps["kd_compiled"]["first_step_s"] if "kd_compiled" in steps else None,
-        "kd_topk_cached_theoretical": 6 * flops["n_student"] / (2 * flops["n_teacher"] + 6 * flops["n_student"]),
-        "topk_kept_mass": topk_mass,
-        "cf_teacher_over_plain_teacher": cf_teacher["cf_teacher_over_plain_teacher"],
-        "cf_teacher": cf_teacher,
-        "kd_peak_mem_over_ce": _ratio(mem["kd"].get("alloc_peak_mb"), mem["ce"].get("alloc_peak_mb")),
-        "kd_peak_mem_over_ce_unchunked": _ratio(mem["kd_unchunked"].get("alloc_peak_mb"),
-                                                mem["ce"].get("alloc_peak_mb")),
-        "kd_peak_mem_over_ce_process": _ratio(mem["kd"].get("process_rss_peak_mb"),
-                                              mem["ce"].get("process_rss_peak_mb")),
-        "step_rss_over_ce": _ratio(mem["kd"].get("process_rss_step_mb"), mem["ce"].get("process_rss_step_mb")),
-        "crr_peak_mem_over_kd": _ratio(mem["crr"].get("alloc_peak_mb"), mem["kd"].get("alloc_peak_mb")),
-        "memory_method": (
-            "kd_peak_mem_over_ce, _unchunked: step working memory = peak bytes held by torch's "
-            "CPU allocator during one full step above the bytes held at its start (models and AdamW state "
-            "resident, gradients None), from torch.profiler allocation events (profile_memory=True); same "
-            "batch for every configuration. kd_peak_mem_over_ce_process: peak RSS (VmHWM reset via "
-            "/proc/self/clear_refs) during one step of a fresh KD process (teacher, student, AdamW) / of a fresh "
-            "CE process (student, AdamW), MALLOC_MMAP_THRESHOLD_=65536 so freed tensors leave the RSS; "
-            "step_rss_over_ce: the RSS growth during that step, KD / CE. *_mb values are MiB (2^20 bytes)"),
-        "memory": mem,
-        "kd_flops_fraction_of_peak": ratios["kd_flops_fraction_of_peak"],
-        "flops": {**flops, "kd_step_flops_per_s": flops["kd_step_flops"] / steps["kd"]["step_s"],
-                  "matmul_flops_per_s": steps["matmul_flops_per_s"],
-                  "matmul": f"fp32 {settings['matmul_n']}^3, best of 3 per round, same threads"},
-        "gen_batched_over_sequential": gen["ratio"],
-        "gen": {**gen, "model_shape": f"the student ({flops['n_student'] / 1e6:.1f}M parameters)"},
-        "cda_mb_per_s": swaps["cda_mb_per_s"], "token_swap_per_s": swaps["token_swap_per_s"],
-        "token_swap_tokens_per_s": swaps["token_swap_tokens_per_s"], "swaps": swaps,
-        "steps": steps,
-        "gpu": gpu,
-        "sections_s": sections,
-        "elapsed_s": time.perf_counter() - t_start,
-    }
-    r["targets"] = evaluate_targets(r)
-    return r
+
+def _gpu_child(settings: dict, tok_dir: Path, workdir: Path, batches: list[dict], threads: int) -> dict:
+    """The GPU section in a child process (`_gpu_measure`), or {"error": ...} if it failed."""
+    try:
+        bp = workdir / "gpu_batches.pt"
+        torch.save(batches, bp)
+        return run_child({"gpu": True, "settings": settings, "tokenizer_dir": str(tok_dir),
+                          "workdir": str(workdir), "batch_path": str(bp), "batches_path": str(bp),
+                          "threads": threads}, workdir, "gpu")
+    except Exception as exc:  # the CPU results stand on their own
+        return {"error": str(exc)[-1000:]}
 
 
 def main(args) -> int:

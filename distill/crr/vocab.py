@@ -73,6 +73,31 @@ def build_swap_plan(table: TokenSwapTable, vocab_rows: int, device: torch.device
     Python loops here run once per table over the gendered ids only.
     """
     V = int(vocab_rows)
+    cp = _counterparts_in_range(table, V)
+    groups = _back_groups_in_range(table, V)
+    fix, read, fix_src, extra_src, extra_fix = _map_back_sources(cp, groups)
+    g_src, g_fix, g_dst, g_id, g_size = _group_entries(groups, read, fix)
+    cols, slot, slot_size = _pair_components(table, V)
+
+    def lt(x: list) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.long, device=device)
+
+    def ft(x: list) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.float32, device=device)
+
+    ends_word, fix_nospace, pair_nospace = _word_start_masks(table, fix, cols, device)
+    return SwapPlan(
+        vocab_rows=V, fix_cols=lt(fix), read_cols=lt(read), fix_src=lt(fix_src), extra_src=lt(extra_src),
+        extra_fix=lt(extra_fix), group_src=lt(g_src), group_fix=lt(g_fix), group_dst=lt(g_dst), group_id=lt(g_id),
+        group_size=ft(g_size),
+        pair_cols=lt(cols), pair_slot=lt(slot), slot_size=ft(slot_size),
+        ends_word=ends_word, fix_nospace=fix_nospace, pair_nospace=pair_nospace,
+    )
+
+
+def _counterparts_in_range(table: TokenSwapTable, V: int) -> torch.Tensor:
+    """The table's counterpart of each of the first V ids (CPU, long), the identity where the table is shorter
+    or names an id out of range."""
     ident = torch.arange(V)
     given = table.counterpart.detach().to("cpu", torch.long).reshape(-1)
     cp = ident.clone()
@@ -80,13 +105,24 @@ def build_swap_plan(table: TokenSwapTable, vocab_rows: int, device: torch.device
     cp[:n] = given[:n]
     bad = (cp < 0) | (cp >= V)
     cp[bad] = ident[bad]
+    return cp
 
+
+def _back_groups_in_range(table: TokenSwapTable, V: int) -> dict[int, list[int]]:
+    """The table's back groups (cf id -> its original ids) over the first V ids, targets deduplicated in order;
+    a group left without targets is dropped."""
     groups: dict[int, list[int]] = {}
     for u, targets in (table.back_groups or {}).items():
         kept = list(dict.fromkeys(int(t) for t in targets if 0 <= int(t) < V))
         if 0 <= int(u) < V and kept:
             groups[int(u)] = kept
+    return groups
 
+
+def _map_back_sources(cp: torch.Tensor, groups: dict[int, list[int]]):
+    """The 1:1 part of mapping back: fix cols, read cols, and for each fix col its first source (local into the
+    read cols; len(read) = none) and any further ones (extra_src, extra_fix)."""
+    ident = torch.arange(cp.numel())
     moved = (cp != ident).nonzero().flatten().tolist()
     special = set(moved) | {int(cp[u]) for u in moved} | set(groups) | {t for ts in groups.values() for t in ts}
     # Any id outside `special` is its own and only preimage: mapping back leaves it as it is.
@@ -104,7 +140,14 @@ def build_swap_plan(table: TokenSwapTable, vocab_rows: int, device: torch.device
         fix_src.append(at_read[sources[0]] if sources else len(read))
         extra_src += [at_read[u] for u in sources[1:]]
         extra_fix += [at_fix[v]] * max(len(sources) - 1, 0)
+    return fix, read, fix_src, extra_src, extra_fix
 
+
+def _group_entries(groups: dict[int, list[int]], read: list[int], fix: list[int]):
+    """One entry per (back-group id, target) pair: group_src (local into `read`), group_fix (local into `fix`),
+    group_dst, group_id, and each group's size."""
+    at_read = {u: i for i, u in enumerate(read)}
+    at_fix = {v: i for i, v in enumerate(fix)}
     g_src, g_fix, g_dst, g_id, g_size = [], [], [], [], []
     for gi, (u, targets) in enumerate(sorted(groups.items())):
         g_src += [at_read[u]] * len(targets)
@@ -112,7 +155,11 @@ def build_swap_plan(table: TokenSwapTable, vocab_rows: int, device: torch.device
         g_dst += targets
         g_id += [gi] * len(targets)
         g_size.append(float(len(targets)))
+    return g_src, g_fix, g_dst, g_id, g_size
 
+
+def _pair_components(table: TokenSwapTable, V: int) -> tuple[list[int], list[int], list[float]]:
+    """The ids in any pair (sorted), the slot of each (2 * component + side) and the ids per slot."""
     # pair_mean works on connected components of the pair graph, each with a male side (first column of
     # `pairs`) and a female side. For a disjoint pair (he, she) it sets both to (p_he + p_she) / 2. Where pairs
     # overlap ({his, him} <-> {her, hers}), giving all four one mean would erase grammar (p(him) = p(his));
@@ -136,35 +183,26 @@ def build_swap_plan(table: TokenSwapTable, vocab_rows: int, device: torch.device
     slot_size = [0.0] * (2 * len(roots))
     for k in slot:
         slot_size[k] += 1.0
+    return cols, slot, slot_size
 
-    def lt(x: list) -> torch.Tensor:
-        return torch.tensor(x, dtype=torch.long, device=device)
 
-    def ft(x: list) -> torch.Tensor:
-        return torch.tensor(x, dtype=torch.float32, device=device)
-
+def _word_start_masks(table: TokenSwapTable, fix: list[int], cols: list[int], device):
+    """`SwapPlan.ends_word`, `fix_nospace` and `pair_nospace` (the word-start rule), or three Nones when the
+    table carries no token texts."""
     # Pairs and counterparts are built per spelling (with or without the leading space), so every component
     # of the pair graph and every mapping-back source is on one side of this split.
     pieces = list(getattr(table, "pieces", None) or [])
-    ends_word = fix_nospace = pair_nospace = None
-    if pieces:
-        def bt(x: list) -> torch.Tensor:
-            return torch.tensor(x, dtype=torch.bool, device=device)
+    if not pieces:
+        return None, None, None
 
-        ends_word = bt([bool(_WORD_CHAR.match(s[-1:])) for s in pieces])
+    def bt(x: list) -> torch.Tensor:
+        return torch.tensor(x, dtype=torch.bool, device=device)
 
-        def nospace(i: int) -> bool:
-            return i < len(pieces) and bool(_WORD_CHAR.match(pieces[i][:1]))
+    def nospace(i: int) -> bool:
+        return i < len(pieces) and bool(_WORD_CHAR.match(pieces[i][:1]))
 
-        fix_nospace, pair_nospace = bt([nospace(v) for v in fix]), bt([nospace(c) for c in cols])
-
-    return SwapPlan(
-        vocab_rows=V, fix_cols=lt(fix), read_cols=lt(read), fix_src=lt(fix_src), extra_src=lt(extra_src),
-        extra_fix=lt(extra_fix), group_src=lt(g_src), group_fix=lt(g_fix), group_dst=lt(g_dst), group_id=lt(g_id),
-        group_size=ft(g_size),
-        pair_cols=lt(cols), pair_slot=lt(slot), slot_size=ft(slot_size),
-        ends_word=ends_word, fix_nospace=fix_nospace, pair_nospace=pair_nospace,
-    )
+    ends_word = bt([bool(_WORD_CHAR.match(s[-1:])) for s in pieces])
+    return ends_word, bt([nospace(v) for v in fix]), bt([nospace(c) for c in cols])
 
 
 _PLANS: dict[tuple[int, int, str], tuple[weakref.ref, SwapPlan]] = {}

@@ -271,18 +271,13 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
     n_train, n_heldout = tcfg.split_counts()
     train_prompts, held_prompts = assign_prompts(prompts, n_train, n_heldout, cfg.seed)
     cache_dir = Path(tcfg.cache_dir)
-    memo = cache_dir / "file_hashes.json"
 
     if device is None:
         device = next(teacher.parameters()).device if teacher is not None else \
             "cuda" if torch.cuda.is_available() else "cpu"
     dtype, dtype_why = resolve_dtype(cfg.teacher.dtype, device)
-    identity = teacher_identity(cfg, memo, device)
-    if identity is None and teacher is None:  # a hub id not cached yet: loading it pins the snapshot
-        teacher, tokenizer = _load_teacher(cfg, device)
-        identity = teacher_identity(cfg, memo, device)
-    if identity is None:
-        identity = f"hub:{cfg.teacher.name_or_path}|{dtype}"
+    identity, teacher, tokenizer = _resolve_identity(cfg, cache_dir / "file_hashes.json", device, dtype, teacher,
+                                                     tokenizer)
     key = transfer_key(identity, tcfg, prompts, cfg.seed)
     final = cache_dir / key
 
@@ -305,13 +300,34 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
         teacher, tokenizer, train_prompts + held_prompts, tcfg, cfg.seed, desc="transfer set",
         show_progress=show_progress)
     wall = time.perf_counter() - t0
-    train_texts, held_texts = texts[:n_train], texts[n_train:]
-    train_prompt_n, held_prompt_n = prompt_n[:n_train], prompt_n[n_train:]
-    train_new, held_new = new_n[:n_train], new_n[n_train:]
-
-    new_counts = train_new + held_new
-    generated = sum(new_counts)
     manifest = {
+        **_manifest_header(cfg, key, identity, dtype, dtype_why, prompts, held_prompts),
+        "counts": _manifest_counts(texts, prompt_n, new_n, n_train, tcfg.max_new_tokens),
+        "timing": {"wall_s": round(wall, 2), "generated_tokens_per_s": round(sum(new_n) / max(wall, 1e-9), 1),
+                   "device": str(next(teacher.parameters()).device), "batch_size": tcfg.batch_size},
+        "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
+                     "distill": _version("distill")},
+    }
+    return _write_transfer_set(final, texts[:n_train], texts[n_train:], manifest, wall)
+
+
+def _resolve_identity(cfg: Config, memo: Path, device, dtype: str, teacher, tokenizer):
+    """The teacher identity the cache key is made of, with the teacher and tokenizer (loaded here only for a
+    hub id not cached yet: loading it pins the snapshot the identity names)."""
+    identity = teacher_identity(cfg, memo, device)
+    if identity is None and teacher is None:
+        teacher, tokenizer = _load_teacher(cfg, device)
+        identity = teacher_identity(cfg, memo, device)
+    if identity is None:
+        identity = f"hub:{cfg.teacher.name_or_path}|{dtype}"
+    return identity, teacher, tokenizer
+
+
+def _manifest_header(cfg: Config, key: str, identity: str, dtype: str, dtype_why: str, prompts: list[str],
+                     held_prompts: list[str]) -> dict:
+    """The manifest's first entries: what the set was sampled from (teacher, seed, settings, seed prompts)."""
+    tcfg = cfg.data.transfer_set
+    return {
         "version": MANIFEST_VERSION,
         "key": key,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -323,27 +339,35 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
         "seed_prompts": {"path": tcfg.seed_prompts, "count": len(prompts),
                          "sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
                          "heldout_prompts": len(set(held_prompts))},
-        "counts": {
-            "train_sequences": len(train_texts), "heldout_sequences": len(held_texts),
-            "train_tokens": sum(train_prompt_n) + sum(train_new),
-            "heldout_tokens": sum(held_prompt_n) + sum(held_new),
-            "generated_tokens": generated,
-            "mean_new_tokens": round(generated / max(len(new_counts), 1), 2),
-            # continuations the teacher ended with EOS before max_new_tokens (empty ones counted separately)
-            "ended_early": sum(1 for n in new_counts if n < tcfg.max_new_tokens),
-            "empty_continuations": sum(1 for n in new_counts if n == 0),
-        },
-        "timing": {"wall_s": round(wall, 2), "generated_tokens_per_s": round(generated / max(wall, 1e-9), 1),
-                   "device": str(next(teacher.parameters()).device), "batch_size": tcfg.batch_size},
-        "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
-                     "distill": _version("distill")},
     }
 
+
+def _manifest_counts(texts: list[str], prompt_n: list[int], new_n: list[int], n_train: int,
+                     max_new_tokens: int) -> dict:
+    """The manifest's "counts": sequences and tokens (prompt + continuation) of each split, the first `n_train`
+    of the samples being the train split."""
+    generated = sum(new_n)
+    return {
+        "train_sequences": len(texts[:n_train]), "heldout_sequences": len(texts[n_train:]),
+        "train_tokens": sum(prompt_n[:n_train]) + sum(new_n[:n_train]),
+        "heldout_tokens": sum(prompt_n[n_train:]) + sum(new_n[n_train:]),
+        "generated_tokens": generated,
+        "mean_new_tokens": round(generated / max(len(new_n), 1), 2),
+        # continuations the teacher ended with EOS before max_new_tokens (empty ones counted separately)
+        "ended_early": sum(1 for n in new_n if n < max_new_tokens),
+        "empty_continuations": sum(1 for n in new_n if n == 0),
+    }
+
+
+def _write_transfer_set(final: Path, train_texts: list[str], held_texts: list[str], manifest: dict,
+                        wall: float) -> TransferSet:
+    """Write the set into the cache folder `final` in one atomic step, and say what was written."""
     # Another process may have finished the same key meanwhile: keep its (identical) set; replace a broken one.
     with atomic_dir(final, replace=_read_manifest(final) is None) as tmp:
         _write_jsonl(tmp / "train.jsonl", train_texts)
         _write_jsonl(tmp / "heldout.jsonl", held_texts)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    generated = manifest["counts"]["generated_tokens"]
     manifest = _read_manifest(final) or manifest
     print(f"wrote {final}: {len(train_texts)} train / {len(held_texts)} held-out sequences, "
           f"{generated} new tokens in {wall:.0f} s ({generated / max(wall, 1e-9):.0f} tokens/s)")
