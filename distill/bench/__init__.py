@@ -1,1 +1,13 @@
-"""Benchmarks: `distill bench` (`run`, with `setup` and `memory`) and the CPU timings of `python -m distill.bench.cpu`."""
+"""Benchmarks, outside the training path: they call what training calls and time it through explicit hooks.
+
+    run.py         `distill bench`: the sections (steps, loss, memory, generation, swaps), each a ratio inside
+                   one run; a step is `distill.train.step.kd_step`, timed through its `phases` hook
+    setup.py       shapes, tokenizer, batches and the Trainer that holds one configuration's models
+    memory.py      peak memory of a step per configuration, in child processes
+    generation.py  batched against sequential sampling; token swap throughput
+    swap.py        text swap throughput (the augmentation's `Lexicon.swap_text`)
+    report.py      the result keys, the targets and the printed table of `distill bench`
+    cpu.py         `python -m distill.bench.cpu`: precision, sampler and demo-sizing timings on a CPU
+
+Nothing is re-exported here: import from the submodule.
+"""
