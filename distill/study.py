@@ -71,14 +71,14 @@ SMOKE_SMALL = {"student.from_teacher_layers": "[0]", "train.max_steps": "3"}
 SMOKE_EVAL = ["--prompts", "tests/fixtures/bold_small.json", "--samples-per-prompt", "2", "--max-new-tokens",
               "4", "--batch-size", "16", "--text", "data/tiny_heldout.txt", "--bootstrap", "50"]
 
-# (label, key in the per-run figures, nested key); the first present of each list is shown
+# (label, key in the scorer's per-run figures, nested key or None): the table's columns, in order
 FIGURES = [
-    ("disparity_rms", [("disparity_rms", None)]),
-    ("naive |d|", [("naive_disparity", None)]),
-    ("probe rms log-ratio", [("probe", "rms_logratio")]),
-    ("probe slope on teacher", [("probe", "slope_on_teacher")]),
-    ("perplexity", [("perplexity", None)]),
-    ("agreement", [("teacher_agreement", None)]),
+    ("disparity_rms", "disparity_rms", None),
+    ("naive |d|", "naive_disparity", None),
+    ("probe rms log-ratio", "probe", "rms_logratio"),
+    ("probe slope on teacher", "probe", "slope_on_teacher"),
+    ("perplexity", "perplexity", None),
+    ("agreement", "teacher_agreement", None),
 ]
 
 
@@ -122,26 +122,29 @@ class Runner:
         return 0
 
 
+def plan_runs(arms: list[str], seeds: list[int], out: Path) -> list[dict]:
+    """[{arm, seed, final_dir}] in training order (seed by seed), each run in OUT/runs/ARM/sSEED/."""
+    return [{"arm": arm, "seed": seed, "final_dir": str(out / "runs" / arm / f"s{seed}" / "final")}
+            for seed in seeds for arm in arms]
+
+
 def train_runs(arms: list[str], seeds: list[int], out: Path, smoke: bool, run) -> list[dict]:
-    """Train every (arm, seed) not yet finished; returns [{arm, seed, final_dir}]."""
-    runs = []
+    """Train every (arm, seed) not yet finished; returns plan_runs' list."""
+    runs = plan_runs(arms, seeds, out)
     corpus_done: set[int] = set()
-    for seed in seeds:
-        for arm in arms:
-            recipe, over = arm_plan(arm, smoke)
-            run_dir = out / "runs" / arm / f"s{seed}"
-            final = run_dir / "final"
-            runs.append({"arm": arm, "seed": seed, "final_dir": str(final)})
-            if (final / "config.json").exists():
-                continue  # finished earlier: an interrupted study picks up here
-            if not smoke and seed not in corpus_done:  # the seed's transfer set, once, before its first arm
-                if run(["corpus", "--recipe", recipe, f"seed={seed}"]) != 0:
-                    raise UserError(f"distill corpus failed for seed {seed} (see above)")
-                corpus_done.add(seed)
-            argv = ["train", "--recipe", recipe, "--overwrite", f"output_dir={run_dir}", f"seed={seed}",
-                    *(f"{k}={v}" for k, v in over.items())]
-            if run(argv) != 0:
-                raise UserError(f"training arm {arm} seed {seed} failed (see above); rerun to resume the rest")
+    for r in runs:
+        arm, seed, final = r["arm"], r["seed"], Path(r["final_dir"])
+        recipe, over = arm_plan(arm, smoke)
+        if (final / "config.json").exists():
+            continue  # finished earlier: an interrupted study picks up here
+        if not smoke and seed not in corpus_done:  # the seed's transfer set, once, before its first arm
+            if run(["corpus", "--recipe", recipe, f"seed={seed}"]) != 0:
+                raise UserError(f"distill corpus failed for seed {seed} (see above)")
+            corpus_done.add(seed)
+        argv = ["train", "--recipe", recipe, "--overwrite", f"output_dir={final.parent}", f"seed={seed}",
+                *(f"{k}={v}" for k, v in over.items())]
+        if run(argv) != 0:
+            raise UserError(f"training arm {arm} seed {seed} failed (see above); rerun to resume the rest")
     return runs
 
 
@@ -164,8 +167,7 @@ def reuse_eval(arms: list[str], seeds: list[int], out: Path) -> tuple[list[dict]
     if not path.is_file():
         raise UserError(f"--reuse-eval needs {path} from an earlier study; run without --reuse-eval first")
     results = json.loads(path.read_text())
-    runs = [{"arm": arm, "seed": seed, "final_dir": str(out / "runs" / arm / f"s{seed}" / "final")}
-            for seed in seeds for arm in arms]
+    runs = plan_runs(arms, seeds, out)
     models = results.get("models", {})
     for arm in arms:
         scored = models.get(arm, {}).get("runs")
@@ -183,13 +185,14 @@ def run_figures(results: dict, arm: str, index: int) -> dict:
     return seeds[index] if seeds else model
 
 
-def figure(fig: dict, keys) -> float | None:
-    for key, sub in keys:
-        v = fig.get(key)
-        if sub is not None:
-            v = v.get(sub) if isinstance(v, dict) else None
-        if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
-            return float(v)
+def figure(fig: dict, column: tuple[str, str, str | None]) -> float | None:
+    """One FIGURES column of a run's figures, or None where the scorer left it out (or NaN)."""
+    _, key, sub = column
+    v = fig.get(key)
+    if sub is not None:
+        v = v.get(sub) if isinstance(v, dict) else None
+    if isinstance(v, (int, float)) and not (isinstance(v, float) and math.isnan(v)):
+        return float(v)
     return None
 
 
@@ -233,11 +236,11 @@ def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict
              f"`{BASELINE}` from the scorer (arm - {BASELINE}, [95% CI], p over professions; runs p: exact "
              "permutation over training runs, the only p that includes training noise; 0.10 is its floor with "
              "3 runs per arm).", "",
-             "| arm | n | " + " | ".join(label for label, _ in FIGURES) + f" | vs {BASELINE} (paired) |",
+             "| arm | n | " + " | ".join(label for label, _, _ in FIGURES) + f" | vs {BASELINE} (paired) |",
              "|---|---|" + "---|" * (len(FIGURES) + 1)]
     for arm in arms:
         mine = [r for r in runs if r["arm"] == arm]
-        cells = [_mean_sd([v for r in mine if (v := figure(r["figures"], keys)) is not None]) for _, keys in FIGURES]
+        cells = [_mean_sd([v for r in mine if (v := figure(r["figures"], col)) is not None]) for col in FIGURES]
         tests = [_test_cell(c) for c in comparisons.get(arm, []) if c["metric"] in TABLE_TESTS]
         lines.append(f"| {arm} | {len(mine)} | " + " | ".join(cells) + " | " + ("; ".join(tests) or "—") + " |")
     path.write_text("\n".join(lines) + "\n")
@@ -252,7 +255,7 @@ def write_plot(path: Path, arms: list[str], runs: list[dict]) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     cmap = plt.get_cmap("tab20")
     for i, arm in enumerate(arms):
-        pts = [(figure(r["figures"], FIGURES[4][1]), figure(r["figures"], FIGURES[0][1])) for r in runs
+        pts = [(figure(r["figures"], FIGURES[4]), figure(r["figures"], FIGURES[0])) for r in runs
                if r["arm"] == arm]
         pts = [(x, y) for x, y in pts if x is not None and y is not None]
         if pts:

@@ -66,8 +66,8 @@ def test_reads_the_several_run_contract_and_orients_comparisons_against_kd(tmp_p
     runs = [{"arm": a, "seed": s, "final_dir": f"runs/{a}/s{s}/final"} for s in (0, 1) for a in ("kd", "cda_pair_mean")]
     for r in runs:
         r["figures"] = study.run_figures(res, r["arm"], r["seed"])
-    assert [study.figure(r["figures"], study.FIGURES[0][1]) for r in runs] == [0.10, 0.04, 0.12, 0.06]
-    assert study.figure(runs[0]["figures"], study.FIGURES[3][1]) == 0.5  # probe slope on teacher
+    assert [study.figure(r["figures"], study.FIGURES[0]) for r in runs] == [0.10, 0.04, 0.12, 0.06]
+    assert study.figure(runs[0]["figures"], study.FIGURES[3]) == 0.5  # probe slope on teacher
     comps = study.baseline_comparisons(res, "cda_pair_mean")
     assert comps == [{"metric": "disparity_rms", "a": "kd", "b": "cda_pair_mean", "diff": -0.06,
                       "ci": [-0.1, -0.01], "p": 0.02, "p_runs": 0.1}]
