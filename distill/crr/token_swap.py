@@ -66,6 +66,7 @@ All of it is Python on CPU, so it can run in the DataLoader's collate function, 
 
 from __future__ import annotations
 
+import dataclasses
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
@@ -101,6 +102,12 @@ class CounterfactualBatch:
     prefix_len: torch.LongTensor
     n_exact: int
     n_aligned: int
+
+    def to(self, device: torch.device | str) -> CounterfactualBatch:
+        """The same batch with its tensors on `device` (the swap runs on the CPU; the teacher may not)."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name).to(device)
+                                            for f in dataclasses.fields(self)
+                                            if isinstance(getattr(self, f.name), torch.Tensor)})
 
 
 def counterfactual_batch(input_ids: torch.Tensor, tokenizer, table: TokenSwapTable,

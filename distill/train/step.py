@@ -152,10 +152,7 @@ def batch_targets(cfg: Config, setup: Setup, input_ids: torch.Tensor,
         with phases("counterfactual_batch"):
             document_end = setup.tokenizer.eos_token_id if cfg.crr.cf_scope == "document" else None
             cf = counterfactual_batch(input_ids.cpu(), setup.tokenizer, setup.swap_table, setup.lexicon,
-                                      document_end)
-            for name, value in vars(cf).items():  # the swap runs on the CPU; the teacher reads it on its device
-                if isinstance(value, torch.Tensor):
-                    setattr(cf, name, value.to(input_ids.device))
+                                      document_end).to(input_ids.device)
     with phases("teacher"):
         out = teacher_targets(setup.teacher, input_ids, mode=cfg.crr.teacher, temperature=cfg.loss.temperature,
                               vocab_rows=setup.vocab_rows, table=setup.swap_table, cf=cf,
