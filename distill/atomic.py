@@ -69,3 +69,17 @@ def atomic_dir(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def rescue_copy(text: str, prefix: str, suffix: str) -> str | None:
+    """After a failed write at the end of a long job: `text` into a fresh temporary file, whose path the
+    one-line error names; None when that fails too."""
+    import tempfile
+
+    try:
+        fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        return name
+    except OSError:
+        return None

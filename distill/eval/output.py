@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-from distill.atomic import atomic_dir
+from distill.atomic import atomic_dir, rescue_copy
 from distill.errors import UserError
 from distill.rundir import write_marker
 
@@ -37,15 +36,9 @@ def write_report_dir(out: Path, results: dict, write) -> None:
 
 def _rescue_results(results: dict) -> str:
     """After a failed write at the end: the results go to a temporary file, and the message says which."""
-    import tempfile
-
-    try:
-        fd, name = tempfile.mkstemp(prefix="distill-results-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(results, f, indent=1)
-        return f"results.json was written to {name} instead"
-    except OSError:
-        return "the results could not be written anywhere else either"
+    name = rescue_copy(json.dumps(results, indent=1), "distill-results-", ".json")
+    return f"results.json was written to {name} instead" if name else \
+        "the results could not be written anywhere else either"
 
 
 def pick_examples(records: list[dict], names: list[str], group_by: str) -> list[dict]:

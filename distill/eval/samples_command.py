@@ -9,10 +9,9 @@ loads. The file is written to a temporary sibling and renamed into place.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
-from distill.atomic import write_text_atomic
+from distill.atomic import rescue_copy, write_text_atomic
 from distill.errors import UserError
 from distill.eval import runtime
 from distill.eval.validate import check_out_file, check_sampling_args, input_paths, parse_models
@@ -71,10 +70,6 @@ def _write(out: Path, text: str) -> None:
     try:
         write_text_atomic(out, text)
     except OSError as exc:
-        import tempfile
-
-        fd, name = tempfile.mkstemp(prefix="distill-samples-", suffix=out.suffix)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        raise UserError(f"could not write {out} ({exc.strerror or exc}); the samples were written to {name} "
-                        "instead") from exc
+        name = rescue_copy(text, "distill-samples-", out.suffix)
+        where = f"the samples were written to {name} instead" if name else "they could not be written elsewhere"
+        raise UserError(f"could not write {out} ({exc.strerror or exc}); {where}") from exc
