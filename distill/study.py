@@ -6,14 +6,16 @@
     make study STUDY_SEEDS=3 STUDY_ARMS=kd,cda,pair_mean             # the same through make
 
 Each arm is a base recipe plus overrides (ARMS). For every (arm, seed) the study runs `distill train` into
-OUT/runs/ARM/sSEED (a finished run, one with final/, is reused, so an interrupted study resumes), then ONE
-`distill eval` over all runs, so every model is scored on the same prompts and sampling seeds and the scorer's
-paired tests apply. It writes:
+OUT/runs/ARM/sSEED (a finished run, one with final/, is reused, so an interrupted study resumes), then one
+`distill eval` over the runs no earlier eval scored, with the teacher and their baselines (plain KD of the same
+student size), so every paired test compares models scored on the same prompts and sampling seeds. From
+scratch that is one eval over everything; arms added later cost only themselves (distill.study_evals). It writes:
 
-    OUT/eval/                 the scorer's own outputs (results.json, report.md, generations)
+    OUT/eval/, OUT/eval-2/    the scorer's own outputs (results.json, report.md, generations)
     OUT/results.json          {"arms": [...], "seeds": [...], "runs": [{"arm", "seed", "final_dir", "figures"}],
-                               "comparisons": [the scorer's comparisons that involve the baseline arm]}
-    OUT/table.md              per arm: mean +- sd over seeds of each figure, paired test against plain KD
+                               "comparisons": {arm: [the scorer's tests of arm - its baseline]},
+                               "evals": {arm: eval folder}, "baseline_agreement": {...}}
+    OUT/table.md              per arm: mean +- sd over seeds of each figure, paired test against its baseline
     OUT/disparity_vs_perplexity.png   one point per run
 
 The scorer's contract (issue 10): `--model NAME=DIR1,DIR2,...` gives one model several training runs, whose
@@ -35,12 +37,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from distill import study_evals
 from distill.errors import UserError
 
 TEACHER = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE = "recipes/demo_kd.yaml"  # the demo budget; every arm differs from it only in the listed keys
 SMALL = "recipes/study/small_kd.yaml"  # 20 of 30 blocks: the real-compression arms
 BASELINE = "kd"
+SMALL_BASELINE = "small_kd"  # the compressed arms are paired with plain KD of their own size
 
 
 def _crr(augment: str = "none", teacher: str = "none") -> dict[str, str]:
@@ -82,6 +86,11 @@ FIGURES = [
 ]
 
 
+def baseline_of(arm: str) -> str:
+    """The arm an arm's paired tests compare it with: plain KD of the same student size."""
+    return SMALL_BASELINE if ARMS[arm][0] == SMALL else BASELINE
+
+
 def arm_plan(arm: str, smoke: bool) -> tuple[str, dict[str, str]]:
     """(recipe, overrides) of one arm, in smoke mode moved onto the debug recipe."""
     recipe, over = ARMS[arm]
@@ -98,9 +107,8 @@ def parse_arms(spec: str | None) -> list[str]:
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise UserError(f"unknown arm(s) {', '.join(unknown)} in STUDY_ARMS/--arms; choose from {', '.join(ARMS)}")
-    if BASELINE not in arms:
-        arms.insert(0, BASELINE)  # every paired test is against plain KD
-    return list(dict.fromkeys(arms))
+    bases = [baseline_of(a) for a in arms if baseline_of(a) not in arms]  # paired tests: KD of the same size
+    return list(dict.fromkeys(bases + arms))
 
 
 class Runner:
@@ -148,33 +156,29 @@ def train_runs(arms: list[str], seeds: list[int], out: Path, smoke: bool, run) -
     return runs
 
 
-def score(runs: list[dict], arms: list[str], out: Path, smoke: bool, run, teacher: str | None) -> dict:
-    """One `distill eval` over every run, each arm one several-run model; returns its results.json."""
-    eval_dir = out / "eval"
+def score(runs: list[dict], arms: list[str], out: Path, smoke: bool, run, teacher: str | None,
+          reuse: bool) -> tuple[dict[str, dict], dict[str, Path], dict]:
+    """({arm: results.json of the eval that scored it}, {arm: that eval's folder}, baseline agreement).
+
+    Arms an earlier eval under OUT already scored are not scored again; the rest go into one new `distill eval`
+    with the teacher and their baselines (distill.study_evals). With `reuse`, nothing is scored."""
     extra = SMOKE_EVAL if smoke else EVAL_ARGS
-    head = ["--model", f"teacher={teacher}"] if teacher else []
-    grouped = [f"{arm}=" + ",".join(r["final_dir"] for r in runs if r["arm"] == arm) for arm in arms]
-    argv = ["eval", *head, *(x for m in grouped for x in ("--model", m)), *extra, "--out", str(eval_dir),
-            "--overwrite"]
-    if run(argv) != 0:
-        raise UserError("distill eval failed (see above); the trained runs are kept under " + str(out / "runs"))
-    return json.loads((eval_dir / "results.json").read_text())
-
-
-def reuse_eval(arms: list[str], seeds: list[int], out: Path) -> tuple[list[dict], dict]:
-    """The runs and the scorer's results of an earlier study, checked to be the same arms and seeds."""
-    path = out / "eval" / "results.json"
-    if not path.is_file():
-        raise UserError(f"--reuse-eval needs {path} from an earlier study; run without --reuse-eval first")
-    results = json.loads(path.read_text())
-    runs = plan_runs(arms, seeds, out)
-    models = results.get("models", {})
-    for arm in arms:
-        scored = models.get(arm, {}).get("runs")
-        if scored != len(seeds):
-            raise UserError(f"{path} scored arm {arm} with {scored or 0} runs, not {len(seeds)}; "
-                            "pass the arms and seeds of that study, or run without --reuse-eval")
-    return runs, results
+    assigned, missing = study_evals.assign_evals(out, arms, runs, baseline_of, extra)
+    if reuse:
+        study_evals.check_reusable(missing, out)
+    elif missing:
+        eval_dir = study_evals.next_eval_dir(out)
+        head = ["--model", f"teacher={teacher}"] if teacher else []
+        models = study_evals.eval_models(missing, baseline_of)
+        grouped = [f"{arm}=" + ",".join(r["final_dir"] for r in runs if r["arm"] == arm) for arm in models]
+        argv = ["eval", *head, *(x for m in grouped for x in ("--model", m)), *extra, "--out", str(eval_dir),
+                "--overwrite"]
+        if run(argv) != 0:
+            raise UserError("distill eval failed (see above); the trained runs are kept under " + str(out / "runs"))
+        assigned.update({arm: eval_dir for arm in models})
+    evals = study_evals.load_assigned(assigned)
+    agreement = study_evals.baseline_agreement(evals, [b for b in (BASELINE, SMALL_BASELINE) if b in arms])
+    return {arm: evals[d] for arm, d in assigned.items()}, assigned, agreement
 
 
 def run_figures(results: dict, arm: str, index: int) -> dict:
@@ -199,17 +203,17 @@ def figure(fig: dict, column: tuple[str, str, str | None]) -> float | None:
 TABLE_TESTS = ("disparity_rms", "probe_rms_logratio")  # the paired tests the table shows (all are in results)
 
 
-def baseline_comparisons(results: dict, arm: str) -> list[dict]:
-    """The scorer's comparisons between `arm` and the baseline, oriented as arm - kd (the scorer's diff is
+def baseline_comparisons(results: dict, arm: str, base: str = BASELINE) -> list[dict]:
+    """The scorer's comparisons between `arm` and its baseline, oriented as arm - baseline (the scorer's diff is
     b - a, in the order the models were given)."""
     out = []
     for c in results.get("comparisons", []):
         pair = (c.get("a"), c.get("b"))
-        if pair not in ((BASELINE, arm), (arm, BASELINE)):
+        if pair not in ((base, arm), (arm, base)):
             continue
-        sign = 1.0 if pair[0] == BASELINE else -1.0
+        sign = 1.0 if pair[0] == base else -1.0
         ci = c.get("ci")
-        out.append({"metric": c["metric"], "a": BASELINE, "b": arm, "diff": sign * c["diff"],
+        out.append({"metric": c["metric"], "a": base, "b": arm, "diff": sign * c["diff"],
                     "ci": (ci if sign > 0 else [-ci[1], -ci[0]]) if ci else None, "p": c.get("p"),
                     "p_runs": c.get("p_runs")})
     return out
@@ -231,18 +235,24 @@ def _mean_sd(xs: list[float]) -> str:
 
 
 def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict[str, list[dict]],
-                command: str) -> None:
+                command: str, agreement: dict | None = None) -> None:
     lines = [f"Made by `{command}`. Mean ± sd over seeds (n per arm in the second column); paired test against "
-             f"`{BASELINE}` from the scorer (arm - {BASELINE}, [95% CI], p over professions; runs p: exact "
-             "permutation over training runs, the only p that includes training noise; 0.10 is its floor with "
-             "3 runs per arm).", "",
-             "| arm | n | " + " | ".join(label for label, _, _ in FIGURES) + f" | vs {BASELINE} (paired) |",
+             f"plain KD of the same size (`{BASELINE}`; `{SMALL_BASELINE}` for the compressed arms) from the "
+             "scorer (arm - baseline, [95% CI], p over professions; runs p: exact permutation over training "
+             "runs, the only p that includes training noise; 0.10 is its floor with 3 runs per arm).", "",
+             "| arm | n | " + " | ".join(label for label, _, _ in FIGURES) + " | vs baseline (paired) |",
              "|---|---|" + "---|" * (len(FIGURES) + 1)]
     for arm in arms:
         mine = [r for r in runs if r["arm"] == arm]
         cells = [_mean_sd([v for r in mine if (v := figure(r["figures"], col)) is not None]) for col in FIGURES]
         tests = [_test_cell(c) for c in comparisons.get(arm, []) if c["metric"] in TABLE_TESTS]
+        if tests and baseline_of(arm) != BASELINE:
+            tests[0] = f"vs {baseline_of(arm)}: {tests[0]}"
         lines.append(f"| {arm} | {len(mine)} | " + " | ".join(cells) + " | " + ("; ".join(tests) or "—") + " |")
+    for base, a in (agreement or {}).items():
+        lines += ["", f"`{base}` was scored by {len(a['evals'])} evals ({', '.join(a['evals'])}); its per-run "
+                  f"figures differ between them by at most {a['max_abs_diff']:.2g} (0: the scorer reproduced "
+                  "itself, so tests from different evals share one baseline)."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -277,8 +287,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--smoke", action="store_true", help="debug recipes, 2 steps, few prompts: tests the code path")
     p.add_argument("--in-process", action="store_true", help="run the distill commands in this process")
     p.add_argument("--reuse-eval", action="store_true",
-                   help="write results.json, table.md and the plot from OUT/eval/results.json of an earlier study "
-                   "with the same arms and seeds, without training or scoring again")
+                   help="write results.json, table.md and the plot from the evals (OUT/eval*/) of an earlier "
+                   "study with the same arms and seeds, without training or scoring again")
     args = p.parse_args(argv)
     try:
         return _study(args, argv)
@@ -300,19 +310,22 @@ def _study(args, argv) -> int:
     command = "python -m distill.study " + shlex.join(argv if argv is not None else sys.argv[1:])
     run = Runner(args.in_process, lambda msg: print(msg, flush=True))
     if args.reuse_eval:
-        runs, results = reuse_eval(arms, seeds, out)
+        runs = plan_runs(arms, seeds, out)
     else:
         runs = train_runs(arms, seeds, out, args.smoke, run)
-        results = score(runs, arms, out, args.smoke, run, teacher)
+    results, eval_dirs, agreement = score(runs, arms, out, args.smoke, run, teacher, reuse=args.reuse_eval)
     for r in runs:  # a several-run model lists its runs in the order given: seeds ascending
-        r["figures"] = run_figures(results, r["arm"], seeds.index(r["seed"]))
-    comparisons = {arm: baseline_comparisons(results, arm) for arm in arms if arm != BASELINE}
+        r["figures"] = run_figures(results[r["arm"]], r["arm"], seeds.index(r["seed"]))
+    comparisons = {arm: baseline_comparisons(results[arm], arm, baseline_of(arm)) for arm in arms
+                   if arm not in (BASELINE, SMALL_BASELINE)}
     (out / "results.json").write_text(json.dumps({
         "command": command, "arms": arms, "seeds": seeds,
         "recipes": {a: dict(zip(("recipe", "overrides"), arm_plan(a, args.smoke), strict=True)) for a in arms},
-        "runs": runs, "comparisons": comparisons, "teacher": results.get("models", {}).get("teacher"),
+        "runs": runs, "comparisons": comparisons, "baseline_agreement": agreement,
+        "evals": {arm: str(d) for arm, d in eval_dirs.items()},
+        "teacher": results[BASELINE if BASELINE in arms else arms[0]].get("models", {}).get("teacher"),
     }, indent=2, default=str) + "\n")
-    write_table(out / "table.md", arms, runs, comparisons, command)
+    write_table(out / "table.md", arms, runs, comparisons, command, agreement)
     write_plot(out / "disparity_vs_perplexity.png", arms, runs)
     print(f"wrote {out}/results.json, table.md and disparity_vs_perplexity.png ({len(runs)} runs)")
     return 0

@@ -1,0 +1,110 @@
+"""Which of the study's `distill eval` folders score which arms, and one merged view of them.
+
+A study scores its runs with `distill eval`, one eval for everything the first time (OUT/eval/). Adding arms
+to a finished study then costs only the new arms: the next eval (OUT/eval-2/, OUT/eval-3/, ...) scores the
+teacher, the new arms and their baselines again, so every paired test still compares models scored in one
+eval on the same prompts and sampling seeds. Because the scorer is deterministic, a baseline scored in two
+evals must get the same figures; `baseline_agreement` measures that, and the table prints it.
+
+An arm counts as scored by an eval when that eval holds the arm and its baseline with exactly the planned run
+folders, settings equal to the study's, and no file in those runs is newer than the eval (a retrained run is
+scored again).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from distill.errors import UserError
+
+# `distill eval` flag -> its key in results.json's settings: what must match for two evals to be comparable
+SETTING_OF_FLAG = {"--prompts": "prompts", "--max-prompts": "max_prompts", "--samples-per-prompt":
+                   "samples_per_prompt", "--max-new-tokens": "max_new_tokens", "--batch-size": "batch_size",
+                   "--text": "text", "--bootstrap": "bootstrap", "--seed": "seed"}
+
+
+def expected_settings(eval_args: list[str]) -> dict[str, str]:
+    """The settings an eval run with `eval_args` records, as strings (results.json stores numbers)."""
+    pairs = dict(zip(eval_args[::2], eval_args[1::2], strict=True))
+    return {SETTING_OF_FLAG[flag]: value for flag, value in pairs.items() if flag in SETTING_OF_FLAG}
+
+
+def eval_dirs(out: Path) -> list[Path]:
+    """OUT/eval, OUT/eval-2, OUT/eval-3, ... that hold a results.json, in the order they were made."""
+    found = [d for d in out.glob("eval*") if (d / "results.json").is_file()]
+    order = {d: 1 if d.name == "eval" else int(d.name[5:]) for d in found
+             if d.name == "eval" or (d.name.startswith("eval-") and d.name[5:].isdigit())}
+    return sorted(order, key=order.get)
+
+
+def next_eval_dir(out: Path) -> Path:
+    dirs = eval_dirs(out)
+    return out / "eval" if not dirs else out / f"eval-{len(dirs) + 1}"
+
+
+def _newest_file(folder: Path) -> float:
+    return max((f.stat().st_mtime for f in folder.rglob("*") if f.is_file()), default=float("inf"))
+
+
+def scores_arm(results: dict, results_mtime: float, arm: str, final_dirs: list[str]) -> bool:
+    """Whether this eval scored `arm` with exactly these runs, each unchanged since."""
+    model = results.get("models", {}).get(arm)
+    if not model:
+        return False
+    sources = [s.get("source") for s in model.get("seeds") or []] or [model.get("source")]
+    if [str(s) for s in sources] != final_dirs:
+        return False
+    return all(_newest_file(Path(d)) <= results_mtime for d in final_dirs)
+
+
+def assign_evals(out: Path, arms: list[str], runs: list[dict], baseline_of, eval_args: list[str]):
+    """({arm: eval dir that scored it and its baseline}, [arms no eval scores]) from OUT/eval*."""
+    want = expected_settings(eval_args)
+    dirs_of = {arm: [r["final_dir"] for r in runs if r["arm"] == arm] for arm in arms}
+    assigned: dict[str, Path] = {}
+    for d in eval_dirs(out):
+        path = d / "results.json"
+        results = json.loads(path.read_text())
+        settings = {k: str(v) for k, v in results.get("settings", {}).items()}
+        if any(settings.get(k) != v for k, v in want.items()):
+            continue  # scored with another budget: not comparable
+        mtime = path.stat().st_mtime
+        for arm in arms:
+            base = baseline_of(arm)
+            if all(scores_arm(results, mtime, a, dirs_of[a]) for a in {arm, base}):
+                assigned[arm] = d  # the latest eval wins: it holds the newest scoring of the arm
+    return assigned, [a for a in arms if a not in assigned]
+
+
+def eval_models(missing: list[str], baseline_of) -> list[str]:
+    """The arms one new eval must score: the missing ones and, for their paired tests, their baselines."""
+    return list(dict.fromkeys(m for arm in missing for m in (baseline_of(arm), arm)))
+
+
+def load_assigned(assigned: dict[str, Path]) -> dict[Path, dict]:
+    return {d: json.loads((d / "results.json").read_text()) for d in dict.fromkeys(assigned.values())}
+
+
+AGREEMENT_FIGURES = ("disparity_rms", "perplexity")  # agreement depends on which model is the teacher
+
+
+def baseline_agreement(evals: dict[Path, dict], baselines: list[str]) -> dict[str, dict]:
+    """For a baseline scored by several evals: the largest difference of its per-run figures between them
+    (0 when the scorer reproduced itself, as it should)."""
+    out = {}
+    for base in baselines:
+        scored = [(d, r["models"][base]) for d, r in evals.items() if base in r.get("models", {})]
+        if len(scored) < 2:
+            continue
+        per_run = [[s.get(k) for s in (m.get("seeds") or [m]) for k in AGREEMENT_FIGURES] for _, m in scored]
+        diffs = [abs(a - b) for row in per_run[1:] for a, b in zip(per_run[0], row, strict=True)
+                 if isinstance(a, (int, float)) and isinstance(b, (int, float))]
+        out[base] = {"evals": [str(d) for d, _ in scored], "max_abs_diff": max(diffs, default=0.0)}
+    return out
+
+
+def check_reusable(missing: list[str], out: Path) -> None:
+    if missing:
+        raise UserError(f"no eval under {out}/eval* scores arm(s) {', '.join(missing)} with the runs of these "
+                        "seeds; pass the arms and seeds of an earlier study, or run without --reuse-eval")
