@@ -163,7 +163,7 @@ def score(runs: list[dict], arms: list[str], out: Path, smoke: bool, run, teache
     Arms an earlier eval under OUT already scored are not scored again; the rest go into one new `distill eval`
     with the teacher and their baselines (distill.study_evals). With `reuse`, nothing is scored."""
     extra = SMOKE_EVAL if smoke else EVAL_ARGS
-    assigned, missing = study_evals.assign_evals(out, arms, runs, baseline_of, extra)
+    assigned, missing, evals = study_evals.assign_evals(out, arms, runs, baseline_of, extra)
     if reuse:
         study_evals.check_reusable(missing, out)
     elif missing:
@@ -176,7 +176,8 @@ def score(runs: list[dict], arms: list[str], out: Path, smoke: bool, run, teache
         if run(argv) != 0:
             raise UserError("distill eval failed (see above); the trained runs are kept under " + str(out / "runs"))
         assigned.update({arm: eval_dir for arm in models})
-    evals = study_evals.load_assigned(assigned)
+        evals[eval_dir] = json.loads((eval_dir / "results.json").read_text())
+    evals = {d: evals[d] for d in dict.fromkeys(assigned.values())}  # only the evals the table draws on
     agreement = study_evals.baseline_agreement(evals, [b for b in (BASELINE, SMALL_BASELINE) if b in arms])
     return {arm: evals[d] for arm, d in assigned.items()}, assigned, agreement
 

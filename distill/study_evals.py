@@ -30,60 +30,68 @@ def expected_settings(eval_args: list[str]) -> dict[str, str]:
     return {SETTING_OF_FLAG[flag]: value for flag, value in pairs.items() if flag in SETTING_OF_FLAG}
 
 
+def _eval_index(name: str) -> int | None:
+    """eval -> 1, eval-N -> N, anything else -> None."""
+    if name == "eval":
+        return 1
+    number = name.removeprefix("eval-")
+    return int(number) if name.startswith("eval-") and number.isdigit() else None
+
+
 def eval_dirs(out: Path) -> list[Path]:
     """OUT/eval, OUT/eval-2, OUT/eval-3, ... that hold a results.json, in the order they were made."""
-    found = [d for d in out.glob("eval*") if (d / "results.json").is_file()]
-    order = {d: 1 if d.name == "eval" else int(d.name[5:]) for d in found
-             if d.name == "eval" or (d.name.startswith("eval-") and d.name[5:].isdigit())}
-    return sorted(order, key=order.get)
+    found = [d for d in out.glob("eval*") if _eval_index(d.name) and (d / "results.json").is_file()]
+    return sorted(found, key=lambda d: _eval_index(d.name))
 
 
 def next_eval_dir(out: Path) -> Path:
-    dirs = eval_dirs(out)
-    return out / "eval" if not dirs else out / f"eval-{len(dirs) + 1}"
+    """A folder past every existing eval, so a new eval never replaces one (also after one was deleted)."""
+    last = max((i for d in out.glob("eval*") if (i := _eval_index(d.name))), default=0)
+    return out / ("eval" if last == 0 else f"eval-{last + 1}")
 
 
 def _newest_file(folder: Path) -> float:
     return max((f.stat().st_mtime for f in folder.rglob("*") if f.is_file()), default=float("inf"))
 
 
-def scores_arm(results: dict, results_mtime: float, arm: str, final_dirs: list[str]) -> bool:
-    """Whether this eval scored `arm` with exactly these runs, each unchanged since."""
+def scores_arm(results: dict, results_mtime: float, arm: str, final_dirs: list[str],
+               newest: dict[str, float]) -> bool:
+    """Whether this eval scored `arm` with exactly these runs, each unchanged since (`newest`: run folder ->
+    its newest file's mtime)."""
     model = results.get("models", {}).get(arm)
     if not model:
         return False
     sources = [s.get("source") for s in model.get("seeds") or []] or [model.get("source")]
     if [str(s) for s in sources] != final_dirs:
         return False
-    return all(_newest_file(Path(d)) <= results_mtime for d in final_dirs)
+    return all(newest[d] <= results_mtime for d in final_dirs)
 
 
 def assign_evals(out: Path, arms: list[str], runs: list[dict], baseline_of, eval_args: list[str]):
-    """({arm: eval dir that scored it and its baseline}, [arms no eval scores]) from OUT/eval*."""
+    """({arm: eval dir that scored it and its baseline}, [arms no eval scores], {eval dir: its results.json})
+    from OUT/eval*."""
     want = expected_settings(eval_args)
     dirs_of = {arm: [r["final_dir"] for r in runs if r["arm"] == arm] for arm in arms}
+    newest = {r["final_dir"]: _newest_file(Path(r["final_dir"])) for r in runs}  # once per run, not per eval
     assigned: dict[str, Path] = {}
+    loaded: dict[Path, dict] = {}
     for d in eval_dirs(out):
         path = d / "results.json"
-        results = json.loads(path.read_text())
+        results = loaded[d] = json.loads(path.read_text())
         settings = {k: str(v) for k, v in results.get("settings", {}).items()}
         if any(settings.get(k) != v for k, v in want.items()):
             continue  # scored with another budget: not comparable
         mtime = path.stat().st_mtime
         for arm in arms:
             base = baseline_of(arm)
-            if all(scores_arm(results, mtime, a, dirs_of[a]) for a in {arm, base}):
+            if all(scores_arm(results, mtime, a, dirs_of[a], newest) for a in {arm, base}):
                 assigned[arm] = d  # the latest eval wins: it holds the newest scoring of the arm
-    return assigned, [a for a in arms if a not in assigned]
+    return assigned, [a for a in arms if a not in assigned], loaded
 
 
 def eval_models(missing: list[str], baseline_of) -> list[str]:
     """The arms one new eval must score: the missing ones and, for their paired tests, their baselines."""
     return list(dict.fromkeys(m for arm in missing for m in (baseline_of(arm), arm)))
-
-
-def load_assigned(assigned: dict[str, Path]) -> dict[Path, dict]:
-    return {d: json.loads((d / "results.json").read_text()) for d in dict.fromkeys(assigned.values())}
 
 
 AGREEMENT_FIGURES = ("disparity_rms", "perplexity")  # agreement depends on which model is the teacher

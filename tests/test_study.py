@@ -133,3 +133,14 @@ def test_parse_arms_keeps_order_and_adds_the_baseline():
     assert study.parse_arms("small_cda_pair_mean") == ["small_kd", "small_cda_pair_mean"]
     with pytest.raises(UserError):
         study.parse_arms("kd,nope")
+
+
+def test_a_new_eval_never_lands_on_an_existing_one(tmp_path):
+    from distill import study_evals
+
+    assert study_evals.next_eval_dir(tmp_path) == tmp_path / "eval"
+    for name in ("eval", "eval-3", "evaluation"):  # eval-2 was deleted; "evaluation" is not ours
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text("{}")
+    assert study_evals.eval_dirs(tmp_path) == [tmp_path / "eval", tmp_path / "eval-3"]
+    assert study_evals.next_eval_dir(tmp_path) == tmp_path / "eval-4"
