@@ -56,6 +56,14 @@ def _case(case, tmp_path, model_dir):
         return ["eval", *model, "--out", d, "--overwrite"], d, ["not an output of distill"]
     if case == "eval_out_inside_the_scored_model":
         return ["eval", *model, "--out", model_dir / "report"], model_dir, ["lies inside"]
+    if case == "lens_only_eval_out_inside_the_scored_model":
+        return ["eval", "--model", f"s={model_dir}", "--lens", "embedding", "--out", model_dir / "lenses"], \
+            model_dir, ["lies inside"]
+    if case == "lens_only_eval_out_is_the_bios_file":
+        bios = tmp_path / "bios.jsonl"
+        bios.write_text('{"text": "She is a nurse.", "occupation": "nurse", "gender": "f"}\n')
+        return ["eval", "--model", f"s={model_dir}", "--lens", "downstream", "--bios", bios, "--out", bios,
+                "--overwrite"], tmp_path, ["is ", "an input"]
     if case == "eval_out_is_the_text_file":
         text = tmp_path / "heldout.txt"
         text.write_text("Some held-out text. " * 20)
@@ -85,7 +93,8 @@ def _case(case, tmp_path, model_dir):
 
 @pytest.mark.parametrize("case", [
     "eval_out_is_the_run_of_the_scored_model", "eval_out_is_a_training_run", "eval_out_holds_user_files",
-    "eval_out_inside_the_scored_model", "eval_out_is_the_text_file", "samples_overwrite_of_a_file_it_did_not_write",
+    "eval_out_inside_the_scored_model", "lens_only_eval_out_inside_the_scored_model",
+    "lens_only_eval_out_is_the_bios_file", "eval_out_is_the_text_file", "samples_overwrite_of_a_file_it_did_not_write",
     "samples_out_inside_the_model", "eval_out_under_a_file", "eval_out_under_proc", "samples_out_under_proc",
     "binary_text", "latin1_text", "empty_text",
 ])

@@ -302,7 +302,7 @@ def run_lenses_only(args) -> int:
     models = parse_model_runs(args.model)
     names = [n for n, _ in models]
     out = Path(args.out).expanduser()
-    check_out_dir(out, args.overwrite)
+    check_out_dir(out, args.overwrite, input_paths(args, models))
     tokenizers = {path: load_tokenizer(path) for _, runs in models for path in runs}
     labels = run_labels(models)
     plan = plan_lenses(args, {labels[p]: tokenizers[p] for p in labels}, {labels[p]: p for p in labels})

@@ -93,10 +93,12 @@ def parse_models(specs: list[str]) -> list[tuple[str, str]]:
 
 
 def input_paths(args, models) -> list[Path]:
-    """The local inputs of eval/samples: --out may not be, contain or lie inside any of them (issue 16)."""
+    """The local inputs of eval/samples (models, --text, --prompts, --bios): --out may not be, contain or lie
+    inside any of them (issue 16)."""
     paths = [Path(p).expanduser() for _, runs in models for p in ([runs] if isinstance(runs, str) else runs)
              if Path(p).expanduser().exists()]
-    for spec in (getattr(args, "text", None), args.prompts):
+    bios = getattr(args, "bios", None)
+    for spec in (getattr(args, "text", None), args.prompts, None if bios == "project" else bios):
         if spec and Path(spec).expanduser().exists():
             paths.append(Path(spec).expanduser())
     return paths
