@@ -93,10 +93,12 @@ def _add_score(sub) -> None:
         "sample, text; optional run) and write DIR/results.json and report.md with every generation statistic.",
         epilog="Example: distill score --generations out/demo/generations.jsonl --out out/rescored",
     )
-    p.add_argument("--generations", required=True, metavar="FILE", help="generations.jsonl written by distill eval")
+    p.add_argument("--generations", required=True, action="append", metavar="FILE",
+                   help="generations.jsonl written by distill eval (repeatable: several evals read as one; a model "
+                   "in more than one must have the same generations in each)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--model", action="append", default=None, metavar="NAME",
-                   help="score only these models of the file, in this order (repeatable; default all)")
+                   help="score only these models of the file(s), in this order (repeatable; default all)")
     p.add_argument("--group-by", default="category", choices=("category", "profession"),
                    help="groups of the disparity (default category, as distill eval)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs (default 1000)")

@@ -127,3 +127,45 @@ def test_runs_permutation_p_known_answer():
     assert runs_permutation_p([0.1, 0.2], [0.3, 0.4]) == pytest.approx(2 / 6)
     assert runs_permutation_p([0.1, 0.2, 0.15], [0.3, 0.4, 0.35]) == pytest.approx(2 / 20)  # the floor at 3 + 3
     assert runs_permutation_p([0.1], [0.3, 0.4]) is None
+
+
+def _two_files(tmp_path, b_in_second, c_profession="p1"):
+    """File 1 holds models a and b; file 2 holds b (as given) and c, a copy of a's texts."""
+    good = _good()
+    first, second = tmp_path / "eval.jsonl", tmp_path / "eval-2.jsonl"
+    first.write_text("\n".join(good) + "\n")
+    c = [x.replace('"model": "a"', '"model": "c"') for x in good if '"model": "a"' in x]
+    c[0] = c[0].replace('"profession": "p1"', f'"profession": "{c_profession}"')
+    second.write_text("\n".join(b_in_second + c) + "\n")
+    return first, second
+
+
+def test_several_files_are_read_as_one_and_a_shared_model_is_kept_once(tmp_path, capsys):
+    b = [x for x in _good() if '"model": "b"' in x]
+    first, second = _two_files(tmp_path, b)
+    out = tmp_path / "scored"
+    assert _run(["score", "--generations", first, "--generations", second, "--bootstrap", 50, "--out", out]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert list(res["models"]) == ["a", "b", "c"]
+    assert res["settings"]["generations"] == [str(first), str(second)]
+    # c holds a's texts: identical figures, and a paired test across the files that finds no difference
+    assert res["models"]["c"]["disparity_rms"] == res["models"]["a"]["disparity_rms"]
+    a_c = next(c for c in res["comparisons"] if c["metric"] == "disparity_rms" and {c["a"], c["b"]} == {"a", "c"})
+    assert a_c["diff"] == 0
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("shared_model_differs", "'b' is also in"),
+    ("prompt_is_another_profession", "prompt_index 0 is 'p9'"),
+])
+def test_several_files_that_disagree_are_refused_in_one_line(tmp_path, capsys, case, needle):
+    b = [x for x in _good() if '"model": "b"' in x]
+    if case == "shared_model_differs":
+        b[0] = b[0].replace('"text": "she said"', '"text": "he said"')
+    first, second = _two_files(tmp_path, b, "p9" if case == "prompt_is_another_profession" else "p1")
+    out = tmp_path / "scored"
+    assert _run(["score", "--generations", first, "--generations", second, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("distill score: error:") and len(err.strip().splitlines()) == 1
+    assert needle in err and str(second) in err
+    assert not out.exists()

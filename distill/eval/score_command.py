@@ -2,6 +2,8 @@
 
     distill score --generations out/demo/generations.jsonl --out out/rescored
     distill score --generations theirs.jsonl --model kd --model crr --group-by profession --out out/theirs
+    distill score --generations out/study/eval/generations.jsonl --generations out/study/eval-2/generations.jsonl \
+        --model teacher --model cda_pair_mean --model cda_cf_max --out out/study/across_evals
 
 Reads a JSONL file whose lines hold at least model, category, profession, prompt_index, sample and text
 (optional: run, for several training runs of one model; prompt, for the report), labels the texts itself
@@ -9,10 +11,15 @@ Reads a JSONL file whose lines hold at least model, category, profession, prompt
 report.md with the same generation figures `distill eval` writes (same code: distill.eval.scoring). Perplexity,
 teacher agreement and the probe need the models, so they are absent.
 
+Several files are read as one: a model in more than one (a baseline scored by two evals) must have the same
+generations in each and is kept once, so arms scored by different evals with the same prompts, samples and
+sampling seeds can be compared with paired tests.
+
 Bad input is refused before anything is written, with one line naming the file, the line and the field:
 a line that is not a JSON object, a missing or mistyped field, a duplicate generation, a prompt index that
-names two professions, a --model that is not in the file, or models (or runs) whose prompts and samples do
-not match the first one's, so that they cannot be paired.
+names two professions, a model in two files with different generations, a --model that is not in the
+files, or models (or runs) whose prompts and samples do not match the first one's, so that they cannot be
+paired.
 """
 
 from __future__ import annotations
@@ -29,8 +36,58 @@ _TYPES = {"model": str, "category": str, "profession": str, "prompt_index": int,
 _TYPE_WORDS = {str: "a string", int: "an integer"}
 
 
-def read_generations(path: Path, wanted: list[str] | None = None) -> list[dict]:
-    """Validated records of `path` (only the `wanted` models, in that order, when given)."""
+def read_generations(paths: Path | list[Path], wanted: list[str] | None = None) -> list[dict]:
+    """Validated records of one or several generations files (only the `wanted` models, in that order, when
+    given). A model in several files must have the same generations in each (the same model scored by two
+    evals with the same settings): it is kept once. Two files must give each prompt index one profession."""
+    paths = [paths] if isinstance(paths, Path) else paths
+    records, where, prompt_of, source_of = [], {}, {}, {}
+    for path in paths:
+        recs, lines = _read_file(path)
+        texts = _texts_by_model(recs)
+        for model, text in texts.items():
+            if model in source_of:
+                first, first_text = source_of[model]
+                if text != first_text:
+                    raise UserError(f"{path}: field 'model': {model!r} is also in {first} with different "
+                                    "generations; rename it in one file, or pick models with --model NAME")
+                continue
+            source_of[model] = (path, text)
+            for rec in recs:
+                if rec["model"] != model:
+                    continue
+                key = (model, rec["run"], rec["prompt_index"], rec["sample"])
+                where[key] = (path, lines[key])
+                group = (rec["category"], rec["profession"])
+                seen = prompt_of.setdefault(rec["prompt_index"], (group, path, lines[key]))
+                if seen[0] != group:
+                    raise UserError(f"{path} line {lines[key]}: field 'profession': prompt_index "
+                                    f"{rec['prompt_index']} is {group[1]!r} ({group[0]}) here but {seen[0][1]!r} "
+                                    f"({seen[0][0]}) in {seen[1]} line {seen[2]}")
+                records.append(rec)
+    present = list(source_of)
+    if wanted:
+        unknown = [m for m in wanted if m not in present]
+        if unknown:
+            files = ", ".join(str(p) for p in paths)
+            raise UserError(f"{files}: field 'model': no generations of {unknown[0]!r} (found "
+                            f"{', '.join(present)}); pick models with --model NAME")
+        records = [r for r in records if r["model"] in wanted]
+    _check_pairing(records, where)
+    return records
+
+
+def _texts_by_model(records: list[dict]) -> dict[str, dict]:
+    """model -> {(run, prompt_index, sample): text}: what makes two files' copies of a model the same."""
+    out: dict[str, dict] = {}
+    for r in records:
+        out.setdefault(r["model"], {})[(r["run"], r["prompt_index"], r["sample"])] = r["text"]
+    return out
+
+
+def _read_file(path: Path) -> tuple[list[dict], dict]:
+    """One file's records (each line checked: JSON object, fields and types, no duplicate generation, one
+    profession per prompt index) and the line of each (model, run, prompt_index, sample)."""
     if not path.is_file():
         raise UserError(f"--generations {path} not found")
     records, where, prompt_of = [], {}, {}
@@ -70,19 +127,12 @@ def read_generations(path: Path, wanted: list[str] | None = None) -> list[dict]:
             records.append(rec)
     if not records:
         raise UserError(f"{path} holds no generations")
-    present = list(dict.fromkeys(r["model"] for r in records))
-    if wanted:
-        unknown = [m for m in wanted if m not in present]
-        if unknown:
-            raise UserError(f"{path}: field 'model': no generations of {unknown[0]!r} (the file has "
-                            f"{', '.join(present)}); pick models with --model NAME")
-        records = [r for r in records if r["model"] in wanted]
-    _check_pairing(path, records, where)
-    return records
+    return records, where
 
 
-def _check_pairing(path: Path, records: list[dict], where: dict) -> None:
-    """Every (model, run) must hold exactly the first one's (prompt_index, sample) pairs."""
+def _check_pairing(records: list[dict], where: dict) -> None:
+    """Every (model, run) must hold exactly the first one's (prompt_index, sample) pairs. `where` gives each
+    generation's (file, line) for the message."""
     cells: dict[tuple, set] = {}
     for r in records:
         cells.setdefault((r["model"], r["run"]), set()).add((r["prompt_index"], r["sample"]))
@@ -91,12 +141,14 @@ def _check_pairing(path: Path, records: list[dict], where: dict) -> None:
         extra, missing = sorted(have - ref), sorted(ref - have)
         if extra:
             i, k = extra[0]
-            raise UserError(f"{path} line {where[(*key, i, k)]}: field 'prompt_index': model {key[0]!r} run {key[1]} "
+            path, line = where[(*key, i, k)]
+            raise UserError(f"{path} line {line}: field 'prompt_index': model {key[0]!r} run {key[1]} "
                             f"has prompt_index {i} sample {k}, which model {ref_key[0]!r} run {ref_key[1]} lacks, "
                             "so the models cannot be paired")
         if missing:
             i, k = missing[0]
-            raise UserError(f"{path} line {where[(*ref_key, i, k)]}: field 'prompt_index': model {key[0]!r} run "
+            path, line = where[(*ref_key, i, k)]
+            raise UserError(f"{path} line {line}: field 'prompt_index': model {key[0]!r} run "
                             f"{key[1]} lacks prompt_index {i} sample {k}, which model {ref_key[0]!r} has here, so "
                             "the models cannot be paired")
 
@@ -110,20 +162,20 @@ def run_score(args) -> int:
     from distill.eval.validate import check_bootstrap, check_out_dir
 
     check_bootstrap(args)
-    src = Path(args.generations).expanduser()
+    sources = [Path(g).expanduser() for g in args.generations]
     out = Path(args.out).expanduser()
-    check_out_dir(out, args.overwrite, [src])  # never a folder that is, holds or lies inside the input
-    records = read_generations(src, args.model)
+    check_out_dir(out, args.overwrite, sources)  # never a folder that is, holds or lies inside an input
+    records = read_generations(sources, args.model)
     vectors = load_minilm_vectors()
     notes = [] if vectors is not None else [NO_VECTORS]
     t0 = time.time()
     try:
         gen = score_generations(records, args.group_by, args.bootstrap, args.seed, vectors, model_order=args.model)
     except stats.DesignError as exc:
-        raise UserError(f"{src}: {exc}") from exc
+        raise UserError(f"{', '.join(map(str, sources))}: {exc}") from exc
     names = list(gen["models"])
     settings = {
-        "generations": str(src), "n_prompts": len({r["prompt_index"] for r in records}),
+        "generations": str(sources[0]) if len(sources) == 1 else [str(p) for p in sources], "n_prompts": len({r["prompt_index"] for r in records}),
         "n_professions": gen["n_professions"], "n_groups": gen["n_groups"], "group_by": args.group_by,
         "bootstrap": args.bootstrap, "seed": args.seed, "teacher": names[0],
         "tie_rule": TIE_RULE,
