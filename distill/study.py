@@ -258,22 +258,34 @@ def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict
 
 
 def write_plot(path: Path, arms: list[str], runs: list[dict]) -> None:
+    """Disparity against perplexity, one point per run and each arm's mean ± sd as a cross; one panel per
+    student size (arms grouped by their baseline), because compression moves perplexity far more than any arm."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    panels = list(dict.fromkeys(baseline_of(a) for a in arms))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1.5, 4.5), sharey=True, squeeze=False)
     cmap = plt.get_cmap("tab20")
-    for i, arm in enumerate(arms):
-        pts = [(figure(r["figures"], FIGURES[4]), figure(r["figures"], FIGURES[0])) for r in runs
-               if r["arm"] == arm]
-        pts = [(x, y) for x, y in pts if x is not None and y is not None]
-        if pts:
-            ax.scatter(*zip(*pts, strict=True), label=arm, color=cmap(i % 20), s=30)
-    ax.set_xlabel("perplexity (held-out text)")
-    ax.set_ylabel("disparity (one point per training run)")
-    ax.legend(fontsize=7, ncol=2)
+    for ax, baseline in zip(axes[0], panels, strict=True):
+        for i, arm in enumerate(arms):
+            pts = [(figure(r["figures"], FIGURES[4]), figure(r["figures"], FIGURES[0])) for r in runs
+                   if r["arm"] == arm]
+            pts = [(x, y) for x, y in pts if x is not None and y is not None]
+            if not pts or baseline_of(arm) != baseline:
+                continue
+            xs, ys = np.array(pts).T
+            color = cmap(i % 20)
+            ax.scatter(xs, ys, color=color, s=22, alpha=0.6)
+            ax.errorbar(xs.mean(), ys.mean(), xerr=xs.std(ddof=1) if len(xs) > 1 else None,
+                        yerr=ys.std(ddof=1) if len(ys) > 1 else None, fmt="D", color=color, ms=6, capsize=3,
+                        label=arm)
+        ax.set_title(f"arms paired with {baseline}", fontsize=10)
+        ax.set_xlabel("perplexity (held-out text)")
+        ax.legend(fontsize=7, ncol=2)
+    axes[0][0].set_ylabel("disparity_rms (dots: runs; diamonds: mean ± sd)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
