@@ -59,7 +59,7 @@ STUDY_SEEDS ?= 3
 STUDY_ARMS ?=
 STUDY_OUT ?= out/study
 
-study: teacher  ## the ablation table of issue 11 (hours on 2 cores): STUDY_SEEDS seeds x STUDY_ARMS -> out/study/
+study: teacher  ## the ablation table of issue 11 (about 4-5 h on 2 cores from scratch): STUDY_SEEDS seeds x STUDY_ARMS -> out/study/
 	$(PY) -m distill.study --seeds $(STUDY_SEEDS) --arms "$(STUDY_ARMS)" --out $(STUDY_OUT)
 
 study-smoke:  ## the study's code path on the debug recipes in about a minute: out/study_smoke/
