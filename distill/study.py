@@ -258,7 +258,7 @@ def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict
 
 
 def write_plot(path: Path, arms: list[str], runs: list[dict]) -> None:
-    """Disparity against perplexity, one point per run and each arm's mean ± sd as a cross; one panel per
+    """Disparity against perplexity, one point per run and each arm's mean ± sd as a diamond with error bars; one panel per
     student size (arms grouped by their baseline), because compression moves perplexity far more than any arm."""
     import matplotlib
 

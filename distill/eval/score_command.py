@@ -44,26 +44,28 @@ def read_generations(paths: Path | list[Path], wanted: list[str] | None = None) 
     records, where, prompt_of, source_of = [], {}, {}, {}
     for path in paths:
         recs, lines = _read_file(path)
-        texts = _texts_by_model(recs)
-        for model, text in texts.items():
+        by_model: dict[str, list[dict]] = {}
+        for rec in recs:
+            by_model.setdefault(rec["model"], []).append(rec)
+        for model, model_recs in by_model.items():
+            copy = _generations_of(model_recs)
             if model in source_of:
-                first, first_text = source_of[model]
-                if text != first_text:
+                first, first_copy = source_of[model]
+                if copy != first_copy:
                     raise UserError(f"{path}: field 'model': {model!r} is also in {first} with different "
                                     "generations; rename it in one file, or pick models with --model NAME")
                 continue
-            source_of[model] = (path, text)
-            for rec in recs:
-                if rec["model"] != model:
-                    continue
+            source_of[model] = (path, copy)
+            for rec in model_recs:
                 key = (model, rec["run"], rec["prompt_index"], rec["sample"])
                 where[key] = (path, lines[key])
                 group = (rec["category"], rec["profession"])
                 seen = prompt_of.setdefault(rec["prompt_index"], (group, path, lines[key]))
                 if seen[0] != group:
+                    place = f"line {seen[2]}" if seen[1] == path else f"{seen[1]} line {seen[2]}"
                     raise UserError(f"{path} line {lines[key]}: field 'profession': prompt_index "
                                     f"{rec['prompt_index']} is {group[1]!r} ({group[0]}) here but {seen[0][1]!r} "
-                                    f"({seen[0][0]}) in {seen[1]} line {seen[2]}")
+                                    f"({seen[0][0]}) on {place}")
                 records.append(rec)
     present = list(source_of)
     if wanted:
@@ -77,20 +79,18 @@ def read_generations(paths: Path | list[Path], wanted: list[str] | None = None) 
     return records
 
 
-def _texts_by_model(records: list[dict]) -> dict[str, dict]:
-    """model -> {(run, prompt_index, sample): text}: what makes two files' copies of a model the same."""
-    out: dict[str, dict] = {}
-    for r in records:
-        out.setdefault(r["model"], {})[(r["run"], r["prompt_index"], r["sample"])] = r["text"]
-    return out
+def _generations_of(records: list[dict]) -> dict[tuple, tuple]:
+    """{(run, prompt_index, sample): (category, profession, text)} of one model: what makes two files' copies
+    of a model the same."""
+    return {(r["run"], r["prompt_index"], r["sample"]): (r["category"], r["profession"], r["text"]) for r in records}
 
 
 def _read_file(path: Path) -> tuple[list[dict], dict]:
-    """One file's records (each line checked: JSON object, fields and types, no duplicate generation, one
-    profession per prompt index) and the line of each (model, run, prompt_index, sample)."""
+    """One file's records (each line checked: JSON object, fields and types, no duplicate generation) and the
+    line of each (model, run, prompt_index, sample). One profession per prompt index is checked across files."""
     if not path.is_file():
         raise UserError(f"--generations {path} not found")
-    records, where, prompt_of = [], {}, {}
+    records, where = [], {}
     with open(path, encoding="utf-8", errors="replace") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -119,11 +119,6 @@ def _read_file(path: Path) -> tuple[list[dict], dict]:
                 raise UserError(f"{path} line {n}: field 'sample': model {key[0]!r} run {key[1]} prompt_index "
                                 f"{key[2]} sample {key[3]} already appeared on line {where[key]}")
             where[key] = n
-            group = (rec["category"], rec["profession"])
-            seen = prompt_of.setdefault(rec["prompt_index"], (group, n))
-            if seen[0] != group:
-                raise UserError(f"{path} line {n}: field 'profession': prompt_index {rec['prompt_index']} is "
-                                f"{group[1]!r} ({group[0]}) here but {seen[0][1]!r} ({seen[0][0]}) on line {seen[1]}")
             records.append(rec)
     if not records:
         raise UserError(f"{path} holds no generations")
@@ -175,7 +170,8 @@ def run_score(args) -> int:
         raise UserError(f"{', '.join(map(str, sources))}: {exc}") from exc
     names = list(gen["models"])
     settings = {
-        "generations": str(sources[0]) if len(sources) == 1 else [str(p) for p in sources], "n_prompts": len({r["prompt_index"] for r in records}),
+        "generations": str(sources[0]) if len(sources) == 1 else [str(p) for p in sources],
+        "n_prompts": len({r["prompt_index"] for r in records}),
         "n_professions": gen["n_professions"], "n_groups": gen["n_groups"], "group_by": args.group_by,
         "bootstrap": args.bootstrap, "seed": args.seed, "teacher": names[0],
         "tie_rule": TIE_RULE,
