@@ -58,9 +58,10 @@ demo-seeds: teacher  ## SEEDS (default 3) KD and CRR students per arm, scored to
 STUDY_SEEDS ?= 3
 STUDY_ARMS ?=
 STUDY_OUT ?= out/study
+STUDY_LANES ?= 1
 
-study: teacher  ## the ablation table of issue 11 (about 4-5 h on 2 cores from scratch): STUDY_SEEDS seeds x STUDY_ARMS -> out/study/
-	$(PY) -m distill.study --seeds $(STUDY_SEEDS) --arms "$(STUDY_ARMS)" --out $(STUDY_OUT)
+study: teacher  ## the ablation table of issue 11 (about 4-5 h on 2 cores from scratch; STUDY_LANES=2 there): STUDY_SEEDS seeds x STUDY_ARMS -> out/study/
+	$(PY) -m distill.study --seeds $(STUDY_SEEDS) --arms "$(STUDY_ARMS)" --lanes $(STUDY_LANES) --out $(STUDY_OUT)
 
 study-smoke:  ## the study's code path on the debug recipes in about a minute: out/study_smoke/
 	$(PY) -m distill.study --smoke --in-process --seeds 2 --arms "$(or $(STUDY_ARMS),cda_cf_mean)" --out out/study_smoke

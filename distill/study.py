@@ -1,9 +1,10 @@
 """The ablation study of issue 11: which part of counterfactual role reversal buys what, over several seeds.
 
-    python -m distill.study --out out/study                          # every arm, 3 seeds (hours on 2 cores)
+    python -m distill.study --out out/study                          # every arm, 3 seeds (about 4-5 h on 2 cores)
     python -m distill.study --arms kd,cda_pair_mean --seeds 2 --out out/study_two
     python -m distill.study --smoke --out /tmp/study_smoke            # debug recipes, 2 steps: the code path
     make study STUDY_SEEDS=3 STUDY_ARMS=kd,cda,pair_mean             # the same through make
+    python -m distill.study --lanes 2 --out out/study                # two runs at a time (distill.study_lanes)
 
 Each arm is a base recipe plus overrides (ARMS). For every (arm, seed) the study runs `distill train` into
 OUT/runs/ARM/sSEED (a finished run, one with final/, is reused, so an interrupted study resumes), then one
@@ -37,7 +38,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from distill import study_evals
+from distill import study_evals, study_lanes
 from distill.errors import UserError
 
 TEACHER = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -136,23 +137,28 @@ def plan_runs(arms: list[str], seeds: list[int], out: Path) -> list[dict]:
             for seed in seeds for arm in arms]
 
 
-def train_runs(arms: list[str], seeds: list[int], out: Path, smoke: bool, run) -> list[dict]:
-    """Train every (arm, seed) not yet finished; returns plan_runs' list."""
+def train_runs(arms: list[str], seeds: list[int], out: Path, smoke: bool, run, lanes: int = 1) -> list[dict]:
+    """Train every (arm, seed) not yet finished, one after another or in `lanes` parallel lanes
+    (distill.study_lanes); returns plan_runs' list."""
     runs = plan_runs(arms, seeds, out)
-    corpus_done: set[int] = set()
+    jobs = []
     for r in runs:
         arm, seed, final = r["arm"], r["seed"], Path(r["final_dir"])
-        recipe, over = arm_plan(arm, smoke)
         if (final / "config.json").exists():
             continue  # finished earlier: an interrupted study picks up here
-        if not smoke and seed not in corpus_done:  # the seed's transfer set, once, before its first arm
+        recipe, over = arm_plan(arm, smoke)
+        jobs.append((f"{arm}_s{seed}", recipe, seed, ["train", "--recipe", recipe, "--overwrite",
+                     f"output_dir={final.parent}", f"seed={seed}", *(f"{k}={v}" for k, v in over.items())]))
+    if not smoke:  # each seed's transfer set, once, before any of its runs (the lanes would race to build it)
+        for recipe, seed in dict.fromkeys((recipe, seed) for _, recipe, seed, _ in jobs):
             if run(["corpus", "--recipe", recipe, f"seed={seed}"]) != 0:
                 raise UserError(f"distill corpus failed for seed {seed} (see above)")
-            corpus_done.add(seed)
-        argv = ["train", "--recipe", recipe, "--overwrite", f"output_dir={final.parent}", f"seed={seed}",
-                *(f"{k}={v}" for k, v in over.items())]
+    if lanes > 1:
+        study_lanes.run_in_lanes([(name, argv) for name, _, _, argv in jobs], lanes, out / "logs", run.log)
+        return runs
+    for name, _, _, argv in jobs:
         if run(argv) != 0:
-            raise UserError(f"training arm {arm} seed {seed} failed (see above); rerun to resume the rest")
+            raise UserError(f"training {name} failed (see above); rerun to resume the rest")
     return runs
 
 
@@ -299,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", default=None, help=f"first scored model (default {TEACHER}; none in --smoke)")
     p.add_argument("--smoke", action="store_true", help="debug recipes, 2 steps, few prompts: tests the code path")
     p.add_argument("--in-process", action="store_true", help="run the distill commands in this process")
+    p.add_argument("--lanes", type=int, default=1,
+                   help="train this many runs at once, each pinned to its share of the cores (default 1; 2 on a "
+                   "2-core CPU finished runs sooner here: distill/study_lanes.py; keep 1 on a GPU)")
     p.add_argument("--reuse-eval", action="store_true",
                    help="write results.json, table.md and the plot from the evals (OUT/eval*/) of an earlier "
                    "study with the same arms and seeds, without training or scoring again")
@@ -313,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
 def _study(args, argv) -> int:
     if args.seeds < 1:
         raise UserError(f"--seeds/STUDY_SEEDS must be at least 1, got {args.seeds}")
+    study_lanes.check_lanes(args.lanes, args.in_process)
     arms = parse_arms(args.arms)
     seeds = list(range(args.seeds))
     teacher = None if args.smoke else (args.teacher or TEACHER)
@@ -325,7 +335,7 @@ def _study(args, argv) -> int:
     if args.reuse_eval:
         runs = plan_runs(arms, seeds, out)
     else:
-        runs = train_runs(arms, seeds, out, args.smoke, run)
+        runs = train_runs(arms, seeds, out, args.smoke, run, args.lanes)
     results, eval_dirs, agreement = score(runs, arms, out, args.smoke, run, teacher, reuse=args.reuse_eval)
     for r in runs:  # a several-run model lists its runs in the order given: seeds ascending
         r["figures"] = run_figures(results[r["arm"]], r["arm"], seeds.index(r["seed"]))

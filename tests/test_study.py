@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 
 import pytest
 
@@ -144,3 +145,41 @@ def test_a_new_eval_never_lands_on_an_existing_one(tmp_path):
         (tmp_path / name / "results.json").write_text("{}")
     assert study_evals.eval_dirs(tmp_path) == [tmp_path / "eval", tmp_path / "eval-3"]
     assert study_evals.next_eval_dir(tmp_path) == tmp_path / "eval-4"
+
+
+def test_lanes_train_in_parallel_processes_and_the_study_reads_them(tmp_path):
+    out = tmp_path / "study"
+    assert study.main(["--smoke", "--lanes", "2", "--seeds", "1", "--arms", "cda", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert [(r["arm"], r["seed"]) for r in res["runs"]] == [("kd", 0), ("cda", 0)]
+    for name in ("kd_s0", "cda_s0"):  # each run's output went to its own log, not interleaved on stdout
+        assert "student written to" in (out / "logs" / f"{name}.log").read_text()
+    assert (out / "runs" / "cda" / "s0" / "final" / "config.json").exists()
+
+
+def test_each_lane_gets_its_own_cores_and_one_thread_per_core_and_failures_are_named(tmp_path):
+    from distill import study_lanes
+
+    probe = (sys.executable, "-c", "import os, sys; print(sorted(os.sched_getaffinity(0)), "
+             "os.environ['OMP_NUM_THREADS']); sys.exit(int(sys.argv[1]))")
+    lanes = min(2, len(study_lanes.usable_cores()))
+    said = []
+    with pytest.raises(UserError, match=r"1 training run\(s\) failed: see .*bad\.log"):
+        study_lanes.run_in_lanes([("ok", ["0"]), ("bad", ["3"]), ("ok2", ["0"])], lanes, tmp_path, said.append,
+                                 program=probe)
+    seen = [(tmp_path / f"{n}.log").read_text().split() for n in ("ok", "bad", "ok2")]
+    per = len(study_lanes.usable_cores()) // lanes
+    assert all(words[-1] == str(per) for words in seen)  # OMP_NUM_THREADS = the lane's share of the cores
+    if lanes == 2:  # the first two jobs ran at the same time on disjoint cores
+        assert seen[0][:-1] != seen[1][:-1]
+    assert sum("FAILED (exit 3" in line for line in said) == 1 and sum(" done in " in line for line in said) == 2
+
+
+@pytest.mark.parametrize("lanes, in_process, message", [
+    (0, False, "at least 1"), (10_000, False, "more than the"), (2, True, "drop --in-process"),
+])
+def test_bad_lanes_are_refused_in_one_line(lanes, in_process, message):
+    from distill import study_lanes
+
+    with pytest.raises(UserError, match=message):
+        study_lanes.check_lanes(lanes, in_process)
