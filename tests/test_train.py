@@ -98,6 +98,15 @@ def _train_subprocess(out, *extra, launcher=(), env_extra=None):
                           env=env, timeout=600)
 
 
+def _worker_errors(stderr: str) -> str:
+    """What a failed launch says: the workers' own error lines (a rank that aborts, as one did once in 2026-12
+    in ~20 suites and did not again in 14 reruns, prints its reason far above the launcher's summary) and the
+    summary's end."""
+    cues = ("Error", "error:", "terminate called", "Traceback", "what():", "Signal")
+    lines = [line for line in stderr.splitlines() if any(c in line for c in cues)]
+    return "\n".join(lines[:40]) + "\n...\n" + stderr[-1500:]
+
+
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     common = ["train.max_steps=6", "train.log_steps=1", "train.save_steps=0", "train.eval_steps=0", *NO_DROPOUT]
     one = _train_subprocess(tmp_path / "one", "train.batch_size=4", *common)
@@ -107,7 +116,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     two = _train_subprocess(tmp_path / "two", "train.batch_size=2", *common, launcher=launcher)
-    assert two.returncode == 0, two.stderr[-2000:]
+    assert two.returncode == 0, _worker_errors(two.stderr)
     assert "2 processes" in two.stdout
     logs = [[json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("one", "two")]
     assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == list(range(1, 7))
