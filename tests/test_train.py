@@ -99,8 +99,8 @@ def _train_subprocess(out, *extra, launcher=(), env_extra=None):
 
 
 def _worker_errors(stderr: str) -> str:
-    """What a failed launch says: the workers' own error lines (a rank that aborts, as one did once in 2026-12
-    in ~20 suites and did not again in 14 reruns, prints its reason far above the launcher's summary) and the
+    """What a failed launch says: the workers' own error lines (a rank that aborts, as rank 1 did once on
+    2026-12-01 and not again in 14 reruns, prints its reason far above the launcher's summary) and the
     summary's end."""
     cues = ("Error", "error:", "terminate called", "Traceback", "what():", "Signal")
     lines = [line for line in stderr.splitlines() if any(c in line for c in cues)]
