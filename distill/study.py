@@ -15,7 +15,8 @@ scratch that is one eval over everything; arms added later cost only themselves 
     OUT/eval/, OUT/eval-2/    the scorer's own outputs (results.json, report.md, generations)
     OUT/results.json          {"arms": [...], "seeds": [...], "runs": [{"arm", "seed", "final_dir", "figures"}],
                                "comparisons": {arm: [the scorer's tests of arm - its baseline]},
-                               "evals": {arm: eval folder}, "baseline_agreement": {...}}
+                               "evals": {arm: eval folder}, "baseline_agreement": {...},
+                               "runs_tests": {arm: the probe slope's test over training runs}}
     OUT/table.md              per arm: mean +- sd over seeds of each figure, paired test against its baseline
     OUT/disparity_vs_perplexity.png   one point per run
 
@@ -226,6 +227,29 @@ def baseline_comparisons(results: dict, arm: str, base: str = BASELINE) -> list[
     return out
 
 
+def slope_runs_test(runs: list[dict], arm: str) -> dict | None:
+    """The probe's slope on the teacher, arm - baseline over training runs: mean difference and the exact
+    permutation p over the runs (the scorer tests the probe within its trained models only; the slope's spread
+    over seeds is what says an effect holds across training). None for a baseline or with too few runs."""
+    from distill.eval.scoring import runs_permutation_p
+
+    base = baseline_of(arm)
+    if arm == base:
+        return None
+    values = [[v for r in runs if r["arm"] == a and (v := figure(r["figures"], FIGURES[3])) is not None]
+              for a in (base, arm)]
+    p = runs_permutation_p(*values)
+    if p is None:
+        return None
+    return {"metric": "probe_slope_on_teacher", "a": base, "b": arm,
+            "diff": statistics.fmean(values[1]) - statistics.fmean(values[0]), "p_runs": p}
+
+
+def runs_p_floor(n_a: int, n_b: int) -> float:
+    """The smallest two-sided exact permutation p over n_a + n_b runs: the observed split and its mirror."""
+    return 2 / math.comb(n_a + n_b, n_a)
+
+
 def _test_cell(c: dict) -> str:
     ci = f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" if c.get("ci") else ""
     p = f", p {c['p']:.3f}" if isinstance(c.get("p"), (int, float)) else ""
@@ -243,16 +267,21 @@ def _mean_sd(xs: list[float]) -> str:
 
 def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict[str, list[dict]],
                 command: str, agreement: dict | None = None) -> None:
+    n = len({r["seed"] for r in runs})
     lines = [f"Made by `{command}`. Mean ± sd over seeds (n per arm in the second column); paired test against "
              f"plain KD of the same size (`{BASELINE}`; `{SMALL_BASELINE}` for the compressed arms) from the "
              "scorer (arm - baseline, [95% CI], p over professions; runs p: exact permutation over training "
-             "runs, the only p that includes training noise; 0.10 is its floor with 3 runs per arm).", "",
+             f"runs, the only p that includes training noise; {runs_p_floor(n, n):.2g} is its floor with {n} runs "
+             "per arm), and the probe's slope on the teacher tested the same way over runs.", "",
              "| arm | n | " + " | ".join(label for label, _, _ in FIGURES) + " | vs baseline (paired) |",
              "|---|---|" + "---|" * (len(FIGURES) + 1)]
     for arm in arms:
         mine = [r for r in runs if r["arm"] == arm]
         cells = [_mean_sd([v for r in mine if (v := figure(r["figures"], col)) is not None]) for col in FIGURES]
         tests = [_test_cell(c) for c in comparisons.get(arm, []) if c["metric"] in TABLE_TESTS]
+        slope = slope_runs_test(runs, arm)
+        if slope and tests:
+            tests.append(_test_cell(slope))
         if tests and baseline_of(arm) != BASELINE:
             tests[0] = f"vs {baseline_of(arm)}: {tests[0]}"
         lines.append(f"| {arm} | {len(mine)} | " + " | ".join(cells) + " | " + ("; ".join(tests) or "—") + " |")
@@ -345,6 +374,7 @@ def _study(args, argv) -> int:
         "command": command, "arms": arms, "seeds": seeds,
         "recipes": {a: dict(zip(("recipe", "overrides"), arm_plan(a, args.smoke), strict=True)) for a in arms},
         "runs": runs, "comparisons": comparisons, "baseline_agreement": agreement,
+        "runs_tests": {arm: t for arm in arms if (t := slope_runs_test(runs, arm))},
         "evals": {arm: str(d) for arm, d in eval_dirs.items()},
         "teacher": results[BASELINE if BASELINE in arms else arms[0]].get("models", {}).get("teacher"),
     }, indent=2, default=str) + "\n")

@@ -35,6 +35,7 @@ def test_smoke_study_trains_scores_and_writes_table_results_and_plot(tmp_path):
     table = (out / "table.md").read_text().splitlines()
     rows = {line.split("|")[1].strip(): line for line in table if line.startswith("| ") and "---" not in line}
     assert set(rows) == {"arm", "kd", "cda_cf_mean"}
+    assert "0.33 is its floor with 2 runs per arm" in table[0]  # (smoke: kd is the probe's reference, no slope)
     ppl = [r["figures"]["perplexity"] for r in res["runs"] if r["arm"] == "kd"]
     mean, sd = sum(ppl) / 2, abs(ppl[0] - ppl[1]) / 2**0.5
     assert f"{mean:.3f} ± {sd:.3f}" in rows["kd"] and "| 2 |" in rows["kd"]
@@ -183,3 +184,16 @@ def test_bad_lanes_are_refused_in_one_line(lanes, in_process, message):
 
     with pytest.raises(UserError, match=message):
         study_lanes.check_lanes(lanes, in_process)
+
+
+def test_the_probe_slope_is_tested_over_training_runs_and_the_floor_follows_the_seeds():
+    def run(arm, seed, slope):
+        return {"arm": arm, "seed": seed, "figures": {"probe": {"slope_on_teacher": slope}}}
+
+    runs = [run("kd", s, v) for s, v in enumerate([0.27, 0.26, 0.30])] + \
+           [run("pair_mean", s, v) for s, v in enumerate([0.12, 0.13, 0.14])]
+    t = study.slope_runs_test(runs, "pair_mean")
+    assert t["a"] == "kd" and t["diff"] == pytest.approx(0.13 - 0.2766667, abs=1e-6)
+    assert t["p_runs"] == pytest.approx(2 / 20)  # perfectly separated: the floor at 3 + 3
+    assert study.slope_runs_test(runs, "kd") is None
+    assert study.runs_p_floor(3, 3) == pytest.approx(0.1) and study.runs_p_floor(5, 5) == pytest.approx(2 / 252)
