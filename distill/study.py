@@ -18,7 +18,7 @@ scratch that is one eval over everything; arms added later cost only themselves 
                                "evals": {arm: eval folder}, "baseline_agreement": {...},
                                "runs_tests": {arm: the probe slope's test over training runs}}
     OUT/table.md              per arm: mean +- sd over seeds of each figure, paired test against its baseline
-    OUT/disparity_vs_perplexity.png   one point per run
+    OUT/disparity_vs_perplexity.png   one panel per student size: a dot per run, each arm's mean +- sd
 
 The scorer's contract (issue 10): `--model NAME=DIR1,DIR2,...` gives one model several training runs, whose
 per-run figures are under `seeds`; per-model figures `disparity_rms`, `disparity_rms_ci`, `probe{...}`;
@@ -266,7 +266,7 @@ def _mean_sd(xs: list[float]) -> str:
 
 
 def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict[str, list[dict]],
-                command: str, agreement: dict | None = None) -> None:
+                command: str, agreement: dict | None = None, runs_tests: dict[str, dict] | None = None) -> None:
     n = len({r["seed"] for r in runs})
     lines = [f"Made by `{command}`. Mean ± sd over seeds (n per arm in the second column); paired test against "
              f"plain KD of the same size (`{BASELINE}`; `{SMALL_BASELINE}` for the compressed arms) from the "
@@ -279,7 +279,7 @@ def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict
         mine = [r for r in runs if r["arm"] == arm]
         cells = [_mean_sd([v for r in mine if (v := figure(r["figures"], col)) is not None]) for col in FIGURES]
         tests = [_test_cell(c) for c in comparisons.get(arm, []) if c["metric"] in TABLE_TESTS]
-        slope = slope_runs_test(runs, arm)
+        slope = (runs_tests or {}).get(arm)
         if slope and tests:
             tests.append(_test_cell(slope))
         if tests and baseline_of(arm) != BASELINE:
@@ -370,15 +370,16 @@ def _study(args, argv) -> int:
         r["figures"] = run_figures(results[r["arm"]], r["arm"], seeds.index(r["seed"]))
     comparisons = {arm: baseline_comparisons(results[arm], arm, baseline_of(arm)) for arm in arms
                    if arm not in (BASELINE, SMALL_BASELINE)}
+    runs_tests = {arm: t for arm in arms if (t := slope_runs_test(runs, arm))}
     (out / "results.json").write_text(json.dumps({
         "command": command, "arms": arms, "seeds": seeds,
         "recipes": {a: dict(zip(("recipe", "overrides"), arm_plan(a, args.smoke), strict=True)) for a in arms},
         "runs": runs, "comparisons": comparisons, "baseline_agreement": agreement,
-        "runs_tests": {arm: t for arm in arms if (t := slope_runs_test(runs, arm))},
+        "runs_tests": runs_tests,
         "evals": {arm: str(d) for arm, d in eval_dirs.items()},
         "teacher": results[BASELINE if BASELINE in arms else arms[0]].get("models", {}).get("teacher"),
     }, indent=2, default=str) + "\n")
-    write_table(out / "table.md", arms, runs, comparisons, command, agreement)
+    write_table(out / "table.md", arms, runs, comparisons, command, agreement, runs_tests)
     write_plot(out / "disparity_vs_perplexity.png", arms, runs)
     print(f"wrote {out}/results.json, table.md and disparity_vs_perplexity.png ({len(runs)} runs)")
     return 0
