@@ -85,6 +85,8 @@ FIGURES = [
     ("probe slope on teacher", "probe", "slope_on_teacher"),
     ("perplexity", "perplexity", None),
     ("agreement", "teacher_agreement", None),
+    ("embedding effect size", "embedding_effect_size", None),
+    ("downstream TPR-gap rms", "downstream_tpr_gap_rms", None),
 ]
 
 
@@ -191,10 +193,19 @@ def score(runs: list[dict], arms: list[str], out: Path, smoke: bool, run, teache
 
 def run_figures(results: dict, arm: str, index: int) -> dict:
     """The scorer's figures for one training run: the index-th entry of its arm's `seeds` (runs are passed in
-    seed order), or the arm's own figures when it has a single run."""
+    seed order), or the arm's own figures when it has a single run; plus that run's two other lenses
+    (`embedding_effect_size`, `downstream_tpr_gap_rms`), which the scorer keeps per lens, not per seed."""
     model = results.get("models", {}).get(arm, {})
     seeds = model.get("seeds")
-    return seeds[index] if seeds else model
+    figures = dict(seeds[index]) if seeds else dict(model)
+    for key, lens, field in (("embedding_effect_size", "embedding", "combined_effect_size"),
+                             ("downstream_tpr_gap_rms", "downstream", "tpr_gap_rms")):
+        block = model.get(lens)
+        if isinstance(block, dict):
+            one = block["runs"][index] if seeds and block.get("runs") else block
+            if one.get(field) is not None:
+                figures[key] = one[field]
+    return figures
 
 
 def figure(fig: dict, column: tuple[str, str, str | None]) -> float | None:
@@ -273,7 +284,8 @@ def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict
              "scorer (arm - baseline, [95% CI], p over professions; runs p: exact permutation over training "
              f"runs, the only p that includes training noise; {runs_p_floor(n, n):.2g} is its floor with {n} runs "
              "per arm), and the probe's slope on the teacher tested the same way over runs.", "",
-             "| arm | n | " + " | ".join(label for label, _, _ in FIGURES) + " | vs baseline (paired) |",
+             "| arm | n | " + " | ".join(label.replace("|", "\\|") for label, _, _ in FIGURES)
+             + " | vs baseline (paired) |",
              "|---|---|" + "---|" * (len(FIGURES) + 1)]
     for arm in arms:
         mine = [r for r in runs if r["arm"] == arm]

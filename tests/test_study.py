@@ -29,6 +29,12 @@ def test_smoke_study_trains_scores_and_writes_table_results_and_plot(tmp_path):
         assert r["final_dir"] == str(out / "runs" / r["arm"] / f"s{r['seed']}" / "final")
         assert (out / "runs" / r["arm"] / f"s{r['seed']}" / "final" / "config.json").exists()
         assert r["figures"]["perplexity"] > 1.0 and 0.0 <= r["figures"]["teacher_agreement"] <= 1.0
+    # the other two lenses, per run: the scorer keeps them per lens (model.embedding.runs[i]), not per seed
+    scored = json.loads((out / "eval" / "results.json").read_text())["models"]["kd"]
+    kd_runs = [r["figures"] for r in res["runs"] if r["arm"] == "kd"]
+    assert [f["embedding_effect_size"] for f in kd_runs] == \
+        [x["combined_effect_size"] for x in scored["embedding"]["runs"]]
+    assert [f["downstream_tpr_gap_rms"] for f in kd_runs] == [x["tpr_gap_rms"] for x in scored["downstream"]["runs"]]
     assert res["recipes"]["cda_cf_mean"]["overrides"]["crr.teacher"] == "cf_mean"
     assert res["comparisons"]["cda_cf_mean"]  # paired against kd by the scorer
     assert all(c["b"].startswith("cda_cf_mean") for c in res["comparisons"]["cda_cf_mean"])
