@@ -124,7 +124,7 @@ class Runner:
     def __call__(self, argv: list[str]) -> int:
         self.log(f"$ distill {shlex.join(argv)}")
         if not self.in_process:
-            return subprocess.run([sys.executable, "-m", "distill", *argv]).returncode
+            return subprocess.run([*study_lanes.DISTILL, *argv]).returncode
         from distill.cli import main
 
         try:
@@ -187,7 +187,7 @@ def score(runs: list[dict], arms: list[str], out: Path, smoke: bool, run, teache
         assigned.update({arm: eval_dir for arm in models})
         evals[eval_dir] = json.loads((eval_dir / "results.json").read_text())
     evals = {d: evals[d] for d in dict.fromkeys(assigned.values())}  # only the evals the table draws on
-    agreement = study_evals.baseline_agreement(evals, [b for b in (BASELINE, SMALL_BASELINE) if b in arms])
+    agreement = study_evals.baseline_agreement(evals, [a for a in arms if a == baseline_of(a)])
     return {arm: evals[d] for arm, d in assigned.items()}, assigned, agreement
 
 
@@ -256,11 +256,6 @@ def slope_runs_test(runs: list[dict], arm: str) -> dict | None:
             "diff": statistics.fmean(values[1]) - statistics.fmean(values[0]), "p_runs": p}
 
 
-def runs_p_floor(n_a: int, n_b: int) -> float:
-    """The smallest two-sided exact permutation p over n_a + n_b runs: the observed split and its mirror."""
-    return 2 / math.comb(n_a + n_b, n_a)
-
-
 def _test_cell(c: dict) -> str:
     ci = f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" if c.get("ci") else ""
     p = f", p {c['p']:.3f}" if isinstance(c.get("p"), (int, float)) else ""
@@ -278,11 +273,13 @@ def _mean_sd(xs: list[float]) -> str:
 
 def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict[str, list[dict]],
                 command: str, agreement: dict | None = None, runs_tests: dict[str, dict] | None = None) -> None:
+    from distill.eval.scoring import runs_permutation_floor
+
     n = len({r["seed"] for r in runs})
     lines = [f"Made by `{command}`. Mean ± sd over seeds (n per arm in the second column); paired test against "
              f"plain KD of the same size (`{BASELINE}`; `{SMALL_BASELINE}` for the compressed arms) from the "
              "scorer (arm - baseline, [95% CI], p over professions; runs p: exact permutation over training "
-             f"runs, the only p that includes training noise; {runs_p_floor(n, n):.2g} is its floor with {n} runs "
+             f"runs, the only p that includes training noise; {runs_permutation_floor(n, n):.2g} is its floor with {n} runs "
              "per arm), and the probe's slope on the teacher tested the same way over runs.", "",
              "| arm | n | " + " | ".join(label.replace("|", "\\|") for label, _, _ in FIGURES)
              + " | vs baseline (paired) |",
@@ -305,8 +302,9 @@ def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict
 
 
 def write_plot(path: Path, arms: list[str], runs: list[dict]) -> None:
-    """Disparity against perplexity, one point per run and each arm's mean ± sd as a diamond with error bars; one panel per
-    student size (arms grouped by their baseline), because compression moves perplexity far more than any arm."""
+    """Disparity against perplexity: a dot per run and each arm's mean ± sd as a diamond with error bars, one
+    panel per student size (arms grouped by their baseline), because compression moves perplexity far more than
+    any arm."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,10 +316,12 @@ def write_plot(path: Path, arms: list[str], runs: list[dict]) -> None:
     cmap = plt.get_cmap("tab20")
     for ax, baseline in zip(axes[0], panels, strict=True):
         for i, arm in enumerate(arms):
+            if baseline_of(arm) != baseline:
+                continue
             pts = [(figure(r["figures"], FIGURES[4]), figure(r["figures"], FIGURES[0])) for r in runs
                    if r["arm"] == arm]
             pts = [(x, y) for x, y in pts if x is not None and y is not None]
-            if not pts or baseline_of(arm) != baseline:
+            if not pts:
                 continue
             xs, ys = np.array(pts).T
             color = cmap(i % 20)
@@ -381,7 +381,7 @@ def _study(args, argv) -> int:
     for r in runs:  # a several-run model lists its runs in the order given: seeds ascending
         r["figures"] = run_figures(results[r["arm"]], r["arm"], seeds.index(r["seed"]))
     comparisons = {arm: baseline_comparisons(results[arm], arm, baseline_of(arm)) for arm in arms
-                   if arm not in (BASELINE, SMALL_BASELINE)}
+                   if arm != baseline_of(arm)}
     runs_tests = {arm: t for arm in arms if (t := slope_runs_test(runs, arm))}
     (out / "results.json").write_text(json.dumps({
         "command": command, "arms": arms, "seeds": seeds,

@@ -193,6 +193,8 @@ def test_bad_lanes_are_refused_in_one_line(lanes, in_process, message):
 
 
 def test_the_probe_slope_is_tested_over_training_runs_and_the_floor_follows_the_seeds():
+    from distill.eval.scoring import runs_permutation_floor
+
     def run(arm, seed, slope):
         return {"arm": arm, "seed": seed, "figures": {"probe": {"slope_on_teacher": slope}}}
 
@@ -202,4 +204,4 @@ def test_the_probe_slope_is_tested_over_training_runs_and_the_floor_follows_the_
     assert t["a"] == "kd" and t["diff"] == pytest.approx(0.13 - 0.2766667, abs=1e-6)
     assert t["p_runs"] == pytest.approx(2 / 20)  # perfectly separated: the floor at 3 + 3
     assert study.slope_runs_test(runs, "kd") is None
-    assert study.runs_p_floor(3, 3) == pytest.approx(0.1) and study.runs_p_floor(5, 5) == pytest.approx(2 / 252)
+    assert runs_permutation_floor(3, 3) == pytest.approx(0.1) and runs_permutation_floor(5, 5) == pytest.approx(2 / 252)

@@ -28,6 +28,7 @@ Per pair of models, in the order given, for each polarity rule (embedding ones p
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 
@@ -194,6 +195,11 @@ def runs_permutation_p(a, b) -> float | None:
         total += 1
         hits += abs(pooled[mask].mean() - pooled[~mask].mean()) >= observed - 1e-12
     return hits / total
+
+
+def runs_permutation_floor(n_a: int, n_b: int) -> float:
+    """The smallest p `runs_permutation_p` can give with n_a + n_b runs: the observed split and its mirror."""
+    return 2 / math.comb(n_a + n_b, n_a)
 
 
 def probe_comparisons(names, logratios: dict, strata, n_boot: int = 1000, seed: int = 0) -> list[dict]:
