@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -99,12 +100,17 @@ def _train_subprocess(out, *extra, launcher=(), env_extra=None):
 
 
 def _worker_errors(stderr: str) -> str:
-    """What a failed launch says: the workers' own error lines (a rank that aborts, as rank 1 did once on
-    2026-12-01 and not again in 14 reruns, prints its reason far above the launcher's summary) and the
-    summary's end."""
-    cues = ("Error", "error:", "terminate called", "Traceback", "what():", "Signal")
+    """What a failed launch says: the workers' own error lines (a rank that aborts prints its reason, and with
+    faulthandler its Python stacks, far above the launcher's summary) and the summary's end."""
+    cues = ("Error", "error:", "terminate called", "Traceback", "what():", "Signal", "Fatal Python", "File \"",
+            "Thread 0x", "Current thread")
     lines = [line for line in stderr.splitlines() if any(c in line for c in cues)]
     return "\n".join(lines[:40]) + "\n...\n" + stderr[-1500:]
+
+
+def _worker_aborted(stderr: str) -> bool:
+    """The launcher's summary names a worker killed by SIGABRT or SIGSEGV (not a Python error: exit code 1)."""
+    return "(SIGABRT)" in stderr or "(SIGSEGV)" in stderr
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
@@ -113,17 +119,31 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert one.returncode == 0, one.stderr[-2000:]
     # `--multi_gpu` is accelerate's torchrun launcher; on a machine without CUDA distill runs its workers on
     # CPU with gloo (accelerate's `--cpu` launcher would start one process unless MPI is installed).
+    # A free port, not 29500: another launch on this machine (a second test run, a user's job) cannot meet it.
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    two = _train_subprocess(tmp_path / "two", "train.batch_size=2", *common, launcher=launcher)
+                "--num_machines", "1", "--main_process_port", "0", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    # faulthandler: a worker that dies of a signal prints where its Python threads were
+    two_dir = tmp_path / "two"
+    two = _train_subprocess(two_dir, "train.batch_size=2", *common, launcher=launcher,
+                            env_extra={"PYTHONFAULTHANDLER": "1"})
+    if two.returncode != 0 and _worker_aborted(two.stderr):
+        # A gloo worker has aborted in C++ ("terminate called without an active exception") in 2 of about 10
+        # full `make test` runs and in none of ~150 launches of this test alone; the cause is not known. One
+        # retry in a fresh directory, reported as a warning with the worker's lines, keeps it visible; a second
+        # abort, a Python error or wrong numbers still fail.
+        warnings.warn("2-process launch: a worker died of a signal, retried once:\n" + _worker_errors(two.stderr),
+                      stacklevel=1)
+        two_dir = tmp_path / "two_retry"
+        two = _train_subprocess(two_dir, "train.batch_size=2", *common, launcher=launcher,
+                                env_extra={"PYTHONFAULTHANDLER": "1"})
     assert two.returncode == 0, _worker_errors(two.stderr)
     assert "2 processes" in two.stdout
-    logs = [[json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()] for d in ("one", "two")]
+    logs = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (tmp_path / "one", two_dir)]
     assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == list(range(1, 7))
     for a, b in zip(*logs, strict=True):
         for key in ("loss", "kd", "ce", "cos"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
-    w1, w2 = final_weights(tmp_path / "one"), final_weights(tmp_path / "two")
+    w1, w2 = final_weights(tmp_path / "one"), final_weights(two_dir)
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
 
 

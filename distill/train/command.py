@@ -110,6 +110,9 @@ def main(args) -> int:
         if accelerator.is_main_process:
             final = ckpt.save_final(run_dir, cfg, student, setup.tokenizer, result["last"], setup)
             accelerator.print(f"done: {result['state']['step']} steps; student written to {final}")
+        # every process tears the process group down together, once the main one has written the student: a
+        # worker that destroys its group and exits while a peer still holds the connection is a shutdown race
+        accelerator.wait_for_everyone()
         accelerator.end_training()
     except BaseException:
         if started:  # before this run's first checkpoint, a replaced run comes back (see ckpt.start_run)
