@@ -12,6 +12,7 @@ Each command's work lives in its own module, imported only when that command run
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import sys
 
 from distill.errors import UserError
@@ -199,6 +200,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.command is None:
         parser.print_help()
         sys.exit(2)
+    if not faulthandler.is_enabled():
+        # a process killed by a signal (a C++ abort in gloo or a kernel) prints where its Python threads were,
+        # not only the launcher's "Signal 6" line
+        faulthandler.enable()
     try:
         code = _dispatch(args)
     except UserError as exc:
