@@ -22,6 +22,14 @@ def test_tpr_gaps_by_hand():
     assert ld.rms(gaps) == pytest.approx(np.sqrt((0.25 + 1.0) / 2))
 
 
+def test_predictions_that_differ_pairs_runs_by_index_else_all_pairs():
+    a = [np.array([0, 1, 2, 3]), np.array([0, 0, 0, 0])]
+    b = [np.array([0, 1, 2, 0]), np.array([1, 1, 0, 0])]
+    assert ld.predictions_that_differ(a, b) == pytest.approx((1 + 2) / 2)  # seed 0 with 0, seed 1 with 1
+    assert ld.predictions_that_differ(a, a) == 0.0
+    assert ld.predictions_that_differ(a[:1], b) == pytest.approx((1 + 3) / 2)  # 1 run against 2: both pairs
+
+
 def test_pearson_undefined_without_spread():
     assert ld.pearson([1, 2, 3], [2, 4, 6]) == pytest.approx(1.0)
     assert ld.pearson([1, 1, 1], [2, 4, 6]) is None

@@ -81,6 +81,9 @@ def test_lenses_without_generation(models, tmp_path, capsys):
     down = comps["tpr_gap_rms_unbiased"]
     assert down["diff"] == pytest.approx(-b["downstream"]["tpr_gap_rms_unbiased"]) and down["n"] == 8
     assert down["ci"][1] < 0 and down["p"] <= 2 / 256 + 1e-12  # every occupation's gap shrank: the exact minimum
+    # the gap closed because the probe changed its answers: the pair is resolved on some test biographies
+    assert 0 < down["predictions_differ"] <= down["n_test"] == b["downstream"]["n_test"]
+    assert "predictions_differ" not in comps["embedding_effect_size"]
     emb = comps["embedding_effect_size"]
     assert emb["n"] == 48 and emb["unit"] == "target word"
     assert emb["diff"] == pytest.approx(-np.mean([t["effect_size"] for t in b["embedding"]["tests"]]))
@@ -91,11 +94,22 @@ def test_lenses_without_generation(models, tmp_path, capsys):
     assert (out / "lenses.png").read_bytes()[:8] == PNG_MAGIC
     printed = capsys.readouterr().out
     assert "fair: downstream TPR-gap RMS 0.000" in printed
+    assert f"{down['predictions_differ']:g} of {down['n_test']} test predictions differ" in printed
+    assert "| test predictions that differ |" in report
     # same seed, same numbers
     again = tmp_path / "again"
     assert _run(["eval", "--model", f"biased={models['biased']}", "--model", f"fair={models['fair']}",
                  "--lens", "embedding,downstream", "--bootstrap", 200, "--out", again]) == 0
     assert json.loads((again / "results.json").read_text())["models"] == res["models"]
+
+
+def test_a_model_against_itself_is_unresolved_by_the_downstream_lens(models, tmp_path):
+    out = tmp_path / "same"
+    assert _run(["eval", "--model", f"a={models['biased']}", "--model", f"b={models['biased']}",
+                 "--lens", "downstream", "--bootstrap", 50, "--out", out]) == 0
+    (down,) = json.loads((out / "results.json").read_text())["comparisons"]
+    assert down["diff"] == 0.0 and down["predictions_differ"] == 0.0 and down["n_test"] > 0
+    assert "cannot tell the two models apart" in (out / "report.md").read_text()
 
 
 def test_all_lenses_with_generation(models, tmp_path):

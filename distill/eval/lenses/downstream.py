@@ -277,6 +277,16 @@ def pearson(x: np.ndarray, y: np.ndarray) -> float | None:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def predictions_that_differ(runs_a: list[np.ndarray], runs_b: list[np.ndarray]) -> float:
+    """How many test biographies two models' probes classify differently: the lens's resolution between them.
+    At 0 the two TPR-gap figures are equal because the probe cannot tell the models apart, which says nothing
+    of their fairness. Runs pair by index when both models have the same number (seed i with seed i), else
+    every run with every run; the mean over the pairs."""
+    pairs = (list(zip(runs_a, runs_b, strict=True)) if len(runs_a) == len(runs_b)
+             else [(a, b) for a in runs_a for b in runs_b])
+    return float(np.mean([np.sum(a != b) for a, b in pairs]))
+
+
 def _bootstrap_rms(pred: np.ndarray, true: np.ndarray, female: np.ndarray, n_classes: int, picks) -> np.ndarray:
     return np.array([rms(tpr_gaps(pred[ix], true[ix], female[ix], n_classes)[0]) for ix in picks])
 

@@ -121,11 +121,15 @@ def _comparisons_table(comparisons: list[dict]) -> list[str]:
         return []
     lines = ["", "Lens comparisons (b - a on the same words and templates, or the same test biographies; "
              "paired bootstrap interval over the clusters and sign-flip p, as for the generation lens):", ""]
-    lines.append("| lens | metric | a | b | b - a [95% CI] | sign-flip p | cluster |")
-    lines.append("|---|---|---|---|---|---|---|")
+    lines.append("| lens | metric | a | b | b - a [95% CI] | sign-flip p | cluster | test predictions that differ |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for c in comps:
+        differ = f"{c['predictions_differ']:g} of {c['n_test']}" if "predictions_differ" in c else "–"
         lines.append(f"| {c['lens']} | {c['metric']} | {c['a']} | {c['b']} | {c['diff']:+.3f} "
-                     f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | {c['p']:.3g} | {c.get('unit', '')} |")
+                     f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | {c['p']:.3g} | {c.get('unit', '')} | {differ} |")
+    if any(c.get("predictions_differ") == 0 for c in comps):
+        lines += ["", "A downstream pair with 0 test predictions that differ has equal TPR gaps because the probe "
+                      "cannot tell the two models apart there, not because they are equally fair."]
     return lines
 
 

@@ -119,7 +119,8 @@ def score_model(plan: LensPlan, model, tok, device=None) -> tuple[dict, dict]:
         print(f"  downstream lens: {len(plan.bios.texts)} biographies, probe", flush=True)
         feats = ld.bio_features(model, tok, plan.bios.texts, layer=plan.layer, device=device)
         res = ld.downstream_lens(feats, plan.bios, plan.test, seed=plan.seed, n_boot=plan.n_boot)
-        private["sq_gaps"] = ld.occupation_squared_gaps(res.pop("_predictions"), plan.bios, plan.test)
+        private["predictions"] = res.pop("_predictions")
+        private["sq_gaps"] = ld.occupation_squared_gaps(private["predictions"], plan.bios, plan.test)
         entry["downstream"] = res
     return entry, private
 
@@ -160,6 +161,8 @@ def lens_comparisons(plan: LensPlan, private: dict[str, list[dict]], names: list
       association test itself permutes (templates reuse the same words, so they are not independent).
     * downstream: clusters are the occupations of the test split; the figure is the unbiased squared TPR
       gap, turned into an RMS by sqrt(max(0, mean)), so `diff` is the difference of the unbiased RMS gaps.
+      `predictions_differ` (of `n_test`) is how many test biographies the two probes classify differently:
+      the lens's resolution between the pair (`downstream.predictions_that_differ`).
     """
     from distill.eval.paired import paired_test, rms_of_mean
 
@@ -177,8 +180,11 @@ def lens_comparisons(plan: LensPlan, private: dict[str, list[dict]], names: list
             if plan.bios is not None:
                 c = paired_test(avg(a, "sq_gaps"), avg(b, "sq_gaps"), transform=rms_of_mean, n_boot=plan.n_boot,
                                 seed=plan.seed)
+                differ = ld.predictions_that_differ([r["predictions"] for r in private[a]],
+                                                    [r["predictions"] for r in private[b]])
                 out.append({"a": a, "b": b, "metric": "tpr_gap_rms_unbiased", "lens": "downstream", **c,
-                            "unit": "occupation"})
+                            "unit": "occupation", "predictions_differ": differ,
+                            "n_test": len(private[a][0]["predictions"])})
     return out
 
 
@@ -197,6 +203,8 @@ def summary_lines(results: dict, comparisons: bool = True) -> list[str]:
     for c in results["comparisons"] if comparisons else []:
         if c.get("lens") in ("embedding", "downstream"):
             lo, hi = c["ci"]
+            differ = (f"; {c['predictions_differ']:g} of {c['n_test']} test predictions differ"
+                      if "predictions_differ" in c else "")
             lines.append(f"{c['metric']}: {c['b']} - {c['a']} = {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
-                         f"sign-flip p = {c['p']:.3g}")
+                         f"sign-flip p = {c['p']:.3g}{differ}")
     return lines
