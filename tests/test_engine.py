@@ -135,8 +135,8 @@ def test_plain_model_turns_a_state_dict_into_an_ordinary_model_of_the_original_c
 def _train(out, *extra, processes=1, recipe="recipes/debug_crr.yaml"):
     cmd = ["-m", "distill", "train", "--recipe", recipe, f"output_dir={out}", *extra]
     if processes > 1:
-        cmd = ["-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/fsdp.yaml", "--main_process_port", "0",
-               "--num_processes", str(processes), *cmd]
+        cmd = ["-m", "accelerate.commands.launch", "--config_file", "recipes/accelerate/fsdp.yaml",
+               "--main_process_port", "0", "--num_processes", str(processes), *cmd]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path.cwd())}
     done = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
