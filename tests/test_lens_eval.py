@@ -94,7 +94,7 @@ def test_lenses_without_generation(models, tmp_path, capsys):
     assert (out / "lenses.png").read_bytes()[:8] == PNG_MAGIC
     printed = capsys.readouterr().out
     assert "fair: downstream TPR-gap RMS 0.000" in printed
-    assert f"{down['predictions_differ']:g} of {down['n_test']} test predictions differ" in printed
+    assert f"{down['predictions_differ']:.3g} of {down['n_test']} test predictions differ" in printed
     assert "| test predictions that differ |" in report
     # same seed, same numbers
     again = tmp_path / "again"

@@ -124,7 +124,7 @@ def _comparisons_table(comparisons: list[dict]) -> list[str]:
     lines.append("| lens | metric | a | b | b - a [95% CI] | sign-flip p | cluster | test predictions that differ |")
     lines.append("|---|---|---|---|---|---|---|---|")
     for c in comps:
-        differ = f"{c['predictions_differ']:g} of {c['n_test']}" if "predictions_differ" in c else "–"
+        differ = f"{c['predictions_differ']:.3g} of {c['n_test']}" if "predictions_differ" in c else "–"
         lines.append(f"| {c['lens']} | {c['metric']} | {c['a']} | {c['b']} | {c['diff']:+.3f} "
                      f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | {c['p']:.3g} | {c.get('unit', '')} | {differ} |")
     if any(c.get("predictions_differ") == 0 for c in comps):

@@ -203,7 +203,7 @@ def summary_lines(results: dict, comparisons: bool = True) -> list[str]:
     for c in results["comparisons"] if comparisons else []:
         if c.get("lens") in ("embedding", "downstream"):
             lo, hi = c["ci"]
-            differ = (f"; {c['predictions_differ']:g} of {c['n_test']} test predictions differ"
+            differ = (f"; {c['predictions_differ']:.3g} of {c['n_test']} test predictions differ"
                       if "predictions_differ" in c else "")
             lines.append(f"{c['metric']}: {c['b']} - {c['a']} = {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
                          f"sign-flip p = {c['p']:.3g}{differ}")
