@@ -112,7 +112,7 @@ def test_a_model_against_itself_is_unresolved_by_the_downstream_lens(models, tmp
     assert "cannot tell the two models apart" in (out / "report.md").read_text()
 
 
-def test_all_lenses_with_generation(models, tmp_path):
+def test_all_lenses_with_generation(models, tmp_path, capsys):
     out = tmp_path / "all"
     code = _run(["eval", "--model", f"biased={models['biased']}", "--model", f"fair={models['fair']}",
                  "--prompts", "professions", "--max-prompts", 14, "--samples-per-prompt", 2, "--max-new-tokens", 4,
@@ -125,6 +125,7 @@ def test_all_lenses_with_generation(models, tmp_path):
     assert {c["metric"] for c in res["comparisons"]} >= {"disparity_rms", "embedding_effect_size", "tpr_gap_rms_unbiased"}
     report = (out / "report.md").read_text()
     assert "## Three lenses" in report and "## Summary" in report
+    assert "test predictions differ" in capsys.readouterr().out  # the downstream comparison's resolution
     assert (out / "lenses.png").is_file()
 
 

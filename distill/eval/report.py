@@ -75,8 +75,10 @@ def model_label(name: str, m: dict) -> str:
 def comparison_line(c: dict) -> str:
     lo, hi = c["ci"]
     runs = "" if c.get("p_runs") is None else f", runs p = {format_p(c['p_runs'])}"
+    differ = ("" if c.get("predictions_differ") is None  # the downstream lens's resolution between the pair
+              else f"; {c['predictions_differ']:.3g} of {c['n_test']} test predictions differ")
     return (f"{c['metric']}: {c['b']} - {c['a']} = {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
-            f"sign-flip p = {format_p(c['p'])}{runs}")
+            f"sign-flip p = {format_p(c['p'])}{runs}{differ}")
 
 
 def summary_table(results: dict) -> str:

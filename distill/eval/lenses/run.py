@@ -200,11 +200,8 @@ def summary_lines(results: dict, comparisons: bool = True) -> list[str]:
         if d:
             ci = "" if not d.get("tpr_gap_rms_ci") else " [{:.3f}, {:.3f}]".format(*d["tpr_gap_rms_ci"])
             lines.append(f"{name}: downstream TPR-gap RMS {d['tpr_gap_rms']:.3f}{ci}, accuracy {d['accuracy']:.3f}")
-    for c in results["comparisons"] if comparisons else []:
-        if c.get("lens") in ("embedding", "downstream"):
-            lo, hi = c["ci"]
-            differ = (f"; {c['predictions_differ']:.3g} of {c['n_test']} test predictions differ"
-                      if "predictions_differ" in c else "")
-            lines.append(f"{c['metric']}: {c['b']} - {c['a']} = {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
-                         f"sign-flip p = {c['p']:.3g}{differ}")
+    from distill.eval.report import comparison_line
+
+    lines += [comparison_line(c) for c in (results["comparisons"] if comparisons else [])
+              if c.get("lens") in ("embedding", "downstream")]
     return lines
