@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from distill.study_lanes import usable_cores
+
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "data" / "tiny_corpus.txt"
 TOP_K = 64  # loss.teacher_top_k of the kd_topk_cached configuration
@@ -47,7 +49,7 @@ def settings_for(tiny: bool) -> dict:
 
 
 def choose_threads() -> tuple[int, str]:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = len(usable_cores())
     if os.environ.get("DISTILL_BENCH_THREADS"):
         return int(os.environ["DISTILL_BENCH_THREADS"]), "DISTILL_BENCH_THREADS"
     load = os.getloadavg()[0]

@@ -37,7 +37,7 @@ import math
 import re
 from pathlib import Path
 
-from distill.eval.lenses.report import render_lenses_md, write_lens_outputs
+from distill.eval.lenses.report import predictions_differ_text, render_lenses_md, write_lens_outputs
 from distill.eval.polarity import gendered_spans
 
 GROUP_PLOT = "group_shares.png"
@@ -75,8 +75,8 @@ def model_label(name: str, m: dict) -> str:
 def comparison_line(c: dict) -> str:
     lo, hi = c["ci"]
     runs = "" if c.get("p_runs") is None else f", runs p = {format_p(c['p_runs'])}"
-    differ = ("" if c.get("predictions_differ") is None  # the downstream lens's resolution between the pair
-              else f"; {c['predictions_differ']:.3g} of {c['n_test']} test predictions differ")
+    differ = predictions_differ_text(c)  # the downstream lens's resolution between the pair
+    differ = "" if differ is None else f"; {differ} test predictions differ"
     return (f"{c['metric']}: {c['b']} - {c['a']} = {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
             f"sign-flip p = {format_p(c['p'])}{runs}{differ}")
 

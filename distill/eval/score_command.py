@@ -87,7 +87,7 @@ def _generations_of(records: list[dict]) -> dict[tuple, tuple]:
 
 def _read_file(path: Path) -> tuple[list[dict], dict]:
     """One file's records (each line checked: JSON object, fields and types, no duplicate generation) and the
-    line of each (model, run, prompt_index, sample). One profession per prompt index is checked across files."""
+    line of each (model, run, prompt_index, sample). The checks across files are read_generations'."""
     if not path.is_file():
         raise UserError(f"--generations {path} not found")
     records, where = [], {}

@@ -114,6 +114,11 @@ def _downstream_table(models: dict, s: dict) -> list[str]:
     return lines
 
 
+def predictions_differ_text(c: dict) -> str | None:
+    """'k of n' test biographies the two probes classify differently, for a downstream comparison; else None."""
+    return None if c.get("predictions_differ") is None else f"{c['predictions_differ']:.3g} of {c['n_test']}"
+
+
 def _comparisons_table(comparisons: list[dict]) -> list[str]:
     """The paired comparisons of the embedding and downstream lenses."""
     comps = [c for c in comparisons if c.get("lens") in ("embedding", "downstream")]
@@ -124,7 +129,7 @@ def _comparisons_table(comparisons: list[dict]) -> list[str]:
     lines.append("| lens | metric | a | b | b - a [95% CI] | sign-flip p | cluster | test predictions that differ |")
     lines.append("|---|---|---|---|---|---|---|---|")
     for c in comps:
-        differ = f"{c['predictions_differ']:.3g} of {c['n_test']}" if "predictions_differ" in c else "–"
+        differ = predictions_differ_text(c) or "–"
         lines.append(f"| {c['lens']} | {c['metric']} | {c['a']} | {c['b']} | {c['diff']:+.3f} "
                      f"[{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}] | {c['p']:.3g} | {c.get('unit', '')} | {differ} |")
     if any(c.get("predictions_differ") == 0 for c in comps):
