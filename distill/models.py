@@ -4,7 +4,9 @@
     model, tok = load_model_and_tokenizer("cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf")
 
 One code path serves every source, so the offline default teacher (a GGUF file) loads exactly like a user's
-local model. Safe defaults: safetensors where the checkpoint has them, no `trust_remote_code` unless asked.
+local model. A GGUF file is de-quantized once, into a Hugging Face folder beside it that later loads read
+(`distill.gguf_cache`). Safe defaults: safetensors where the checkpoint has them, no `trust_remote_code`
+unless asked.
 """
 
 from __future__ import annotations
@@ -34,7 +36,10 @@ def _source_kwargs(name_or_path: str, need: str = "config.json") -> tuple[str, d
                 f"GGUF file {name_or_path!r} not found; for the default teacher run `make teacher` "
                 "(or `python -m distill.fetch_teacher`) to fetch it"
             )
-        return str(path.parent), {"gguf_file": path.name}
+        from distill.gguf_cache import dequantized_dir
+
+        folder = dequantized_dir(path)  # de-quantized once per machine, not once per process
+        return (str(folder), {}) if folder is not None else (str(path.parent), {"gguf_file": path.name})
     if path.exists():
         if not path.is_dir() or not (path / need).is_file():
             what = "model" if need == "config.json" else "tokenizer"

@@ -33,9 +33,10 @@ from pathlib import Path
 
 import torch
 
-from distill.atomic import atomic_dir, write_text_atomic
+from distill.atomic import atomic_dir
 from distill.config import Config, TransferSetConfig, build_section, check_fields
 from distill.errors import UserError
+from distill.filehash import file_sha256 as _file_sha256
 from distill.precision import resolve_dtype
 
 MANIFEST_VERSION = 2  # 2: one sampler (generate.sample_batches) and its per-batch seeds
@@ -72,27 +73,6 @@ def read_seed_prompts(path: str | Path) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------------
 # Teacher identity: a content hash, cheap on the second call (per-file hashes cached by path, size, mtime).
-
-
-def _file_sha256(path: Path, memo_path: Path) -> str:
-    st = path.stat()
-    memo = {}
-    if memo_path.is_file():
-        try:
-            memo = json.loads(memo_path.read_text())
-        except (OSError, ValueError):
-            memo = {}
-    key = str(path.resolve())
-    hit = memo.get(key)
-    if hit and hit.get("size") == st.st_size and hit.get("mtime_ns") == st.st_mtime_ns:
-        return hit["sha256"]
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    memo[key] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": h.hexdigest()}
-    write_text_atomic(memo_path, json.dumps(memo, indent=1))
-    return memo[key]["sha256"]
 
 
 def _path_identity(name_or_path: str, memo_path: Path) -> str | None:
