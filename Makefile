@@ -32,14 +32,19 @@ DEMO_ARGS ?=
 DEMO_OUT ?= out/demo
 DEMO_RUNS ?= out/demo_runs
 DEMO_MODELS = --model teacher=$(TEACHER) --model kd=$(DEMO_RUNS)/kd/final --model crr=$(DEMO_RUNS)/crr/final
+# Each step runs as written after `--`; the prefix logs its wall time, and the last line prints the steps' table
+# (also $(DEMO_OUT)/timings.json). The log sits outside DEMO_OUT, which `distill eval` replaces whole.
+DEMO_TIMINGS = $(DEMO_RUNS)/timings.jsonl
+TIMED = $(PY) -m distill.timing run --log $(DEMO_TIMINGS) --name
 
 demo: teacher  ## the main job, offline: transfer set -> KD and CRR students -> scored report in out/demo/
-	distill corpus --recipe recipes/demo_kd.yaml $(DEMO_ARGS)
-	distill train --recipe recipes/demo_kd.yaml --overwrite output_dir=$(DEMO_RUNS)/kd $(DEMO_ARGS)
-	distill train --recipe recipes/demo_crr.yaml --overwrite output_dir=$(DEMO_RUNS)/crr $(DEMO_ARGS)
-	distill eval $(DEMO_MODELS) --text data/tiny_heldout.txt --out $(DEMO_OUT) --overwrite $(DEMO_EVAL)
-	distill samples $(DEMO_MODELS) --prompts professions --max-prompts 14 --samples-per-prompt 1 \
+	$(TIMED) corpus --new -- distill corpus --recipe recipes/demo_kd.yaml $(DEMO_ARGS)
+	$(TIMED) "train kd" -- distill train --recipe recipes/demo_kd.yaml --overwrite output_dir=$(DEMO_RUNS)/kd $(DEMO_ARGS)
+	$(TIMED) "train crr" -- distill train --recipe recipes/demo_crr.yaml --overwrite output_dir=$(DEMO_RUNS)/crr $(DEMO_ARGS)
+	$(TIMED) eval -- distill eval $(DEMO_MODELS) --text data/tiny_heldout.txt --out $(DEMO_OUT) --overwrite $(DEMO_EVAL)
+	$(TIMED) samples -- distill samples $(DEMO_MODELS) --prompts professions --max-prompts 14 --samples-per-prompt 1 \
 		--max-new-tokens 24 --dtype auto --out $(DEMO_OUT)/samples.html --overwrite
+	$(PY) -m distill.timing table $(DEMO_TIMINGS) --json $(DEMO_OUT)/timings.json
 
 demo-smoke:  ## the demo path end to end on the real teacher in about 2 minutes (CI): tiny budgets, out/smoke*
 	$(MAKE) demo DEMO_OUT=out/smoke DEMO_RUNS=out/smoke_runs \
