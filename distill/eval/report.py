@@ -39,6 +39,7 @@ from pathlib import Path
 
 from distill.eval.lenses.report import predictions_differ_text, render_lenses_md, write_lens_outputs
 from distill.eval.polarity import gendered_spans
+from distill.eval.probe_plot import probe_scatter_md, write_probe_scatter
 
 GROUP_PLOT = "group_shares.png"
 DISPARITY_PLOT = "disparity_vs_perplexity.png"
@@ -291,6 +292,7 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
     lines = ["# Gender disparity and utility report", "", _settings_sentence(s), "", "## Summary", ""]
     lines += _summary_md(models)
     lines += _probe_md(models, s)
+    lines += probe_scatter_md(results)  # the probe's picture, linked under its table
     lines += _seeds_md(models)
     if any(m.get("embedding_polarity") for m in models.values()):
         lines += ["", f"Embedding-weighted polarity ({s.get('word_vectors')}, threshold +/-0.25):", "",
@@ -367,6 +369,7 @@ def write_eval_outputs(out_dir: Path, results: dict, examples: list[dict]) -> li
     paths[1].write_text(render_report_md(results, examples), encoding="utf-8")
     plot_group_shares(paths[2], results)
     plot_disparity_vs_perplexity(paths[3], results)
+    paths += write_probe_scatter(out_dir, results)  # [] when the eval has no teacher probe
     if any(m.get("embedding") or m.get("downstream") for m in results["models"].values()):
         paths += write_lens_outputs(out_dir, results)
     return paths

@@ -2,7 +2,7 @@
 
     from distill.eval.lenses.report import render_lenses_md, plot_lenses
     md = "\n".join(render_lenses_md(results))      # the "Three lenses" section of report.md
-    plot_lenses(out_dir / LENS_PLOT, results)       # one figure, three panels side by side
+    plot_lenses(out_dir / LENS_PLOT, results)       # one figure: the three lenses and the probe's slope
 
 results.json keys read here, per model: "embedding" ({"tests": [{"name", "effect_size", "p", ...}],
 "combined_effect_size", "combined_p", "combined_ci"}), "downstream" ({"tpr_gap_rms", "tpr_gap_rms_ci",
@@ -139,12 +139,15 @@ def _comparisons_table(comparisons: list[dict]) -> list[str]:
 
 
 def plot_lenses(path: Path, results: dict) -> None:
-    """Three panels side by side, one point per model with its 95% interval: generation disparity, embedding
-    combined effect size (0 = no association), downstream TPR-gap RMS."""
+    """Four panels side by side: one point per model with its 95% interval for generation disparity, embedding
+    combined effect size (0 = no association) and downstream TPR-gap RMS; then the likelihood probe's slope on
+    the teacher (distill.eval.probe_plot.draw_slope_panel)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from distill.eval.probe_plot import draw_slope_panel
 
     models = results["models"]
     names = list(models)
@@ -155,8 +158,8 @@ def plot_lenses(path: Path, results: dict) -> None:
         ("downstream: TPR-gap RMS",
          lambda m: (m["downstream"]["tpr_gap_rms"], m["downstream"].get("tpr_gap_rms_ci")) if m.get("downstream") else None),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(11.0, 3.8))
-    for ax, (title, get) in zip(axes, panels, strict=True):
+    fig, axes = plt.subplots(1, 4, figsize=(14.5, 3.8))
+    for ax, (title, get) in zip(axes[:3], panels, strict=True):
         any_point = False
         for j, name in enumerate(names):
             got = get(models[name])
@@ -172,7 +175,9 @@ def plot_lenses(path: Path, results: dict) -> None:
         ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
         ax.set_xlim(-0.6, len(names) - 0.4)
         ax.set_title(title if any_point else title + " (not run)", fontsize=9)
-    fig.suptitle("Three lenses, one point per model (95% intervals)", fontsize=10)
+    title = "probe: slope on the teacher (1 kept, 0 removed)"
+    axes[3].set_title(title if draw_slope_panel(axes[3], results) else title + " (not run)", fontsize=9)
+    fig.suptitle("Three lenses, one point per model (95% intervals), and the probe's slope", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
