@@ -82,10 +82,16 @@ def test_eval_end_to_end(tiny, tmp_path, capsys):
                  "--text", tiny["text"], "--bootstrap", 200, "--out", out, *_fast()])
     assert code == 0
     printed = capsys.readouterr().out
-    assert "disparity_rms [95% CI]" in printed and "student" in printed and "sign-flip p" in printed
+    assert "disparity_rms [95% CI]" in printed and "student" in printed and "sign-flip p over professions" in printed
+    assert "with 80% power" in printed  # the eval's power line
 
     results = json.loads((out / "results.json").read_text())
-    assert set(results) == {"models", "settings", "comparisons"}
+    assert set(results) == {"models", "settings", "comparisons", "power"}
+    power = results["power"]  # 14 professions x 3 generations, one run: a large detectable difference, or none
+    assert power["professions"] == 14 and power["runs"] == 1 and power["baseline"] == "student"
+    assert power["words"].startswith("this eval ") and "80% power" in power["words"]
+    generation = results["settings"]["generation"]  # the rate `distill power` prices designs with
+    assert generation["token_slots"] == 3 * 14 * 3 * 8 and generation["tokens_per_second"] > 0
     assert list(results["models"]) == ["teacher", "student", "copy"]
     for m in results["models"].values():
         for key in ("disparity_rms", "naive_disparity", "naive_floor", "male", "female", "neutral"):
@@ -115,15 +121,18 @@ def test_eval_end_to_end(tiny, tmp_path, capsys):
     assert models["copy"]["probe"]["r_on_teacher"] == pytest.approx(1.0)
     comps = {(c["a"], c["b"], c["metric"]): c for c in results["comparisons"]}
     assert {(a, b) for a, b, _ in comps} == {("teacher", "student"), ("teacher", "copy"), ("student", "copy")}
-    assert {m for _, _, m in comps} >= {"disparity_rms", "profession_gap_rms", "probe_rms_logratio"}
-    for metric in ("disparity_rms", "profession_gap_rms", "probe_rms_logratio"):
+    assert {m for _, _, m in comps} >= {"disparity_rms", "category_disparity_rms", "probe_rms_logratio"}
+    for metric in ("disparity_rms", "category_disparity_rms", "probe_rms_logratio"):
         same = comps[("teacher", "copy", metric)]
         assert same["diff"] == 0.0 and same["p"] == 1.0 and same["ci"] == [0.0, 0.0]
         s = comps[("teacher", "student", metric)]
         assert 0.0 < s["p"] <= 1.0 and s["ci"][0] <= s["ci"][1]
         back = comps[("student", "copy", metric)]  # the students against each other: the same difference, negated
         assert back["diff"] == pytest.approx(-s["diff"])
-    assert comps[("teacher", "student", "profession_gap_rms")]["n"] == 14
+    # 14 prompts: one profession of each category (prompts are spread over professions, then categories)
+    assert comps[("teacher", "student", "category_disparity_rms")]["n"] == 14
+    assert comps[("teacher", "student", "category_disparity_rms")]["unit"] == "category"
+    assert comps[("teacher", "student", "disparity_rms")]["unit"] == "profession"
     headline = comps[("teacher", "student", "disparity_rms")]
     assert headline["diff"] == pytest.approx(models["student"]["disparity_rms"] - models["teacher"]["disparity_rms"])
     assert comps[("teacher", "student", "probe_rms_logratio")]["n"] == 136
@@ -138,7 +147,7 @@ def test_eval_end_to_end(tiny, tmp_path, capsys):
 
     report = (out / "report.md").read_text()
     for needle in ("## Summary", "teacher", "student", "## Paired comparisons", "## Per category", "## Likelihood probe",
-                   "What the numbers mean", "disparity_rms"):
+                   "What the numbers mean", "disparity_rms", "category_disparity_rms", "Power: this eval"):
         assert needle in report
     for png in ("group_shares.png", "disparity_vs_perplexity.png"):
         assert (out / png).read_bytes()[:8] == PNG_MAGIC

@@ -132,3 +132,26 @@ def test_balance_when_a_group_runs_out():
     ps = P.load_prompts(str(FIXTURE))  # healthcare 5 prompts, trades 4
     sub = P.select_prompts(ps, 8, "category", 0)
     assert collections.Counter(p.category for p in sub) == {"healthcare": 4, "trades": 4}
+
+
+def test_max_prompts_gives_every_profession_the_same_number():
+    """The headline is a mean over professions: --max-prompts splits the budget over professions (2 each at the
+    demo's 272 prompts, where spreading over categories gave 1-5 and left 10 professions unscored)."""
+    ps = P.load_prompts("professions")
+    professions = {(p.category, p.profession) for p in ps}
+    for group_by in ("category", "profession"):
+        sizes = collections.Counter((p.category, p.profession) for p in P.select_prompts(ps, 272, group_by, seed=0))
+        assert set(sizes) == professions and set(sizes.values()) == {2}
+    sizes = collections.Counter((p.category, p.profession) for p in P.select_prompts(ps, 300, "category", seed=3))
+    assert set(sizes) == professions and set(sizes.values()) == {2, 3}
+    few = P.select_prompts(ps, 20, "category", 0)  # fewer prompts than professions: 20 professions, one each
+    assert len({p.profession for p in few}) == 20
+    assert max(collections.Counter(p.category for p in few).values()) == 2  # spread over the 14 categories
+
+
+def test_a_profession_that_runs_out_gives_its_share_to_the_others(tmp_path):
+    path = tmp_path / "uneven.json"
+    path.write_text(json.dumps({"c": {"a": ["a 1"], "b": [f"b {i}" for i in range(6)], "d": [f"d {i}" for i in range(6)]}}))
+    sizes = collections.Counter(p.profession for p in P.select_prompts(P.load_prompts(str(path)), 9, "category", 0))
+    assert sizes == {"a": 1, "b": 4, "d": 4}
+

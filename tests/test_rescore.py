@@ -5,7 +5,8 @@ import json
 import pytest
 from test_evaluation import _fast, _run, tiny  # noqa: F401  (tiny is a fixture)
 
-GEN_KEYS = ("disparity_rms", "disparity_rms_ci", "disparity_ms", "disparity_rms_words", "signed_gaps",
+GEN_KEYS = ("disparity_rms", "disparity_rms_ci", "disparity_ms", "disparity_rms_words", "category_disparity_rms",
+            "category_disparity_rms_ci", "category_disparity_ms", "signed_gaps",
             "naive_disparity", "naive_floor", "male", "female", "neutral", "tie", "groups", "embedding_polarity", "runs")
 
 
@@ -113,7 +114,8 @@ def test_good_file_scores_and_refuses_to_overwrite(tmp_path, capsys):
     # c1: p1 = {she, he}, p2 = {he, it} -> 2 male, 1 female of 4 -> gap +0.25
     assert a["signed_gaps"]["c1"] == pytest.approx(0.25)
     assert res["settings"]["n_professions"] == 4
-    assert [c["metric"] for c in res["comparisons"]][:2] == ["disparity_rms", "profession_gap_rms"]
+    assert [(c["metric"], c["unit"], c["n"]) for c in res["comparisons"]][:2] == [
+        ("disparity_rms", "profession", 4), ("category_disparity_rms", "category", 2)]
     assert res["comparisons"][0]["p_runs"] is None  # one run per model: no test of training noise
     assert _run(["score", "--generations", src, "--out", out]) == 2  # non-empty --out without --overwrite
     assert _run(["score", "--generations", src, "--out", out, "--overwrite", "--group-by", "profession"]) == 0
@@ -169,3 +171,53 @@ def test_several_files_that_disagree_are_refused_in_one_line(tmp_path, capsys, c
     assert err.startswith("distill score: error:") and len(err.strip().splitlines()) == 1
     assert needle in err and str(second) in err
     assert not out.exists()
+
+
+def _stereotyped_file(path, rng_seed=0):
+    """14 categories x 8 professions x 64 generations (8 prompts x 8 samples) of two models: 'stereo', whose
+    professions lean +0.2 and -0.2 in turn within each category, and 'fair'. Gendered share 0.5."""
+    import numpy as np
+
+    rng = np.random.default_rng(rng_seed)
+    lines, index = [], 0
+    for c in range(14):
+        for k in range(8):
+            gap = 0.2 if k % 2 == 0 else -0.2
+            for _ in range(8):
+                for model, d in (("fair", 0.0), ("stereo", gap)):
+                    for s in range(8):
+                        u = rng.random()
+                        text = "he said" if u < 0.25 + d / 2 else "she said" if u < 0.5 else "it rained"
+                        lines.append(_line(model, index, s, f"cat{c}", f"prof{c}_{k}", text))
+                index += 1
+    path.write_text("\n".join(lines) + "\n")
+
+
+def test_score_finds_opposite_stereotypes_that_cancel_within_categories(tmp_path, capsys):
+    """The outside check that found the category headline blind: the per-profession headline recovers the
+    planted 0.2, the category figure is about 0 and says so under its own name, the paired test over
+    professions separates the models, and every interval holds its own point estimate."""
+    src = tmp_path / "gens.jsonl"
+    _stereotyped_file(src)
+    out = tmp_path / "scored"
+    assert _run(["score", "--generations", src, "--bootstrap", 300, "--out", out]) == 0
+    res = json.loads((out / "results.json").read_text())
+    stereo, fair = res["models"]["stereo"], res["models"]["fair"]
+    assert stereo["disparity_rms"] == pytest.approx(0.2, abs=0.02) and stereo["disparity_rms_ci"][0] > 0.15
+    assert stereo["category_disparity_rms"] < 0.03 and fair["disparity_rms"] < 0.05
+    for m in (stereo, fair):
+        for name in ("disparity_rms", "category_disparity_rms"):
+            lo, hi = m[f"{name}_ci"]
+            assert lo <= m[name] <= hi, (name, lo, m[name], hi)
+    assert stereo["disparity_rms_words"] is None  # "no gender gap is detected" is not said of it
+    test = next(c for c in res["comparisons"] if c["metric"] == "disparity_rms")
+    assert (test["a"], test["b"], test["unit"], test["n"]) == ("fair", "stereo", "profession", 112)
+    assert test["diff"] > 0.15 and test["p"] < 0.001
+    cat = next(c for c in res["comparisons"] if c["metric"] == "category_disparity_rms")
+    assert cat["unit"] == "category" and cat["n"] == 14
+    printed = capsys.readouterr().out
+    assert "disparity_rms: stereo - fair" in printed and "sign-flip p over professions" in printed
+    assert "category_disparity_rms: stereo - fair" in printed and "sign-flip p over categories" in printed
+    report = (out / "report.md").read_text()
+    assert "over professions" in report and "| category_disparity_rms | fair | stereo |" in report
+    assert "| categories |" in report

@@ -30,7 +30,7 @@ import numpy as np
 
 from distill.errors import UserError
 from distill.eval import runtime
-from distill.eval.output import pick_examples, write_generations, write_report_dir
+from distill.eval.output import lock_out, pick_examples, write_generations, write_report_dir
 from distill.eval.polarity import NO_VECTORS, TIE_RULE
 from distill.eval.utility import MAX_EVAL_TOKENS, WINDOW, UtilityScorer, load_text, token_stream
 from distill.eval.validate import (
@@ -89,6 +89,7 @@ def run_eval(args) -> int:
     if "generation" not in lenses.parse_lenses(getattr(args, "lens", "generation")):
         return run_lenses_only(args)  # issue 15: the embedding/downstream lenses without sampling
     inputs = _check_inputs(args)
+    lock_out(inputs.out)  # a second eval or score on this --out is refused until this one ends
     device = runtime.device()
     runtime.resolve_dtype(args, device)
     t_start = time.time()
@@ -306,6 +307,7 @@ def run_lenses_only(args) -> int:
     tokenizers = {path: load_tokenizer(path) for _, runs in models for path in runs}
     labels = run_labels(models)
     plan = plan_lenses(args, {labels[p]: tokenizers[p] for p in labels}, {labels[p]: p for p in labels})
+    lock_out(out)
 
     device, t0 = runtime.device(), time.time()
     order = [(name, path) for name, runs in models for path in runs]

@@ -55,10 +55,28 @@ def sign_flip_p(diffs: np.ndarray, n_flips: int = 4000, seed: int = 0) -> float:
     return hits / len(signs) if exact else (1 + hits) / (1 + len(signs))
 
 
+POOLED = ("pooled strata of one cluster",)  # the label singleton strata share (a tuple: never a user's label)
+
+
+def pooled_strata(strata: Sequence) -> list:
+    """The strata the bootstrap resamples within: a stratum of one cluster has nothing to resample (its
+    cluster would be drawn every time, so it adds no variation and a design of such strata gets a zero-width
+    interval); such clusters are pooled into one stratum and resampled among themselves. A lone singleton
+    stays fixed (design_notes says so)."""
+    strata = list(strata)
+    size: dict = {}
+    for s in strata:
+        size[s] = size.get(s, 0) + 1
+    if sum(k == 1 for k in size.values()) < 2:
+        return strata
+    return [POOLED if size[s] == 1 else s for s in strata]
+
+
 def stratified_draws(strata: Sequence, n_boot: int, rng: np.random.Generator) -> np.ndarray:
     """(n_boot, C) multiplicities: how often each cluster is drawn when every stratum's clusters are
-    resampled with replacement, keeping the stratum's size."""
-    strata = list(strata)
+    resampled with replacement, keeping the stratum's size; strata of one cluster are pooled first
+    (`pooled_strata`)."""
+    strata = pooled_strata(strata)
     n = len(strata)
     members: dict = {}
     for i, s in enumerate(strata):
@@ -67,6 +85,22 @@ def stratified_draws(strata: Sequence, n_boot: int, rng: np.random.Generator) ->
                             for ix in members.values()], axis=1)  # (n_boot, n) drawn cluster indices
     flat = (picks + n * np.arange(n_boot)[:, None]).ravel()
     return np.bincount(flat, minlength=n_boot * n).reshape(n_boot, n)
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p values (None entries are skipped and stay None).
+
+    Sorted ascending, the i-th smallest of m is multiplied by (m - i) (i from 0), capped at 1, and each
+    adjusted value is at least the one before it, so the order is kept. Rejecting where the adjusted p <= alpha
+    keeps the chance of any false rejection in the family <= alpha, whatever the dependence between tests.
+    """
+    idx = [i for i, p in enumerate(pvalues) if p is not None]
+    out: list[float | None] = [None] * len(pvalues)
+    m, running = len(idx), 0.0
+    for rank, i in enumerate(sorted(idx, key=lambda i: pvalues[i])):
+        running = max(running, min(1.0, (m - rank) * float(pvalues[i])))
+        out[i] = running
+    return out
 
 
 def paired_test(

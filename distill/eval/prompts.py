@@ -4,7 +4,7 @@
     prompts = load_prompts("professions")                 # data/prompts/professions.json
     prompts = load_prompts("my_bold_subset.json")         # any BOLD-format file
     prompts = load_prompts("AmazonScience/bold")          # hub dataset (needs network), profession domain
-    subset = select_prompts(prompts, 200, group_by="profession", seed=0)
+    subset = select_prompts(prompts, 272, group_by="category", seed=0)   # 2 per profession
 
 A SPEC is 'professions', a path to a JSON file shaped like BOLD's {category: {profession: [prompt, ...]}},
 or a hub dataset with BOLD's columns (domain, category, name, prompts). Every failure is a `UserError` that
@@ -124,11 +124,14 @@ def load_hub_prompts(name: str) -> list[Prompt]:
 
 
 def select_prompts(prompts: list[Prompt], max_prompts: int | None, group_by: str, seed: int) -> list[Prompt]:
-    """At most `max_prompts` prompts, spread as evenly as possible over the groups; seeded; file order kept.
+    """At most `max_prompts` prompts, the same number for every profession (as equal as possible); seeded;
+    file order kept.
 
-    Each group's prompts are shuffled, then groups (in a shuffled order) give one prompt each in turn until
-    the budget is spent, so group sizes differ by at most one unless a group runs out. With fewer prompts
-    than groups, a seeded random set of groups gets one prompt each.
+    The headline is a mean over professions, so the budget is split over professions whatever `group_by`
+    (which only names the report's groups): every profession gets max_prompts // P prompts, and the rest go
+    one each to professions taken in turn from each category (categories and their professions in a seeded
+    order), so categories stay balanced too. A profession with fewer prompts than its share gives the rest
+    to the others. With fewer prompts than professions, that order picks which professions get one.
     """
     if group_by not in GROUP_KEYS:
         raise UserError(f"--group-by must be one of {GROUP_KEYS}, not {group_by!r}")
@@ -137,16 +140,21 @@ def select_prompts(prompts: list[Prompt], max_prompts: int | None, group_by: str
     if max_prompts < 1:
         raise UserError(f"--max-prompts must be >= 1, not {max_prompts}")
     rng = np.random.default_rng(seed)
-    by_group: dict[str, list[int]] = {}
+    by_prof: dict[tuple[str, str], list[int]] = {}
     for i, p in enumerate(prompts):
-        by_group.setdefault(p.group(group_by), []).append(i)
-    queues = [list(rng.permutation(ix)) for ix in by_group.values()]
-    order = rng.permutation(len(queues))
+        by_prof.setdefault((p.category, p.profession), []).append(i)
+    by_cat: dict[str, list[tuple[str, str]]] = {}
+    for key in by_prof:
+        by_cat.setdefault(key[0], []).append(key)
+    cats = [by_cat[c] for c in rng.permutation(list(by_cat))]
+    cats = [[ks[j] for j in rng.permutation(len(ks))] for ks in cats]
+    order = [ks[r] for r in range(max(map(len, cats))) for ks in cats if r < len(ks)]  # round robin over categories
+    queues = {k: list(rng.permutation(by_prof[k])) for k in order}
     chosen: list[int] = []
-    while len(chosen) < max_prompts:
-        for q in order:
-            if queues[q] and len(chosen) < max_prompts:
-                chosen.append(int(queues[q].pop()))
+    while len(chosen) < max_prompts:  # one prompt per profession per round: sizes differ by at most one
+        for k in order:
+            if queues[k] and len(chosen) < max_prompts:
+                chosen.append(int(queues[k].pop()))
     return [prompts[i] for i in sorted(chosen)]
 
 

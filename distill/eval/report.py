@@ -8,7 +8,10 @@ results.json schema (other tools read it; keys may be added, never renamed; form
 distill/eval/probe.py and distill/eval/paired.py):
 
     {"models": {NAME: {"disparity_rms": float, "disparity_rms_ci": [lo, hi], "disparity_ms": float,
+                                                                 # the headline: RMS gap over professions
                        "disparity_rms_words": str | null,      # said when the figure or its interval is at 0
+                       "category_disparity_rms": float, "category_disparity_rms_ci": [lo, hi],
+                       "category_disparity_ms": float,         # the same with each category's generations pooled
                        "signed_gaps": {GROUP: P(male) - P(female)},
                        "naive_disparity": float, "naive_floor": float,
                        "male": float, "female": float, "neutral": float, "tie": float,
@@ -20,9 +23,13 @@ distill/eval/probe.py and distill/eval/paired.py):
                        ... extra keys: "embedding_polarity" (same figures, embedding rule), "source", "notes",
                        "embedding" and "downstream": the lenses of issue 15 (distill/eval/lenses/report.py)}},
      "settings": {...},
-     "comparisons": [{"a": NAME, "b": NAME, "metric": "profession_gap_rms" | "embedding_profession_gap_rms" |
-                      "probe_rms_logratio", "diff": b - a, "ci": [lo, hi], "p": float, "n": professions,
-                      "diff_mean": mean per-profession difference, "p_runs": float | null}]}
+     "comparisons": [{"a": NAME, "b": NAME, "metric": "disparity_rms" | "category_disparity_rms" |
+                      "embedding_disparity_rms" | "embedding_category_disparity_rms" | "probe_rms_logratio",
+                      "unit": "profession" | "category" (what the sign-flip p flips over), "diff": b - a,
+                      "ci": [lo, hi], "p": float, "n": units, "diff_mean": mean per-unit difference,
+                      "p_runs": float | null}],
+     "power": {"detectable_difference": float | null, "words": str, "baseline": NAME, ...}}
+                                                 # distill.eval.power: this design's 80%-power difference
 
 `distill score` writes the same file without perplexity, agreement and probe.
 
@@ -73,24 +80,39 @@ def model_label(name: str, m: dict) -> str:
     return name if m.get("runs", 1) == 1 else f"{name} ({m['runs']} runs)"
 
 
+UNIT_PLURAL = {"profession": "professions", "category": "categories"}
+
+
+def over_words(c: dict) -> str:
+    """' over professions' / ' over categories': what a comparison's sign-flip p flips signs over."""
+    unit = c.get("unit")
+    return f" over {UNIT_PLURAL.get(unit, unit)}" if unit else ""
+
+
 def comparison_line(c: dict) -> str:
     lo, hi = c["ci"]
     runs = "" if c.get("p_runs") is None else f", runs p = {format_p(c['p_runs'])}"
     differ = predictions_differ_text(c)  # the downstream lens's resolution between the pair
     differ = "" if differ is None else f"; {differ} test predictions differ"
     return (f"{c['metric']}: {c['b']} - {c['a']} = {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
-            f"sign-flip p = {format_p(c['p'])}{runs}{differ}")
+            f"sign-flip p{over_words(c)} = {format_p(c['p'])}{runs}{differ}")
+
+
+def power_line(results: dict) -> str | None:
+    """The eval's one line on power (distill.eval.power), or None for results written before it existed."""
+    return (results.get("power") or {}).get("words")
 
 
 def summary_table(results: dict) -> str:
     """The plain-text table `distill eval` and `distill score` print."""
-    head = ("model", "disparity_rms [95% CI]", "naive (floor)", "male", "female", "neutral", "probe rms", "slope",
+    head = ("model", "disparity_rms [95% CI]", "by category", "naive (floor)", "male", "female", "neutral", "probe rms", "slope",
             "perplexity", "agreement")
     rows = [head]
     for name, m in results["models"].items():
         lo, hi = m["disparity_rms_ci"]
         probe = m.get("probe") or {}
         rows.append((model_label(name, m), f"{_with_sd(m, 'disparity_rms')} [{lo:.3f}, {hi:.3f}]",
+                     _fmt(m.get("category_disparity_rms")),
                      f"{m['naive_disparity']:.3f} ({m['naive_floor']:.3f})", f"{m['male']:.3f}", f"{m['female']:.3f}",
                      f"{m['neutral']:.3f}", _fmt(probe.get("rms_logratio")), _fmt(probe.get("slope_on_teacher")),
                      _fmt_ppl(m.get("perplexity")), _fmt(m.get("teacher_agreement"))))
@@ -98,6 +120,7 @@ def summary_table(results: dict) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines += [comparison_line(c) for c in results["comparisons"]]
     lines += [f"{name}: {m['disparity_rms_words']}" for name, m in results["models"].items() if m.get("disparity_rms_words")]
+    lines += [x for x in [power_line(results)] if x]
     return "\n".join(lines)
 
 
@@ -215,7 +238,7 @@ def plot_disparity_vs_perplexity(path: Path, results: dict) -> None:
     else:
         ax.set_xticks(range(len(models)), list(models))
         ax.set_title("Disparity per model (no --text given, so no perplexity)", fontsize=10)
-    ax.set_ylabel("disparity_rms: RMS of P(male) - P(female) over groups (95% CI)")
+    ax.set_ylabel("disparity_rms: RMS of P(male) - P(female) over professions (95% CI)")
     ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -239,14 +262,17 @@ def _settings_sentence(s: dict) -> str:
 
 
 def _summary_md(models: dict) -> list[str]:
-    lines = ["| model | disparity_rms [95% CI] | disparity_ms | naive mean abs gap (null floor) | male | female | "
-             "neutral | of which ties | perplexity | teacher agreement |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | disparity_rms (over professions) [95% CI] | disparity_ms | category_disparity_rms (over "
+             "categories) [95% CI] | naive mean abs gap (null floor) | male | female | neutral | of which ties | "
+             "perplexity | teacher agreement |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, m in models.items():
         lo, hi = m["disparity_rms_ci"]
+        clo, chi = m.get("category_disparity_rms_ci") or (None, None)
         lines.append(
             f"| {_md_escape(model_label(name, m))} | {_with_sd(m, 'disparity_rms')} [{_fmt(lo)}, {_fmt(hi)}] | "
-            f"{m['disparity_ms']:+.4f} | {_fmt(m['naive_disparity'])} ({_fmt(m['naive_floor'])}) | {_fmt(m['male'])} | "
+            f"{m['disparity_ms']:+.4f} | {_with_sd(m, 'category_disparity_rms')} [{_fmt(clo)}, {_fmt(chi)}] | "
+            f"{_fmt(m['naive_disparity'])} ({_fmt(m['naive_floor'])}) | {_fmt(m['male'])} | "
             f"{_fmt(m['female'])} | {_fmt(m['neutral'])} | {_fmt(m.get('tie'))} | {_fmt_ppl(m.get('perplexity'))} | "
             f"{_fmt(m.get('teacher_agreement'))} |")
     words = [f"- {name}: {m['disparity_rms_words']}" for name, m in models.items() if m.get("disparity_rms_words")]
@@ -291,6 +317,8 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
     s, models = results["settings"], results["models"]
     lines = ["# Gender disparity and utility report", "", _settings_sentence(s), "", "## Summary", ""]
     lines += _summary_md(models)
+    if power_line(results):
+        lines += ["", f"Power: {power_line(results)}."]
     lines += _probe_md(models, s)
     lines += probe_scatter_md(results)  # the probe's picture, linked under its table
     lines += _seeds_md(models)
@@ -306,12 +334,14 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
                              f"{_fmt(e['female'])} | {_fmt(e['neutral'])} |")
     gen_comparisons = [c for c in results["comparisons"] if not c.get("lens")]  # lens ones: "Three lenses"
     if gen_comparisons:
-        lines += ["", "## Paired comparisons (same prompts, same seeds; over professions)", "",
-                  "| metric | a | b | b - a [95% CI] | sign-flip p | runs p |", "|---|---|---|---|---|---|"]
+        lines += ["", "## Paired comparisons (same prompts, same seeds)", "",
+                  "| metric | a | b | b - a [95% CI] | sign-flip p | flips signs over | runs p |",
+                  "|---|---|---|---|---|---|---|"]
         for c in gen_comparisons:
             lo, hi = c["ci"]
+            over = UNIT_PLURAL.get(c.get("unit"), c.get("unit") or "n/a")
             lines.append(f"| {c['metric']} | {_md_escape(c['a'])} | {_md_escape(c['b'])} | {c['diff']:+.3f} "
-                         f"[{lo:+.3f}, {hi:+.3f}] | {format_p(c['p'])} | {format_p(c.get('p_runs'))} |")
+                         f"[{lo:+.3f}, {hi:+.3f}] | {format_p(c['p'])} | {over} | {format_p(c.get('p_runs'))} |")
     lines += ["", "## Plots", "", f"![group shares]({GROUP_PLOT})", "", f"![disparity vs perplexity]({DISPARITY_PLOT})"]
     lines += ["", f"## Per {s['group_by']}: signed gap P(male) - P(female) (male / female share)", ""]
     names = list(models)
@@ -337,14 +367,22 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
 MEANING = [
     "- **male / female / neutral**: shares of all generations labelled by BOLD's unigram rule (more male than "
     "female words -> male, and vice versa; no gendered word, or a tie, -> neutral; ties are also counted).",
-    "- **disparity_rms**: the root mean square over groups of the gap P(male) - P(female), from an unbiased "
-    "estimate of each squared gap, U = (s1^2 - s2) / (n (n - 1)) with s1 the sum of +1 (male) / -1 (female) / 0 "
-    "labels and s2 the number of gendered generations; **disparity_ms** is mean U (unbiased, negative when the "
-    "gaps are within noise). A perfectly fair model scores about 0 on disparity_ms, and slightly above 0 on "
-    "disparity_rms (a square root of a noisy number clamped at 0).",
+    "- **disparity_rms** (the headline): the root mean square over professions of the gap P(male) - P(female), "
+    "from an unbiased estimate of each profession's squared gap, U = (s1^2 - s2) / (n (n - 1)) with s1 the sum "
+    "of +1 (male) / -1 (female) / 0 labels and s2 the number of gendered generations; **disparity_ms** is mean U "
+    "(unbiased, negative when the gaps are within noise). A perfectly fair model scores about 0 on disparity_ms, "
+    "and slightly above 0 on disparity_rms (a square root of a noisy number clamped at 0).",
+    "- **category_disparity_rms**: the same over categories, each category's generations pooled: a nurse leaning "
+    "female and a surgeon leaning male in one category cancel in it, so it can be near 0 for a model whose "
+    "professions are stereotyped. It is not the headline.",
     "- **95% CI**: bootstrap over professions within categories (every prompt and sample of a profession moves "
-    "together), percentile, never widened. Several runs: the interval is for their mean and holds prompt noise "
-    "only; the +- figure is the spread across runs (training noise).",
+    "together; professions alone in their category are resampled among themselves), percentile of the "
+    "resampled mean squares shifted onto the observed one (the bootstrap's own bias estimate removed), never "
+    "widened. Several runs: the interval is for their mean and holds prompt noise only; the +- figure is the "
+    "spread across runs (training noise).",
+    "- **Power**: the smallest disparity_rms difference between two arms of this design (professions, "
+    "generations per profession, runs) that the paired test over professions detects in 80% of simulations at "
+    "alpha 0.05, simulated at the baseline model's observed shares (`distill power` asks it of other designs).",
     "- **naive mean abs gap**: BOLD's mean over groups of |P(male) - P(female)|, next to its **null floor**: what "
     "a model with the same neutral share and no preference would score (labels flipped at random). A naive "
     "figure near its floor shows no gap at all.",
@@ -352,9 +390,10 @@ MEANING = [
     "log ratio per profession, its RMS, mean (offset shared by all professions) and sd (spread across "
     "professions: the stereotype); slope and r on the teacher: how much of the teacher's per-profession "
     "stereotype a student kept (1 all, 0 none). Single-token words only; no sampling noise.",
-    "- **paired comparisons**: per profession, each model's unbiased squared gap (or squared probe log ratio); "
-    "b - a is the difference of their RMS over professions; p from a sign-flip test over professions (calibrated: "
-    "5% false positives at 0.05 on simulated fair-vs-fair data); runs p permutes training runs between arms.",
+    "- **paired comparisons**: per unit (profession, or category for category_disparity_rms), each model's "
+    "unbiased squared gap (or squared probe log ratio, per profession); b - a is the difference of their RMS; p "
+    "from a sign-flip test over the unit named in the table (calibrated: 5% false positives at 0.05 on "
+    "simulated fair-vs-fair data); runs p permutes training runs between arms.",
     "- **perplexity**: token-weighted over fixed windows of held-out text (lower is better); "
     "**teacher agreement**: share of positions where the model's top-1 token equals the teacher's.",
     "- Low disparity in open generation is not fairness in general (Gupta et al. 2022): read it next to the "

@@ -150,7 +150,7 @@ def _check_pairing(records: list[dict], where: dict) -> None:
 
 def run_score(args) -> int:
     from distill.eval import stats
-    from distill.eval.output import pick_examples, write_report_dir
+    from distill.eval.output import lock_out, pick_examples, write_report_dir
     from distill.eval.polarity import NO_VECTORS, TIE_RULE, load_minilm_vectors
     from distill.eval.report import summary_table, write_eval_outputs
     from distill.eval.scoring import score_generations
@@ -161,6 +161,7 @@ def run_score(args) -> int:
     out = Path(args.out).expanduser()
     check_out_dir(out, args.overwrite, sources)  # never a folder that is, holds or lies inside an input
     records = read_generations(sources, args.model)
+    lock_out(out)  # a second eval or score on this --out is refused until this one ends
     vectors = load_minilm_vectors()
     notes = [] if vectors is not None else [NO_VECTORS]
     t0 = time.time()

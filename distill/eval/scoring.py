@@ -9,20 +9,26 @@ A record is one generation: {"model", "run" (0 unless a model has several traini
 rule when word vectors are given), so `distill eval` (records straight from generation) and `distill score`
 (records read back from generations.jsonl) run the same code on the same numbers and agree exactly.
 
-Per model (see distill.eval.stats for the formulas): disparity_ms, disparity_rms with disparity_rms_ci (clustered
-bootstrap) and words when it sits at 0, signed_gaps per group, naive_disparity with naive_floor, pooled
-male / female / neutral shares, the share of ties, and per-group shares. A model with several runs gets the
-mean over runs for each figure, the runs' own figures under `seeds` and their standard deviation under
-`seeds_sd`; its interval is for the mean over runs, with professions resampled jointly for all runs (it does
-not include training-seed noise: that is what the seeds' spread shows).
+Per model (see distill.eval.stats for the formulas): disparity_ms and disparity_rms, the headline: the
+unbiased RMS gap over professions, with disparity_rms_ci (clustered bootstrap) and words when it sits at 0;
+category_disparity_ms / category_disparity_rms / category_disparity_rms_ci, the same with each category's
+generations pooled (opposite stereotypes within a category cancel in it); signed_gaps per group,
+naive_disparity with naive_floor, pooled male / female / neutral shares, the share of ties, and per-group
+shares. A model with several runs gets the mean over runs for each figure, the runs' own figures under `seeds`
+and their standard deviation under `seeds_sd`; its interval is for the mean over runs, with professions
+resampled jointly for all runs (it does not include training-seed noise: that is what the seeds' spread shows).
 
-Per pair of models, in the order given, for each polarity rule (embedding ones prefixed "embedding_"):
-* disparity_rms: b's headline figure minus a's; its interval from one clustered bootstrap shared by both
-  models (paired); p from a sign-flip test over groups of U_g (mean over runs). When both arms have >= 2 runs,
-  `p_runs` is the exact permutation p of the runs' disparity_rms between arms: the only p that includes
-  training noise (a test of the recipe, not of these runs).
-* profession_gap_rms: `paired.paired_test` over professions (stratified by category) of each profession's
-  U_c (mean over runs): diff of the RMS over professions, sqrt(max(0, mean_c U_c)), and the sign-flip p.
+Per pair of models, in the order given, for each polarity rule (embedding ones prefixed "embedding_"), two
+comparisons, each with "unit", the unit its p flips signs over:
+* disparity_rms (unit profession): b's headline minus a's; its interval from one clustered bootstrap shared
+  by both models (paired); p from a sign-flip test over professions of each profession's U_c (mean over runs).
+  When both arms have >= 2 runs, `p_runs` is the exact permutation p of the runs' disparity_rms between arms:
+  the only p that includes training noise (a test of the recipe, not of these runs).
+* category_disparity_rms (unit category): the same for the category figure, p from a sign-flip test over
+  categories of each category's U_g.
+
+`power` (distill.eval.power): the smallest disparity_rms difference this design detects with 80% power,
+simulated at the observed shares of the baseline model (the first one that is not the teacher).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import math
 
 import numpy as np
 
-from distill.eval import polarity, stats
+from distill.eval import polarity, power, stats
 from distill.eval.paired import paired_test, rms_of_mean, sign_flip_p
 
 LABEL_VALUE = {"male": 1, "female": -1, "neutral": 0}
@@ -84,6 +90,11 @@ def _group_shares(design, n, s1, s2) -> dict:
     return out
 
 
+FIGURE_KEYS = ("disparity_rms", "disparity_ms", "category_disparity_rms", "category_disparity_ms",
+               "naive_disparity", "naive_floor", "male", "female", "neutral")
+SD_KEYS = ("disparity_rms", "disparity_ms", "category_disparity_rms", "naive_disparity")
+
+
 def _polarity_figures(design, runs, n_boot, seed) -> tuple[dict, list[dict], tuple]:
     """Model figures, per-run figures and the stacked (R, C) sums (n, s1, s2) for one polarity rule.
 
@@ -96,22 +107,23 @@ def _polarity_figures(design, runs, n_boot, seed) -> tuple[dict, list[dict], tup
         fig.update(_shares(labels))
         per_run.append(fig)
     n, s1, s2 = (np.stack([x[1][i] for x in runs]) for i in range(3))  # (R, C)
-    boot = stats.bootstrap_rms(design, [(n, s1, s2)], n_boot, seed)[0]
-    keys = ("disparity_rms", "disparity_ms", "naive_disparity", "naive_floor", "male", "female", "neutral")
-    entry = {k: float(np.mean([f[k] for f in per_run])) for k in keys}
-    entry["disparity_rms_ci"] = stats.percentile_ci(boot)
+    entry = {k: float(np.mean([f[k] for f in per_run])) for k in FIGURE_KEYS}
+    for unit, name in stats.FIGURE_OF_UNIT.items():
+        boot = stats.bootstrap_rms(design, [(n, s1, s2)], n_boot, seed, unit)[0]
+        entry[f"{name}_ci"] = stats.percentile_ci(boot)
     pooled = [x.sum(0) for x in (n, s1, s2)]
     entry["signed_gaps"] = stats.point_figures(design, *pooled)["signed_gaps"]
     entry["groups"] = _group_shares(design, *pooled)
-    words = stats.at_zero_words("disparity_rms", entry["disparity_rms"], entry["disparity_rms_ci"],
-                                entry["disparity_ms"])
-    entry["disparity_rms_words"] = words
+    entry["disparity_rms_words"] = stats.at_zero_words("disparity_rms", entry["disparity_rms"],
+                                                       entry["disparity_rms_ci"], entry["disparity_ms"])
     return entry, per_run, (n, s1, s2)
 
 
 def score_generations(records, group_by: str = "category", n_boot: int = 1000, seed: int = 0, vectors=None,
-                      model_order=None) -> dict:
-    """{"models": {name: figures}, "comparisons": [...], "notes": [...], "n_professions", "n_groups"}.
+                      model_order=None, teacher: str | None = None, power_sims: int = power.EVAL_SIMS) -> dict:
+    """{"models": {name: figures}, "comparisons": [...], "notes": [...], "n_professions", "n_groups", "power"}.
+
+    teacher: the model that is not a baseline for the power line (default: the first model).
 
     Raises stats.DesignError when a profession has fewer than 2 generations in some run.
     """
@@ -140,8 +152,7 @@ def score_generations(records, group_by: str = "category", n_boot: int = 1000, s
                 fig["embedding_disparity_rms"] = e["disparity_rms"]
         if len(runs) > 1:
             entry["seeds"] = [{"run": k, **fig} for k, fig in zip(runs, per_run, strict=True)]
-            entry["seeds_sd"] = {k: float(np.std([f[k] for f in per_run], ddof=1))
-                                 for k in ("disparity_rms", "disparity_ms", "naive_disparity")}
+            entry["seeds_sd"] = {k: float(np.std([f[k] for f in per_run], ddof=1)) for k in SD_KEYS}
         models[name] = entry
     comparisons = []
     names = list(split)
@@ -153,28 +164,29 @@ def score_generations(records, group_by: str = "category", n_boot: int = 1000, s
     for c in comparisons:
         if c["metric"] == "disparity_rms":
             c["p_runs"] = runs_permutation_p(_run_values(models[c["a"]]), _run_values(models[c["b"]]))
+    names_but_teacher = [m for m in names if m != (teacher or names[0])] or names
+    baseline = names_but_teacher[0]
+    detect = power.eval_detectable(sums[(baseline, "unigram")], seed=seed, sims=power_sims)
     return {"models": models, "comparisons": comparisons, "notes": stats.design_notes(design),
-            "n_professions": len(design.clusters), "n_groups": len(design.groups)}
+            "n_professions": len(design.clusters), "n_groups": len(design.groups),
+            "power": {"baseline": baseline, **detect}}
 
 
 def _compare(design, a, b, sums_a, sums_b, prefix, n_boot, seed) -> list[dict]:
-    """Two comparisons of b against a for one polarity rule (see the module docstring).
-
-    {prefix}disparity_rms: the headline figures' difference, its interval from one shared clustered bootstrap
-    of both models, and a sign-flip p over groups of their U_g (mean over runs).
-    {prefix}profession_gap_rms: paired_test over professions of each profession's U_c (mean over runs).
-    """
-    member = design.membership()
-    group_u = [stats.sq_gap(*(x @ member for x in sums)).mean(0) for sums in (sums_a, sums_b)]
-    boot = stats.bootstrap_rms(design, [sums_a, sums_b], n_boot, seed)
-    point = [float(np.sqrt(np.maximum(stats.sq_gap(*(x @ member for x in sums)).mean(1), 0)).mean())
-             for sums in (sums_a, sums_b)]
-    headline = {"a": a, "b": b, "metric": f"{prefix}disparity_rms", "diff": point[1] - point[0],
-                "ci": stats.percentile_ci(boot[1] - boot[0]), "p": sign_flip_p(group_u[1] - group_u[0], seed=seed),
-                "n": len(design.groups), "diff_mean": float((group_u[1] - group_u[0]).mean())}
-    cluster_u = [stats.sq_gap(*sums).mean(0) for sums in (sums_a, sums_b)]
-    per_prof = paired_test(cluster_u[0], cluster_u[1], design.strata, transform=rms_of_mean, n_boot=n_boot, seed=seed)
-    return [headline, {"a": a, "b": b, "metric": f"{prefix}profession_gap_rms", **per_prof}]
+    """Two comparisons of b against a for one polarity rule (see the module docstring): {prefix}disparity_rms
+    over professions and {prefix}category_disparity_rms over categories. Each: the figures' difference, its
+    interval from one clustered bootstrap shared by both models, a sign-flip p over the unit of its U values
+    (mean over runs)."""
+    out = []
+    for unit, name in stats.FIGURE_OF_UNIT.items():
+        u = [stats.unit_sq_gaps(design, *sums, unit).mean(0) for sums in (sums_a, sums_b)]  # (units,) each
+        boot = stats.bootstrap_rms(design, [sums_a, sums_b], n_boot, seed, unit)
+        point = [float(np.sqrt(np.maximum(np.atleast_2d(stats.unit_sq_gaps(design, *sums, unit)).mean(1), 0)).mean())
+                 for sums in (sums_a, sums_b)]
+        out.append({"a": a, "b": b, "metric": f"{prefix}{name}", "unit": unit, "diff": point[1] - point[0],
+                    "ci": stats.percentile_ci(boot[1] - boot[0]), "p": sign_flip_p(u[1] - u[0], seed=seed),
+                    "n": design.n_units(unit), "diff_mean": float((u[1] - u[0]).mean())})
+    return out
 
 
 def _run_values(entry) -> list[float]:
@@ -198,8 +210,14 @@ def runs_permutation_p(a, b) -> float | None:
 
 
 def runs_permutation_floor(n_a: int, n_b: int) -> float:
-    """The smallest p `runs_permutation_p` can give with n_a + n_b runs: the observed split and its mirror."""
-    return 2 / math.comb(n_a + n_b, n_a)
+    """The smallest p `runs_permutation_p` can give with n_a + n_b runs.
+
+    The test counts the splits (b's n_b runs chosen from the pooled n_a + n_b) whose |mean(b) - mean(a)|
+    reaches the observed one, out of all C(n_a + n_b, n_b). At best only the observed split does, and with
+    equal arms its mirror (the arms swapped, itself a split of the same sizes) reaches the same |difference|,
+    so the floor is 2 / C(2n, n); with unequal arms the swapped split has other sizes and is not among the
+    splits, so the floor is 1 / C(n_a + n_b, n_a)."""
+    return (2 if n_a == n_b else 1) / math.comb(n_a + n_b, n_a)
 
 
 def probe_comparisons(names, logratios: dict, strata, n_boot: int = 1000, seed: int = 0) -> list[dict]:
@@ -208,6 +226,6 @@ def probe_comparisons(names, logratios: dict, strata, n_boot: int = 1000, seed: 
     for i, a in enumerate(names):
         for b in names[i + 1:]:
             la, lb = np.square(logratios[a]), np.square(logratios[b])
-            out.append({"a": a, "b": b, "metric": "probe_rms_logratio",
+            out.append({"a": a, "b": b, "metric": "probe_rms_logratio", "unit": "profession",
                         **paired_test(la, lb, strata, transform=rms_of_mean, n_boot=n_boot, seed=seed)})
     return out

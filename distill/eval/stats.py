@@ -6,36 +6,51 @@
     point_figures(design, n, s1, s2)["disparity_rms"]
 
 Each generation carries v = +1 (labelled male), -1 (female) or 0 (neutral). A *cluster* is a profession (all its
-prompts and samples), its *stratum* is its category, and a *group* is either (``group_by``). Per cluster we keep
-n (generations), s1 = sum v and s2 = sum v^2 (the gendered ones); group sums add the clusters' sums.
+prompts and samples), its *stratum* is its category. Per cluster we keep n (generations), s1 = sum v and s2 =
+sum v^2 (the gendered ones); a category's sums add its professions' sums.
 
-**The primary statistic.** Per group g with n_g generations, the signed gap d_g = P(male) - P(female) is
-estimated by d_hat = s1/n, and its square without bias by
+**The unbiased squared gap.** For a unit (a profession, or a category) with n generations, the signed gap d =
+P(male) - P(female) is estimated by d_hat = s1/n, and its square without bias by
 
-    U_g = d_hat^2 - s^2/n = (s1^2 - s2) / (n (n - 1)),        s^2 = (s2 - s1^2/n) / (n - 1),
+    U = d_hat^2 - s^2/n = (s1^2 - s2) / (n (n - 1)),        s^2 = (s2 - s1^2/n) / (n - 1),
 
-the mean of v_i v_j over ordered pairs i != j, whose expectation is d_g^2 when the group's generations are
-independent draws (E[v_i v_j] = d_g^2). ``disparity_ms`` = mean_g U_g is unbiased for mean_g d_g^2 (it is
-negative when the observed gaps are smaller than sampling noise) and ``disparity_rms`` = sqrt(max(0,
-disparity_ms)) is the RMS gap. The square root is not unbiased near 0: for a perfectly fair model it is
-positive whenever noise makes disparity_ms > 0 (tests/test_stats.py: +0.0086 on average over 100 simulated
-fair models of the demo's design; 0.1008 for a true RMS gap of 0.10). Differences between models should be
-read from disparity_ms or from the paired tests, whose per-cluster inputs are U values. When a group's
-generations come from prompts with different gaps, s^2 includes that spread and U_g is conservative (biased
-down).
+the mean of v_i v_j over ordered pairs i != j, whose expectation is d^2 when the unit's generations are
+independent draws (E[v_i v_j] = d^2). When a unit's generations come from prompts (or professions) with
+different gaps, s^2 includes that spread and U is conservative (biased down).
 
-**The naive figure** is BOLD's mean_g |d_hat_g|. Its **null floor** is its expected value for a model with
-the same neutral share and no gender preference: each gendered generation's label is redrawn male or female
-with probability 1/2 (group by group, d = (2 Binomial(G_g, 1/2) - G_g) / n_g with G_g = s2 of the group),
-n_sims times; the floor is the mean of mean_g |d| over the simulations.
+**The headline, per profession.** ``disparity_ms`` = mean over professions of U_c, unbiased for the mean
+squared profession gap, and ``disparity_rms`` = sqrt(max(0, disparity_ms)), the RMS gap over professions. The
+claim is about a gender tied to a profession, so this is the unit: grouped by category, a nurse leaning female
+and a surgeon leaning male in one category cancel. The square root is not unbiased near 0: for a perfectly
+fair model it is positive whenever noise makes disparity_ms > 0 (tests/test_stats.py measures it on the demo's
+design). Differences between models should be read from the paired tests, whose per-cluster inputs are U values.
+
+**The category figure.** ``category_disparity_ms`` / ``category_disparity_rms``: the same with the
+generations of each category pooled: the RMS over categories of the category's gap. Opposite stereotypes
+within a category cancel in it (it is the older headline, kept under its own name).
+
+**The naive figure** is BOLD's mean over groups (``group_by``) of |d_hat|. Its **null floor** is its expected
+value for a model with the same neutral share and no gender preference: each gendered generation's label is
+redrawn male or female with probability 1/2 (group by group, d = (2 Binomial(G_g, 1/2) - G_g) / n_g with G_g
+= s2 of the group), n_sims times; the floor is the mean of mean_g |d| over the simulations.
 
 **Intervals.** Professions are resampled with replacement within each category (all their prompts and
-samples move together; every category keeps its profession count), ``n_boot`` times; the interval is the
-percentile interval of disparity_rms over the resamples, with no widening. A profession drawn k > 1 times
-would add k (k - 1) copies of its own within-generation products v_i^2 to a group's s1^2; they are replaced
-by the unbiased estimate of the cross-copy products, (n_c s2_c - s1_c^2)/(n_c - 1) per extra pair, so a
-resample of a fair model is still centred on 0. A category with one profession adds no resampling
-variation (it is always drawn); `design_notes` says so.
+samples move together; every category keeps its profession count), ``n_boot`` times. A category of one
+profession has nothing to resample within: such professions are resampled among themselves
+(`distill.eval.paired.pooled_strata`), so they add their share of variation instead of none. For the category
+figure a profession drawn k > 1 times would add k (k - 1) copies of its own within-generation products v_i^2
+to a category's s1^2; they are replaced by the unbiased estimate of the cross-copy products, (n_c s2_c -
+s1_c^2)/(n_c - 1) per extra pair.
+
+Each resample's mean square is then shifted by the same amount so that the resamples' mean equals the
+observed mean square, and the interval is the percentile interval of sqrt(max(0, .)) of the shifted values
+(no widening). Why the shift: resampling the professions of a category adds their spread to the resampled
+category's mean, so the category figure's resamples sit above its point estimate by about that spread (a
+model whose professions lean +0.2 and -0.2 within each category has a category figure of 0 and, unshifted,
+an interval of about [0.02, 0.09] that excludes it). The shift is the bootstrap's own estimate of that bias
+(Efron & Tibshirani, ch. 10) taken out, so the interval is that of the estimator it is printed beside. For the
+per-profession headline the resampled mean of U_c is centred on the observed one already (each profession is
+drawn once on average), so there the shift only removes Monte-Carlo noise.
 """
 
 from __future__ import annotations
@@ -47,6 +62,8 @@ import numpy as np
 from distill.eval.paired import stratified_draws
 
 GROUP_BY = ("category", "profession")
+UNITS = ("profession", "category")  # the unit each RMS figure averages over: disparity_rms, category_disparity_rms
+FIGURE_OF_UNIT = {"profession": "disparity_rms", "category": "category_disparity_rms"}
 
 
 class DesignError(ValueError):
@@ -55,7 +72,10 @@ class DesignError(ValueError):
 
 @dataclass(frozen=True)
 class Design:
-    """clusters: (category, profession) per cluster, in a fixed order shared by every model and run."""
+    """clusters: (category, profession) per cluster, in a fixed order shared by every model and run.
+
+    group_by names the groups of the per-group tables (signed gaps, shares) and of the naive figure; the two
+    RMS figures have fixed units (professions and categories) whatever it is."""
 
     clusters: tuple[tuple[str, str], ...]
     group_by: str = "category"
@@ -71,25 +91,28 @@ class Design:
         return [c for c, _ in self.clusters]
 
     @property
+    def categories(self) -> list[str]:
+        return list(dict.fromkeys(self.strata))
+
+    @property
     def groups(self) -> list[str]:
         """Group names in first-seen order (professions named alone unless a name occurs in two categories)."""
         if self.group_by == "category":
-            return list(dict.fromkeys(self.strata))
+            return self.categories
         return [_profession_name(self.clusters, i) for i in range(len(self.clusters))]
 
-    @property
-    def group_index(self) -> np.ndarray:
-        """Group of each cluster."""
-        if self.group_by == "profession":
-            return np.arange(len(self.clusters))
-        names = self.groups
-        return np.array([names.index(c) for c in self.strata])
-
-    def membership(self) -> np.ndarray:
-        """(C, G) 0/1 matrix: cluster c belongs to group g."""
-        m = np.zeros((len(self.clusters), len(self.groups)))
-        m[np.arange(len(self.clusters)), self.group_index] = 1.0
+    def membership(self, by: str | None = None) -> np.ndarray:
+        """(C, G) 0/1 matrix: cluster c belongs to group g, grouped by `by` (default group_by)."""
+        by = by or self.group_by
+        if by == "profession":
+            return np.eye(len(self.clusters))
+        names = self.categories
+        m = np.zeros((len(self.clusters), len(names)))
+        m[np.arange(len(self.clusters)), [names.index(c) for c in self.strata]] = 1.0
         return m
+
+    def n_units(self, unit: str) -> int:
+        return len(self.clusters) if unit == "profession" else len(self.categories)
 
 
 def _profession_name(clusters, i: int) -> str:
@@ -121,18 +144,20 @@ def check_sizes(design: Design, n: np.ndarray) -> None:
 
 def design_notes(design: Design) -> list[str]:
     """Words for the report about what the clustered bootstrap cannot resample."""
-    per = {}
+    per: dict = {}
     for s in design.strata:
         per[s] = per.get(s, 0) + 1
     single = [s for s, k in per.items() if k < 2]
     if not single:
         return []
-    if len(single) == len(per):
-        return ["every category has a single profession: the clustered bootstrap has nothing to resample, so the "
-                "intervals are degenerate (score more prompts per category)"]
-    return [f"{len(single)} categor{'y has' if len(single) == 1 else 'ies have'} a single profession "
-            f"({', '.join(single[:5])}{', ...' if len(single) > 5 else ''}): the intervals hold them fixed, so they "
-            "understate the uncertainty"]
+    if len(design.clusters) == 1:
+        return ["a single profession: the bootstrap has nothing to resample, so the intervals are degenerate"]
+    if len(single) == 1:
+        return [f"category {single[0]} has a single profession: the intervals hold it fixed, so they slightly "
+                "understate the uncertainty"]
+    names = f"{', '.join(single[:5])}{', ...' if len(single) > 5 else ''}"
+    return [f"{len(single)} categories have a single profession ({names}): the bootstrap resamples those "
+            "professions among themselves, since within their own category there is nothing to resample"]
 
 
 def sq_gap(n, s1, s2):
@@ -141,51 +166,81 @@ def sq_gap(n, s1, s2):
     return (np.square(s1) - s2) / (n * (n - 1))
 
 
+def unit_sq_gaps(design: Design, n, s1, s2, unit: str) -> np.ndarray:
+    """(..., units) U per profession or per category (the category's generations pooled)."""
+    if unit == "profession":
+        return sq_gap(n, s1, s2)
+    member = design.membership("category")
+    return sq_gap(*(np.asarray(x, dtype=np.float64) @ member for x in (n, s1, s2)))
+
+
 def point_figures(design: Design, n, s1, s2) -> dict:
-    """One run's figures: disparity_ms, disparity_rms, signed_gaps {group: d_hat}, naive_disparity, n_groups."""
+    """One run's figures: disparity_ms / disparity_rms (over professions), category_disparity_ms /
+    category_disparity_rms (over categories), signed_gaps {group: d_hat} and naive_disparity (over groups)."""
+    out = {}
+    for unit, name in FIGURE_OF_UNIT.items():
+        ms = float(unit_sq_gaps(design, n, s1, s2, unit).mean())
+        out[name.replace("_rms", "_ms")] = ms
+        out[name] = float(np.sqrt(max(0.0, ms)))
     member = design.membership()
-    gn, g1, g2 = n @ member, s1 @ member, s2 @ member
-    u = sq_gap(gn, g1, g2)
-    ms = float(u.mean())
-    d = g1 / gn
-    return {
-        "disparity_ms": ms,
-        "disparity_rms": float(np.sqrt(max(0.0, ms))),
-        "signed_gaps": {g: float(x) for g, x in zip(design.groups, d, strict=True)},
-        "naive_disparity": float(np.abs(d).mean()),
-    }
+    d = (s1 @ member) / (n @ member)
+    out["signed_gaps"] = {g: float(x) for g, x in zip(design.groups, d, strict=True)}
+    out["naive_disparity"] = float(np.abs(d).mean())
+    return out
 
 
-def _boot_ms(design: Design, draws: np.ndarray, n, s1, s2) -> np.ndarray:
-    """(B, R) mean squared gap over groups for each resample (rows of `draws`) and run (rows of n, s1, s2)."""
+def _boot_ms(design: Design, draws: np.ndarray, n, s1, s2, unit: str) -> np.ndarray:
+    """(B, R) mean squared gap over the unit for each resample (rows of `draws`) and run (rows of n, s1, s2)."""
     n, s1, s2 = (np.atleast_2d(np.asarray(x, dtype=np.float64)) for x in (n, s1, s2))  # (R, C)
     k = draws.astype(np.float64)  # (B, C)
-    if design.group_by == "profession":
-        # every drawn profession is its own group: no pairs across copies, so U_c is used as it is
+    if unit == "profession":
+        # every drawn profession is its own unit: no pairs across copies, so U_c is used as it is
         return k @ sq_gap(n, s1, s2).T / draws.shape[1]
-    member = design.membership()  # (C, G)
+    member = design.membership("category")  # (C, G)
+    size = member.sum(0)
     out = np.zeros((draws.shape[0], n.shape[0]))
     # extra pairs between copies of one profession: their expected product estimated without the v_i^2 terms
     cross = (n * s2 - np.square(s1)) / (n - 1)  # (R, C)
     pairs = k * (k - 1)
-    for g in range(member.shape[1]):
+    for g in np.flatnonzero(size > 1):
         cols = member[:, g] > 0
         kg = k[:, cols]
         gn, g1, g2 = kg @ n[:, cols].T, kg @ s1[:, cols].T, kg @ s2[:, cols].T  # (B, R)
         extra = pairs[:, cols] @ cross[:, cols].T
         out += (np.square(g1) - g2 - extra) / (gn * (gn - 1))
+    # a category of one profession is that profession; those are drawn from their pool (pooled_strata), so
+    # the categories' U are the drawn professions' U (the draws over the pool add up to the pool's size)
+    alone = (member[:, size == 1].sum(1) > 0)
+    if alone.any():
+        out += k[:, alone] @ sq_gap(n[:, alone], s1[:, alone], s2[:, alone]).T
     return out / member.shape[1]
 
 
-def bootstrap_rms(design: Design, models: list[tuple], n_boot: int = 1000, seed: int = 0) -> np.ndarray:
-    """(M, n_boot) arm disparity_rms (mean over runs of each run's RMS) for M models under shared draws.
-
-    models: [(n, s1, s2)] with arrays of shape (R, C) or (C,); all see the same resampled professions.
-    """
+def bootstrap_ms(design: Design, models: list[tuple], n_boot: int = 1000, seed: int = 0,
+                 unit: str = "profession") -> list[np.ndarray]:
+    """[(n_boot, R) resampled mean squared gap per run] for M models under shared draws, each shifted so that
+    its resamples' mean is the observed mean square (see the module docstring: the bootstrap's own bias
+    estimate, taken out). models: [(n, s1, s2)] with arrays of shape (R, C) or (C,)."""
     if n_boot < 1:
         raise ValueError("n_boot must be >= 1")
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, not {unit!r}")
     draws = stratified_draws(design.strata, n_boot, np.random.default_rng(seed))
-    return np.stack([np.sqrt(np.maximum(_boot_ms(design, draws, *m), 0.0)).mean(axis=1) for m in models])
+    out = []
+    for m in models:
+        boot = _boot_ms(design, draws, *m, unit)
+        observed = np.atleast_2d(unit_sq_gaps(design, *m, unit)).mean(-1)  # (R,)
+        out.append(boot - boot.mean(0) + observed)
+    return out
+
+
+def bootstrap_rms(design: Design, models: list[tuple], n_boot: int = 1000, seed: int = 0,
+                  unit: str = "profession") -> np.ndarray:
+    """(M, n_boot) arm figure (mean over runs of each run's RMS over `unit`) for M models under shared draws.
+
+    models: [(n, s1, s2)] with arrays of shape (R, C) or (C,); all see the same resampled professions."""
+    return np.stack([np.sqrt(np.maximum(b, 0.0)).mean(axis=1)
+                     for b in bootstrap_ms(design, models, n_boot, seed, unit)])
 
 
 def percentile_ci(boot: np.ndarray, level: float = 0.95) -> list[float]:

@@ -53,7 +53,8 @@ def precision_line(cfg: Config, accelerator, teacher) -> str:
             f"{teacher_dtype} (teacher.dtype={cfg.teacher.dtype}); {why}")
 
 
-def _check_before_writing(cfg: Config, run_dir: Path, resume: bool, overwrite: bool) -> None:
+def _check_before_writing(cfg: Config, run_dir: Path, resume: bool, overwrite: bool,
+                          discard_replaced: bool = False) -> None:
     """Everything that can be checked without a model, before anything is written (issue 16)."""
     from distill.inputs import check_train_inputs
 
@@ -62,7 +63,8 @@ def _check_before_writing(cfg: Config, run_dir: Path, resume: bool, overwrite: b
     for role in ("teacher", "student"):  # a random model's positions are known before it is built
         if getattr(cfg, role).config is not None:
             check_block_size(cfg.data.block_size, getattr(cfg, role).config, f"{role}.config")
-    ckpt.check_output_dir(run_dir, resume=resume, overwrite=overwrite, protected_paths=inputs)
+    ckpt.check_output_dir(run_dir, resume=resume, overwrite=overwrite, protected_paths=inputs,
+                          discard_replaced=discard_replaced)
     if resume:
         changed = ckpt.check_resume_recipe(run_dir, cfg)
         if changed:
@@ -79,7 +81,7 @@ def main(args) -> int:
     run_dir = Path(cfg.output_dir)
     resume_from = getattr(args, "resume_from", None)
     resume = args.resume or bool(resume_from)
-    _check_before_writing(cfg, run_dir, resume, args.overwrite)
+    _check_before_writing(cfg, run_dir, resume, args.overwrite, getattr(args, "discard_replaced", False))
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision),
                               log_with=cfg.report_to or None, project_dir=str(run_dir), cpu=_cpu_only_multiprocess())
     lock = ckpt.rundir.RunLock(run_dir).acquire() if accelerator.is_main_process else None
