@@ -284,11 +284,11 @@ def _next_tokens_map_back(x, cf, table):
     return bad
 
 
-@pytest.mark.parametrize("male,female", [(" waiter", " waitress"), (" Mr.", " Ms."), (" brother", " sister")])
+@pytest.mark.parametrize("male,female", [(" waiter", " waitress"), (" Mr.", " Ms."), (" nephew", " niece")])
 def test_pieces_of_multi_token_swaps_get_no_counterfactual_target(lex, male, female):
     """Issue 11, defect 3: on data/tiny_tokenizer " wait|er" <-> " wait|re|ss", " M|r|." <-> " M|s|.",
-    " bro|ther" <-> " s|is|ter". A position whose next token is a piece of such a word was aligned with the
-    counterfactual position predicting the other word's piece ("re", "s", " s"), which no table entry maps
+    " ne|p|he|w" <-> " n|ie|ce". A position whose next token is a piece of such a word was aligned with the
+    counterfactual position predicting the other word's piece ("re", "s", " n"), which no table entry maps
     back, so the female piece's mass landed in a male context. Those positions now get no counterfactual
     (-1); a shared first piece (" wait", " M") and the position after the whole word keep their counterpart."""
     from transformers import AutoTokenizer
