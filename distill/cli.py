@@ -34,6 +34,9 @@ def _add_train(sub) -> None:
                    help="continue from this checkpoint (e.g. step-200) instead of the newest intact one")
     p.add_argument("--overwrite", action="store_true",
                    help="replace the distill run in output_dir (only a run: a folder with its .distill marker)")
+    p.add_argument("--discard-replaced", action="store_true",
+                   help="with --overwrite: also delete the run an interrupted --overwrite set aside in "
+                   "output_dir/.replaced-PID/ (otherwise refused; `python -m distill.rundir restore DIR` restores it)")
     p.add_argument("--help-recipe", action="store_true", help="list every recipe key with its default and exit")
 
 
@@ -204,8 +207,11 @@ def main(argv: list[str] | None = None) -> None:
         # a process killed by a signal (a C++ abort in gloo or a kernel) prints where its Python threads were,
         # not only the launcher's "Signal 6" line
         faulthandler.enable()
+    from distill.rundir import command_locks
+
     try:
-        code = _dispatch(args)
+        with command_locks():  # the output locks a command takes (eval, score, samples) end with it
+            code = _dispatch(args)
     except UserError as exc:
         _close_progress_bars()
         print(f"distill {args.command}: error: {exc}", file=sys.stderr)

@@ -39,7 +39,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from distill import study_evals, study_lanes
+from distill import rundir, study_evals, study_lanes
 from distill.errors import UserError
 
 TEACHER = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -354,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                    "study with the same arms and seeds, without training or scoring again")
     args = p.parse_args(argv)
     try:
-        return _study(args, argv)
+        with rundir.command_locks():  # the lock on --out ends with the study
+            return _study(args, argv)
     except UserError as exc:
         print(f"distill study: error: {exc}", file=sys.stderr)
         return 2
@@ -370,7 +371,10 @@ def _study(args, argv) -> int:
     if teacher and not Path(teacher).exists():
         raise UserError(f"teacher {teacher!r} not found; run `make teacher` first (or pass --teacher)")
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # never into a training run, a report or a model's final/; then a second study on --out is refused
+    rundir.prepare_reused_dir(out, "study", [teacher] if teacher else [])
+    rundir.lock_output(out, "--out")
+    rundir.write_marker(out, "study")
     command = "python -m distill.study " + shlex.join(argv if argv is not None else sys.argv[1:])
     run = Runner(args.in_process, lambda msg: print(msg, flush=True))
     if args.reuse_eval:

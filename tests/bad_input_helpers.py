@@ -52,3 +52,35 @@ def no_leftovers(root: Path) -> list[str]:
     root = Path(root)
     bad = (".lock", ".replaced-", ".tmp-", ".old-", ".recipe.pending", ".distill-probe-")
     return [str(p) for p in root.rglob("*") if any(p.name.startswith(b) for b in bad)] if root.exists() else []
+
+
+def tiny_model_run(root: Path) -> Path:
+    """A folder marked as a distill training run whose final/ holds a 1-block random GPT-2 with the debug
+    tokenizer; returns final/. Loads in a fraction of a second."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained("data/tiny_tokenizer")
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64, vocab_size=len(tok)))
+    run = Path(root) / "run"
+    (run / "final").mkdir(parents=True)
+    model.save_pretrained(run / "final")
+    tok.save_pretrained(run / "final")
+    (run / ".distill").write_text('{"tool": "distill", "kind": "run"}\n')
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    return run / "final"
+
+
+def generations_file(path: Path, text: str = "He said she was a nurse.") -> Path:
+    """A small generations.jsonl `distill score` accepts: two models, 2 professions x 2 prompts x 2 samples."""
+    import json
+
+    rows = []
+    for model in ("a", "b"):
+        for i, (cat, prof) in enumerate([("c1", "nurse"), ("c1", "nurse"), ("c2", "pilot"), ("c2", "pilot")]):
+            for k in range(2):
+                rows.append({"model": model, "category": cat, "profession": prof, "prompt_index": i, "sample": k,
+                             "text": text if (i + k) % 2 else "She said he was a pilot."})
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return Path(path)

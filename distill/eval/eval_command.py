@@ -81,6 +81,7 @@ class RunScores:
     runs: dict  # utility, probe and notes of each run
     lens_runs: dict  # (results.json entry, what the paired comparisons need) of each run
     records: list[dict]
+    generation: dict  # {"token_slots", "seconds", "tokens_per_second"} of sampling, summed over runs
 
 
 def run_eval(args) -> int:
@@ -153,7 +154,7 @@ def _score_runs(inputs: EvalInputs, device) -> RunScores:
     utility = None
     if inputs.docs is not None:
         utility = UtilityScorer(inputs.docs, inputs.tokenizers[paths[inputs.teacher][0]])
-    scores = RunScores({}, {}, [])
+    scores = RunScores({}, {}, [], {"token_slots": 0, "seconds": 0.0, "tokens_per_second": None})
     for step, (name, k) in enumerate(order, 1):
         path = paths[name][k]
         label = name if len(paths[name]) == 1 else f"{name} run {k}"
@@ -161,7 +162,10 @@ def _score_runs(inputs: EvalInputs, device) -> RunScores:
         model = load_model(path, args.dtype).to(device).eval()
         lenses.check_layer(model, inputs.lens_plan.layer)
         tok = inputs.tokenizers[path]
+        t_gen = time.perf_counter()
         scores.records += _generate(inputs, model, tok, cfg, name, k, label)
+        _count_generation(scores.generation, time.perf_counter() - t_gen,
+                          len(inputs.prompts) * args.samples_per_prompt * args.max_new_tokens)
         run: dict = {"source": path, "notes": [], "perplexity": None, "teacher_agreement": None}
         if inputs.professions:
             run["probe"] = probe_model(model, tok, inputs.professions, device=device)
@@ -174,6 +178,14 @@ def _score_runs(inputs: EvalInputs, device) -> RunScores:
         runtime.release_memory()
         scores.runs[(name, k)] = run
     return scores
+
+
+def _count_generation(gen: dict, seconds: float, slots: int) -> None:
+    """Add one run's sampling to the eval's rate. Slots are prompts x samples x --max-new-tokens: the budget,
+    whether or not a sample stopped early, which is what a design with those settings would cost again."""
+    gen["token_slots"] += slots
+    gen["seconds"] = round(gen["seconds"] + seconds, 2)
+    gen["tokens_per_second"] = round(gen["token_slots"] / gen["seconds"], 1) if gen["seconds"] > 0 else None
 
 
 def _generate(inputs: EvalInputs, model, tok, cfg, name: str, k: int, label: str) -> list[dict]:
@@ -198,7 +210,7 @@ def _results(inputs: EvalInputs, scores: RunScores, device, t_start: float) -> d
 
     args, names, paths, runs = inputs.args, inputs.names, inputs.paths, scores.runs
     gen = score_generations(scores.records, args.group_by, args.bootstrap, args.seed, inputs.vectors,
-                            model_order=names)
+                            model_order=names, teacher=inputs.teacher)
     per_model = {n: _merge_runs([runs[(n, k)] for k in range(len(paths[n]))], gen["models"][n]) for n in names}
     comparisons = gen["comparisons"]
     if inputs.professions:
@@ -219,8 +231,9 @@ def _results(inputs: EvalInputs, scores: RunScores, device, t_start: float) -> d
         "probe": ({"templates": list(PROBE_TEMPLATES), "n_professions": len(inputs.professions)}
                   if inputs.professions else None),
         "seconds": round(time.time() - t_start, 1), "notes": inputs.notes + gen["notes"],
+        "generation": scores.generation,  # what `distill power` prices designs with
     })
-    return {"models": per_model, "settings": settings, "comparisons": comparisons}
+    return {"models": per_model, "settings": settings, "comparisons": comparisons, "power": gen["power"]}
 
 
 # ------------------------------------------------------------------------------------------- 4. write

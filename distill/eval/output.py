@@ -7,7 +7,7 @@ from pathlib import Path
 
 from distill.atomic import atomic_dir, rescue_copy
 from distill.errors import UserError
-from distill.rundir import write_marker
+from distill.rundir import held_lock, lock_output, write_marker
 
 N_EXAMPLES = 6
 
@@ -21,6 +21,12 @@ def write_generations(path: Path, records: list[dict]) -> None:
             f.write(json.dumps({**rec, "unigram": unigram_polarity(rec["text"])}, ensure_ascii=False) + "\n")
 
 
+def lock_out(out: Path) -> None:
+    """Lock the report folder (--out/.lock, `rundir.lock_output`) from before the models load until the
+    command ends: a second eval or score on the same --out is refused with this process's PID."""
+    lock_output(out, "--out")
+
+
 def write_report_dir(out: Path, results: dict, write) -> None:
     """Write a report folder whole or not at all: `write(tmp)` fills a temporary sibling that gets the report
     marker and is then renamed onto `out`. A failed write is one line, and results.json goes to a temporary
@@ -29,6 +35,9 @@ def write_report_dir(out: Path, results: dict, write) -> None:
         with atomic_dir(out) as tmp:
             write_marker(tmp, "report")
             write(tmp)
+            lock = held_lock(out)
+            if lock is not None:  # the new folder keeps this process's lock through the rename
+                lock.carry_into(tmp)
     except OSError as exc:
         raise UserError(f"could not write the report to {out} ({exc.strerror or exc}); "
                         f"{_rescue_results(results)}") from exc

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from distill.atomic import rescue_copy, write_text_atomic
 from distill.errors import UserError
+from distill.rundir import lock_output
 from distill.eval import runtime
 from distill.eval.validate import check_out_file, check_sampling_args, input_paths, parse_models
 
@@ -36,6 +37,8 @@ def run_samples(args) -> int:
     prompts = select_prompts(load_prompts(args.prompts), limit, group_by, args.seed)
     groups = group_names(prompts, group_by)
     tokenizers = {name: load_tokenizer(path) for name, path in models}
+    # beside the file (its folder is the user's): a second `distill samples` on this --out is refused
+    lock_output(out, "--out", lock_file=out.parent / f".{out.name}.lock")
     if args.max_prompts is None:
         runtime.log(f"showing {len(prompts)} prompts (pass --max-prompts N for another number)")
 

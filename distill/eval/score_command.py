@@ -148,6 +148,11 @@ def _check_pairing(records: list[dict], where: dict) -> None:
                             "the models cannot be paired")
 
 
+def _first_model(records: list[dict], wanted: list[str] | None) -> str:
+    """The model scored first, which the settings call the teacher (as `distill eval` scores its teacher first)."""
+    return wanted[0] if wanted else records[0]["model"]
+
+
 def run_score(args) -> int:
     from distill.eval import stats
     from distill.eval.output import lock_out, pick_examples, write_report_dir
@@ -166,7 +171,8 @@ def run_score(args) -> int:
     notes = [] if vectors is not None else [NO_VECTORS]
     t0 = time.time()
     try:
-        gen = score_generations(records, args.group_by, args.bootstrap, args.seed, vectors, model_order=args.model)
+        gen = score_generations(records, args.group_by, args.bootstrap, args.seed, vectors, model_order=args.model,
+                                teacher=_first_model(records, args.model))
     except stats.DesignError as exc:
         raise UserError(f"{', '.join(map(str, sources))}: {exc}") from exc
     names = list(gen["models"])
@@ -179,7 +185,7 @@ def run_score(args) -> int:
         "word_vectors": vectors.name if vectors is not None else None, "probe": None,
         "seconds": round(time.time() - t0, 1), "notes": notes + gen["notes"],
     }
-    results = {"models": gen["models"], "settings": settings, "comparisons": gen["comparisons"]}
+    results = {"models": gen["models"], "settings": settings, "comparisons": gen["comparisons"], "power": gen["power"]}
     examples = pick_examples(records, names, args.group_by)
     write_report_dir(out, results, lambda tmp: write_eval_outputs(tmp, results, examples))
     print(summary_table(results))

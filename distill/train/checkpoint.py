@@ -59,18 +59,23 @@ RESUMABLE_KEYS = frozenset({
 _PENDING_RECIPE = ".recipe.pending.yaml"
 
 
-def check_output_dir(run_dir: Path, *, resume: bool, overwrite: bool, protected_paths=()) -> None:
-    """Refuse, before any compute, to mix two runs in one directory or to replace what is not a run."""
+def check_output_dir(run_dir: Path, *, resume: bool, overwrite: bool, protected_paths=(),
+                     discard_replaced: bool = False) -> None:
+    """Refuse, before any compute, to mix two runs in one directory or to replace what is not a run.
+
+    A run that an interrupted --overwrite set aside (`.replaced-<pid>/`) is named by every refusal, and a
+    new --overwrite deletes it only with `discard_replaced` (the user's explicit `--discard-replaced`)."""
     if resume and overwrite:
         raise UserError("--resume and --overwrite contradict each other; pick one")
+    if discard_replaced and not overwrite:
+        raise UserError("--discard-replaced goes with --overwrite (it deletes the run an interrupted --overwrite "
+                        "set aside); add --overwrite, or drop --discard-replaced")
+    note = rundir.replaced_note(run_dir)
     if resume:
         rundir.check_no_overlap(run_dir, protected_paths, what="output_dir")
         if latest_checkpoint(run_dir) is None:
-            kept = sorted(run_dir.glob(f"{rundir.REPLACED_PREFIX}*")) if run_dir.is_dir() else []
-            hint = (f"; the run an interrupted --overwrite replaced is kept in {kept[0]}: move its contents back "
-                    "to resume it") if kept else ""
             raise UserError(f"nothing to resume: {run_dir} has no complete checkpoint (train.save_steps writes "
-                            f"them){hint}")
+                            f"them){note}")
         rundir.check_writable(run_dir, "output_dir")
         return
     holds_files = run_dir.is_dir() and any(p.name != rundir.LOCK for p in run_dir.iterdir())
@@ -79,8 +84,13 @@ def check_output_dir(run_dir: Path, *, resume: bool, overwrite: bool, protected_
         what = f"a run (logged up to step {step})" if step is not None else "files"
         raise UserError(
             f"output_dir {run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, "
-            "or set output_dir=... to a new directory"
+            f"or set output_dir=... to a new directory{note}"
         )
+    if note and not discard_replaced:
+        kept = rundir.replaced_runs(run_dir)[0]
+        raise UserError(f"--overwrite would delete {kept}, the run an earlier --overwrite of {run_dir} set aside "
+                        f"and did not finish replacing: restore it with `python -m distill.rundir restore "
+                        f"{run_dir}`, or pass --discard-replaced as well to delete it")
     rundir.prepare_output_dir(run_dir, "run", overwrite, protected_paths, what="output_dir")
 
 
@@ -137,6 +147,8 @@ def start_run(run_dir: Path, cfg, *, resume: bool, overwrite: bool) -> Path | No
     recipe waits in a pending file and replaces recipe.yaml only at the first checkpoint, so a run that
     stops (a NaN, a kill) leaves the recipe that produced its checkpoints.
     """
+    if overwrite:  # check_output_dir let a set-aside run through only with --discard-replaced
+        rundir.discard_replaced(run_dir)
     aside = rundir.set_aside(run_dir) if overwrite and run_dir.exists() else None
     run_dir.mkdir(parents=True, exist_ok=True)
     rundir.write_marker(run_dir, "run")

@@ -38,8 +38,9 @@ from distill.config import Config, TransferSetConfig, build_section, check_field
 from distill.errors import UserError
 from distill.filehash import file_sha256 as _file_sha256
 from distill.precision import resolve_dtype
+from distill.train import transfer_cache
 
-MANIFEST_VERSION = 2  # 2: one sampler (generate.sample_batches) and its per-batch seeds
+MANIFEST_VERSION = 3  # 3: checksums.json beside the files; seed prompts that name no scored profession
 # Settings that change where or how fast the set is built, not what is sampled: left out of the key.
 _NOT_IN_KEY = ("batch_size", "cache_dir")
 
@@ -206,13 +207,8 @@ def sample_continuations(teacher, tokenizer, prompts: list[str], tcfg: TransferS
 
 
 def _read_manifest(directory: Path) -> dict | None:
-    path = directory / "manifest.json"
-    if not (path.is_file() and (directory / "train.jsonl").is_file() and (directory / "heldout.jsonl").is_file()):
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
+    """The manifest of a complete set whose files match their checksums (transfer_cache); else None."""
+    return transfer_cache.read_manifest(directory)
 
 
 def _write_jsonl(path: Path, texts: list[str]) -> None:
@@ -267,6 +263,18 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
               f"{manifest['counts']['heldout_sequences']} held-out sequences, built {manifest['created']})")
         return TransferSet(str(final / "train.jsonl"), str(final / "heldout.jsonl"), manifest)
 
+    with transfer_cache.building(final):  # one builder per set: a second is refused, naming this one's PID
+        return _build_transfer_set(cfg, teacher, tokenizer, device, (dtype, dtype_why), identity, key, final,
+                                   prompts, (train_prompts, held_prompts), show_progress)
+
+
+def _build_transfer_set(cfg: Config, teacher, tokenizer, device, dtype_and_why: tuple[str, str], identity: str,
+                        key: str, final: Path, prompts: list[str], split: tuple[list[str], list[str]],
+                        show_progress: bool) -> TransferSet:
+    """Sample the set (loading the teacher if not given) and write it into the cache folder `final`."""
+    tcfg = cfg.data.transfer_set
+    (dtype, dtype_why), (train_prompts, held_prompts) = dtype_and_why, split
+    n_train, n_heldout = len(train_prompts), len(held_prompts)
     if teacher is None:
         teacher, tokenizer = _load_teacher(cfg, device)
     elif tokenizer is None:
@@ -347,6 +355,7 @@ def _write_transfer_set(final: Path, train_texts: list[str], held_texts: list[st
         _write_jsonl(tmp / "train.jsonl", train_texts)
         _write_jsonl(tmp / "heldout.jsonl", held_texts)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        transfer_cache.write_checksums(tmp)  # last: a set without it was never finished
     generated = manifest["counts"]["generated_tokens"]
     manifest = _read_manifest(final) or manifest
     print(f"wrote {final}: {len(train_texts)} train / {len(held_texts)} held-out sequences, "
