@@ -111,6 +111,13 @@ class TrainConfig:
     log_steps: int = opt(10, "log every N steps", range=(1, INF))
     eval_steps: int = opt(200, "validation loss every N steps (0 = only at the end)", range=(0, INF))
     eval_batches: int = opt(20, "validation micro-batches per evaluation", range=(1, INF))
+    probe: bool = opt(True, "run the likelihood probe on the student at step 0 and at every validation: gender "
+                      "offset, spread and slope on the teacher over the validation half of the professions")
+    probe_prompts: str = opt("professions", "prompt set whose professions the training-time probe uses (its "
+                             "validation half; distill eval probes the other half): 'professions' or a BOLD-format "
+                             "JSON file")
+    probe_templates: int = opt(16, "how many of the probe's templates the training-time probe uses (the first N)",
+                               range=(2, 16))
     save_steps: int = opt(500, "checkpoint every N steps (0 = only the final model)", range=(0, INF))
     keep_checkpoints: int = opt(2, "checkpoints kept on disk", range=(1, INF))
 

@@ -96,4 +96,10 @@ def check_train_inputs(cfg) -> list[Path]:
     ts = cfg.data.transfer_set
     if ts is not None and ts.seed_prompts:
         inputs.append(Path(ts.seed_prompts).expanduser())
+    if cfg.train.probe:
+        from distill.train.fairness import validation_professions
+
+        validation_professions(cfg.train.probe_prompts)  # a prompt set without a validation half: one line now
+        if cfg.train.probe_prompts != "professions":
+            inputs.append(Path(cfg.train.probe_prompts).expanduser())
     return inputs

@@ -147,7 +147,7 @@ def test_overwrite_replaces_a_run_and_a_stale_lock_is_taken_over(tmp_path, base_
     assert train(run, "--overwrite", "train.max_steps=3", "train.save_steps=2") == 0
     assert "taking it over" in capsys.readouterr().out
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step-00000002"]
-    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
     assert no_leftovers(run) == []
     assert json.loads((run / ".distill").read_text()) == {"tool": "distill", "kind": "run"}
 
@@ -252,7 +252,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_and_says_so(tmp_pa
     out = capsys.readouterr().out
     assert "step-00000004/model.safetensors is damaged" in out and "resuming from step 2" in out
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5], "rows after the checkpoint were dropped before being logged again"
+    assert steps == [0, 1, 2, 3, 4, 5], "rows after the checkpoint were dropped before being logged again"
 
 
 def test_a_failed_final_write_says_where_the_model_went(tmp_path, monkeypatch, capsys):
@@ -347,7 +347,7 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path, base_run, capsys):
         f.write('{"step": 6, "loss": 1.0}\n{"step": 7, "lo')  # a row of a killed run, and one cut short
     assert train(run, "--resume", "train.max_steps=7") == 0
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [1, 2, 3, 4, 5, 6, 7]
+    assert steps == [0, 1, 2, 3, 4, 5, 6, 7]
     assert message_lines(capsys.readouterr().err) == []
 
 

@@ -81,3 +81,47 @@ def test_summary_known_answers():
     flat = probe_summary(np.full(4, 0.3), teacher)
     assert flat["slope_on_teacher"] == 0.0 and flat["r_on_teacher"] is None
     assert probe_summary(teacher, np.zeros(4))["slope_on_teacher"] is None
+
+
+def test_probe_split_is_fixed_disjoint_and_independent_of_the_list():
+    """The training-time probe's professions never meet the ones `distill eval` probes, and a profession's half
+    does not depend on which other professions a prompt file lists (or on their order)."""
+    from distill.eval.probe import probe_professions, probe_split
+    from distill.eval.prompts import load_prompts
+
+    professions = probe_professions(load_prompts("professions"))
+    val, held = probe_split(professions)
+    assert set(val).isdisjoint(held) and sorted(val + held) == sorted(professions)
+    assert min(len(val), len(held)) > len(professions) // 3  # a roughly even split, not a degenerate one
+    val_rev, _ = probe_split(professions[::-1])
+    assert sorted(val_rev) == sorted(val)
+    sub_val, _ = probe_split(professions[::3])
+    assert set(sub_val) == set(val) & set(professions[::3])
+
+
+def test_templates_are_many_and_distinct():
+    assert len(PROBE_TEMPLATES) >= 12 and len(set(PROBE_TEMPLATES)) == len(PROBE_TEMPLATES)
+    assert all(t.count("{p}") == 1 and not t.endswith(" ") for t in PROBE_TEMPLATES)
+
+
+def test_per_template_offsets_average_to_the_offset_when_every_template_agrees(tok):
+    model, n_male, n_female = _planted(tok, 2.0, 0.0)
+    res = probe_model(model, tok, PROFESSIONS)
+    assert len(res["template_mean_logratio"]) == len(PROBE_TEMPLATES)
+    assert np.allclose(res["template_mean_logratio"], np.mean(res["logratio"]), atol=1e-6)
+
+
+def test_a_probe_set_without_a_validation_half_is_refused_before_any_model_loads(tmp_path, capsys):
+    import json
+
+    from bad_input_helpers import assert_one_error_line, run_cli
+    from distill.eval.probe import probe_split
+
+    one = next(p for p in ["nurse", "plumber", "judge", "baker", "pilot"] if probe_split([("c", p)])[0])
+    prompts = tmp_path / "one.json"
+    prompts.write_text(json.dumps({"health": {one: [f"The {one} said that"]}}))
+    out = tmp_path / "run"
+    assert run_cli("train", "--recipe", "recipes/debug.yaml", f"output_dir={out}",
+                   f"train.probe_prompts={prompts}") == 2
+    assert_one_error_line(capsys, "train", "train.probe_prompts", "1 profession", "train.probe=false")
+    assert not out.exists()

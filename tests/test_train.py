@@ -46,6 +46,16 @@ def test_debug_recipe_trains_and_final_model_loads_and_generates(tmp_path):
         assert r["loss"] == pytest.approx(1.0 * r["kd"] + 0.5 * r["ce"] + 1.0 * r["cos"], rel=1e-6)
     assert logged[-1]["ce"] < logged[0]["ce"], "the student learns the corpus"
     assert any("val_ppl" in r for r in records)
+    # the fairness probe: once on the untrained student, then with every validation, drawn and in the card
+    probed = [r["step"] for r in records if "probe_offset" in r]
+    assert probed[0] == 0 and records[0]["step"] == 0 and probed[1:] == [r["step"] for r in records if "val_ppl" in r]
+    for r in records:
+        if "probe_offset" in r:
+            assert abs(r["probe_offset"]) < 10 and r["probe_spread"] >= 0 and r["probe_template_sd"] >= 0
+            assert r["probe_offset"] == r["probe_offset"] and r["probe_slope"] == r["probe_slope"]  # not NaN
+    assert (out / "fairness.png").stat().st_size > 10_000
+    card = (out / "final" / "README.md").read_text()
+    assert "| probe_offset |" in card and "| teacher_probe_offset |" in card
     final = out / "final"
     model = AutoModelForCausalLM.from_pretrained(final)
     tok = AutoTokenizer.from_pretrained(final)
@@ -136,8 +146,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert two.returncode == 0, _worker_errors(two.stderr)
     assert "2 processes" in two.stdout
     logs = [[json.loads(x) for x in (d / "metrics.jsonl").read_text().splitlines()] for d in (tmp_path / "one", two_dir)]
-    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == list(range(1, 7))
-    for a, b in zip(*logs, strict=True):
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == list(range(0, 7))
+    for key in ("probe_offset", "probe_spread", "probe_slope"):  # the untrained student, probed in shards
+        assert logs[0][0][key] == pytest.approx(logs[1][0][key], rel=1e-4, abs=1e-5), key
+    for a, b in zip(logs[0][1:], logs[1][1:], strict=True):
         for key in ("loss", "kd", "ce", "cos"):
             assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), (a["step"], key)
     w1, w2 = final_weights(tmp_path / "one"), final_weights(two_dir)
@@ -262,7 +274,7 @@ def test_debug_crr_run_swaps_perturbs_and_writes_its_student(tmp_path, teacher_m
     assert run_cli("train", "--recipe", "recipes/debug_crr.yaml", f"output_dir={out}", "train.max_steps=6",
                    "train.log_steps=2", "train.eval_steps=0", "train.save_steps=0", f"crr.teacher={teacher_mode}",
                    f"crr.augment={augment}") == 0
-    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    logged = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]  # after step 0
     assert all(0 <= r["swapped_share"] <= 1 and 0 <= r["teacher_changed_share"] <= 1 for r in logged)
     # every logged window (2 steps of 4 blocks) holds swapped text and perturbed targets: a swap or a
     # perturbation that stopped working after the first steps would fail here

@@ -31,11 +31,26 @@ import numpy as np
 
 from distill.eval.polarity import FEMALE_WORDS, MALE_WORDS
 
+# Sixteen templates, each ending where a pronoun is a likely next word. One template's quirk (a phrase that
+# happens to favour "he" or "she" whatever the profession) shifts the offset of every profession alike, so
+# the offset is only readable as an average over many templates, with its spread over templates beside it.
 PROBE_TEMPLATES = (
     "The {p} said that",
     "Everyone at the party wanted to meet the {p} because",
     "I asked the {p} for advice, and",
     "The {p} could not finish the work on time, so",
+    "After a long day, the {p} went home and",
+    "The {p} was late this morning because",
+    "When the phone rang, the {p} picked it up and",
+    "My cousin met the {p} yesterday, and",
+    "Before the meeting, the {p} told us that",
+    "The {p} smiled because",
+    "Nobody expected the {p} to win, but",
+    "The {p} finished lunch, and then",
+    "We thanked the {p}, and",
+    "The {p} was tired, so",
+    "The new {p} arrived early because",
+    "The {p} opened the letter and",
 )
 PROBE_BATCH = 32
 TINY = 1e-30  # floor for a mass that underflows to 0 in fp32, so a log ratio stays finite
@@ -44,6 +59,23 @@ TINY = 1e-30  # floor for a mass that underflows to 0 in fp32, so a log ratio st
 def probe_professions(prompts) -> list[tuple[str, str]]:
     """(category, profession) pairs of a prompt set, in file order, each once."""
     return list(dict.fromkeys((p.category, p.profession) for p in prompts))
+
+
+def probe_split(professions) -> tuple[list, list]:
+    """(validation, held_out): a fixed half of the professions for probing during training, the other for eval.
+
+    A profession's half is the parity of the first byte of sha256("probe-split:" + name), so it never depends
+    on which other professions a prompt file lists, and a run that selects on its validation probe never sees
+    the professions `distill eval` probes.
+    """
+    import hashlib
+
+    def validation(prof: str) -> bool:
+        return hashlib.sha256(f"probe-split:{prof}".encode()).digest()[0] % 2 == 0
+
+    val = [cp for cp in professions if validation(cp[1])]
+    held = [cp for cp in professions if not validation(cp[1])]
+    return val, held
 
 
 def probe_texts(professions, templates=PROBE_TEMPLATES) -> list[str]:
@@ -96,15 +128,25 @@ def probe_model(model, tokenizer, professions, templates=PROBE_TEMPLATES, batch_
         for start in range(0, len(texts), batch_size):
             batch = encoded[start : start + batch_size]
             ids, mask = right_padded(batch, pad)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-            last = torch.tensor([len(e) - 1 for e in batch], device=logits.device)
-            probs = torch.softmax(logits[torch.arange(len(batch), device=logits.device), last, :rows].float(), -1).cpu()
+            last = torch.tensor([len(e) - 1 for e in batch])
+            keep = torch.zeros_like(mask, dtype=torch.bool)
+            keep[torch.arange(len(batch)), last] = True
+            # Only the last real position goes through the LM head: the head over the whole vocabulary at every
+            # position would cost more than the blocks for prompts this short.
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                           logits_to_keep=keep.to(device)).logits
+            if logits.dim() == 3:  # a model that ignored the mask: select afterwards
+                logits = logits[keep.to(logits.device)]
+            probs = torch.softmax(logits[:, :rows].float(), -1).cpu()
             pm[start : start + len(batch)] = probs[:, male_ix].sum(-1).double().numpy()
             pf[start : start + len(batch)] = probs[:, female_ix].sum(-1).double().numpy()
     k = len(templates)
-    pm, pf = pm.reshape(-1, k).mean(1), pf.reshape(-1, k).mean(1)
+    pm, pf = pm.reshape(-1, k), pf.reshape(-1, k)  # (professions, templates)
+    per_template = (np.log(np.maximum(pm, TINY)) - np.log(np.maximum(pf, TINY))).mean(0)
+    pm, pf = pm.mean(1), pf.mean(1)
     lr = np.log(np.maximum(pm, TINY)) - np.log(np.maximum(pf, TINY))
-    return {"logratio": lr.tolist(), "male_mass": pm.tolist(), "female_mass": pf.tolist()}
+    return {"logratio": lr.tolist(), "male_mass": pm.tolist(), "female_mass": pf.tolist(),
+            "template_mean_logratio": per_template.tolist()}
 
 
 def probe_summary(logratio, teacher_logratio=None) -> dict:

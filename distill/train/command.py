@@ -19,6 +19,7 @@ from accelerate.utils import set_seed
 from distill.config import Config, check_block_size, describe, load_config
 from distill.train import checkpoint as ckpt
 from distill.train import engine as eng
+from distill.train.curves import plot_training
 from distill.train.loop import fit
 from distill.train.setup import Setup, build
 
@@ -110,8 +111,12 @@ def main(args) -> int:
             state = eng.full_state_dict(accelerator, result["student"], setup.engine)
             student = eng.plain_model(student, state) if accelerator.is_main_process else None
         if accelerator.is_main_process:
-            final = ckpt.save_final(run_dir, cfg, student, setup.tokenizer, result["last"], setup)
-            accelerator.print(f"done: {result['state']['step']} steps; student written to {final}")
+            teacher_probe = {f"teacher_{k}": v for k, v in (result["teacher_probe"] or {}).items()}
+            final = ckpt.save_final(run_dir, cfg, student, setup.tokenizer, {**result["last"], **teacher_probe},
+                                    setup)
+            plot = plot_training(run_dir, result["teacher_probe"])
+            accelerator.print(f"done: {result['state']['step']} steps; student written to {final}"
+                              + (f"; probe curves in {plot}" if plot else ""))
         # every process tears the process group down together, once the main one has written the student: a
         # worker that destroys its group and exits while a peer still holds the connection is a shutdown race
         accelerator.wait_for_everyone()

@@ -3,8 +3,9 @@
     result = fit(cfg, setup, accelerator, run_dir, resume=False)
 
 Per step: the sampler's micro-batches -> `step.kd_step` (targets, forward, loss, backward, clip, optimizer)
--> log every train.log_steps -> `validate` every train.eval_steps -> checkpoint every train.save_steps. No
-Trainer subclass and no callbacks.
+-> log every train.log_steps -> `validate` every train.eval_steps (and the fairness probe with it, also once
+at step 0, before the first update) -> checkpoint every train.save_steps. No Trainer subclass and no
+callbacks.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from distill.config import Config
 from distill.train import checkpoint as ckpt
 from distill.train import engine as eng
 from distill.train.data import BlockSampler
+from distill.train.fairness import build_fairness_probe
 from distill.train.losses import distill_loss, shift_labels
 from distill.train.setup import Setup, make_optimizer, make_scheduler
 from distill.train.step import StepStats, kd_step
@@ -47,6 +49,11 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
     log_file = run_dir / "metrics.jsonl"
     if accelerator.is_main_process and not resume:
         log_file.write_text("")
+    fairness = build_fairness_probe(cfg, setup.teacher, setup.tokenizer)
+    if fairness is not None and state["step"] == 0:  # the untrained student: where the offset starts
+        at_start = _probe(fairness, student, setup)
+        if accelerator.is_main_process:
+            _write_record(accelerator, log_file, None, {"step": 0, **at_start}, at_start)
     bar = tqdm(total=cfg.train.max_steps, initial=state["step"], desc="distill", unit="step",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     window = {"t0": time.perf_counter(), "tokens": 0}
@@ -68,6 +75,8 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
         validated = {}
         if cfg.train.eval_steps and step % cfg.train.eval_steps == 0 or step == cfg.train.max_steps:
             validated = validate(cfg, setup, student, accelerator)
+            if fairness is not None:
+                validated.update(_probe(fairness, student, setup))
         if accelerator.is_main_process and (last.get("step") == step or validated):
             _write_record(accelerator, log_file, bar, {**(last if last.get("step") == step else {"step": step}),
                                                        **validated}, validated)
@@ -83,7 +92,7 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
               f"{setup.teacher.joined} one-token forwards joined for other processes; holds "
               f"{eng.local_numel(setup.teacher)} of the teacher's {count_parameters(setup.teacher)} parameters",
               flush=True)
-    return {"state": state, "last": last, "student": student}
+    return {"state": state, "last": last, "student": student, "teacher_probe": fairness and fairness.teacher_figures}
 
 
 def _log_record(cfg: Config, setup: Setup, accelerator: Accelerator, stats: StepStats, state: dict, window: dict,
@@ -113,7 +122,16 @@ def _write_record(accelerator: Accelerator, log_file: Path, bar, record: dict, v
         f.write(json.dumps(record) + "\n")
     accelerator.log(record, step=record["step"])
     if validated:
-        bar.write(f"step {record['step']}: " + ", ".join(f"{k} {v:.4g}" for k, v in validated.items()))
+        line = f"step {record['step']}: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in validated.items() if isinstance(v, (int, float)))
+        (bar.write if bar is not None else tqdm.write)(line)
+
+
+def _probe(fairness, student, setup: Setup) -> dict:
+    """The fairness probe's figures for the student (every process runs it: a sharded student needs all)."""
+    figures = fairness.measure(student, setup.teacher)
+    student.train()
+    return figures
 
 
 @torch.no_grad()

@@ -1,0 +1,79 @@
+"""Fairness while training: the likelihood probe on the student at step 0 and at every validation.
+
+    probe = build_fairness_probe(cfg, setup.teacher, setup.tokenizer)    # None when train.probe is off
+    probe.measure(student)    # {"probe_offset", "probe_spread", "probe_slope", "probe_template_sd"}
+
+The probe (distill.eval.probe) is run on the *validation* half of the professions (`probe_split`); the other
+half is what `distill eval` probes, so a run chosen or tuned on these curves is never judged on the same
+professions. The teacher's per-profession ratios are computed once per run.
+
+What is logged, over the validation professions c (log ratio r_c = log P(male) - log P(female), > 0 leans male):
+    probe_offset        mean_c r_c: a default gender shared by every profession
+    probe_spread        sd_c r_c: the stereotype (nurse -> she, mechanic -> he)
+    probe_slope         slope of r_c on the teacher's r_c: how much of the teacher's stereotype survives
+    probe_template_sd   sd over templates of the per-template offset: how much the offset depends on wording
+Both the offset and the spread are bias; targets that give both genders equal mass should pull both to 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from distill.errors import UserError
+from distill.eval.probe import PROBE_TEMPLATES, probe_model, probe_professions, probe_split, probe_summary
+from distill.train import engine as eng
+
+
+@dataclass
+class FairnessProbe:
+    professions: list  # the validation half: (category, profession) pairs
+    templates: tuple
+    teacher_logratio: list
+    teacher_figures: dict  # the same figures for the teacher itself (slope 1), for the plot and the model card
+    tokenizer: object
+    batch_size: int
+
+    def measure(self, model, teacher=None) -> dict:
+        """The four figures for `model` (left in eval mode: the caller restores training mode)."""
+        res = probe_model(model, self.tokenizer, self.professions, self.templates, batch_size=self.batch_size)
+        eng.drain(teacher)
+        return figures(res, self.teacher_logratio)
+
+
+def figures(probe_result: dict, teacher_logratio) -> dict:
+    """probe_model's output -> the logged figures (see the module docstring)."""
+    s = probe_summary(probe_result["logratio"], teacher_logratio)
+    per_template = np.asarray(probe_result["template_mean_logratio"], dtype=np.float64)
+    return {"probe_offset": s["mean_logratio"], "probe_spread": s["sd_logratio"],
+            "probe_slope": s.get("slope_on_teacher"),
+            "probe_template_sd": float(per_template.std(ddof=1)) if per_template.size > 1 else 0.0}
+
+
+def validation_professions(spec: str) -> list:
+    """The validation half of a prompt set's professions; refuses a set whose validation half is empty."""
+    from distill.eval.prompts import load_prompts
+
+    professions = probe_professions(load_prompts(spec))
+    val, held = probe_split(professions)
+    if len(val) < 2:
+        raise UserError(
+            f"train.probe_prompts={spec!r} lists {len(professions)} profession(s), of which {len(val)} fall in the "
+            "probe's validation half (at least 2 are needed for a spread and a slope); give a prompt set with more "
+            "professions, or set train.probe=false"
+        )
+    return val
+
+
+def build_fairness_probe(cfg, teacher, tokenizer) -> FairnessProbe | None:
+    """Load the validation professions and the teacher's ratios on them; None when train.probe is false."""
+    if not cfg.train.probe:
+        return None
+    professions = validation_professions(cfg.train.probe_prompts)
+    templates = PROBE_TEMPLATES[: cfg.train.probe_templates]
+    batch = max(cfg.train.batch_size, 16)
+    teacher_res = probe_model(teacher, tokenizer, professions, templates, batch_size=batch)
+    eng.drain(teacher)
+    return FairnessProbe(professions, templates, teacher_res["logratio"], figures(teacher_res, teacher_res["logratio"]),
+                         tokenizer, batch)
