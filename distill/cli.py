@@ -1,8 +1,9 @@
-"""The `distill` command: train, eval, score, samples, corpus, swap, bench.
+"""The `distill` command: train, eval, score, power, samples, corpus, swap, bench.
 
     distill train --recipe recipes/debug.yaml train.max_steps=20
     accelerate launch --num_processes 2 -m distill train --recipe recipes/debug.yaml
     distill eval --model teacher=gpt2 --model out/run/final --prompts professions --out out/eval
+    distill power --eval out/eval --delta 0.03
     echo "He thanked his mother." | distill swap
 
 Each command's work lives in its own module, imported only when that command runs, so `distill --help` and
@@ -110,6 +111,49 @@ def _add_score(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing report in DIR")
 
 
+def _add_power(sub) -> None:
+    p = sub.add_parser(
+        "power",
+        help="power and cost of eval designs for a disparity_rms difference (simulated; no model needed)",
+        description="For a grid of prompts per profession x samples per prompt x training runs per arm: the power "
+        "to detect a disparity_rms difference at alpha 0.05 and the cost in minutes at a measured sampling rate; "
+        "prints the cheapest design with 80% power, or the largest within the budget and what it detects.",
+        epilog="Examples: distill power --eval out/demo --delta 0.03; distill power --gap 0.07 --share 0.5 "
+        "--tokens-per-second 200 --prompts-per-profession 2 --samples-per-prompt 3 --runs 1,5 --delta 0.05",
+    )
+    p.add_argument("--eval", default=None, metavar="DIR", help="a finished `distill eval` folder: its baseline "
+                   "model's per-profession gaps and shares, its sampling rate and settings")
+    p.add_argument("--professions", type=int, default=None, metavar="C",
+                   help="simulation model: professions scored (default 136, the project's)")
+    p.add_argument("--gap", type=float, default=None, metavar="G",
+                   help="simulation model: the baseline's RMS gap P(male) - P(female) over professions")
+    p.add_argument("--share", type=float, default=None, metavar="S",
+                   help="simulation model: every profession's gendered share P(male) + P(female)")
+    p.add_argument("--run-sd", type=float, default=None, metavar="SD",
+                   help="simulation model: sd of a training run's per-profession gaps around its arm's (default 0)")
+    p.add_argument("--delta", type=float, default=0.03, help="disparity_rms difference to detect (default 0.03)")
+    p.add_argument("--test", default="professions", choices=("professions", "runs"),
+                   help="the test that must reach 80%% power: professions (default: the sign-flip test of every "
+                   "eval's power line) or runs (the permutation test over runs, the study's primary; >= 4 runs per arm)")
+    p.add_argument("--prompts-per-profession", default=None, metavar="LIST",
+                   help="grid, comma-separated (default 1,2,4,8; 'professions' has 8 per profession)")
+    p.add_argument("--samples-per-prompt", default=None, metavar="LIST", help="grid (default 1,2,3,4)")
+    p.add_argument("--runs", default=None, metavar="LIST", help="training runs per arm, grid (default 1,2,3,4,5)")
+    p.add_argument("--tokens-per-second", type=float, default=None, metavar="R",
+                   help="sampling rate (default: the eval's measured settings.generation.tokens_per_second)")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="L",
+                   help="tokens per sample (default: the eval's, else 30)")
+    p.add_argument("--other-models", type=int, default=1, metavar="M",
+                   help="models scored besides the two arms' runs (default 1: the teacher)")
+    p.add_argument("--train-minutes", type=float, default=0.0, metavar="T",
+                   help="minutes per training run, counted 2 x runs times (default 0: scoring only)")
+    p.add_argument("--budget-minutes", type=float, default=180.0, metavar="B", help="time budget (default 180)")
+    p.add_argument("--sims", type=int, default=400, help="simulations per design (default 400: power +-0.02)")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    p.add_argument("--json", default=None, metavar="FILE", help="also write every design and the answer as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --json FILE")
+
+
 def _add_samples(sub) -> None:
     p = sub.add_parser(
         "samples",
@@ -157,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_score, _add_samples, _add_corpus, _add_swap, _add_bench):
+    for add in (_add_train, _add_eval, _add_score, _add_power, _add_samples, _add_corpus, _add_swap, _add_bench):
         add(sub)
     return parser
 
@@ -170,6 +214,8 @@ def _dispatch(args) -> int | None:
         from distill.eval.eval_command import run_eval as run
     elif args.command == "score":
         from distill.eval.score_command import run_score as run
+    elif args.command == "power":
+        from distill.eval.power_command import run_power as run
     elif args.command == "samples":
         from distill.eval.samples_command import run_samples as run
     elif args.command == "corpus":

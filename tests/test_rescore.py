@@ -1,6 +1,7 @@
 """`distill score` reproduces `distill eval`'s generation figures; several runs per model; bad generations files."""
 
 import json
+import re
 
 import pytest
 from test_evaluation import _fast, _run, tiny  # noqa: F401  (tiny is a fixture)
@@ -221,3 +222,7 @@ def test_score_finds_opposite_stereotypes_that_cancel_within_categories(tmp_path
     report = (out / "report.md").read_text()
     assert "over professions" in report and "| category_disparity_rms | fair | stereo |" in report
     assert "| categories |" in report
+    # every report states its power: the difference this design detects, simulated at the baseline (stereo)
+    line = re.search(r"this eval detects a disparity_rms difference of (0\.\d{3}) or more with 80% power", report)
+    assert line and 0 < float(line[1]) < 0.2 and res["power"]["baseline"] == "stereo"
+    assert float(line[1]) == pytest.approx(res["power"]["detectable_difference"], abs=5e-4)

@@ -152,26 +152,45 @@ def max_difference(model: SimModel) -> float:
     return float(min(0.999, np.sqrt(np.mean(np.square(model.shares)))))
 
 
+TESTS = {"professions": "power", "runs": "power_runs"}  # --test -> the key of power_of's answer
+
+
+def runs_test_possible(runs: int, alpha: float = ALPHA) -> bool:
+    """Whether the runs permutation test can reach alpha at all: its smallest p with R + R runs is
+    2 / C(2R, R) (0.33 at 2, 0.10 at 3, 0.029 at 4), so below 4 runs per arm it never rejects at 0.05."""
+    from distill.eval.scoring import runs_permutation_floor
+
+    return runs >= 2 and runs_permutation_floor(runs, runs) <= alpha
+
+
 def detectable_difference(model: SimModel, n, runs: int, alpha: float = ALPHA, target: float = TARGET,
-                          sims: int = 400, seed: int = 0) -> float | None:
+                          sims: int = 400, seed: int = 0, test: str = "professions") -> float | None:
     """The smallest delta whose power reaches `target` (bisection, same seed at every step, so the steps
-    share their random draws); None when even the largest difference the shares allow does not."""
+    share their random draws); None when even the largest difference the shares allow does not.
+
+    test: "professions" (the sign-flip test over professions) or "runs" (the permutation test over runs)."""
+    key = TESTS[test]
+    if test == "runs" and not runs_test_possible(runs, alpha):
+        return None
     hi = max_difference(model)
-    if power_of(model, n, runs, hi, alpha, sims, seed)["power"] < target:
+    if power_of(model, n, runs, hi, alpha, sims, seed)[key] < target:
         return None
     lo = 0.0
     for _ in range(BISECT_STEPS):
         mid = (lo + hi) / 2
-        if power_of(model, n, runs, mid, alpha, sims, seed)["power"] >= target:
+        if power_of(model, n, runs, mid, alpha, sims, seed)[key] >= target:
             hi = mid
         else:
             lo = mid
     return hi
 
 
-def eval_detectable(sums: tuple, seed: int = 0, sims: int = EVAL_SIMS) -> dict:
+def eval_detectable(sums: tuple, seed: int = 0, sims: int = EVAL_SIMS, professions=None) -> dict:
     """The power line of an eval: the baseline arm's (n, s1, s2) arrays (R, C) -> its design, the model
-    estimated from it, the detectable difference at 80% power and alpha 0.05, and the sentence."""
+    estimated from it, the detectable difference at 80% power and alpha 0.05, and the sentence.
+
+    professions: the clusters' names; with them the estimated model goes under "model" (what `distill power
+    --eval DIR` simulates other designs with)."""
     n = np.atleast_2d(np.asarray(sums[0], dtype=np.float64))
     model = model_from_sums(*sums)
     runs, per = n.shape[0], n[0].astype(np.int64)
@@ -186,7 +205,22 @@ def eval_detectable(sums: tuple, seed: int = 0, sims: int = EVAL_SIMS) -> dict:
         words = f"this eval detects a disparity_rms difference of {mdd:.3f} or more with 80% power ({design})"
     return {"detectable_difference": mdd, "power": TARGET, "alpha": ALPHA, "sims": sims, "professions": len(per),
             "generations_per_profession": _count(per), "runs": runs, "baseline_rms": model.rms,
-            "gendered_share": float(np.mean(model.shares)), "run_sd": model.run_sd, "words": words}
+            "gendered_share": float(np.mean(model.shares)), "run_sd": model.run_sd, "words": words,
+            **({"model": model_record(model, professions)} if professions is not None else {})}
+
+
+def model_record(model: SimModel, professions) -> dict:
+    """The model as results.json keeps it: one gap and one gendered share per named profession."""
+    return {"professions": [str(p) for p in professions], "gaps": [round(float(g), 6) for g in model.gaps],
+            "shares": [round(float(s), 6) for s in model.shares], "run_sd": model.run_sd}
+
+
+def model_from_record(record: dict) -> SimModel:
+    """The inverse of model_record (raises KeyError/ValueError on a malformed record)."""
+    gaps, shares = (np.asarray(record[k], dtype=np.float64) for k in ("gaps", "shares"))
+    if gaps.shape != shares.shape or gaps.ndim != 1 or len(gaps) < 2:
+        raise ValueError("gaps and shares must be equal-length lists of at least 2 professions")
+    return SimModel(gaps, shares, float(record.get("run_sd") or 0.0))
 
 
 def _count(per: np.ndarray) -> str:

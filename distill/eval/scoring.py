@@ -166,7 +166,8 @@ def score_generations(records, group_by: str = "category", n_boot: int = 1000, s
             c["p_runs"] = runs_permutation_p(_run_values(models[c["a"]]), _run_values(models[c["b"]]))
     names_but_teacher = [m for m in names if m != (teacher or names[0])] or names
     baseline = names_but_teacher[0]
-    detect = power.eval_detectable(sums[(baseline, "unigram")], seed=seed, sims=power_sims)
+    detect = power.eval_detectable(sums[(baseline, "unigram")], seed=seed, sims=power_sims,
+                                   professions=[f"{c}/{p}" for c, p in design.clusters])
     return {"models": models, "comparisons": comparisons, "notes": stats.design_notes(design),
             "n_professions": len(design.clusters), "n_groups": len(design.groups),
             "power": {"baseline": baseline, **detect}}
