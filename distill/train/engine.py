@@ -74,15 +74,9 @@ def check_environment(environ=None) -> str:
 def check_config_file(path: str | Path) -> str:
     """`check_request` on an accelerate config YAML, for use before `accelerate launch` (whose own launcher
     stops with an ImportError traceback when DeepSpeed is missing, before distill could say anything)."""
-    import yaml
+    from distill.launch import read_accelerate_config
 
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"accelerate config {p} does not exist; see recipes/accelerate/")
-    try:
-        data = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise UserError(f"accelerate config {p} is not valid YAML ({str(exc).splitlines()[0]})") from None
+    data = read_accelerate_config(path)  # a mapping accelerate's own loader accepts, or one line
     kind = str(data.get("distributed_type", "NO")).upper()
     engine = "deepspeed" if kind == "DEEPSPEED" else "fsdp" if kind == "FSDP" else "ddp"
     fsdp = data.get("fsdp_config") or {}
