@@ -132,6 +132,16 @@ def test_runs_permutation_p_known_answer():
     assert runs_permutation_p([0.1], [0.3, 0.4]) is None
 
 
+def test_the_runs_permutation_floor_is_the_smallest_p_also_for_unequal_arms():
+    from distill.eval.scoring import runs_permutation_floor, runs_permutation_p
+
+    # 2 + 3 runs: C(5, 2) = 10 splits, and the arms swapped is no split of these sizes, so 1 / 10, not 2 / 10
+    assert runs_permutation_floor(2, 3) == pytest.approx(0.10) == runs_permutation_floor(3, 2)
+    assert runs_permutation_p([0.1, 0.2], [0.5, 0.6, 0.7]) == pytest.approx(runs_permutation_floor(2, 3))
+    assert runs_permutation_floor(3, 3) == pytest.approx(2 / 20)
+    assert runs_permutation_p([0.1, 0.2, 0.15], [0.3, 0.4, 0.35]) == pytest.approx(runs_permutation_floor(3, 3))
+
+
 def _two_files(tmp_path, b_in_second, c_profession="p1"):
     """File 1 holds models a and b; file 2 holds b (as given) and c, a copy of a's texts."""
     good = _good()
