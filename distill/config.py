@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from distill.errors import UserError
+from distill.recipe_values import check_not_empty
 
 
 def opt(default, help: str, *, range: tuple | None = None, choices: tuple | None = None, factory=None):
@@ -265,6 +266,7 @@ def build_section(cls, raw: Any, prefix: str):
         if section is not None and (value is not None or section is hints[key]):
             values[key] = build_section(section, value, prefix + key + ".")
         else:
+            check_not_empty(value, hints[key], prefix + key, fields[key])
             values[key] = _coerce(value, hints[key], prefix + key)
     return cls(**values)
 
