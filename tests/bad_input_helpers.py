@@ -84,3 +84,62 @@ def generations_file(path: Path, text: str = "He said she was a nurse.") -> Path
                              "text": text if (i + k) % 2 else "She said he was a pilot."})
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return Path(path)
+
+
+def fail_writes_under(monkeypatch, root: Path, err: int, spare: tuple[str, ...] = ()) -> None:
+    """Every write under `root` fails with OSError(err), as on a read-only file system (EROFS), a full disk
+    (ENOSPC) or a folder without permission (EACCES): os.open for writing, os.mkdir, open()/io.open for
+    writing, and renames or links into `root`. Reads work. Names starting with one of `spare` are still
+    written (a lock file, the probe of the output check: a disk that fills up after the checks passed)."""
+    import builtins
+    import errno as errno_module
+    import io
+    import os
+
+    root = Path(root).resolve()
+    message = os.strerror(err)
+
+    def hit(path) -> bool:
+        try:
+            p = Path(os.fsdecode(path)).resolve()
+        except (TypeError, ValueError):
+            return False
+        return (p == root or root in p.parents) and not p.name.startswith(spare)
+
+    def fail(path):
+        raise OSError(err, message, os.fsdecode(path))
+
+    real_os_open, real_mkdir, real_open = os.open, os.mkdir, builtins.open
+    real_replace, real_rename, real_link = os.replace, os.rename, os.link
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+    def os_open(path, flags, *a, **k):
+        if flags & writing and hit(path):
+            fail(path)
+        return real_os_open(path, flags, *a, **k)
+
+    def mkdir(path, *a, **k):
+        if hit(path):
+            fail(path)
+        return real_mkdir(path, *a, **k)
+
+    def open_(file, mode="r", *a, **k):
+        if isinstance(file, (str, bytes, os.PathLike)) and any(c in mode for c in "wax+") and hit(file):
+            fail(file)
+        return real_open(file, mode, *a, **k)
+
+    def move(real):
+        def moved(src, dst, *a, **k):
+            if hit(dst):
+                fail(dst)
+            return real(src, dst, *a, **k)
+        return moved
+
+    assert err in (errno_module.EROFS, errno_module.ENOSPC, errno_module.EACCES, errno_module.EDQUOT)
+    monkeypatch.setattr(os, "open", os_open)
+    monkeypatch.setattr(os, "mkdir", mkdir)
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(io, "open", open_)
+    monkeypatch.setattr(os, "replace", move(real_replace))
+    monkeypatch.setattr(os, "rename", move(real_rename))
+    monkeypatch.setattr(os, "link", move(real_link))

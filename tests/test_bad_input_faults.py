@@ -3,13 +3,17 @@
 - `python -m distill.train.engine check` and `python -m distill.launch` on accelerate configs that accelerate's
   own launcher cannot read (a YAML list, a scalar, a section that is not a mapping, an unknown key): the
   wrapper refuses before `accelerate launch` is started, and starts it, unchanged, when the check passes.
+- a transfer-set cache_dir that cannot be written: refused before any model loads, unless it already holds the
+  recipe's finished set, which is then read from there.
 """
 
+import errno
 import os
 import sys
 from pathlib import Path
 
 import pytest
+from bad_input_helpers import assert_one_error_line, fail_writes_under, run_cli, snapshot
 
 from distill import launch
 from distill.train import engine
@@ -95,3 +99,47 @@ def test_launch_hands_the_arguments_unchanged_to_accelerate_launch(no_exec):
             "--recipe", "recipes/debug.yaml", "train.max_steps=2"]
     launch.main(argv)
     assert no_exec == [[sys.executable, "-m", "accelerate.commands.launch", *argv]]
+
+
+# --------------------------------------------------------------------------- a transfer set's cache_dir
+
+CORPUS = ["data.path=null", "data.transfer_set.num_sequences=4", "data.transfer_set.max_new_tokens=3",
+          "data.transfer_set.seed_prompts=data/seed_prompts.txt"]
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("a model loaded before the cache folder was checked")
+
+    for name in ("load_tokenizer", "build_random_model", "load_model", "load_model_and_tokenizer"):
+        monkeypatch.setattr(f"distill.models.{name}", refuse)
+
+
+@pytest.mark.parametrize("command", ["corpus", "train"])
+@pytest.mark.parametrize("err", [errno.EROFS, errno.EACCES])
+def test_a_cache_dir_that_cannot_be_written_is_refused_before_any_model(command, err, tmp_path, monkeypatch,
+                                                                        no_models, capsys):
+    cache = tmp_path / "ro" / "cache"
+    (cache / "other-set").mkdir(parents=True)  # what a shared cache holds: nothing of this recipe
+    fail_writes_under(monkeypatch, tmp_path / "ro", err)
+    before = snapshot(tmp_path)
+    extra = [f"output_dir={tmp_path / 'run'}"] if command == "train" else []
+    assert run_cli(command, "--recipe", "recipes/debug.yaml", *CORPUS, f"data.transfer_set.cache_dir={cache}",
+                   *extra) == 2
+    assert_one_error_line(capsys, command, f"data.transfer_set.cache_dir {cache} cannot be written",
+                          os.strerror(err), "holds no finished transfer set of this recipe")
+    assert not (tmp_path / "run").exists()
+    assert snapshot(tmp_path) == before
+
+
+def test_a_read_only_cache_that_holds_the_set_is_read_from_there(tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    argv = ["corpus", "--recipe", "recipes/debug.yaml", *CORPUS, f"data.transfer_set.cache_dir={cache}"]
+    assert run_cli(*argv) == 0  # built while the folder could be written
+    capsys.readouterr()
+    fail_writes_under(monkeypatch, cache, errno.EROFS)
+    before = snapshot(cache)
+    assert run_cli(*argv) == 0
+    assert "reusing transfer set" in capsys.readouterr().out
+    assert snapshot(cache) == before

@@ -61,6 +61,10 @@ def _check_before_writing(cfg: Config, run_dir: Path, resume: bool, overwrite: b
 
     eng.check_environment()  # before accelerate builds a DeepSpeed plugin (an ImportError when it is missing)
     inputs = check_train_inputs(cfg)
+    if cfg.data.transfer_set is not None:  # its cache folder: writable, or the set is already there
+        from distill.train.transfer_cache import check_cache_dir
+
+        check_cache_dir(cfg)
     for role in ("teacher", "student"):  # a random model's positions are known before it is built
         if getattr(cfg, role).config is not None:
             check_block_size(cfg.data.block_size, getattr(cfg, role).config, f"{role}.config")

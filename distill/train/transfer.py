@@ -243,6 +243,7 @@ def ensure_transfer_set(cfg: Config, teacher=None, tokenizer=None, *, device=Non
     if cfg.data.transfer_set is None:
         raise UserError("the recipe has no data.transfer_set; add one (see distill/train/transfer.py) or give data.path")
     tcfg = cfg.data.transfer_set
+    transfer_cache.check_cache_dir(cfg, device)  # before the teacher loads: writable, or the set is there
     prompts = read_seed_prompts(tcfg.seed_prompts)
     n_train, n_heldout = tcfg.split_counts()
     train_prompts, held_prompts = assign_prompts(prompts, n_train, n_heldout, cfg.seed)

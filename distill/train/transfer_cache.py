@@ -6,6 +6,7 @@
         with atomic_dir(folder) as tmp:
             ...write train.jsonl, heldout.jsonl, manifest.json into tmp...
             transfer_cache.write_checksums(tmp)         # last: a set without it was never finished
+    transfer_cache.check_cache_dir(cfg)                 # before any model: writable, or the set is there
 
 A set lives in CACHE_DIR/<key>/ (distill.train.transfer). The folder is renamed into place whole, but a file
 can still be damaged afterwards (a disk that filled up while copying a cache, a truncated sync), and a
@@ -21,8 +22,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from distill.errors import UserError
 from distill.filehash import sha256_of
-from distill.rundir import RunLock
+from distill.rundir import RunLock, check_writable
 
 CHECKSUMS = "checksums.json"
 FILES = ("train.jsonl", "heldout.jsonl", "manifest.json")
@@ -92,3 +94,37 @@ def building(folder: Path) -> Iterator[None]:
         if damaged:
             print(f"transfer set {folder} is damaged ({damaged}); building it again")
         yield
+
+
+def check_cache_dir(cfg, device=None) -> None:
+    """Before any model loads: the recipe's data.transfer_set.cache_dir can be written, or it already holds this
+    recipe's finished set (a read-only copy of sets built elsewhere is read as it is). Otherwise one line, where
+    the set used to fail with an OSError only once the teacher was built."""
+    tcfg = cfg.data.transfer_set
+    if tcfg is None:
+        return
+    cache_dir = Path(tcfg.cache_dir).expanduser()
+    try:
+        check_writable(cache_dir, "data.transfer_set.cache_dir")
+        return
+    except UserError as exc:
+        refusal = str(exc).split("; choose")[0]
+    if _finished_set(cfg, cache_dir, device) is None:
+        raise UserError(f"{refusal}, and it holds no finished transfer set of this recipe to reuse; set "
+                        "data.transfer_set.cache_dir to a folder you can write")
+
+
+def _finished_set(cfg, cache_dir: Path, device) -> Path | None:
+    """This recipe's finished set in `cache_dir`, found without loading the teacher; None when it is not there
+    or cannot be known without loading (a hub teacher not in the local cache)."""
+    import torch
+
+    from distill.train.transfer import read_seed_prompts, teacher_identity, transfer_key
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    identity = teacher_identity(cfg, cache_dir / "file_hashes.json", device)
+    if identity is None:
+        return None
+    tcfg = cfg.data.transfer_set
+    folder = cache_dir / transfer_key(identity, tcfg, read_seed_prompts(tcfg.seed_prompts), cfg.seed)
+    return folder if read_manifest(folder) is not None else None
