@@ -9,8 +9,9 @@ For every position of the training blocks (the transfer set packed as training p
 augmentation `--augment` names, in the order `BlockSampler` serves them to a run of the recipe's seed) the
 targets of each teacher mode are made by `distill.train.step.batch_targets`, the function the training step
 calls, at the recipe's loss temperature. From each target distribution P and each word list (the probe's
-male/female ids, `distill.eval.probe.gender_token_ids`, and the swap table's two sides) it takes P_m and P_f,
-the mass on the male and on the female ids, and reports per position kind:
+male/female ids, `distill.eval.probe.gender_token_ids`; those of them with a leading space; and the swap
+table's two sides) it takes P_m and P_f, the mass on the male and on the female ids, and reports per
+position kind:
 
     mean log(P_m / P_f)              over the positions (each position counts once; masses floored at 1e-30)
     log(sum P_m / sum P_f)           pooled: the positions weighted by the gendered mass they hold
@@ -139,6 +140,11 @@ def collect(cfg, *, modes=MODES, augments=AUGMENTS, max_blocks: int | None = 48,
     table.prepare(setup.tokenizer, lexicon)
     plan = swap_plan(table, V, "cpu")
     lists = word_lists(setup.tokenizer, table, V)
+    # The probe's ids that begin a word wherever they stand; pair_mean balances all of those in the table.
+    lists = {"probe": lists["probe"],
+             "probe, leading space": tuple([i for i in side if table.pieces[i][:1].isspace()]
+                                           for side in lists["probe"]),
+             "table": lists["table"]}
     index = {name: (torch.tensor(m), torch.tensor(f)) for name, (m, f) in lists.items()}
     memo = _SameOutputs(setup.teacher)
     audit_setup = dataclasses.replace(setup, teacher=memo)
@@ -217,7 +223,7 @@ def markdown(summary: dict, col: Collected) -> str:
         modes = list(by_mode)
         for name in next(iter(by_mode.values())):
             m_ids, f_ids = col.ids[name]
-            lines += ["", f"**augment={aug}, {name} words** ({len(m_ids)} male ids, {len(f_ids)} female; "
+            lines += ["", f"**augment={aug}, {name} ids** ({len(m_ids)} male ids, {len(f_ids)} female; "
                           f"{len(col.blocks[aug])} blocks). Each cell: mean log(P_m/P_f) / pooled log(sum P_m / sum P_f)"
                           " (> 0: more male mass)", "",
                       "| position kind | positions | " + " | ".join(modes) + " |",
