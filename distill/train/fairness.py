@@ -12,11 +12,13 @@ What is logged, over the validation professions c (log ratio r_c = log P(male) -
     probe_spread        sd_c r_c: the stereotype (nurse -> she, mechanic -> he)
     probe_slope         slope of r_c on the teacher's r_c: how much of the teacher's stereotype survives
     probe_template_sd   sd over templates of the per-template offset: how much the offset depends on wording
+    probe_seconds       what this probe cost (the step-0 record also holds the teacher's figures and cost)
 Both the offset and the spread are bias; targets that give both genders equal mass should pull both to 0.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,11 +37,15 @@ class FairnessProbe:
     tokenizer: object
     batch_size: int
 
+    teacher_seconds: float  # what the teacher's probe took, once per run
+
     def measure(self, model, teacher=None) -> dict:
-        """The four figures for `model` (left in eval mode: the caller restores training mode)."""
+        """The four figures for `model`, and `probe_seconds`, its cost (left in eval mode: the caller restores
+        training mode)."""
+        t0 = time.perf_counter()
         res = probe_model(model, self.tokenizer, self.professions, self.templates, batch_size=self.batch_size)
         eng.drain(teacher)
-        return figures(res, self.teacher_logratio)
+        return {**figures(res, self.teacher_logratio), "probe_seconds": round(time.perf_counter() - t0, 2)}
 
 
 def figures(probe_result: dict, teacher_logratio) -> dict:
@@ -73,7 +79,8 @@ def build_fairness_probe(cfg, teacher, tokenizer) -> FairnessProbe | None:
     professions = validation_professions(cfg.train.probe_prompts)
     templates = PROBE_TEMPLATES[: cfg.train.probe_templates]
     batch = max(cfg.train.batch_size, 16)
+    t0 = time.perf_counter()
     teacher_res = probe_model(teacher, tokenizer, professions, templates, batch_size=batch)
     eng.drain(teacher)
     return FairnessProbe(professions, templates, teacher_res["logratio"], figures(teacher_res, teacher_res["logratio"]),
-                         tokenizer, batch)
+                         tokenizer, batch, round(time.perf_counter() - t0, 2))

@@ -52,8 +52,10 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
     fairness = build_fairness_probe(cfg, setup.teacher, setup.tokenizer)
     if fairness is not None and state["step"] == 0:  # the untrained student: where the offset starts
         at_start = _probe(fairness, student, setup)
+        teacher = {f"teacher_{k}": v for k, v in fairness.teacher_figures.items()}
         if accelerator.is_main_process:
-            _write_record(accelerator, log_file, None, {"step": 0, **at_start}, at_start)
+            _write_record(accelerator, log_file, None, {"step": 0, **at_start, **teacher,
+                                                        "teacher_probe_seconds": fairness.teacher_seconds}, at_start)
     bar = tqdm(total=cfg.train.max_steps, initial=state["step"], desc="distill", unit="step",
                disable=not accelerator.is_local_main_process, dynamic_ncols=True)
     window = {"t0": time.perf_counter(), "tokens": 0}
