@@ -195,6 +195,35 @@ def test_replacement_spans_rebuild_the_swap(lex):
     assert lex.has_gendered_word("the king") and not lex.has_gendered_word("the kingdom")
 
 
+def test_lookahead_words_and_decisions_on_cut_text(lex):
+    """Rule 9, what the token path's causal contexts rest on: `replacements(text, lookahead)` names every word
+    whose decision reads later text, with an offset past which cutting the text changes nothing; every other
+    word is decided alike on any cut that keeps the character after it; the text swap reads the whole text."""
+    lines = [o for _, o, _ in read_cases()] + ["They said the man-made lake and the man-eating lion",
+                                               "I saw her very much.", "It was his or her book.",
+                                               "He paid the man-hourly rate", 'It was his or her  "book".']
+    n_looks = 0
+    for text in lines:
+        looks = []
+        full = {x.start: x for x in lex.replacements(text, looks)}
+        n_looks += len(looks)
+        reach = {lk.start: lk.reach for lk in looks}
+        for m in lex.pattern.finditer(text):
+            s = m.start()
+            first_safe = reach.get(s, min(m.end() + 1, len(text)))
+            for endpos in range(first_safe, len(text) + 1):
+                assert lex.decide(text, s, endpos) == full.get(s), (text, s, endpos)
+    assert n_looks > 40
+    text = "Yesterday I saw her very much."
+    assert lex.swap_text(text) == "Yesterday I saw him very much."  # augmentation: the whole text decides
+    assert lex.decide(text, 16, len("Yesterday I saw her very")).new == "his"  # cut after "very": a determiner
+    text = "It was his or her book."
+    assert lex.swap_text(text) == "It was her or his book."
+    assert [lex.decide(text, 7, len(text[:n])).new for n in (13, 17, 22)] == ["hers", "hers", "her"]
+    text = "They said the man-made lake"
+    assert lex.swap_text(text) == text and lex.decide(text, 14, 18).new == "woman"  # "man-" is not "man-made"
+
+
 def test_benchmark_counts_the_lines_it_swaps(lex):
     out = benchmark_swap(lexicon=lex, text="He went home.\nThe weather was fine.\nShe said it was his.\n", repeats=1)
     assert (out["bytes"], out["lines"], out["changed_lines"]) == (57, 3, 2)

@@ -24,6 +24,9 @@ few verbs, the word before it), so a swap of a chunk of lines equals the swap of
 6. Coordination: "his and her", "his or her", "his/her", "her & his" followed by a word make the first
    word a determiner too ("his or her book" -> "her or his book"); "her and her sister" is not coordination.
 8. Rules 4-6 never look past the end of the line.
+9. They read at most `FOLLOW_DEPTH` (three) following words: `follow_reach` is where the reading stops, so
+   text cut at or after it gets the same decision. `endpos` cuts the text for the counterfactual context of
+   one token position (`distill.crr.causal`): what lies after it is not read.
 """
 
 from __future__ import annotations
@@ -105,9 +108,23 @@ _PREV_RE = re.compile(r"([^\W\d_]+)[^\S\n]*$")
 _STOP, _WORD, _NUM, _JOIN = 0, 1, 2, 3
 
 
-def _following(text: str, pos: int) -> tuple[int, str, int]:
-    """(kind, lower-cased word, end) of what follows `pos` on the same line."""
-    m = _FOLLOW_RE.match(text, pos)
+# The most `_following` calls one decision chains (a coordinated possessive: "his" "or" "her" "book").
+FOLLOW_DEPTH = 3
+
+
+def follow_reach(text: str, end: int) -> int:
+    """Where rules 4-6 for the word ending at `end` stop reading: the end of the last of the FOLLOW_DEPTH words
+    they may chain. The text cut there or later gives the same decision (each match is the same: a word ends
+    where the text does, a quote without a word after it or punctuation fails either way)."""
+    pos = end
+    for _ in range(FOLLOW_DEPTH):
+        pos = _FOLLOW_RE.match(text, pos).end()
+    return pos
+
+
+def _following(text: str, pos: int, endpos: int) -> tuple[int, str, int]:
+    """(kind, lower-cased word, end) of what follows `pos` on the same line, the text ending at `endpos`."""
+    m = _FOLLOW_RE.match(text, pos, endpos)
     if m.group(1):
         return _WORD, m.group(1).lower(), m.end()
     if m.group(2):
@@ -122,13 +139,15 @@ def _previous_word(text: str, start: int) -> str:
     return m.group(1).lower() if m else ""
 
 
-def _coordinated_determiner(text: str, pos: int, self_word: str) -> bool:
+def _coordinated_determiner(text: str, pos: int, self_word: str, endpos: int) -> bool:
     """After "and"/"or"/"/" at `pos`: is the next word a possessive (other than `self_word`) with a noun after?"""
-    kind, word, end = _following(text, pos)
-    return kind == _WORD and word in _POSSESSIVES and word != self_word and _following(text, end)[0] in (_WORD, _NUM)
+    kind, word, end = _following(text, pos, endpos)
+    return (kind == _WORD and word in _POSSESSIVES and word != self_word
+            and _following(text, end, endpos)[0] in (_WORD, _NUM))
 
 
-def _pronoun_by_what_follows(text: str, kind: int, word: str, after: int, self_word: str) -> bool | None:
+def _pronoun_by_what_follows(text: str, kind: int, word: str, after: int, self_word: str,
+                             endpos: int) -> bool | None:
     """The part of rules 4 and 5 that "her" and "his" share: True (object / standalone) before the end of the
     line or punctuation, False (determiner) before a number or a coordinated possessive; None: undecided."""
     if kind == _STOP:
@@ -136,20 +155,22 @@ def _pronoun_by_what_follows(text: str, kind: int, word: str, after: int, self_w
     if kind == _NUM:
         return False
     if kind == _JOIN or word in _COORDINATORS:
-        return not _coordinated_determiner(text, after, self_word)
+        return not _coordinated_determiner(text, after, self_word, endpos)
     return None
 
 
-def her_is_object(text: str, start: int, end: int) -> bool:
-    """Rule 4: True if the "her" at text[start:end] is an object pronoun (-> "him"), False if a determiner."""
-    kind, word, after = _following(text, end)
-    shared = _pronoun_by_what_follows(text, kind, word, after, "her")
+def her_is_object(text: str, start: int, end: int, endpos: int | None = None) -> bool:
+    """Rule 4: True if the "her" at text[start:end] is an object pronoun (-> "him"), False if a determiner.
+    `endpos`: the text ends there (rule 9); None: at its end."""
+    endpos = len(text) if endpos is None else endpos
+    kind, word, after = _following(text, end, endpos)
+    shared = _pronoun_by_what_follows(text, kind, word, after, "her", endpos)
     if shared is not None:
         return shared
     if word in _OBJECT_FOLLOWERS:
         return True
     if word == "very":
-        return _following(text, after)[1] == "much"
+        return _following(text, after, endpos)[1] == "much"
     if word in _OBJECT_IF_MOVED:
         return _previous_word(text, start) in _MOVING_VERBS
     if word.endswith("ly") and word not in _LY_NOT_ADVERB:
@@ -160,8 +181,10 @@ def her_is_object(text: str, start: int, end: int) -> bool:
     return prev in _PERCEPTION and word.endswith("ing") and word not in _ING_NOUNS
 
 
-def his_is_standalone(text: str, start: int, end: int) -> bool:
-    """Rule 5: True if the "his" at text[start:end] stands alone (-> "hers"), False if a determiner (-> "her")."""
-    kind, word, after = _following(text, end)
-    shared = _pronoun_by_what_follows(text, kind, word, after, "his")
+def his_is_standalone(text: str, start: int, end: int, endpos: int | None = None) -> bool:
+    """Rule 5: True if the "his" at text[start:end] stands alone (-> "hers"), False if a determiner (-> "her").
+    `endpos` as for `her_is_object`."""
+    endpos = len(text) if endpos is None else endpos
+    kind, word, after = _following(text, end, endpos)
+    shared = _pronoun_by_what_follows(text, kind, word, after, "his", endpos)
     return shared if shared is not None else word in _STANDALONE_FOLLOWERS

@@ -33,6 +33,11 @@ Text swap rules (all in one compiled regular expression plus a small callback pe
 7. Other one-to-many words without a rule use their first counterpart ("mrs." -> "mr." -> "ms.").
    The swap is an involution on text without such words: swap(swap(x)) == x (tested).
 8. Rules 4-6 never look past the end of the line, so a swap of a chunk of lines equals the swap of each line.
+9. Look-ahead: whether a word is swapped, and how, may depend on text after it: "her" and "his" (rules 4-6)
+   and a word that starts a !keep phrase ("man" in "man-made"). `replacements(text, lookahead=[])` lists those
+   words with the offset up to which their decision reads, and `decide(text, start, endpos)` is the decision
+   with the text cut at endpos: the token path uses both to build counterfactual contexts that read no later
+   tokens (`distill.crr.causal`). The text swap reads the whole text.
 
 API: `load_lexicon(word_pairs_path=None, names_path=None) -> Lexicon`; `Lexicon.swap_text(text)`,
 `.has_gendered_word(text)`, `.replacements(text)` (the character spans replaced, (start, end, old, new): the
@@ -50,7 +55,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from distill.crr.english import her_is_object, his_is_standalone
+from distill.crr.english import follow_reach, her_is_object, his_is_standalone
+from distill.crr.trie import trie_pattern
 from distill.errors import UserError
 
 # This file is distill/crr/lexicon.py; the data directory is at the repository root.
@@ -66,6 +72,14 @@ class Replacement(NamedTuple):
     end: int
     old: str
     new: str
+
+
+class Lookahead(NamedTuple):
+    """A word whose swap reads text after it (rule 9): text cut at or after `reach` decides it as the whole text
+    does; cut before, it may be decided otherwise."""
+
+    start: int
+    reach: int
 
 
 @dataclass(frozen=True)
@@ -162,37 +176,6 @@ def _validate(rows: list[_Row]) -> tuple[dict[str, list[str]], dict[str, str]]:
     return counterparts, {w: s for w, (s, _) in side.items()}
 
 
-def _trie_pattern(words: Iterable[str]) -> str:
-    """A regex alternation of `words` factored as a prefix trie (so matching branches on one char at a time).
-
-    Longer continuations come before the end of a word, so with the trailing boundary check the longest
-    lexicon word at a position wins ("mrs." before "mrs" before "mr")."""
-    trie: dict = {}
-    for w in words:
-        node = trie
-        for ch in w:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def emit(node: dict) -> str:
-        ends = "" in node
-        kids = sorted(k for k in node if k)
-        if not kids:
-            return ""
-        leaves = [k for k in kids if list(node[k]) == [""]]
-        alts = [re.escape(k) + emit(node[k]) for k in kids if k not in leaves]
-        if len(leaves) == 1:
-            alts.append(re.escape(leaves[0]))
-        elif leaves:
-            alts.append("[" + "".join(re.escape(k) for k in leaves) + "]")
-        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-        if ends:
-            body = ("(?:" + body + ")" if len(alts) == 1 and len(body) > 1 else body) + "?"
-        return body
-
-    return emit(trie)
-
-
 class Lexicon:
     """Gendered word and name pairs with a compiled swap. Build with `load_lexicon()`.
 
@@ -230,9 +213,19 @@ class Lexicon:
         # Surface -> replacement for every word without a context rule (the callback's fast path).
         self._direct = {v: match_case(v, e.counterparts[0], e.is_name)
                         for e in self.entries.values() if e.rule is None for v in _surface_forms(e)}
-        surfaces |= {v for phrase in self.keep for v in _keep_forms(phrase)}
+        keep_forms = {v for phrase in self.keep for v in _keep_forms(phrase)}
+        surfaces |= keep_forms
+        # Rule 9: spelling of a word that starts a !keep phrase -> the phrase's spellings that start with it;
+        # those phrases, and her/his spellings, are the matches whose decision reads later text.
+        self._keep_heads: dict[str, list[str]] = {}
+        for v in keep_forms:
+            head = re.match(r"[^ \-]*", v).group(0)
+            if head.lower() in self.entries:
+                self._keep_heads.setdefault(head, []).append(v)
+        self._keep_led = frozenset(v for vs in self._keep_heads.values() for v in vs)
+        self._rule_surfaces = frozenset(v for e in self.entries.values() if e.rule for v in _surface_forms(e))
         # (?<!\w) ... (?!\w): rule 1.
-        self.pattern = re.compile(r"(?<!\w)" + _trie_pattern(sorted(surfaces)) + r"(?!\w)")
+        self.pattern = re.compile(r"(?<!\w)" + trie_pattern(sorted(surfaces)) + r"(?!\w)")
         self._surfaces = frozenset(surfaces)
         self._prefixes: dict[str, bool] | None = None
 
@@ -250,9 +243,9 @@ class Lexicon:
         if entry is None:  # a !keep phrase
             return None
         if entry.rule == "her":
-            target = "him" if her_is_object(m.string, m.start(), m.end()) else "his"
+            target = "him" if her_is_object(m.string, m.start(), m.end(), m.endpos) else "his"
         else:
-            target = "hers" if his_is_standalone(m.string, m.start(), m.end()) else "her"
+            target = "hers" if his_is_standalone(m.string, m.start(), m.end(), m.endpos) else "her"
         return match_case(surface, target, entry.is_name)
 
     def _sub(self, m: re.Match) -> str:
@@ -269,19 +262,24 @@ class Lexicon:
     def has_gendered_word(self, text: str) -> bool:
         return any(self._resolve(m) is not None for m in self.pattern.finditer(text))
 
-    def replacements(self, text: str) -> list[Replacement]:
+    def replacements(self, text: str, lookahead: list[Lookahead] | None = None) -> list[Replacement]:
         """The spans `swap_text` replaces, in order. A period shared by both words ("Mr." -> "Ms.") is left
-        outside the span, so the span is exactly the part of the text that changes."""
+        outside the span, so the span is exactly the part of the text that changes. `lookahead`: a list that
+        gets the words whose decision reads later text (rule 9), swapped or kept."""
         out = []
         for m in self.pattern.finditer(text):
             rep = self._replacement(m)
             if rep is not None:
                 out.append(rep)
+            if lookahead is not None:
+                self._note_lookahead(m, lookahead)
         return out
 
-    def replacements_at(self, text: str, starts: Iterable[int]) -> list[Replacement]:
-        """`replacements(text)`, trying only the ascending character offsets `starts` (every offset where a
-        lexicon word could begin; see `word_start_prefixes`). Same result, without scanning the whole text."""
+    def replacements_at(self, text: str, starts: Iterable[int],
+                        lookahead: list[Lookahead] | None = None) -> list[Replacement]:
+        """`replacements(text, lookahead)`, trying only the ascending character offsets `starts` (every offset
+        where a lexicon word could begin; see `word_start_prefixes`). Same result, without scanning the whole
+        text."""
         out, done = [], -1
         match = self.pattern.match
         for pos in starts:
@@ -294,7 +292,26 @@ class Lexicon:
             rep = self._replacement(m)
             if rep is not None:
                 out.append(rep)
+            if lookahead is not None:
+                self._note_lookahead(m, lookahead)
         return out
+
+    def _note_lookahead(self, m: re.Match, lookahead: list[Lookahead]) -> None:
+        """Rule 9: append `m` to `lookahead` if its decision reads text after the word."""
+        surface, text, s = m.group(0), m.string, m.start()
+        if surface in self._rule_surfaces:
+            lookahead.append(Lookahead(s, follow_reach(text, m.end())))
+        elif surface in self._keep_led:  # a kept phrase: cut inside it, its first word is swapped
+            lookahead.append(Lookahead(s, min(m.end() + 1, len(text))))
+        else:  # a kept phrase that its own last character cut off ("man-made" + "x": "man" is swapped)
+            ends = [s + len(v) for v in self._keep_heads.get(surface, ()) if text.startswith(v, s)]
+            if ends:
+                lookahead.append(Lookahead(s, min(max(ends) + 1, len(text))))
+
+    def decide(self, text: str, start: int, endpos: int) -> Replacement | None:
+        """Rule 9: the replacement of the word at `start` when the text ends at `endpos` (None: not swapped)."""
+        m = self.pattern.match(text, start, endpos)
+        return self._replacement(m) if m is not None else None
 
     def _replacement(self, m: re.Match) -> Replacement | None:
         new = self._resolve(m)
