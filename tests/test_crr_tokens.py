@@ -8,17 +8,20 @@ second), so the token-level checks see real multi-token words and leading-space 
 
 from __future__ import annotations
 
-from itertools import accumulate
 from pathlib import Path
 
 import pytest
 import torch
-from crr_helpers import read_cases
+from crr_helpers import check_alignment, next_tokens_map_back, read_cases
 
 from distill.crr import token_swap
 from distill.crr.lexicon import load_lexicon
 from distill.crr.token_swap import counterfactual_batch
-from distill.crr.token_table import SAME_CONTEXT, Codec, build_token_swap_table, word_piece_occurrences
+from distill.crr.token_table import (
+    SAME_CONTEXT,
+    build_token_swap_table,
+    word_piece_occurrences,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,35 +116,6 @@ def test_exact_rows_are_pure_substitutions(tok, table, lex):
     assert tok.decode(cf.input_ids[1]).startswith("Then he thanked her for the bread")
 
 
-def _check_alignment(tok, lex, table, x, cf):
-    """Every aligned position's counterfactual context is the original context with its completed swaps;
-    every position outside a swapped word is aligned."""
-    codec = Codec(tok, table.pieces)  # token texts, with characters split over tokens mended
-    for i, r in enumerate(cf.rows.tolist()):
-        orig_ids = x[r].tolist()
-        n = int(cf.attention_mask[i].sum())
-        cf_ids = cf.input_ids[i, :n].tolist()
-        o_ends = list(accumulate(map(len, codec.spell(orig_ids))))
-        c_ends = list(accumulate(map(len, codec.spell(cf_ids))))
-        otext, ctext = codec.join(orig_ids), codec.join(cf_ids)
-        reps = [x_ for x_ in lex.replacements(otext) if x_.start > 0 and x_.end < len(otext)]
-        for t, j in enumerate(cf.align[i].tolist()):
-            p = o_ends[t]
-            want, pos = [], 0
-            for x_ in reps:
-                if x_.end <= p:
-                    want += [otext[pos:x_.start], x_.new]
-                    pos = x_.end
-            want = "".join(want) + otext[pos:p]
-            if j < 0:  # inside a swapped word, before a piece of one (rule 5b), or cut off at the end
-                nxt = (p, o_ends[t + 1]) if t + 1 < len(o_ends) else (p, p)
-                assert any(x_.start < p < x_.end or (nxt[0] < x_.end and nxt[1] > x_.start) for x_ in reps) \
-                    or len(want) > c_ends[-1], (t, otext[:p])
-            else:
-                assert ctext[:c_ends[j]] == want, (t, j)
-        assert cf_ids[:int(cf.prefix_len[i])] == orig_ids[:int(cf.prefix_len[i])]
-
-
 def test_multi_token_counterpart_is_aligned(tok, table, lex):
     waiter, waitress = enc(tok, " waiter"), enc(tok, " waitress")
     assert len(waiter) == 1 and len(waitress) > 1, tok.convert_ids_to_tokens(waitress)
@@ -174,7 +148,7 @@ def test_multi_token_counterpart_is_aligned(tok, table, lex):
         o_end = len("".join(P[u] for u in x[i, :t + 1].tolist()))
         c_end = len("".join(P[u] for u in cf.input_ids[i, :j + 1].tolist()))
         assert orig[o_end:].startswith(new[c_end:]) or new[c_end:].startswith(orig[o_end:])
-    _check_alignment(tok, lex, table, x, cf)
+    check_alignment(tok, lex, table, x, cf)
 
 
 def test_counterfactual_text_matches_text_swap_on_all_cases(tok, table, lex):
@@ -183,15 +157,20 @@ def test_counterfactual_text_matches_text_swap_on_all_cases(tok, table, lex):
     cf = counterfactual_batch(x, tok, table, lex)
     rows = cf.rows.tolist()
     want = [i for i, s in enumerate(sentences) if lex.swap_text(s) != s]
-    assert rows == want
-    for i, r in enumerate(rows):
+    assert set(want) <= set(rows) and rows == sorted(rows)
+    # rule 8's extra rows: "her very much", "his or her book", and rows whose only word starts a kept phrase,
+    # swapped where the context holds the word but not the phrase yet ("A man|-made")
+    assert all(any(k in sentences[r].lower() for k in lex.keep) for r in set(rows) - set(want))
+    assert 0 < cf.n_causal_rows == len(rows) - len(want)
+    for r in want:  # a batch row's own counterfactual comes first, its extra rows after it
+        i = rows.index(r)
         n = int(cf.attention_mask[i].sum())
         got = tok.decode(cf.input_ids[i, :n]).strip("\n")
         assert got == lex.swap_text(sentences[r]), sentences[r]
     assert cf.n_exact > 0 and cf.n_aligned > 0
-    _check_alignment(tok, lex, table, x, cf)
+    check_alignment(tok, lex, table, x, cf)
     # the teacher's checks: align points into the real (unpadded) part of each row
-    assert int((cf.align - cf.attention_mask.sum(1, keepdim=True)).max()) < 0 and int(cf.align.min()) >= -2
+    assert int((cf.align - cf.attention_mask.sum(1, keepdim=True)).max()) < 0 and int(cf.align.min()) >= -3
 
 
 def test_packed_blocks_edges_and_candidate_path(tok, table, lex, monkeypatch):
@@ -200,7 +179,7 @@ def test_packed_blocks_edges_and_candidate_path(tok, table, lex, monkeypatch):
     T = 48
     x = torch.tensor(ids[: len(ids) // T * T]).reshape(-1, T)
     cf = counterfactual_batch(x, tok, table, lex)
-    _check_alignment(tok, lex, table, x, cf)
+    check_alignment(tok, lex, table, x, cf)
     monkeypatch.setattr(token_swap, "_SCAN_COST_RATIO", 10**9)  # force the whole-text regex scan on every row
     full = counterfactual_batch(x, tok, table, lex)
     for name in ("rows", "input_ids", "attention_mask", "align", "prefix_len"):
@@ -266,24 +245,6 @@ def test_document_scope_targets_equal_block_scope_inside_the_document_and_own_co
     torch.testing.assert_close(scoped[1], block[1], rtol=0, atol=1e-6)  # swap in the last document: same
 
 
-def _next_tokens_map_back(x, cf, table):
-    """(t, original next id, counterfactual next id) for every aligned position whose counterfactual next token
-    is neither the original's nor a table counterpart of it: what mapping back cannot bring home."""
-    bad = []
-    cp = table.counterpart.tolist()
-    for i, r in enumerate(cf.rows.tolist()):
-        n = int(cf.attention_mask[i].sum())
-        c = cf.input_ids[i, :n].tolist()
-        o = x[r].tolist()
-        for t, j in enumerate(cf.align[i].tolist()):
-            if j < 0 or t + 1 >= len(o) or j + 1 >= n:
-                continue
-            u, v = c[j + 1], o[t + 1]
-            if u != v and cp[u] != v and v not in table.back_groups.get(u, ()):
-                bad.append((t, v, u))
-    return bad
-
-
 @pytest.mark.parametrize("male,female", [(" waiter", " waitress"), (" Mr.", " Ms."), (" nephew", " niece")])
 def test_pieces_of_multi_token_swaps_get_no_counterfactual_target(lex, male, female):
     """Issue 11, defect 3: on data/tiny_tokenizer " wait|er" <-> " wait|re|ss", " M|r|." <-> " M|s|.",
@@ -303,7 +264,7 @@ def test_pieces_of_multi_token_swaps_get_no_counterfactual_target(lex, male, fem
         x = block(tok, [text])
         cf = counterfactual_batch(x, tok, table, lex)
         assert cf.rows.tolist() == [0]
-        assert _next_tokens_map_back(x, cf, table) == []  # old code: the female piece's position, every time
+        assert next_tokens_map_back(x, cf, table) == []  # old code: the female piece's position, every time
         k, n = len(enc(tok, "Then I met")), len(a)
         d = next(i for i in range(n) if a[i] != b[i])  # the first piece that differs
         assert cf.align[0, :k - 1 + d].tolist() == list(range(k - 1 + d))
@@ -316,7 +277,7 @@ def test_every_aligned_counterfactual_next_token_maps_back(tok, table, lex):
     x = block(tok, ["\n" + s + "\n" for s in sentences], pad_text="\n")
     cf = counterfactual_batch(x, tok, table, lex)
     assert cf.n_aligned > 0
-    assert _next_tokens_map_back(x, cf, table) == []
+    assert next_tokens_map_back(x, cf, table) == []
 
 
 @pytest.mark.parametrize("mode", ["cf_mean", "cf_max", "cf_expmean"])
@@ -326,7 +287,13 @@ def test_cf_target_of_a_context_does_not_depend_on_later_words(tok, table, lex, 
     rows with no swap kept p, so one context had two targets depending on what came later in the block. Now
     every position's target is combine(p, map_back(q)), q the teacher's prediction after the counterfactual of
     the context (p itself when the context has nothing to swap). Rows that share their first d tokens get the
-    same targets at positions < d, whether or not a gendered word, or a document end, follows."""
+    same targets at positions < d, whether or not a gendered word, or a document end, follows.
+    The families after the first two read later words: "her" became "him" before "very much." but "his"
+    before "very old car.", "his" became "hers" before "or her." but "her" before "or her book.", "man" stayed
+    in "man-made" but not in "man-eating", and under document scope a document without a swap kept its own
+    context only when no later document of the block had one (rules 7 and 8 of token_swap). There the token
+    at d is predicted by position d - 1, which rule 5b lets decide the swap ("his or her|." -> "hers or him"),
+    so those rows agree before d - 1."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from distill.train.targets import teacher_targets
@@ -335,21 +302,28 @@ def test_cf_target_of_a_context_does_not_depend_on_later_words(tok, table, lex, 
     model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64)).eval()
     eos = tok.eos_token_id
     families = [
-        ["The doctor said that he would call his sister today", "The doctor said that the weather was fine",
-         "The doctor said that.<|endoftext|>She was tired", "The doctor said that she would call"],
-        ["He said that the weather was fine and dry", "He said that the nurse told her she was late",
-         "He said that the man was here"],
+        (["The doctor said that he would call his sister today", "The doctor said that the weather was fine",
+          "The doctor said that.<|endoftext|>She was tired", "The doctor said that she would call"], 0),
+        (["He said that the weather was fine and dry", "He said that the nurse told her she was late",
+          "He said that the man was here"], 0),
+        (["Yesterday I saw her very much.", "Yesterday I saw her very old car."], 0),
+        (["It was his or her book.", "It was his or her."], 1),
+        (["They said the man-made lake was calm", "They said the man-eating lion was calm"], 1),
+        (["<|endoftext|>He said so.<|endoftext|>The weather was fine.<|endoftext|>She was tired",
+          "<|endoftext|>He said so.<|endoftext|>The weather was fine.<|endoftext|>The bread was dry"], 1),
     ]
     document_end = eos if scope == "document" else None
-    for texts in families:
+    for texts, predicted_decides in families:
         x = block(tok, texts)
         out = teacher_targets(model, x, mode=mode, temperature=2.0, vocab_rows=len(tok), table=table,
                               cf=counterfactual_batch(x, tok, table, lex, document_end)).probs
         plain = teacher_targets(model, x, mode="none", temperature=2.0, vocab_rows=len(tok)).probs
         d = int((x != x[0]).any(0).int().argmax())  # first position where the rows differ
         assert d >= 4
+        shared = d - predicted_decides
         for r in range(1, len(texts)):
-            torch.testing.assert_close(out[r, :d], out[0, :d], rtol=0, atol=1e-5)
+            torch.testing.assert_close(out[r, :shared], out[0, :shared], rtol=0, atol=1e-5,
+                                       msg=lambda m, text=texts[r]: f"{text!r}: {m}")
         assert (out[0, :d] - plain[0, :d]).abs().max() > 1e-4  # the rule acts on these positions
 
 

@@ -391,6 +391,26 @@ def test_bad_inputs_raise(model):
         model.eval()
 
 
+def test_positions_of_one_row_split_over_cf_rows(model):
+    """token_swap rule 8: a batch row may have several cf rows, each position held by at most one (OTHER_ROW,
+    -3, in the others). Splitting one row's positions over two copies of its counterfactual changes nothing;
+    a position held by two rows is refused."""
+    table = make_table()
+    x = gendered_batch()
+    kw = {"mode": "cf_mean", "temperature": 2.0, "vocab_rows": V, "table": table}
+    one = exact_cf(x, [0, 3], table)
+    want = teacher_targets(model, x, cf=one, **kw).probs
+    T = x.shape[1]
+    first = torch.where(torch.arange(T) < 8, torch.arange(T), torch.tensor(-3))
+    split = Cf(torch.tensor([0, 0, 3]), one.input_ids[[0, 0, 1]], one.attention_mask[[0, 0, 1]],
+               torch.stack([first, torch.where(first < 0, torch.arange(T), torch.tensor(-3)), one.align[1]]),
+               one.prefix_len[[0, 0, 1]])
+    torch.testing.assert_close(teacher_targets(model, x, cf=split, **kw).probs, want, rtol=0, atol=1e-6)
+    split.align[1, 7] = 7  # position 7 now held by both rows of batch row 0
+    with pytest.raises(ValueError, match="two cf rows"):
+        teacher_targets(model, x, cf=split, **kw)
+
+
 def test_cf_forward_runs_only_the_cf_rows(model):
     shapes = []
     hook = model.get_input_embeddings().register_forward_hook(lambda mod, args, out: shapes.append(tuple(args[0].shape)))

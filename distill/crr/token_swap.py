@@ -54,9 +54,16 @@ How a block is swapped (one row at a time):
 7. Document scope (`document_end`, what `crr.cf_scope=document` passes: the EOS id). Packing puts several
    documents in a block; a row's counterfactual stops at the first document end after its last swapped
    word, EOS included, and the original positions after it get SAME_CONTEXT (-2): their documents hold no
-   swap, so their counterfactual context is their own (the teacher then uses q = p there).
+   swap, so their counterfactual context is their own (the teacher then uses q = p there). So do the
+   positions of a later document before its own first swapped word (an EOS ends its own document): like
+   those before the row's first swap, whatever a later document holds.
    Causal attention makes every kept counterfactual position the same as without the cut, and the
    teacher's counterfactual pass runs on the swapped documents only, not on the rest of the block.
+8. Causal contexts (`distill.crr.causal`). The counterfactual context of position t reads the tokens up to
+   t+1 only. A swap that reads later words (her -> his/him, his -> her/hers, a !keep phrase such as
+   "man-made") is decided for position t on the text cut after token t+1; where that changes what t sees, t
+   takes its counterfactual from an extra row with those decisions (same batch row, listed after the row's
+   own), and its align in the row's own counterfactual is OTHER_ROW (-3).
 
 A swapped word whose new run cannot be encoded back to exactly its text (a character split at the run's
 edge) is skipped. The single-token spellings come from the table (`distill.crr.token_table`).
@@ -70,12 +77,13 @@ import dataclasses
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from itertools import accumulate
-from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from distill.crr.lexicon import Lexicon, Replacement
+from distill.crr.causal import RowSwap, causal_rows, variants
+from distill.crr.lexicon import Lexicon, Lookahead, Replacement
+from distill.crr.token_align import align_groups, maps_back
 from distill.crr.token_table import NO_COUNTERPART, SAME_CONTEXT, Codec, TokenSwapTable
 
 # A row where more than 1 token in this many may start a lexicon word is scanned whole with the regex
@@ -87,12 +95,15 @@ _SCAN_COST_RATIO = 2
 class CounterfactualBatch:
     """The role-reversed rows of a batch (see the module docstring for the rules).
 
-    rows: (S,) batch rows with at least one swapped word, ascending.
+    rows: (S,) batch rows with at least one swapped word, ascending; a batch row repeats for each extra row
+        of rule 8 (each original position is held by at most one of its rows: OTHER_ROW in the others).
     input_ids / attention_mask: (S, T2) counterfactual ids, right-padded; T2 <= T.
     align: (S, T) for each original position, the counterfactual position with the same next-token role;
-        NO_COUNTERPART (-1) if none, SAME_CONTEXT (-2) after the swapped document (rule 7).
+        NO_COUNTERPART (-1) if none, SAME_CONTEXT (-2) where the context is its own (rule 7), OTHER_ROW (-3)
+        where another row of the same batch row holds it (rule 8).
     prefix_len: (S,) leading tokens identical in original and counterfactual.
     n_exact / n_aligned: swapped words done by single-token substitution / by re-tokenisation and alignment.
+    n_causal_rows: extra rows of rule 8 (in S).
     """
 
     rows: torch.LongTensor
@@ -102,6 +113,7 @@ class CounterfactualBatch:
     prefix_len: torch.LongTensor
     n_exact: int
     n_aligned: int
+    n_causal_rows: int = 0
 
     def to(self, device: torch.device | str) -> CounterfactualBatch:
         """The same batch with its tensors on `device` (the swap runs on the CPU; the teacher may not)."""
@@ -127,9 +139,8 @@ def counterfactual_batch(input_ids: torch.Tensor, tokenizer, table: TokenSwapTab
         if not cand[r]:  # no token where a lexicon word may begin: nothing to swap
             continue
         out = _row_counterfactual(row, cand[r], codec, table, lexicon, document_end)
-        if out is not None:
-            rows.append(r)
-            swaps.append(out)
+        rows += [r] * len(out)
+        swaps += out
     return _collate(rows, swaps, T, _pad_id(tokenizer))
 
 
@@ -154,17 +165,7 @@ def _candidates(table: TokenSwapTable, ids_cpu: torch.Tensor) -> list[list[int]]
     return cand
 
 
-class _RowSwap(NamedTuple):
-    """The counterfactual of one row (fields as in CounterfactualBatch, unpadded)."""
-
-    input_ids: list[int]
-    align: list[int]
-    prefix_len: int
-    n_exact: int
-    n_aligned: int
-
-
-def _collate(rows: list[int], swaps: list[_RowSwap], T: int, pad: int) -> CounterfactualBatch:
+def _collate(rows: list[int], swaps: list[RowSwap], T: int, pad: int) -> CounterfactualBatch:
     """Rule 6: right-pad the rows' counterfactuals to the longest one (at most T)."""
     S = len(rows)
     T2 = max((len(s.input_ids) for s in swaps), default=T)
@@ -173,7 +174,7 @@ def _collate(rows: list[int], swaps: list[_RowSwap], T: int, pad: int) -> Counte
     return CounterfactualBatch(
         torch.tensor(rows, dtype=torch.long), _long(ids, S, T2), _long(mask, S, T2),
         _long([s.align for s in swaps], S, T), torch.tensor([s.prefix_len for s in swaps], dtype=torch.long),
-        sum(s.n_exact for s in swaps), sum(s.n_aligned for s in swaps))
+        sum(s.n_exact for s in swaps), sum(s.n_aligned for s in swaps), sum(s.extra for s in swaps))
 
 
 def _pad_id(tokenizer) -> int:
@@ -214,12 +215,25 @@ class _Group:
 
 
 def _row_counterfactual(row: list[int], cand: list[int], codec: Codec, table: TokenSwapTable, lexicon: Lexicon,
-                        document_end: int | None = None) -> _RowSwap | None:
-    """The counterfactual of one row, or None when nothing in it is swapped.
+                        document_end: int | None = None) -> list[RowSwap]:
+    """The counterfactual rows of one row: none when nothing in it is swapped, its own, then rule 8's extra ones.
     `cand`: ascending positions of the tokens in `table.word_starts` (where a swapped word may begin)."""
     strs, mended = codec.spell_row(row)
     spelt = _Spelt(strs, list(accumulate(map(len, strs))), "".join(strs), mended)
-    reps = _row_replacements(row, cand, spelt, table, lexicon)
+    looks: list[Lookahead] = []
+    reps = _row_replacements(row, cand, spelt, table, lexicon, looks)
+    main = _build(row, spelt, reps, codec, table, document_end)
+    if not looks:
+        return [main] if main is not None else []
+    alternatives = variants(spelt.text, spelt.ends, reps, looks, lexicon)
+    if not alternatives:
+        return [main] if main is not None else []
+    return causal_rows(row, main, alternatives, lambda r: _build(row, spelt, r, codec, table, document_end))
+
+
+def _build(row: list[int], spelt: _Spelt, reps: list[Replacement], codec: Codec, table: TokenSwapTable,
+           document_end: int | None) -> RowSwap | None:
+    """Rules 3-7: the counterfactual of one row with the words `reps` swapped, or None if none is."""
     if not reps:
         return None
     groups = _groups(row, spelt, _token_runs(reps, spelt.ends), codec, table)
@@ -232,26 +246,31 @@ def _row_counterfactual(row: list[int], cand: list[int], codec: Codec, table: To
     n_aligned = sum(len(g.reps) for g in groups if not g.exact)
     T = len(row)
     if n_aligned == 0:  # only substitutions: the same length, every position is its own counterpart
-        return _RowSwap(cf[:last + 1], list(range(last + 1)) + [SAME_CONTEXT] * (T - 1 - last), k, n_exact, 0)
-    align, shift = _align(row, cf, groups, spelt.ends, codec, table)
+        align = list(range(last + 1)) + [SAME_CONTEXT] * (T - 1 - last)
+        _own_documents(align, row, groups, document_end, last)
+        return RowSwap(cf[:last + 1], align, k, n_exact, 0)
+    align, shift = align_groups(row, cf, groups, spelt.ends, codec, table)
+    _own_documents(align, row, groups, document_end, last)
     cf, align = _cut(cf, align, last, shift, T)
-    return _RowSwap(cf, align, k, n_exact, n_aligned)
+    return RowSwap(cf, align, k, n_exact, n_aligned)
 
 
 def _row_replacements(row: list[int], cand: list[int], spelt: _Spelt, table: TokenSwapTable,
-                      lexicon: Lexicon) -> list[Replacement]:
-    """Rule 2: the words to swap in the row's text, less those touching an edge of the block."""
+                      lexicon: Lexicon, looks: list[Lookahead]) -> list[Replacement]:
+    """Rule 2: the words to swap in the row's text, less those touching an edge of the block; `looks` gets the
+    words whose swap reads later text (rule 8), less those at the block's start."""
     T, strs, ends, text = len(row), spelt.strs, spelt.ends, spelt.text
     # Scan the whole text when many tokens are candidates (a small vocabulary: one regex pass is cheaper) or
     # when split characters were mended (offsets inside those tokens may have moved).
     if spelt.mended or len(cand) * _SCAN_COST_RATIO > T:
-        found = lexicon.replacements(text)
+        found = lexicon.replacements(text, looks)
     else:
         ws = table.word_starts
         starts = [(ends[t - 1] if t else 0) + o for t in cand for o, more in ws[row[t]]
                   if not more or (t + 1 < T and strs[t + 1][:1].isalpha())]
-        found = lexicon.replacements_at(text, starts)
+        found = lexicon.replacements_at(text, starts, looks)
     # a word touching the edges of the block may be a fragment of a longer one
+    looks[:] = [x for x in looks if x.start > 0]
     return [x for x in found if x.start > 0 and x.end < len(text)]
 
 
@@ -279,7 +298,7 @@ def _groups(row: list[int], spelt: _Spelt, runs: list[list], codec: Codec, table
         new_ids = _run_ids(spelt, a, b, reps, codec, table)
         if new_ids is None or "\ufffd" in strs[b - 1] or (a and "\ufffd" in strs[a - 1]):
             continue
-        one_to_one = b - a == 1 and len(new_ids) == 1 and _maps_back(table, new_ids[0], row[a])
+        one_to_one = b - a == 1 and len(new_ids) == 1 and maps_back(table, new_ids[0], row[a])
         groups.append(_Group(a, b, reps, new_ids, one_to_one))
     return groups
 
@@ -328,62 +347,20 @@ def _last_position(row: list[int], after: int, document_end: int | None) -> int:
     return len(row) - 1
 
 
-def _align(row: list[int], cf: list[int], groups: list[_Group], ends: list[int], codec: Codec,
-           table: TokenSwapTable) -> tuple[list[int], int]:
-    """Rule 5: align[t] for every original position, and the counterfactual's length change. Positions
-    between groups move by the length changes of the groups before them."""
-    T = len(row)
-    align = [NO_COUNTERPART] * T
-    shift, prev = 0, 0
-    for g in groups:
-        align[prev:g.a] = range(prev + shift, g.a + shift)
-        _align_group(align, g, g.a + shift, row, cf, ends, codec, table)
-        shift += len(g.new_ids) - (g.b - g.a)
-        prev = g.b
-    align[prev:T] = range(prev + shift, T + shift)
-    return align, shift
-
-
-def _align_group(align: list[int], g: _Group, c0: int, row: list[int], cf: list[int], ends: list[int],
-                 codec: Codec, table: TokenSwapTable) -> None:
-    """Rules 5 and 5b inside one group, whose new ids start at counterfactual position c0."""
-    t0 = ends[g.a - 1] if g.a else 0
-    # counterfactual run: offset (relative to t0) at which each new token ends -> its index in the run
-    end_to_j = {e: j for j, e in enumerate(accumulate(map(len, codec.spell(g.new_ids))))}
-    for t in range(g.a, g.b):
-        m = _map_offset(ends[t] - t0, g.reps, t0)
-        j = end_to_j.get(m) if m is not None else None
-        align[t] = NO_COUNTERPART if j is None else c0 + j
-    # Rule 5b: a position whose next token lies in the run predicts a piece of the swapped word; unless the
-    # counterfactual's next token maps back to it through the table, it gets no counterpart.
-    for t in range(max(g.a - 1, 0), g.b - 1):
-        j = align[t]
-        if j >= 0 and (j + 1 >= len(cf) or not _maps_back(table, cf[j + 1], row[t + 1])):
-            align[t] = NO_COUNTERPART
-
-
-def _map_offset(p: int, reps: list[Replacement], base: int) -> int | None:
-    """Rule 5: character offset p (relative to `base`) -> counterfactual offset (relative to `base`), through
-    the sorted replacements (whose offsets are absolute)."""
-    delta = 0
-    for x in reps:
-        s = x.start - base
-        if p <= s:
-            break
-        if p >= x.end - base:
-            delta += len(x.new) - len(x.old)
-            continue
-        return s + delta + (p - s) if p - s <= _common_prefix(x.old, x.new) else None
-    return p + delta
-
-
-def _common_prefix(a: str, b: str) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
+def _own_documents(align: list[int], row: list[int], groups: list[_Group], document_end: int | None,
+                   last: int) -> None:
+    """Rule 7: SAME_CONTEXT for the positions of each document after the first swapped one, up to `last`,
+    that come before that document's first swapped token (NO_COUNTERPART stays: rule 5b, as in the first)."""
+    if document_end is None or document_end not in row[groups[0].a:last]:
+        return
+    starts = {g.a for g in groups}
+    swapped = False
+    for t in range(row.index(document_end, groups[0].a) + 1, last + 1):
+        swapped = swapped or t in starts
+        if not swapped and align[t] >= 0:
+            align[t] = SAME_CONTEXT
+        if row[t] == document_end:  # the next position starts a new document
+            swapped = False
 
 
 def _cut(cf: list[int], align: list[int], last: int, shift: int, T: int) -> tuple[list[int], list[int]]:
@@ -396,9 +373,3 @@ def _cut(cf: list[int], align: list[int], last: int, shift: int, T: int) -> tupl
         cf = cf[:T]
         align = [x if x < T else NO_COUNTERPART for x in align]
     return cf, align
-
-
-def _maps_back(table: TokenSwapTable, u: int, v: int) -> bool:
-    """Whether counterfactual token u is original token v after mapping back (the same id, the table's
-    counterpart, or one of the ids a one-to-many token splits over)."""
-    return u == v or int(table.counterpart[u]) == v or v in table.back_groups.get(u, ())

@@ -25,10 +25,11 @@ import torch
 from distill.crr.lexicon import Lexicon
 
 # align values of `distill.crr.token_swap.CounterfactualBatch` that are not positions: no counterpart (the
-# target stays the teacher's own p), and "the counterfactual context is the original one" (a later document of
-# the block), where q = p.
+# target stays the teacher's own p), "the counterfactual context is the original one" (a later document of
+# the block), where q = p, and "another counterfactual row of the same batch row holds it" (rule 8).
 NO_COUNTERPART = -1
 SAME_CONTEXT = -2
+OTHER_ROW = -3
 _ANCHOR_TEXT = "\n"  # decoded before each id so a piece keeps its leading space; encoded before a run likewise
 
 

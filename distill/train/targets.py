@@ -30,8 +30,10 @@ before issue 11 those positions kept p in rows without a swap but were combined 
 one context had two targets depending on tokens after it. The one exception is named by the alignment
 (`cf.align == -1`): a position predicting a piece of a multi-token swapped word, or whose counterpart was cut
 off at the block's end, keeps p, because no counterfactual prediction there can be mapped back. Whether a
-word is swapped can depend on the word being predicted (" he" vs " he|ad", "her" -> "his"/"him"), never on
-later words.
+word is swapped, and how, can depend on the word being predicted (" he" vs " he|ad"), never on later words:
+"her" -> "his"/"him" and the other swaps that read ahead are decided for each position on the text cut after
+the token it predicts, and a position whose decision differs from its row's takes q from an extra cf row
+(`distill.crr.causal`; cf.rows then repeats the batch row, and its own cf row holds -3 at that position).
 
 Cost: the counterfactual forward runs only for the rows in `cf.rows` (whole rows: no key/value reuse, whose
 gain was measured too small to keep), and the LM head only at the positions whose target reads it. Positions
@@ -113,17 +115,23 @@ def _prepare_cf(cf: CounterfactualBatch, input_ids: torch.Tensor) -> _CfJob:
     n = min(T, T2)  # the claimed shared prefix must hold the original tokens (it decides where q = p)
     in_prefix = torch.arange(n, device=dev) < prefix[:, None]
     stats = torch.stack([
-        rows.min(), rows.max(), torch.unique(rows).numel() - torch.tensor(S, device=dev),
+        rows.min(), rows.max(),
         (mask != (torch.arange(T2, device=dev) < lengths[:, None]).to(mask.dtype)).sum(),
         align.min(), (align - lengths[:, None]).max(),
+        # OTHER_ROW (-3): another cf row of the same batch row holds the position (token_swap rule 8)
+        torch.zeros(B, T, dtype=torch.long, device=dev).index_add_(0, rows.clamp(0, B - 1),
+                                                                    (align != -3).long()).max(),
         ((ids[:, :n] != input_ids[rows.clamp(0, B - 1), :n]) & in_prefix).sum(),
     ]).tolist()
-    if stats[0] < 0 or stats[1] >= B or stats[2] != 0:
-        raise ValueError(f"cf.rows must be distinct batch rows in 0..{B - 1}")
-    if stats[3] != 0:
+    if stats[0] < 0 or stats[1] >= B:
+        raise ValueError(f"cf.rows must be batch rows in 0..{B - 1}")
+    if stats[2] != 0:
         raise ValueError("cf.attention_mask must be right padding (ones, then zeros) on every row")
-    if stats[4] < -2 or stats[5] >= 0:
-        raise ValueError("cf.align must hold -1, -2 or a real (unpadded) cf position for every original position")
+    if stats[3] < -3 or stats[4] >= 0:
+        raise ValueError("cf.align must hold -1, -2, -3 or a real (unpadded) cf position for every original "
+                         "position")
+    if stats[5] > 1:
+        raise ValueError("cf.align gives a position to two cf rows of one batch row (all but one must hold -3)")
     if stats[6] != 0:
         raise ValueError("cf.prefix_len claims a shared prefix but the cf tokens differ from the original there")
 
