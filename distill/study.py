@@ -16,13 +16,19 @@ scratch that is one eval over everything; arms added later cost only themselves 
     OUT/results.json          {"arms": [...], "seeds": [...], "runs": [{"arm", "seed", "final_dir", "figures"}],
                                "comparisons": {arm: [the scorer's tests of arm - its baseline]},
                                "evals": {arm: eval folder}, "baseline_agreement": {...},
-                               "runs_tests": {arm: the probe slope's test over training runs}}
+                               "runs_tests": {arm: the probe slope's test over training runs},
+                               "primary": {the one primary comparison}, "secondary": {"tests": N, ...}}
+                              (before the first run trains it holds the primary's declaration only)
     OUT/table.md              per arm: mean +- sd over seeds of each figure, paired test against its baseline
     OUT/disparity_vs_perplexity.png   one panel per student size: a dot per run, each arm's mean +- sd
 
 The scorer's contract (issue 10): `--model NAME=DIR1,DIR2,...` gives one model several training runs, whose
 per-run figures are under `seeds`; per-model figures `disparity_rms`, `disparity_rms_ci`, `probe{...}`;
 comparisons `{a, b, metric, diff, ci, p, p_runs}`.
+
+One comparison is primary, declared in OUT/results.json before anything is trained or scored: crr
+(`cda_pair_mean`) against `kd` on disparity_rms, over training runs (distill.study_primary). Every other p the
+study reports is secondary and Holm-adjusted as one family; the table says which is which.
 
 Seeds: `seed=N` moves the training order and the teacher-written transfer set (its cache key holds the seed),
 so arms with the same seed see the same text and differ only in their method.
@@ -39,8 +45,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from distill import rundir, study_evals, study_lanes
+from distill import rundir, study_evals, study_lanes, study_primary
+from distill.atomic import write_text_atomic
 from distill.errors import UserError
+from distill.study_table import write_plot, write_table  # noqa: F401  (the study's outputs; tests call them here)
 
 TEACHER = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE = "recipes/demo_kd.yaml"  # the demo budget; every arm differs from it only in the listed keys
@@ -256,88 +264,6 @@ def slope_runs_test(runs: list[dict], arm: str) -> dict | None:
             "diff": statistics.fmean(values[1]) - statistics.fmean(values[0]), "p_runs": p}
 
 
-def _test_cell(c: dict) -> str:
-    ci = f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" if c.get("ci") else ""
-    p = f", p {c['p']:.3f}" if isinstance(c.get("p"), (int, float)) else ""
-    runs = f", runs p {c['p_runs']:.2f}" if isinstance(c.get("p_runs"), (int, float)) else ""
-    return f"{c['metric']}: {c['diff']:+.3f}{ci}{p}{runs}"
-
-
-def _mean_sd(xs: list[float]) -> str:
-    if not xs:
-        return "n/a"
-    if len(xs) == 1:
-        return f"{xs[0]:.3f}"
-    return f"{statistics.fmean(xs):.3f} ± {statistics.stdev(xs):.3f}"
-
-
-def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict[str, list[dict]],
-                command: str, agreement: dict | None = None, runs_tests: dict[str, dict] | None = None) -> None:
-    from distill.eval.scoring import runs_permutation_floor
-
-    n = len({r["seed"] for r in runs})
-    lines = [f"Made by `{command}`. Mean ± sd over seeds (n per arm in the second column); paired test against "
-             f"plain KD of the same size (`{BASELINE}`; `{SMALL_BASELINE}` for the compressed arms) from the "
-             "scorer (arm - baseline, [95% CI], p over professions; runs p: exact permutation over training "
-             f"runs, the only p that includes training noise; {runs_permutation_floor(n, n):.2g} is its floor with {n} runs "
-             "per arm), and the probe's slope on the teacher tested the same way over runs.", "",
-             "| arm | n | " + " | ".join(label.replace("|", "\\|") for label, _, _ in FIGURES)
-             + " | vs baseline (paired) |",
-             "|---|---|" + "---|" * (len(FIGURES) + 1)]
-    for arm in arms:
-        mine = [r for r in runs if r["arm"] == arm]
-        cells = [_mean_sd([v for r in mine if (v := figure(r["figures"], col)) is not None]) for col in FIGURES]
-        tests = [_test_cell(c) for c in comparisons.get(arm, []) if c["metric"] in TABLE_TESTS]
-        slope = (runs_tests or {}).get(arm)
-        if slope and tests:
-            tests.append(_test_cell(slope))
-        if tests and baseline_of(arm) != BASELINE:
-            tests[0] = f"vs {baseline_of(arm)}: {tests[0]}"
-        lines.append(f"| {arm} | {len(mine)} | " + " | ".join(cells) + " | " + ("; ".join(tests) or "—") + " |")
-    for base, a in (agreement or {}).items():
-        lines += ["", f"`{base}` was scored by {len(a['evals'])} evals ({', '.join(a['evals'])}); its per-run "
-                  f"figures differ between them by at most {a['max_abs_diff']:.2g} (0: the scorer reproduced "
-                  "itself, so tests from different evals share one baseline)."]
-    path.write_text("\n".join(lines) + "\n")
-
-
-def write_plot(path: Path, arms: list[str], runs: list[dict]) -> None:
-    """Disparity against perplexity: a dot per run and each arm's mean ± sd as a diamond with error bars, one
-    panel per student size (arms grouped by their baseline), because compression moves perplexity far more than
-    any arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    panels = list(dict.fromkeys(baseline_of(a) for a in arms))
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + 1.5, 4.5), sharey=True, squeeze=False)
-    cmap = plt.get_cmap("tab20")
-    for ax, baseline in zip(axes[0], panels, strict=True):
-        for i, arm in enumerate(arms):
-            if baseline_of(arm) != baseline:
-                continue
-            pts = [(figure(r["figures"], FIGURES[4]), figure(r["figures"], FIGURES[0])) for r in runs
-                   if r["arm"] == arm]
-            pts = [(x, y) for x, y in pts if x is not None and y is not None]
-            if not pts:
-                continue
-            xs, ys = np.array(pts).T
-            color = cmap(i % 20)
-            ax.scatter(xs, ys, color=color, s=22, alpha=0.6)
-            ax.errorbar(xs.mean(), ys.mean(), xerr=xs.std(ddof=1) if len(xs) > 1 else None,
-                        yerr=ys.std(ddof=1) if len(ys) > 1 else None, fmt="D", color=color, ms=6, capsize=3,
-                        label=arm)
-        ax.set_title(f"arms paired with {baseline}", fontsize=10)
-        ax.set_xlabel("perplexity (held-out text)")
-        ax.legend(fontsize=7, ncol=2)
-    axes[0][0].set_ylabel("disparity_rms (dots: runs; diamonds: mean ± sd)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m distill.study", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="out/study", help="output folder (default out/study)")
@@ -361,6 +287,23 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def declare_primary(out: Path, arms: list[str], seeds: list[int], command: str) -> dict | None:
+    """Declare the primary comparison in OUT/results.json before anything trains or is scored (the rest of the
+    file follows when the study ends); an earlier declaration of the same comparison keeps its time."""
+    path = out / "results.json"
+    previous = None
+    if path.is_file():
+        try:
+            previous = json.loads(path.read_text()).get("primary")
+        except (ValueError, AttributeError):
+            previous = None
+    primary = study_primary.declare(arms, baseline_of, previous, scored_before=bool(study_evals.eval_dirs(out)))
+    write_text_atomic(path, json.dumps({"command": command, "arms": arms, "seeds": seeds, "primary": primary,
+                                        "status": "primary comparison declared; the study has not finished"},
+                                       indent=2) + "\n")
+    return primary
+
+
 def _study(args, argv) -> int:
     if args.seeds < 1:
         raise UserError(f"--seeds/STUDY_SEEDS must be at least 1, got {args.seeds}")
@@ -376,6 +319,7 @@ def _study(args, argv) -> int:
     rundir.lock_output(out, "--out")
     rundir.write_marker(out, "study")
     command = "python -m distill.study " + shlex.join(argv if argv is not None else sys.argv[1:])
+    primary = declare_primary(out, arms, seeds, command)
     run = Runner(args.in_process, lambda msg: print(msg, flush=True))
     if args.reuse_eval:
         runs = plan_runs(arms, seeds, out)
@@ -387,15 +331,21 @@ def _study(args, argv) -> int:
     comparisons = {arm: baseline_comparisons(results[arm], arm, baseline_of(arm)) for arm in arms
                    if arm != baseline_of(arm)}
     runs_tests = {arm: t for arm in arms if (t := slope_runs_test(runs, arm))}
-    (out / "results.json").write_text(json.dumps({
+    study_primary.fill(primary, runs, lambda r: figure(r["figures"], FIGURES[0]))
+    family = study_primary.adjust_secondary(comparisons, runs_tests, primary)
+    write_text_atomic(out / "results.json", json.dumps({
         "command": command, "arms": arms, "seeds": seeds,
         "recipes": {a: dict(zip(("recipe", "overrides"), arm_plan(a, args.smoke), strict=True)) for a in arms},
         "runs": runs, "comparisons": comparisons, "baseline_agreement": agreement,
         "runs_tests": runs_tests,
         "evals": {arm: str(d) for arm, d in eval_dirs.items()},
         "teacher": results[BASELINE if BASELINE in arms else arms[0]].get("models", {}).get("teacher"),
+        "primary": primary,
+        "secondary": {"adjustment": "holm", "tests": family, "alpha": study_primary.ALPHA,
+                      "what": "every p and p_runs under comparisons and runs_tests but the primary's: p_holm, "
+                              "p_runs_holm"},
     }, indent=2, default=str) + "\n")
-    write_table(out / "table.md", arms, runs, comparisons, command, agreement, runs_tests)
+    write_table(out / "table.md", arms, runs, comparisons, command, agreement, runs_tests, primary, family)
     write_plot(out / "disparity_vs_perplexity.png", arms, runs)
     print(f"wrote {out}/results.json, table.md and disparity_vs_perplexity.png ({len(runs)} runs)")
     return 0

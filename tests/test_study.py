@@ -41,7 +41,9 @@ def test_smoke_study_trains_scores_and_writes_table_results_and_plot(tmp_path):
     table = (out / "table.md").read_text().splitlines()
     rows = {line.split("|")[1].strip(): line for line in table if line.startswith("| ") and "---" not in line}
     assert set(rows) == {"arm", "kd", "cda_cf_mean"}
-    assert "0.33 is its floor with 2 runs per arm" in table[0]  # (smoke: kd is the probe's reference, no slope)
+    assert table[0].startswith("**Primary comparison** (declared in results.json at ")  # crr is not in this study:
+    assert res["primary"]["b"] == "cda_cf_mean" and "not in this study" in res["primary"]["why"]  # its first arm
+    assert "0.33 is its floor with 2 runs per arm" in table[2]  # (smoke: kd is the probe's reference, no slope)
     ppl = [r["figures"]["perplexity"] for r in res["runs"] if r["arm"] == "kd"]
     mean, sd = sum(ppl) / 2, abs(ppl[0] - ppl[1]) / 2**0.5
     assert f"{mean:.3f} ± {sd:.3f}" in rows["kd"] and "| 2 |" in rows["kd"]
@@ -205,3 +207,85 @@ def test_the_probe_slope_is_tested_over_training_runs_and_the_floor_follows_the_
     assert t["p_runs"] == pytest.approx(2 / 20)  # perfectly separated: the floor at 3 + 3
     assert study.slope_runs_test(runs, "kd") is None
     assert runs_permutation_floor(3, 3) == pytest.approx(0.1) and runs_permutation_floor(5, 5) == pytest.approx(2 / 252)
+
+
+def test_the_primary_comparison_is_declared_before_scoring_and_the_rest_is_holm_adjusted(tmp_path, monkeypatch):
+    """The study writes crr - kd on disparity_rms over runs into results.json before training and scoring (seen
+    from inside both), fills it with the estimate and the runs p after, and Holm-adjusts every other p."""
+    from distill.eval.paired import holm
+    from distill.eval.scoring import runs_permutation_p
+
+    out = tmp_path / "study"
+    scorer = _results_v2()
+    scorer["comparisons"].append({"a": "kd", "b": "cda_pair_mean", "metric": "probe_rms_logratio", "diff": 0.05,
+                                  "ci": [0.01, 0.09], "p": 0.01})
+    for r, slope in zip(scorer["models"]["cda_pair_mean"]["seeds"], (0.12, 0.13), strict=True):
+        r["probe"]["slope_on_teacher"] = slope
+    seen = {}
+
+    def declared():
+        return json.loads((out / "results.json").read_text())["primary"]
+
+    def fake_train(arms, seeds, out_, smoke, run, lanes=1):
+        seen["train"] = declared()
+        return study.plan_runs(arms, seeds, out_)
+
+    def fake_score(runs, arms, out_, smoke, run, teacher, reuse):
+        seen["score"] = declared()
+        return {a: scorer for a in arms}, {a: out_ / "eval" for a in arms}, {}
+
+    monkeypatch.setattr(study, "train_runs", fake_train)
+    monkeypatch.setattr(study, "score", fake_score)
+    argv = ["--smoke", "--seeds", "2", "--arms", "cda_pair_mean", "--out", str(out)]
+    assert study.main(argv) == 0
+    for moment in ("train", "score"):  # declared, not yet filled, before anything trained or was scored
+        d = seen[moment]
+        assert (d["a"], d["b"], d["metric"]) == ("kd", "cda_pair_mean", "disparity_rms") and "permutation" in d["test"]
+        assert d["declared_before_scoring"] is True and d["estimate"] is None and d["p"] is None
+    res = json.loads((out / "results.json").read_text())
+    primary = res["primary"]
+    assert primary["declared_at"] == seen["score"]["declared_at"]
+    assert primary["runs"] == {"kd": [0.10, 0.12], "cda_pair_mean": [0.04, 0.06]}
+    assert primary["estimate"] == pytest.approx(-0.06)
+    assert primary["p"] == runs_permutation_p([0.10, 0.12], [0.04, 0.06]) == pytest.approx(1 / 3)
+    assert primary["floor"] == pytest.approx(1 / 3) and primary["established"] is False
+    # secondary: the disparity_rms p over professions, the probe's p and the slope's runs p; not the primary
+    tests = res["comparisons"]["cda_pair_mean"]
+    disparity = next(c for c in tests if c["metric"] == "disparity_rms")
+    probe = next(c for c in tests if c["metric"] == "probe_rms_logratio")
+    slope = res["runs_tests"]["cda_pair_mean"]
+    assert disparity["primary"] is True and "p_runs_holm" not in disparity
+    assert res["secondary"]["tests"] == 3 and res["secondary"]["adjustment"] == "holm"
+    assert [disparity["p_holm"], probe["p_holm"], slope["p_runs_holm"]] == holm([0.02, 0.01, slope["p_runs"]])
+    assert probe["p_holm"] == pytest.approx(0.03)
+    table = (out / "table.md").read_text()
+    assert table.startswith("**Primary comparison** (declared in results.json at ")
+    assert "crr (`cda_pair_mean`) - `kd`, disparity_rms, mean over training runs: -0.060, exact permutation p " \
+        "over 2 + 2 runs = 0.333" in table and "not established" in table
+    assert "runs p 0.10 (primary)" in table and "p 0.010 (Holm 0.030)" in table
+    assert "Holm-adjusted value over all 3 secondary p values" in table
+    # a rerun keeps the declaration's time; a study whose eval exists before any declaration says so
+    assert study.main(argv) == 0
+    assert json.loads((out / "results.json").read_text())["primary"]["declared_at"] == primary["declared_at"]
+    from distill import rundir
+
+    late = tmp_path / "late"  # a study begun before declarations existed: its eval is there, no primary
+    (late / "eval").mkdir(parents=True)
+    rundir.write_marker(late, "study")
+    (late / "eval" / "results.json").write_text("{}")
+    assert study.main([*argv[:-1], str(late)]) == 0
+    assert json.loads((late / "results.json").read_text())["primary"]["declared_before_scoring"] is False
+    assert "after an earlier eval of this study had scored" in (late / "table.md").read_text()
+
+
+def test_a_study_of_kd_alone_declares_no_primary():
+    assert study_primary_declare(["kd"]) is None
+    d = study_primary_declare(["kd", "cda", "cda_pair_mean"])
+    assert (d["a"], d["b"]) == ("kd", "cda_pair_mean")
+    assert study_primary_declare(["small_kd", "small_cda_pair_mean"])["a"] == "small_kd"
+
+
+def study_primary_declare(arms):
+    from distill import study_primary
+
+    return study_primary.declare(arms, study.baseline_of, previous=None, scored_before=False)
