@@ -163,7 +163,7 @@ def audit(tokenizer, lexicon, vocab_rows: int | None = None, examples: int = 6) 
         key = ("names" if p["is_name"] else "words", p["case"], p["lead"])
         spell_rows.setdefault(key, dict.fromkeys(STATUSES, 0))[p["status"]] += 1
     return {"vocab_rows": V, "table_ids": len(ids), "table_pairs": int(table.pairs.shape[0]),
-            "lexicon": repr(lexicon), "classes": classes,
+            "lexicon": f"{lexicon.n_word_pairs} word pairs, {lexicon.n_name_pairs} name pairs", "classes": classes,
             "spellings": [{"kind": k[0], "case": k[1], "lead": k[2], **v} for k, v in sorted(spell_rows.items())],
             "probe_ids": {"male": len(pm), "female": len(pf)},
             "table_side_ids": {"male": len(words["table"][0]), "female": len(words["table"][1])}}
@@ -171,7 +171,7 @@ def audit(tokenizer, lexicon, vocab_rows: int | None = None, examples: int = 6) 
 
 def markdown(res: dict) -> str:
     out = [f"Swap table: {res['table_ids']} ids in {res['table_pairs']} pairs over {res['vocab_rows']} vocabulary "
-           f"rows; {res['lexicon']}. Table sides: {res['table_side_ids']['male']} male ids, "
+           f"rows; lexicon of {res['lexicon']}. Table sides: {res['table_side_ids']['male']} male ids, "
            f"{res['table_side_ids']['female']} female; probe: {res['probe_ids']['male']} male ids, "
            f"{res['probe_ids']['female']} female.", "",
            "| class | count | what | examples |", "|---|---|---|---|"]
