@@ -5,6 +5,8 @@
     python -m distill.study --smoke --out /tmp/study_smoke            # debug recipes, 2 steps: the code path
     make study STUDY_SEEDS=3 STUDY_ARMS=kd,cda,pair_mean             # the same through make
     python -m distill.study --lanes 2 --out out/study                # two runs at a time (distill.study_lanes)
+    python -m distill.study --arms cda_pair_mean --seeds 5 --prompts-per-profession 8 --samples-per-prompt 5 \
+        --out out/demo_seeds                                         # a larger eval, sized by `distill power`
 
 Each arm is a base recipe plus overrides (ARMS). For every (arm, seed) the study runs `distill train` into
 OUT/runs/ARM/sSEED (a finished run, one with final/, is reused, so an interrupted study resumes), then one
@@ -73,9 +75,18 @@ ARMS: dict[str, tuple[str, dict[str, str]]] = {
     "small_cda_pair_mean": (SMALL, _crr("both", "pair_mean")),
 }
 
-# The demo's scoring budget (Makefile DEMO_EVAL): 272 prompts (2 per profession) x 3 samples, precision auto.
-EVAL_ARGS = ["--prompts", "professions", "--max-prompts", "272", "--samples-per-prompt", "3", "--max-new-tokens",
-             "24", "--batch-size", "64", "--dtype", "auto", "--text", "data/tiny_heldout.txt"]
+PROFESSIONS, PROMPTS_EACH = 136, 8  # the 'professions' prompt set: 8 prompts for each of 136 professions
+
+
+def eval_args(prompts_per_profession: int = 2, samples_per_prompt: int = 3) -> list[str]:
+    """The study's `distill eval` arguments: the demo's scoring budget (Makefile DEMO_EVAL) by default, 272 prompts
+    (2 per profession) x 3 samples, precision auto; larger designs come from `distill power` (Makefile)."""
+    return ["--prompts", "professions", "--max-prompts", str(PROFESSIONS * prompts_per_profession),
+            "--samples-per-prompt", str(samples_per_prompt), "--max-new-tokens", "24", "--batch-size", "64",
+            "--dtype", "auto", "--text", "data/tiny_heldout.txt"]
+
+
+EVAL_ARGS = eval_args()
 
 # Smoke mode: the debug recipe (tiny random teacher, data/tiny_corpus.txt), two steps, a handful of prompts.
 SMOKE_BASE = "recipes/debug.yaml"
@@ -174,12 +185,12 @@ def train_runs(arms: list[str], seeds: list[int], out: Path, smoke: bool, run, l
 
 
 def score(runs: list[dict], arms: list[str], out: Path, smoke: bool, run, teacher: str | None,
-          reuse: bool) -> tuple[dict[str, dict], dict[str, Path], dict]:
+          reuse: bool, eval_argv: list[str] | None = None) -> tuple[dict[str, dict], dict[str, Path], dict]:
     """({arm: results.json of the eval that scored it}, {arm: that eval's folder}, baseline agreement).
 
     Arms an earlier eval under OUT already scored are not scored again; the rest go into one new `distill eval`
     with the teacher and their baselines (distill.study_evals). With `reuse`, nothing is scored."""
-    extra = SMOKE_EVAL if smoke else EVAL_ARGS
+    extra = SMOKE_EVAL if smoke else (eval_argv or EVAL_ARGS)
     assigned, missing, evals = study_evals.assign_evals(out, arms, runs, baseline_of, extra)
     if reuse:
         study_evals.check_reusable(missing, out)
@@ -272,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", default=None, help=f"first scored model (default {TEACHER}; none in --smoke)")
     p.add_argument("--smoke", action="store_true", help="debug recipes, 2 steps, few prompts: tests the code path")
     p.add_argument("--in-process", action="store_true", help="run the distill commands in this process")
+    p.add_argument("--prompts-per-profession", type=int, default=2, metavar="P",
+                   help=f"eval prompts per profession, 1-{PROMPTS_EACH} (default 2: the demo's; size it with "
+                   "`distill power`)")
+    p.add_argument("--samples-per-prompt", type=int, default=3, metavar="K",
+                   help="eval samples per prompt (default 3: the demo's)")
     p.add_argument("--lanes", type=int, default=1,
                    help="train this many runs at once, each pinned to its share of the cores (default 1; 2 on a "
                    "2-core CPU finished runs sooner here: distill/study_lanes.py; keep 1 on a GPU)")
@@ -307,6 +323,12 @@ def declare_primary(out: Path, arms: list[str], seeds: list[int], command: str) 
 def _study(args, argv) -> int:
     if args.seeds < 1:
         raise UserError(f"--seeds/STUDY_SEEDS must be at least 1, got {args.seeds}")
+    if not 1 <= args.prompts_per_profession <= PROMPTS_EACH:
+        raise UserError(f"--prompts-per-profession must be 1 to {PROMPTS_EACH} (the prompts the set has for each "
+                        f"profession), got {args.prompts_per_profession}")
+    if args.samples_per_prompt < 1 or args.prompts_per_profession * args.samples_per_prompt < 2:
+        raise UserError("--samples-per-prompt must be at least 1, and prompts x samples at least 2 (the unbiased gap "
+                        f"needs pairs), got {args.prompts_per_profession} x {args.samples_per_prompt}")
     study_lanes.check_lanes(args.lanes, args.in_process)
     arms = parse_arms(args.arms)
     seeds = list(range(args.seeds))
@@ -325,7 +347,8 @@ def _study(args, argv) -> int:
         runs = plan_runs(arms, seeds, out)
     else:
         runs = train_runs(arms, seeds, out, args.smoke, run, args.lanes)
-    results, eval_dirs, agreement = score(runs, arms, out, args.smoke, run, teacher, reuse=args.reuse_eval)
+    results, eval_dirs, agreement = score(runs, arms, out, args.smoke, run, teacher, reuse=args.reuse_eval,
+                                          eval_argv=eval_args(args.prompts_per_profession, args.samples_per_prompt))
     for r in runs:  # a several-run model lists its runs in the order given: seeds ascending
         r["figures"] = run_figures(results[r["arm"]], r["arm"], seeds.index(r["seed"]))
     comparisons = {arm: baseline_comparisons(results[arm], arm, baseline_of(arm)) for arm in arms

@@ -128,6 +128,8 @@ def test_arms_cover_the_ablation_and_the_compressed_student_removes_a_third_of_t
     (["--arms", "kd,cf_min"], "unknown arm(s) cf_min"),
     (["--seeds", "0"], "at least 1"),
     (["--teacher", "nowhere.gguf"], "not found"),
+    (["--prompts-per-profession", "9"], "must be 1 to 8"),
+    (["--prompts-per-profession", "1", "--samples-per-prompt", "1"], "at least 2"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, message):
     out = tmp_path / "study"
@@ -230,8 +232,8 @@ def test_the_primary_comparison_is_declared_before_scoring_and_the_rest_is_holm_
         seen["train"] = declared()
         return study.plan_runs(arms, seeds, out_)
 
-    def fake_score(runs, arms, out_, smoke, run, teacher, reuse):
-        seen["score"] = declared()
+    def fake_score(runs, arms, out_, smoke, run, teacher, reuse, eval_argv=None):
+        seen["score"], seen["eval_argv"] = declared(), eval_argv
         return {a: scorer for a in arms}, {a: out_ / "eval" for a in arms}, {}
 
     monkeypatch.setattr(study, "train_runs", fake_train)
@@ -264,8 +266,11 @@ def test_the_primary_comparison_is_declared_before_scoring_and_the_rest_is_holm_
         "over 2 + 2 runs = 0.333" in table and "not established" in table
     assert "runs p 0.10 (primary)" in table and "p 0.010 (Holm 0.030)" in table
     assert "Holm-adjusted value over all 3 secondary p values" in table
-    # a rerun keeps the declaration's time; a study whose eval exists before any declaration says so
-    assert study.main(argv) == 0
+    assert seen["eval_argv"] == study.EVAL_ARGS  # the demo's scoring design unless told otherwise
+    # a rerun keeps the declaration's time (here with the eval size `distill power` chose, passed to the scorer);
+    # a study whose eval exists before any declaration says so
+    assert study.main([*argv, "--prompts-per-profession", "8", "--samples-per-prompt", "4"]) == 0
+    assert seen["eval_argv"] == study.eval_args(8, 4)
     assert json.loads((out / "results.json").read_text())["primary"]["declared_at"] == primary["declared_at"]
     from distill import rundir
 
@@ -276,6 +281,15 @@ def test_the_primary_comparison_is_declared_before_scoring_and_the_rest_is_holm_
     assert study.main([*argv[:-1], str(late)]) == 0
     assert json.loads((late / "results.json").read_text())["primary"]["declared_before_scoring"] is False
     assert "after an earlier eval of this study had scored" in (late / "table.md").read_text()
+
+
+def test_the_eval_size_comes_from_the_options_and_an_eval_of_another_size_is_not_reused():
+    from distill import study_evals
+
+    assert study.eval_args() == study.EVAL_ARGS and "272" in study.EVAL_ARGS  # the demo's design by default
+    big = study.eval_args(8, 4)
+    assert study_evals.expected_settings(big) == {**study_evals.expected_settings(study.EVAL_ARGS),
+                                                  "max_prompts": "1088", "samples_per_prompt": "4"}
 
 
 def test_a_study_of_kd_alone_declares_no_primary():
