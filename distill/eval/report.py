@@ -28,8 +28,10 @@ distill/eval/probe.py and distill/eval/paired.py):
                       "unit": "profession" | "category" (what the sign-flip p flips over), "diff": b - a,
                       "ci": [lo, hi], "p": float, "n": units, "diff_mean": mean per-unit difference,
                       "p_runs": float | null}],
-     "power": {"detectable_difference": float | null, "words": str, "baseline": NAME, ...}}
-                                                 # distill.eval.power: this design's 80%-power difference
+     "power": {"detectable_difference": float | null, "words": str, "baseline": NAME, ...,
+               "model": {"professions": [CAT/PROF], "gaps": [...], "shares": [...], "run_sd": float}}}
+                                                 # distill.eval.power: this design's 80%-power difference, and
+                                                 # the baseline model `distill power --eval DIR` simulates
 
 `distill score` writes the same file without perplexity, agreement and probe.
 
