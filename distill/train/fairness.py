@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -39,6 +40,8 @@ class FairnessProbe:
 
     teacher_seconds: float  # what the teacher's probe took, once per run
 
+    memo: ProbeMemo | None = None
+
     def measure(self, model, teacher=None) -> dict:
         """The four figures for `model`, and `probe_seconds`, its cost (left in eval mode: the caller restores
         training mode)."""
@@ -46,6 +49,17 @@ class FairnessProbe:
         res = probe_model(model, self.tokenizer, self.professions, self.templates, batch_size=self.batch_size)
         eng.drain(teacher)
         return {**figures(res, self.teacher_logratio), "probe_seconds": round(time.perf_counter() - t0, 2)}
+
+    def measure_start(self, model, cut: list[int] | None, teacher=None) -> dict:
+        """`measure` for the student before its first update; a student cut from the teacher (`cut`: the kept
+        blocks) is the same in every run, so its figures come from the memo when there is one."""
+        if cut is None or self.memo is None:
+            return self.measure(model, teacher)
+        dtype = str(next(model.parameters()).dtype)
+        res, seconds = _memoised(self.memo, {"model": "cut", "blocks": list(cut), "dtype": dtype}, lambda: probe_model(
+            model, self.tokenizer, self.professions, self.templates, batch_size=self.batch_size))
+        eng.drain(teacher)
+        return {**figures(res, self.teacher_logratio), "probe_seconds": seconds}
 
 
 def figures(probe_result: dict, teacher_logratio) -> dict:
@@ -72,15 +86,70 @@ def validation_professions(spec: str) -> list:
     return val
 
 
-def build_fairness_probe(cfg, teacher, tokenizer) -> FairnessProbe | None:
+def build_fairness_probe(cfg, teacher, tokenizer, memo: ProbeMemo | None = None) -> FairnessProbe | None:
     """Load the validation professions and the teacher's ratios on them; None when train.probe is false."""
     if not cfg.train.probe:
         return None
     professions = validation_professions(cfg.train.probe_prompts)
     templates = PROBE_TEMPLATES[: cfg.train.probe_templates]
     batch = max(cfg.train.batch_size, 16)
-    t0 = time.perf_counter()
-    teacher_res = probe_model(teacher, tokenizer, professions, templates, batch_size=batch)
+    if memo is not None:
+        memo.base = {**memo.base, "professions": professions, "templates": list(templates)}
+    teacher_res, seconds = _memoised(memo, {"model": "teacher"}, lambda: probe_model(
+        teacher, tokenizer, professions, templates, batch_size=batch))
     eng.drain(teacher)
     return FairnessProbe(professions, templates, teacher_res["logratio"], figures(teacher_res, teacher_res["logratio"]),
-                         tokenizer, batch, round(time.perf_counter() - t0, 2))
+                         tokenizer, batch, seconds, memo)
+
+
+# ------------------------------------------------------------------------------------------ memo between runs
+# The teacher's ratios, and those of a student cut from the teacher before its first update, depend only on the
+# teacher's files, the cut and the probe: every run of a study (and the demo's two students) would otherwise
+# spend two of its three probes recomputing them.
+
+
+@dataclass
+class ProbeMemo:
+    folder: Path
+    base: dict  # what every entry's key holds: the teacher's content hash and the probe's settings
+
+
+def probe_memo(cfg, accelerator) -> ProbeMemo | None:
+    """A memo beside the transfer-set cache, for one-process runs of a teacher known by its file hashes; None
+    otherwise (several processes must all run a sharded model's forward, so none may skip it alone)."""
+    ts = cfg.data.transfer_set
+    if accelerator.num_processes != 1 or ts is None:
+        return None
+    from distill.train.transfer import teacher_identity
+
+    cache = Path(ts.cache_dir).expanduser()
+    identity = teacher_identity(cfg, cache / "file_hashes.json", accelerator.device)
+    return ProbeMemo(cache.parent / "probe", {"v": 1, "teacher": identity}) if identity else None
+
+
+def _memoised(memo: ProbeMemo | None, what: dict, compute) -> tuple[dict, float]:
+    """(probe result, seconds it took when computed) from the memo, or computed and stored there."""
+    import hashlib
+    import json
+
+    from distill.atomic import write_text_atomic
+
+    path = None
+    if memo is not None:
+        key = hashlib.sha256(json.dumps({**memo.base, **what}, sort_keys=True).encode()).hexdigest()[:20]
+        path = memo.folder / f"{key}.json"
+        try:
+            stored = json.loads(path.read_text())
+            return stored["result"], stored["seconds"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # absent or unreadable: computed again
+    t0 = time.perf_counter()
+    result = compute()
+    seconds = round(time.perf_counter() - t0, 2)
+    if path is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, json.dumps({"what": what, "result": result, "seconds": seconds}) + "\n")
+        except OSError:
+            pass  # a read-only cache costs the next run one probe, nothing else
+    return result, seconds

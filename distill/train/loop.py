@@ -24,7 +24,7 @@ from distill.config import Config
 from distill.train import checkpoint as ckpt
 from distill.train import engine as eng
 from distill.train.data import BlockSampler
-from distill.train.fairness import build_fairness_probe
+from distill.train.fairness import build_fairness_probe, probe_memo
 from distill.train.losses import distill_loss, shift_labels
 from distill.train.setup import Setup, make_optimizer, make_scheduler
 from distill.train.step import StepStats, kd_step
@@ -49,9 +49,10 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
     log_file = run_dir / "metrics.jsonl"
     if accelerator.is_main_process and not resume:
         log_file.write_text("")
-    fairness = build_fairness_probe(cfg, setup.teacher, setup.tokenizer)
+    fairness = build_fairness_probe(cfg, setup.teacher, setup.tokenizer, probe_memo(cfg, accelerator))
     if fairness is not None and state["step"] == 0:  # the untrained student: where the offset starts
-        at_start = _probe(fairness, student, setup)
+        at_start = fairness.measure_start(student, _cut_of(cfg), setup.teacher)
+        student.train()
         teacher = {f"teacher_{k}": v for k, v in fairness.teacher_figures.items()}
         if accelerator.is_main_process:
             _write_record(accelerator, log_file, None, {"step": 0, **at_start, **teacher,
@@ -127,6 +128,12 @@ def _write_record(accelerator: Accelerator, log_file: Path, bar, record: dict, v
         line = f"step {record['step']}: " + ", ".join(
             f"{k} {v:.4g}" for k, v in validated.items() if isinstance(v, (int, float)))
         (bar.write if bar is not None else tqdm.write)(line)
+
+
+def _cut_of(cfg: Config) -> list[int] | None:
+    """The teacher blocks a student is cut from: then its starting weights are the same in every run."""
+    layers = cfg.student.from_teacher_layers
+    return list(layers) if layers is not None else None
 
 
 def _probe(fairness, student, setup: Setup) -> dict:
