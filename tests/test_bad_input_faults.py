@@ -5,6 +5,7 @@
   wrapper refuses before `accelerate launch` is started, and starts it, unchanged, when the check passes.
 - a transfer-set cache_dir that cannot be written: refused before any model loads, unless it already holds the
   recipe's finished set, which is then read from there.
+- a full disk at the first checkpoint: the advice is what works (no checkpoint exists, so not --resume).
 """
 
 import errno
@@ -13,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bad_input_helpers import assert_one_error_line, fail_writes_under, run_cli, snapshot
+from bad_input_helpers import assert_one_error_line, fail_writes_under, no_leftovers, run_cli, snapshot
 
 from distill import launch
 from distill.train import engine
@@ -143,3 +144,38 @@ def test_a_read_only_cache_that_holds_the_set_is_read_from_there(tmp_path, monke
     assert run_cli(*argv) == 0
     assert "reusing transfer set" in capsys.readouterr().out
     assert snapshot(cache) == before
+
+
+# --------------------------------------------------------------------------- a full disk at the first checkpoint
+
+TRAIN = ["train.eval_steps=0", "train.log_steps=1", "train.max_steps=4", "train.save_steps=2"]
+
+
+def _disk_full_at_first_checkpoint(monkeypatch):
+    from distill.train import checkpoint as ckpt
+
+    def full(model, filename, *a, **k):  # what safetensors raises when the disk is full
+        raise ckpt.SafetensorError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: '
+                                   '"No space left on device" })')
+
+    monkeypatch.setattr(ckpt, "save_model", full)
+
+
+@pytest.mark.parametrize("earlier_run", [False, True])
+def test_disk_full_at_the_first_checkpoint_advises_what_works(earlier_run, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "run"
+    argv = ["train", "--recipe", "recipes/debug.yaml", *TRAIN, f"output_dir={run}"]
+    if earlier_run:  # the failing run is an --overwrite of a finished one, which comes back
+        assert run_cli(*argv, "train.max_steps=1", "train.save_steps=0") == 0
+        argv.append("--overwrite")
+    capsys.readouterr()
+    with monkeypatch.context() as m:
+        _disk_full_at_first_checkpoint(m)
+        assert run_cli(*argv) == 2
+    line = assert_one_error_line(capsys, "train", "could not write checkpoint step 2", "the disk is full",
+                                 "nothing to resume", "start the run again with --overwrite")
+    assert "then --resume" not in line
+    assert run_cli("train", "--recipe", "recipes/debug.yaml", *TRAIN, f"output_dir={run}", "--resume") == 2
+    assert_one_error_line(capsys, "train", "nothing to resume")  # what --resume would have answered
+    assert run_cli("train", "--recipe", "recipes/debug.yaml", *TRAIN, f"output_dir={run}", "--overwrite") == 0
+    assert (run / "final" / "config.json").is_file() and no_leftovers(run) == []

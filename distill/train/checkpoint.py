@@ -250,9 +250,13 @@ def _write_failure(exc: BaseException, tmp: Path, root: Path, step: int) -> User
         sign in text for sign in ("inline_container", "file write failed", "No space left", "code: 28"))
     cause = (f"the disk is full ({free / 2**20:.1f} MiB free; a checkpoint needs about {need / 2**20:.1f} MiB)"
              if full else text)
-    kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-    return UserError(f"could not write checkpoint step {step} under {root}: {cause}; {kept}. Free space (or lower "
-                     "train.keep_checkpoints), then --resume")
+    if previous:
+        then = (f"the previous checkpoint {previous} is intact. Free space (or lower train.keep_checkpoints), then "
+                "--resume")
+    else:  # --resume would answer "nothing to resume", and a plain rerun "already holds a run"
+        then = ("no checkpoint was written before it, so there is nothing to resume. Free space, then start the run "
+                "again with --overwrite")
+    return UserError(f"could not write checkpoint step {step} under {root}: {cause}; {then}")
 
 
 def _find_checkpoint(run_dir: Path, name: str) -> Path:

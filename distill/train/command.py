@@ -76,8 +76,23 @@ def _check_before_writing(cfg: Config, run_dir: Path, resume: bool, overwrite: b
             print(f"note: resuming with a changed recipe ({', '.join(changed)})")
 
 
+class _NoPaddingWarning:
+    """Drops transformers' "input_ids may be padded" warning. Training blocks are packed text and never padded;
+    transformers guesses padding from a pad id that GPT-2-style tokenizers share with EOS, which packed blocks hold
+    between documents, so the warning is wrong here, and it was the one stray stderr line of a run."""
+
+    def filter(self, record) -> bool:
+        return "input_ids may be padded" not in record.getMessage()
+
+
+_NO_PADDING_WARNING = _NoPaddingWarning()
+
+
 def main(args) -> int:
     """`distill train` (cli.py parses the arguments)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.get_logger("transformers.modeling_utils").addFilter(_NO_PADDING_WARNING)  # once: filters are a set
     if args.help_recipe:
         for key, default, help_text in describe():
             print(f"{key:28s} {default:12s} {help_text}")
