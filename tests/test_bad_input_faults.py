@@ -6,6 +6,7 @@
 - a transfer-set cache_dir that cannot be written: refused before any model loads, unless it already holds the
   recipe's finished set, which is then read from there.
 - a full disk at the first checkpoint: the advice is what works (no checkpoint exists, so not --resume).
+- the study's --out at a training run, inside a model's final/, or at a report: refused, nothing added.
 """
 
 import errno
@@ -14,7 +15,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from bad_input_helpers import assert_one_error_line, fail_writes_under, no_leftovers, run_cli, snapshot
+from bad_input_helpers import (
+    assert_one_error_line,
+    fail_writes_under,
+    no_leftovers,
+    run_cli,
+    snapshot,
+    tiny_model_run,
+)
 
 from distill import launch
 from distill.train import engine
@@ -179,3 +187,29 @@ def test_disk_full_at_the_first_checkpoint_advises_what_works(earlier_run, tmp_p
     assert_one_error_line(capsys, "train", "nothing to resume")  # what --resume would have answered
     assert run_cli("train", "--recipe", "recipes/debug.yaml", *TRAIN, f"output_dir={run}", "--overwrite") == 0
     assert (run / "final" / "config.json").is_file() and no_leftovers(run) == []
+
+
+# --------------------------------------------------------------------------- the study's --out
+
+
+@pytest.mark.parametrize("where, needle", [
+    ("the_run", "is a training run of distill"),
+    ("inside_final", "which is a model folder"),
+    ("a_report", "is a report of distill"),
+])
+def test_the_study_refuses_an_out_in_another_output_or_a_model(where, needle, tmp_path, capsys):
+    from distill import study
+
+    final = tiny_model_run(tmp_path)
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / ".distill").write_text('{"tool": "distill", "kind": "report"}\n')
+    (report / "results.json").write_text("{}")
+    out = {"the_run": final.parent, "inside_final": final / "study", "a_report": report}[where]
+    before = snapshot(tmp_path)
+    assert study.main(["--smoke", "--in-process", "--seeds", "1", "--arms", "kd", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("distill study")]
+    assert len(lines) == 1 and lines[0].startswith("distill study: error: --out") and needle in lines[0], err
+    assert "Traceback" not in err
+    assert snapshot(tmp_path) == before
