@@ -96,7 +96,7 @@ def test_position_kinds_of_a_written_block():
     lexicon = load_lexicon()
     table = build_token_swap_table(tok, lexicon)
     plan = build_swap_plan(table, len(tok))
-    first = tok("The cat sat. Then he ran home", add_special_tokens=False)["input_ids"]
+    first = tok("The cat sat. Then he ran to her home", add_special_tokens=False)["input_ids"]
     second = tok("A dog. She", add_special_tokens=False)["input_ids"]
     row = torch.tensor([first + [tok.eos_token_id] + second])
     kinds = position_kinds(row, tok, table, lexicon, plan)
@@ -106,6 +106,9 @@ def test_position_kinds_of_a_written_block():
     after = kinds["gendered word before"]
     assert not after[:he].any() and after[he:eos].all()  # from the token " he" itself to the document's end
     assert not after[eos:].any()  # a new document: "She" is the last token, so no position follows it
+    her = next(i for i, s in enumerate(pieces) if s.strip() == "her")
+    male = kinds["last gendered word male"]
+    assert male[he:her].all() and not male[her:].any() and not male[:he].any()
     caps = [t for t in range(row.shape[1] - 1) if kinds["next word capitalised"][t]]
     assert [pieces[t + 1].strip()[:1] for t in caps] == [s.strip()[:1] for s in pieces[1:] if s.strip()[:1].isupper()]
     cont = kinds["next token continues a word"]

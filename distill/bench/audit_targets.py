@@ -19,6 +19,9 @@ position kind:
 Position kinds (position t predicts token t+1; the last position of a block has no label and is skipped):
     gendered word before / none      a lexicon word (`Lexicon.replacements`) ends in the same document of
                                      the block at or before token t
+    last gendered word male / female the side of the last such word: grammar makes the targets follow it,
+                                     so a lean over all positions can be the text's mix of he- and
+                                     she-documents rather than the targets'
     next token starts a word / continues one
                                      from the text: the next token continues a word when the context ends
                                      in a word character and the next token starts with one ("hu|man")
@@ -51,7 +54,8 @@ MODES = ("none", "pair_mean", "cf_mean", "cf_max")
 AUGMENTS = ("none", "both")
 _WORD_CHAR = re.compile(r"\w")  # the lexicon's word boundary, as in distill.crr.vocab
 TINY = 1e-30  # the probe's floor (distill.eval.probe.TINY): a mass that underflows keeps a finite log
-KINDS = ("all", "gendered word before", "no gendered word before", "next token starts a word",
+KINDS = ("all", "gendered word before", "no gendered word before", "last gendered word male",
+         "last gendered word female", "next token starts a word",
          "next token continues a word", "after a space or punctuation", "after a word character",
          "next word capitalised", "next word not capitalised")
 
@@ -99,24 +103,32 @@ def position_kinds(rows: torch.Tensor, tokenizer, table, lexicon, plan) -> dict[
     eos_id = tokenizer.eos_token_id
     B, T = rows.shape
     after = np.zeros((B, T - 1), dtype=bool)
+    male = np.zeros((B, T - 1), dtype=bool)
     for b, row in enumerate(rows.tolist()):
         pieces = codec.spell(row)
         ends = np.cumsum([len(s) for s in pieces])
-        word_ends = sorted(r.end for r in lexicon.replacements("".join(pieces)))
+        found = sorted((r.end, _is_male(lexicon, r.old)) for r in lexicon.replacements("".join(pieces)))
         seen_doc_start, w = 0, 0
         for t in range(T - 1):
             if eos_id is not None and row[t] == eos_id:
                 seen_doc_start = ends[t]  # a new document starts after the EOS
-            while w < len(word_ends) and word_ends[w] <= ends[t]:
+            while w < len(found) and found[w][0] <= ends[t]:
                 w += 1
-            after[b, t] = w > 0 and word_ends[w - 1] > seen_doc_start
+            after[b, t] = w > 0 and found[w - 1][0] > seen_doc_start
+            male[b, t] = after[b, t] and found[w - 1][1]
     ends_word = plan.ends_word[rows[:, :-1]].numpy()
     nxt = rows[:, 1:].tolist()
     cap = np.array([[table.pieces[i].lstrip()[:1].isupper() for i in r] for r in nxt], dtype=bool)
     goes_on = np.array([[bool(_WORD_CHAR.match(table.pieces[i][:1])) for i in r] for r in nxt], dtype=bool)
-    return {"gendered word before": after.reshape(-1), "after a word character": ends_word.reshape(-1),
+    return {"gendered word before": after.reshape(-1), "last gendered word male": male.reshape(-1),
+            "after a word character": ends_word.reshape(-1),
             "next token continues a word": (ends_word & goes_on).reshape(-1),
             "next word capitalised": cap.reshape(-1)}
+
+
+def _is_male(lexicon, word: str) -> bool:
+    entry = lexicon.entries.get(word.lower()) or lexicon.entries.get(word.lower() + ".")  # "Mr" of "Mr."
+    return entry.male
 
 
 def collect(cfg, *, modes=MODES, augments=AUGMENTS, max_blocks: int | None = 48, batch_size: int = 8,
@@ -186,9 +198,10 @@ def collect(cfg, *, modes=MODES, augments=AUGMENTS, max_blocks: int | None = 48,
 
 def kind_masks(kinds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every row of KINDS as a bool mask over the positions."""
-    g, c = kinds["gendered word before"], kinds["next word capitalised"]
+    g, c, m = kinds["gendered word before"], kinds["next word capitalised"], kinds["last gendered word male"]
     cont, after_w = kinds["next token continues a word"], kinds["after a word character"]
-    return dict(zip(KINDS, (np.ones_like(g), g, ~g, ~cont, cont, ~after_w, after_w, c, ~c), strict=True))
+    return dict(zip(KINDS, (np.ones_like(g), g, ~g, m, g & ~m, ~cont, cont, ~after_w, after_w, c, ~c),
+                    strict=True))
 
 
 def figures(pm: np.ndarray, pf: np.ndarray) -> dict:
