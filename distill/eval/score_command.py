@@ -91,8 +91,15 @@ def _read_file(path: Path) -> tuple[list[dict], dict]:
     if not path.is_file():
         raise UserError(f"--generations {path} not found")
     records, where = [], {}
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for n, line in enumerate(f, 1):
+    offset = 0
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, 1):
+            try:  # strict: replacement characters would be scored as text without a word (the corpus check's rule)
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise UserError(f"{path} line {n}: not UTF-8 (byte 0x{raw[exc.start]:02x} at offset "
+                                f"{offset + exc.start}); convert the file with iconv") from None
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
