@@ -107,6 +107,11 @@ def _downstream_table(models: dict, s: dict) -> list[str]:
         share = first_d["train_female_share"][occ]
         cells = [_f((models[n].get("downstream") or {}).get("tpr_gap", {}).get(occ)) for n in names]
         lines.append(f"| {occ} ({share:.2f}) | " + " | ".join(cells) + " |")
+    from distill.eval.lenses.run import left_out_note
+
+    note = left_out_note(s)
+    if note:
+        lines += ["", note[0].upper() + note[1:] + "."]
     lines.append("")
     lines.append("Unbiased mean squared gap (mean over occupations of gap^2 - Var(gap): the RMS's noise floor removed): "
                  + ", ".join(f"{n} {_f((models[n].get('downstream') or {}).get('tpr_gap_ms_unbiased'), '+.4f')}"

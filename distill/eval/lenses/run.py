@@ -44,6 +44,7 @@ class LensPlan:
     layer: int
     seed: int
     n_boot: int
+    left_out: dict | None = None  # downstream: {occupation: why} left out of the TPR-gap table and RMS
 
     def settings(self) -> dict:
         out = {"lenses": list(self.lenses), "lens_layer": self.layer}
@@ -53,7 +54,8 @@ class LensPlan:
             out["embedding_permutations"] = N_PERMUTATIONS
         if self.bios is not None:
             out.update({"bios": self.bios.source, "bios_train": int((~self.test).sum()),
-                        "bios_test": int(self.test.sum()), "bios_split": "given" if self.bios.splits else "seeded"})
+                        "bios_test": int(self.test.sum()), "bios_split": "given" if self.bios.splits else "seeded",
+                        "bios_occupations": len(set(self.bios.occupations)), "bios_left_out": self.left_out or {}})
         return out
 
 
@@ -91,7 +93,8 @@ def plan_lenses(args, tokenizers: dict, paths: dict | None = None) -> LensPlan:
         bios = ld.load_bios(getattr(args, "bios", None) or "project")
         test = ld.split_bios(bios, seed=args.seed)
         ld.check_bios(bios, test)
-    return LensPlan(lenses, spec, bios, test, layer, args.seed, args.bootstrap)
+    left_out = ld.left_out_occupations(bios, test) if bios is not None else None
+    return LensPlan(lenses, spec, bios, test, layer, args.seed, args.bootstrap, left_out)
 
 
 def run_labels(models: list[tuple[str, list[str]]]) -> dict[str, str]:
@@ -200,8 +203,21 @@ def summary_lines(results: dict, comparisons: bool = True) -> list[str]:
         if d:
             ci = "" if not d.get("tpr_gap_rms_ci") else " [{:.3f}, {:.3f}]".format(*d["tpr_gap_rms_ci"])
             lines.append(f"{name}: downstream TPR-gap RMS {d['tpr_gap_rms']:.3f}{ci}, accuracy {d['accuracy']:.3f}")
+    note = left_out_note(results["settings"])
+    if note:
+        lines.append(f"downstream lens: {note}")
     from distill.eval.report import comparison_line
 
     lines += [comparison_line(c) for c in (results["comparisons"] if comparisons else [])
               if c.get("lens") in ("embedding", "downstream")]
     return lines
+
+
+def left_out_note(settings: dict) -> str | None:
+    """'left out of the TPR-gap table and RMS: 1 of 8 occupations, ... (why)', for the console and report.md."""
+    left = settings.get("bios_left_out") or {}
+    if not left:
+        return None
+    named = "; ".join(f"{o} ({why})" for o, why in left.items())
+    return (f"{len(left)} of {settings.get('bios_occupations', '?')} occupations left out of the TPR-gap table "
+            f"and its RMS, their gap being undefined without test biographies: {named}")
