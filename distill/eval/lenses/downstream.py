@@ -64,17 +64,21 @@ def _gender(value, where: str) -> str:
 
 def load_bios(spec: str) -> Bios:
     """Biographies from 'project' (data/lenses/bios.jsonl), a JSONL file (one {"text", "occupation", "gender"
-    [, "split"][, "pair"]} per line), or a hub dataset NAME (train and test splits; columns text/hard_text,
-    occupation/profession, gender; integer class labels mapped through the dataset's label names)."""
+    [, "split"][, "pair"]} per line), or a hub dataset NAME or a local folder in the hub's layout (train and test
+    splits; integer labels read through their ClassLabel names: distill.eval.lenses.bios_hub)."""
     if spec == "project":
         path = PROJECT_BIOS
     else:
         path = Path(spec).expanduser()
     if path.is_file():
         return _load_jsonl(path, spec)
+    from distill.eval.lenses.bios_hub import load_hub_bios
+
+    if path.is_dir():  # a local copy in the hub's layout
+        return load_hub_bios(str(path))
     if path.suffix in (".jsonl", ".json") or spec.startswith((".", "/", "~")):
         raise UserError(f"--bios file {spec!r} not found (give a JSONL file, a hub dataset, or 'project')")
-    return _load_hub(spec)
+    return load_hub_bios(spec)
 
 
 def _load_jsonl(path: Path, spec: str) -> Bios:
@@ -105,33 +109,6 @@ def _load_jsonl(path: Path, spec: str) -> Bios:
         raise UserError(f"--bios {spec}: 'split' must be 'train' or 'test' on every line, or on none")
     has_pairs = any(p is not None for p in pairs)
     return Bios(texts, occs, gens, splits if given else None, str(path), pairs if has_pairs else None)
-
-
-def _load_hub(spec: str) -> Bios:
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(spec)
-    except Exception as exc:  # network, unknown name: one user-facing line
-        first = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
-        raise UserError(f"could not load --bios dataset {spec!r} ({first}); give a JSONL file or 'project'") from exc
-    texts, occs, gens, splits = [], [], [], []
-    for split in ("train", "test"):
-        if split not in ds:
-            raise UserError(f"--bios dataset {spec!r} has no {split!r} split ({list(ds)})")
-        d = ds[split]
-        cols = d.column_names
-        tcol, ocol = next((k for k in TEXT_KEYS if k in cols), None), next((k for k in OCC_KEYS if k in cols), None)
-        if tcol is None or ocol is None or "gender" not in cols:
-            raise UserError(f"--bios dataset {spec!r} needs text, occupation and gender columns, has {cols}")
-        onames = getattr(d.features[ocol], "names", None)
-        gnames = getattr(d.features["gender"], "names", None)
-        for rec in d:
-            texts.append(str(rec[tcol]))
-            occs.append(onames[rec[ocol]] if onames else str(rec[ocol]))
-            gens.append(_gender(gnames[rec["gender"]] if gnames else rec["gender"], f"--bios {spec}"))
-            splits.append(split)
-    return Bios(texts, occs, gens, splits, spec)
 
 
 def split_bios(bios: Bios, seed: int = 0, test_share: float = TEST_SHARE) -> np.ndarray:
