@@ -327,6 +327,33 @@ def test_cf_target_of_a_context_does_not_depend_on_later_words(tok, table, lex, 
         assert (out[0, :d] - plain[0, :d]).abs().max() > 1e-4  # the rule acts on these positions
 
 
+@pytest.mark.parametrize("scope", ["document", "block"])
+def test_position_predicting_a_word_decided_later_keeps_its_counterpart(tok, table, lex, scope):
+    """Rule 8 where the predicted token is "Her": what it becomes is decided by the words after it ("Her." ->
+    "Him", whose first piece "H" maps back to nothing; "Her book" -> "His"), so the row's own decision gave the
+    position that predicts it a counterpart in one row and none (p kept) in the other. Now the position keeps
+    its counterpart when one of the forms the word may take maps back, in both rows alike."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from distill.train.targets import teacher_targets
+
+    assert (len(enc(tok, "\nHer")), len(enc(tok, "\nHim")), len(enc(tok, "\nHis"))) == (2, 3, 2)
+    texts = ["It rained.\nHer book was wet", "It rained.\nHer."]
+    assert [lex.swap_text(t) for t in texts] == ["It rained.\nHis book was wet", "It rained.\nHim."]
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=len(tok), n_positions=64,
+                                       initializer_range=0.3)).eval()
+    x = block(tok, texts)
+    cf = counterfactual_batch(x, tok, table, lex, tok.eos_token_id if scope == "document" else None)
+    kw = {"temperature": 2.0, "vocab_rows": len(tok)}
+    out = teacher_targets(model, x, mode="cf_mean", table=table, cf=cf, **kw).probs
+    p = teacher_targets(model, x, mode="none", **kw).probs
+    t = len(enc(tok, "It rained.\n")) - 1  # the position that predicts "Her"
+    assert x[0, t + 1] == x[1, t + 1] == enc(tok, "Her")[0]
+    torch.testing.assert_close(out[1, t], out[0, t], rtol=0, atol=1e-6)
+    assert (out[:, t] - p[:, t]).abs().max() > 1e-4  # a counterpart: combined, not the teacher's own p
+
+
 @pytest.mark.parametrize("mode", ["pair_mean", "cf_mean"])
 def test_spellings_without_a_space_are_swapped_only_where_a_word_starts(tok, table, lex, mode):
     """Issue 11, defect 4: the table holds spellings without a leading space ("man", "She"), and pair_mean and

@@ -75,11 +75,13 @@ class Replacement(NamedTuple):
 
 
 class Lookahead(NamedTuple):
-    """A word whose swap reads text after it (rule 9): text cut at or after `reach` decides it as the whole text
-    does; cut before, it may be decided otherwise."""
+    """A word text[start:end] whose swap reads text after it (rule 9): text cut at or after `reach` decides it
+    as the whole text does; cut before, it may be decided otherwise, as one of `options` (None: kept)."""
 
     start: int
     reach: int
+    end: int
+    options: tuple[Replacement | None, ...]
 
 
 @dataclass(frozen=True)
@@ -300,13 +302,19 @@ class Lexicon:
         """Rule 9: append `m` to `lookahead` if its decision reads text after the word."""
         surface, text, s = m.group(0), m.string, m.start()
         if surface in self._rule_surfaces:
-            lookahead.append(Lookahead(s, follow_reach(text, m.end())))
+            entry = self.entries[surface.lower()]
+            options = tuple(Replacement(s, m.end(), surface, match_case(surface, c, entry.is_name))
+                            for c in entry.counterparts)
+            lookahead.append(Lookahead(s, follow_reach(text, m.end()), m.end(), options))
         elif surface in self._keep_led:  # a kept phrase: cut inside it, its first word is swapped
-            lookahead.append(Lookahead(s, min(m.end() + 1, len(text))))
+            head = re.match(r"[^ \-]*", surface).group(0)
+            swap = Replacement(s, s + len(head), head, self._direct[head])
+            lookahead.append(Lookahead(s, min(m.end() + 1, len(text)), swap.end, (None, swap)))
         else:  # a kept phrase that its own last character cut off ("man-made" + "x": "man" is swapped)
             ends = [s + len(v) for v in self._keep_heads.get(surface, ()) if text.startswith(v, s)]
             if ends:
-                lookahead.append(Lookahead(s, min(max(ends) + 1, len(text))))
+                swap = self._replacement(m)
+                lookahead.append(Lookahead(s, min(max(ends) + 1, len(text)), swap.end, (swap, None)))
 
     def decide(self, text: str, start: int, endpos: int) -> Replacement | None:
         """Rule 9: the replacement of the word at `start` when the text ends at `endpos` (None: not swapped)."""

@@ -81,7 +81,7 @@ from itertools import accumulate
 import numpy as np
 import torch
 
-from distill.crr.causal import RowSwap, causal_rows, variants
+from distill.crr.causal import RowSwap, causal_rows, choices
 from distill.crr.lexicon import Lexicon, Lookahead, Replacement
 from distill.crr.token_align import align_groups, maps_back
 from distill.crr.token_table import NO_COUNTERPART, SAME_CONTEXT, Codec, TokenSwapTable
@@ -225,10 +225,10 @@ def _row_counterfactual(row: list[int], cand: list[int], codec: Codec, table: To
     main = _build(row, spelt, reps, codec, table, document_end)
     if not looks:
         return [main] if main is not None else []
-    alternatives = variants(spelt.text, spelt.ends, reps, looks, lexicon)
-    if not alternatives:
+    per_position = choices(spelt.text, spelt.ends, reps, looks, lexicon)
+    if not per_position:
         return [main] if main is not None else []
-    return causal_rows(row, main, alternatives, lambda r: _build(row, spelt, r, codec, table, document_end))
+    return causal_rows(row, main, reps, per_position, lambda r: _build(row, spelt, r, codec, table, document_end))
 
 
 def _build(row: list[int], spelt: _Spelt, reps: list[Replacement], codec: Codec, table: TokenSwapTable,
