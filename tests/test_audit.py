@@ -85,6 +85,23 @@ def test_pair_mean_targets_balance_the_table_wherever_a_word_may_start(collected
     assert abs(fig["mean_logratio"]) < 1e-6 and abs(fig["pooled_logratio"]) < 1e-6
 
 
+def test_tables_from_json_name_each_arm(collected, tmp_path, capsys):
+    import json
+
+    from distill.bench.audit_targets import main, summarise
+
+    _, col = collected
+    summary = summarise(col)
+    path = tmp_path / "targets.json"
+    path.write_text(json.dumps({"blocks": col.blocks, "figures": summary,
+                                "id_counts": {k: [len(m), len(f)] for k, (m, f) in col.ids.items()}}))
+    assert main(["--from-json", str(path)]) == 0
+    out = capsys.readouterr().out
+    pooled = summary["both"]["pair_mean"]["probe"]["all"]["pooled_logratio"]
+    assert f"| cda_pair_mean | both | pair_mean | {pooled:+.3f} |" in out
+    assert "| kd | none | none |" in out and "| cda_cf_mean | both | cf_mean |" in out
+
+
 def test_position_kinds_of_a_written_block():
     from distill import models
     from distill.bench.audit_targets import position_kinds
@@ -175,6 +192,7 @@ def test_corpus_audit_counts_swapped_copies_as_mirror_images():
     ("audit_targets", ["--modes", "pair_mean,pairmean"], "--modes 'pair_mean,pairmean': choose from"),
     ("audit_targets", ["--augment", "twice"], "--augment 'twice': choose from"),
     ("audit_targets", ["--max-blocks", "-1"], "--max-blocks must be >= 0"),
+    ("audit_targets", ["--from-json", "/nonexistent.json"], "--from-json /nonexistent.json: not an --out file"),
     ("audit_swap", ["crr.lexicon=/nonexistent.tsv"], "lexicon file /nonexistent.tsv not found"),
     ("audit_corpus", ["crr.names=/nonexistent.tsv"], "lexicon file /nonexistent.tsv not found"),
 ])
