@@ -103,11 +103,24 @@ def run_eval(args) -> int:
 # ------------------------------------------------------------------------------------ 1. check the inputs
 
 
+def _held_out_professions(prompts, notes: list[str]) -> list:
+    """The probe's professions: the half that training never probes (`probe_split`), so a run selected on its
+    training-time probe is not judged on the same professions; all of them when that half has fewer than 2."""
+    from distill.eval.probe import probe_professions, probe_split
+
+    professions = probe_professions(prompts)
+    held = probe_split(professions)[1]
+    if len(held) >= 2:
+        return held
+    notes.append(f"the prompt set's {len(professions)} professions leave fewer than 2 outside the training-time "
+                 "probe's half: the likelihood probe uses all of them")
+    return professions
+
+
 def _check_inputs(args) -> EvalInputs:
     """Everything that can be wrong with the input, before any model loads."""
     from distill.eval.lenses import run as lenses
     from distill.eval.polarity import load_minilm_vectors
-    from distill.eval.probe import probe_professions
     from distill.eval.prompts import load_prompts, select_prompts
     from distill.models import load_tokenizer
 
@@ -125,7 +138,7 @@ def _check_inputs(args) -> EvalInputs:
     all_prompts = load_prompts(args.prompts)
     prompts = select_prompts(all_prompts, args.max_prompts, args.group_by, args.seed)
     notes = check_design(prompts, args.samples_per_prompt, args.group_by)
-    professions = [] if getattr(args, "no_probe", False) else probe_professions(all_prompts)
+    professions = [] if getattr(args, "no_probe", False) else _held_out_professions(all_prompts, notes)
     docs = load_text(args.text) if args.text else None
     tokenizers = {path: load_tokenizer(path) for _, runs in models for path in runs}
     labels = lenses.run_labels(models)
@@ -228,7 +241,8 @@ def _results(inputs: EvalInputs, scores: RunScores, device, t_start: float) -> d
         "n_professions": gen["n_professions"], "perplexity_window": WINDOW, "max_eval_tokens": MAX_EVAL_TOKENS,
         "tie_rule": TIE_RULE,
         "word_vectors": inputs.vectors.name if inputs.vectors is not None else None,
-        "probe": ({"templates": list(PROBE_TEMPLATES), "n_professions": len(inputs.professions)}
+        "probe": ({"templates": list(PROBE_TEMPLATES), "n_professions": len(inputs.professions),
+                   "professions": "the held-out half (distill.eval.probe.probe_split) unless a note says otherwise"}
                   if inputs.professions else None),
         "seconds": round(time.time() - t_start, 1), "notes": inputs.notes + gen["notes"],
         "generation": scores.generation,  # what `distill power` prices designs with
