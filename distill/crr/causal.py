@@ -70,12 +70,13 @@ def choices(text: str, ends: list[int], reps: list[Replacement], looks: list[Loo
         # positions whose cut (the end of the token they predict) lies past the word's start, before its reach
         if lk.end >= n:  # the row's edge rule: a word touching the block's end is kept whatever follows
             continue
+        others = [o for o in lk.options if o != base]
+        forms = [base] + others if len(others) < len(lk.options) else None  # the row's own decision first
         for t in range(max(bisect_right(ends, lk.start) - 1, 0), T - 1):
             cut = ends[t + 1]
             if cut <= lk.end:  # nothing after the word is seen yet: it may still take any of its forms
-                others = [o for o in lk.options if o != base]
-                if len(others) < len(lk.options):  # the row's own decision is one of them: try it first
-                    open_.setdefault(t, []).append((lk.start, [base] + others))
+                if forms is not None:
+                    open_.setdefault(t, []).append((lk.start, forms))
                 continue
             if cut >= lk.reach:
                 break

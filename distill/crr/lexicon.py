@@ -226,6 +226,7 @@ class Lexicon:
                 self._keep_heads.setdefault(head, []).append(v)
         self._keep_led = frozenset(v for vs in self._keep_heads.values() for v in vs)
         self._rule_surfaces = frozenset(v for e in self.entries.values() if e.rule for v in _surface_forms(e))
+        self._reads_ahead = self._rule_surfaces | self._keep_led | frozenset(self._keep_heads)
         # (?<!\w) ... (?!\w): rule 1.
         self.pattern = re.compile(r"(?<!\w)" + trie_pattern(sorted(surfaces)) + r"(?!\w)")
         self._surfaces = frozenset(surfaces)
@@ -273,7 +274,7 @@ class Lexicon:
             rep = self._replacement(m)
             if rep is not None:
                 out.append(rep)
-            if lookahead is not None:
+            if lookahead is not None and m.group(0) in self._reads_ahead:
                 self._note_lookahead(m, lookahead)
         return out
 
@@ -294,7 +295,7 @@ class Lexicon:
             rep = self._replacement(m)
             if rep is not None:
                 out.append(rep)
-            if lookahead is not None:
+            if lookahead is not None and m.group(0) in self._reads_ahead:
                 self._note_lookahead(m, lookahead)
         return out
 
