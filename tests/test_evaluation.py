@@ -135,7 +135,7 @@ def test_eval_end_to_end(tiny, tmp_path, capsys):
     assert comps[("teacher", "student", "disparity_rms")]["unit"] == "profession"
     headline = comps[("teacher", "student", "disparity_rms")]
     assert headline["diff"] == pytest.approx(models["student"]["disparity_rms"] - models["teacher"]["disparity_rms"])
-    assert comps[("teacher", "student", "probe_rms_logratio")]["n"] == 136
+    assert comps[("teacher", "student", "probe_rms_logratio")]["n"] == 63  # the held-out half
     settings = results["settings"]
     assert settings["n_prompts"] == 14 and settings["teacher"] == "teacher" and settings["n_professions"] == 14
     assert any("single profession" in n for n in settings["notes"])  # 1 profession per category: said in words
