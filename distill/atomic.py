@@ -34,6 +34,9 @@ def atomic_file(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, path)
+    except OSError as exc:
+        _name_target(exc, tmp, path)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -55,8 +58,8 @@ def atomic_dir(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _sibling(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         yield tmp
         if path.exists() and not replace:
             return
@@ -67,8 +70,22 @@ def atomic_dir(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
         os.replace(tmp, path)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as exc:
+        _name_target(exc, tmp, path)
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _name_target(exc: OSError, tmp: Path, path: Path) -> None:
+    """Let a failed write name what the user asked for (`path`, or the file inside it), not the temporary
+    sibling, and name it at all when the OS names nothing (a write() on a full disk): its one-line message
+    (distill.errors.os_error_line) then says which output could not be written."""
+    name = os.fsdecode(exc.filename) if exc.filename is not None else None
+    if name is None:
+        exc.filename = str(path)
+    elif name == str(tmp) or name.startswith(str(tmp) + os.sep):
+        exc.filename = str(path) + name[len(str(tmp)):]
 
 
 def rescue_copy(text: str, prefix: str, suffix: str) -> str | None:

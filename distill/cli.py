@@ -253,15 +253,15 @@ def main(argv: list[str] | None = None) -> None:
         # a process killed by a signal (a C++ abort in gloo or a kernel) prints where its Python threads were,
         # not only the launcher's "Signal 6" line
         faulthandler.enable()
+    from distill.errors import guarded_stdout, report
     from distill.rundir import command_locks
 
     try:
-        with command_locks():  # the output locks a command takes (eval, score, samples) end with it
+        with command_locks(), guarded_stdout():  # the output locks a command takes end with it
             code = _dispatch(args)
-    except UserError as exc:
+    except (UserError, OSError) as exc:  # bad input, or a write that failed (a full disk): one line
         _close_progress_bars()
-        print(f"distill {args.command}: error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report(f"distill {args.command}", exc))
     except KeyboardInterrupt:
         print(f"distill {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)

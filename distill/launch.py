@@ -115,12 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: python -m distill.launch [accelerate launch options] -m distill train --recipe R [key=value ...]")
         return 0 if argv else 2
+    from distill.errors import report
+
     try:
         check_launch(argv)
-    except UserError as exc:
-        print(f"distill launch: error: {exc}", file=sys.stderr)
-        return 2
-    sys.stdout.flush()
+        sys.stdout.flush()
+    except (UserError, OSError) as exc:
+        return report("distill launch", exc)
     os.execv(sys.executable, [sys.executable, "-m", "accelerate.commands.launch", *argv])
     return 0  # not reached: execv does not return
 

@@ -190,8 +190,16 @@ def set_aside(directory: Path) -> Path | None:
         return None
     aside = directory / f"{REPLACED_PREFIX}{os.getpid()}"
     aside.mkdir()
-    for p in entries:
-        os.replace(p, aside / p.name)
+    moved = []
+    try:
+        for p in entries:
+            os.replace(p, aside / p.name)
+            moved.append(p)
+    except OSError:  # all or nothing: what was moved goes back
+        for p in moved:
+            os.replace(aside / p.name, p)
+        aside.rmdir()
+        raise
     return aside
 
 
@@ -352,18 +360,20 @@ def restore_main(argv: list[str] | None = None) -> int:
     if len(argv) != 2 or argv[0] != "restore":
         print("usage: python -m distill.rundir restore DIR", file=sys.stderr)
         return 2
+    from distill.errors import guarded_stdout, report
+
     directory = Path(argv[1]).expanduser()
     try:
-        kept = sorted(replaced_runs(directory), key=lambda p: p.stat().st_mtime)
-        if not kept:
-            raise UserError(f"{directory} holds no run set aside by an interrupted --overwrite (no "
-                            f"{REPLACED_PREFIX}* folder); nothing to restore")
-        with RunLock(directory, "DIR"):
-            restore_replaced(directory, kept[0])  # the oldest: the run the first --overwrite replaced
-    except UserError as exc:
-        print(f"distill restore: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"restored the run kept in {kept[0]} into {directory}")
+        with guarded_stdout():
+            kept = sorted(replaced_runs(directory), key=lambda p: p.stat().st_mtime)
+            if not kept:
+                raise UserError(f"{directory} holds no run set aside by an interrupted --overwrite (no "
+                                f"{REPLACED_PREFIX}* folder); nothing to restore")
+            with RunLock(directory, "DIR"):
+                restore_replaced(directory, kept[0])  # the oldest: the run the first --overwrite replaced
+            print(f"restored the run kept in {kept[0]} into {directory}")
+    except (UserError, OSError) as exc:  # a move that failed half-way names the file; each entry moves whole
+        return report("distill restore", exc)
     return 0
 
 

@@ -49,7 +49,7 @@ from pathlib import Path
 
 from distill import rundir, study_evals, study_lanes, study_primary
 from distill.atomic import write_text_atomic
-from distill.errors import UserError
+from distill.errors import UserError, guarded_stdout, report
 from distill.study_table import write_plot, write_table  # noqa: F401  (the study's outputs; tests call them here)
 
 TEACHER = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -296,11 +296,10 @@ def main(argv: list[str] | None = None) -> int:
                    "study with the same arms and seeds, without training or scoring again")
     args = p.parse_args(argv)
     try:
-        with rundir.command_locks():  # the lock on --out ends with the study
+        with rundir.command_locks(), guarded_stdout():  # the lock on --out ends with the study
             return _study(args, argv)
-    except UserError as exc:
-        print(f"distill study: error: {exc}", file=sys.stderr)
-        return 2
+    except (UserError, OSError) as exc:  # bad input, or a write that failed (a full disk): one line
+        return report("distill study", exc)
 
 
 def declare_primary(out: Path, arms: list[str], seeds: list[int], command: str) -> dict | None:

@@ -9,8 +9,9 @@ import pytest
 from distill.cli import main
 
 # tqdm bars and transformers' "Writing model shards" bars go to stderr too; they are not messages.
-# "40%|" or "[00:03<": tqdm's own marks; "[1/2] name: loading ...": eval's per-model progress lines.
-_PROGRESS = re.compile(r"\d+%\||\[\d+:\d\d[<,]|^\[\d+/\d+\] ")
+# "40%|" or "[00:03<": tqdm's own marks; "[1/2] name: loading ...": eval's per-model progress lines;
+# "... in 3 s (41.2 tokens/s)": the throughput line a sampling loop ends with.
+_PROGRESS = re.compile(r"\d+%\||\[\d+:\d\d[<,]|^\[\d+/\d+\] |tokens/s\)$")
 
 
 def run_cli(*argv) -> int:
@@ -86,15 +87,17 @@ def generations_file(path: Path, text: str = "He said she was a nurse.") -> Path
     return Path(path)
 
 
-def fail_writes_under(monkeypatch, root: Path, err: int, spare: tuple[str, ...] = ()) -> None:
+def fail_writes_under(monkeypatch, root: Path, err: int, spare: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> None:
     """Every write under `root` fails with OSError(err), as on a read-only file system (EROFS), a full disk
     (ENOSPC) or a folder without permission (EACCES): os.open for writing, os.mkdir, open()/io.open for
-    writing, and renames or links into `root`. Reads work. Names starting with one of `spare` are still
-    written (a lock file, the probe of the output check: a disk that fills up after the checks passed)."""
+    writing, and renames or links into `root`. Reads work. A path with a part matching one of the `spare`
+    patterns (fnmatch) is still written (a lock file, the probe of the output check, a run set aside: a disk
+    that fills up after the checks passed); with `only`, just paths with a part matching one of those fail."""
     import builtins
     import errno as errno_module
     import io
     import os
+    from fnmatch import fnmatch
 
     root = Path(root).resolve()
     message = os.strerror(err)
@@ -104,7 +107,12 @@ def fail_writes_under(monkeypatch, root: Path, err: int, spare: tuple[str, ...] 
             p = Path(os.fsdecode(path)).resolve()
         except (TypeError, ValueError):
             return False
-        return (p == root or root in p.parents) and not p.name.startswith(spare)
+        if not (p == root or root in p.parents):
+            return False
+        parts = p.relative_to(root).parts or (p.name,)
+        if any(fnmatch(part, pat) for part in parts for pat in spare):
+            return False
+        return not only or any(fnmatch(part, pat) for part in parts for pat in only)
 
     def fail(path):
         raise OSError(err, message, os.fsdecode(path))

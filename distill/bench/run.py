@@ -430,10 +430,22 @@ def _gpu_child(settings: dict, tok_dir: Path, workdir: Path, batches: list[dict]
 
 
 def main(args) -> int:
-    r = run(tiny=args.tiny, repeats=args.repeats, compile=args.compile)
+    from distill.atomic import rescue_copy, write_text_atomic
+    from distill.errors import UserError
+    from distill.rundir import check_writable
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(r, indent=1, default=str) + "\n")
+    if out.is_dir():
+        raise UserError(f"--out {out} is a directory; give the path of a .json file")
+    check_writable(out, "--out")  # before the minutes of measuring, not after
+    r = run(tiny=args.tiny, repeats=args.repeats, compile=args.compile)
+    text = json.dumps(r, indent=1, default=str) + "\n"
+    try:
+        write_text_atomic(out, text)
+    except OSError as exc:  # a disk that filled up while measuring: the figures go elsewhere, and the line says where
+        name = rescue_copy(text, "distill-bench-", ".json")
+        where = f"the results were written to {name} instead" if name else "they could not be written elsewhere"
+        raise UserError(f"could not write {out} ({exc.strerror or exc}); {where}") from exc
     print(format_table(r))
     if r.get("gpu"):
         g = r["gpu"]

@@ -8,7 +8,6 @@ Streams a chunk of whole lines at a time; only the lexicon is loaded (no torch).
 from __future__ import annotations
 
 import io
-import os
 import sys
 
 from distill.crr.lexicon import Lexicon, load_lexicon
@@ -35,9 +34,7 @@ def swap_main(args) -> int:
         if hasattr(stream, "reconfigure"):  # bytes that are not UTF-8 pass through unchanged
             stream.reconfigure(encoding="utf-8", errors="surrogateescape", newline="")
     interactive = sys.stdin.isatty()
-    try:
-        swap_stream(lexicon, sys.stdin, sys.stdout, chunk_bytes=1 if interactive else 1 << 16)
-        sys.stdout.flush()
-    except BrokenPipeError:  # `distill swap < big.txt | head`: stop quietly, as other filters do
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    # `distill swap < big.txt | head`: the closed pipe ends the command quietly, as other filters do, and a
+    # full disk behind `> file` is one line (distill.errors.guarded_stdout, around every command)
+    swap_stream(lexicon, sys.stdin, sys.stdout, chunk_bytes=1 if interactive else 1 << 16)
     return 0

@@ -150,15 +150,19 @@ def start_run(run_dir: Path, cfg, *, resume: bool, overwrite: bool) -> Path | No
     if overwrite:  # check_output_dir let a set-aside run through only with --discard-replaced
         rundir.discard_replaced(run_dir)
     aside = rundir.set_aside(run_dir) if overwrite and run_dir.exists() else None
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.write_marker(run_dir, "run")
-    recipe = yaml.safe_dump(config_dict(cfg), sort_keys=False)
-    saved = run_dir / "recipe.yaml"
-    if resume and saved.is_file():
-        if saved.read_text() != recipe:
-            write_text_atomic(run_dir / _PENDING_RECIPE, recipe)
-    else:
-        write_text_atomic(saved, recipe)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.write_marker(run_dir, "run")
+        recipe = yaml.safe_dump(config_dict(cfg), sort_keys=False)
+        saved = run_dir / "recipe.yaml"
+        if resume and saved.is_file():
+            if saved.read_text() != recipe:
+                write_text_atomic(run_dir / _PENDING_RECIPE, recipe)
+        else:
+            write_text_atomic(saved, recipe)
+    except BaseException:  # a full disk here: the replaced run comes back before the error is reported
+        abandon_run(run_dir, aside)
+        raise
     return aside
 
 

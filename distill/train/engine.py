@@ -365,12 +365,14 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2 or argv[0] != "check":
         print("usage: python -m distill.train.engine check ACCELERATE_CONFIG.yaml", file=sys.stderr)
         return 2
+    from distill.errors import guarded_stdout, report
+
     try:
-        engine = check_config_file(argv[1])
-    except UserError as exc:
-        print(f"distill engine: error: {exc}", file=sys.stderr)
-        return 2
-    print(f"ok: {argv[1]} runs distill train under {engine}")
+        with guarded_stdout():
+            engine = check_config_file(argv[1])
+            print(f"ok: {argv[1]} runs distill train under {engine}")
+    except (UserError, OSError) as exc:
+        return report("distill engine", exc)
     return 0
 
 
