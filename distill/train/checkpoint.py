@@ -229,7 +229,9 @@ def save(run_dir: Path, step: int, accelerator, student, optimizer, scheduler, s
             (tmp / "trainer_state.json").write_text(json.dumps({**state, "sampler": sampler.state_dict()}))
         torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
     except (OSError, RuntimeError, SafetensorError) as exc:  # safetensors wraps an OS error in its own type
-        raise _write_failure(exc, tmp, root, step) from exc
+        # weights plus Adam's two moments: the size of a checkpoint when there is no earlier one to measure
+        estimate = 3 * sum(q.numel() * q.element_size() for q in student.parameters())
+        raise _write_failure(exc, tmp, root, step, estimate) from exc
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         shutil.rmtree(final, ignore_errors=True)
@@ -241,13 +243,13 @@ def save(run_dir: Path, step: int, accelerator, student, optimizer, scheduler, s
     return final
 
 
-def _write_failure(exc: BaseException, tmp: Path, root: Path, step: int) -> UserError:
+def _write_failure(exc: BaseException, tmp: Path, root: Path, step: int, estimate: int = 0) -> UserError:
     """One line for a checkpoint that could not be written (disk full above all); the half-written folder
     is removed and the previous checkpoint, untouched, is named."""
     written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file()) if tmp.is_dir() else 0
     shutil.rmtree(tmp, ignore_errors=True)
     previous = latest_checkpoint(root.parent)
-    need = sum(f.stat().st_size for f in previous.rglob("*") if f.is_file()) if previous else written
+    need = sum(f.stat().st_size for f in previous.rglob("*") if f.is_file()) if previous else max(written, estimate)
     free = shutil.disk_usage(root).free if root.exists() else 0
     text = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
     full = getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT) or free < need or any(
