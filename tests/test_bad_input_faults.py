@@ -4,7 +4,7 @@
   own launcher cannot read (a YAML list, a scalar, a section that is not a mapping, an unknown key): the
   wrapper refuses before `accelerate launch` is started, and starts it, unchanged, when the check passes.
 - a transfer-set cache_dir that cannot be written: refused before any model loads, unless it already holds the
-  recipe's finished set, which is then read from there.
+  recipe's finished set, which is then read from there; a damaged set in the cache is named and rebuilt.
 - a full disk at the first checkpoint: the advice is what works (no checkpoint exists, so not --resume).
 - the study's --out at a training run, inside a model's final/, or at a report: refused, nothing added.
 """
@@ -152,6 +152,38 @@ def test_a_read_only_cache_that_holds_the_set_is_read_from_there(tmp_path, monke
     assert run_cli(*argv) == 0
     assert "reusing transfer set" in capsys.readouterr().out
     assert snapshot(cache) == before
+
+
+@pytest.mark.parametrize("damage, why", [
+    ("truncated", "train.jsonl has 20 bytes"),
+    ("flipped_byte", "heldout.jsonl does not match its checksum"),
+    ("no_checksums", "it has no checksums.json"),
+    ("manifest_garbage", "manifest.json has"),
+])
+def test_a_damaged_transfer_set_is_named_and_built_again(damage, why, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    argv = ["corpus", "--recipe", "recipes/debug.yaml", *CORPUS, f"data.transfer_set.cache_dir={cache}"]
+    assert run_cli(*argv) == 0
+    (folder,) = [p for p in cache.iterdir() if p.is_dir()]
+    good = snapshot(folder)
+    if damage == "truncated":
+        (folder / "train.jsonl").write_bytes((folder / "train.jsonl").read_bytes()[:20])
+    elif damage == "flipped_byte":
+        data = bytearray((folder / "heldout.jsonl").read_bytes())
+        data[12] ^= 1
+        (folder / "heldout.jsonl").write_bytes(bytes(data))
+    elif damage == "no_checksums":
+        (folder / "checksums.json").unlink()
+    else:
+        (folder / "manifest.json").write_text("{not json")
+    capsys.readouterr()
+    assert run_cli(*argv) == 0
+    out = capsys.readouterr().out
+    assert f"transfer set {folder} is damaged ({why}" in out and "building it again" in out
+    rebuilt = snapshot(folder)
+    assert {k: v for k, v in rebuilt.items() if k not in ("manifest.json", "checksums.json")} == \
+        {k: v for k, v in good.items() if k not in ("manifest.json", "checksums.json")}, "the same set, rebuilt"
+    assert run_cli(*argv) == 0 and "reusing transfer set" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- a full disk at the first checkpoint
