@@ -1,7 +1,8 @@
 """Data that used to be taken silently: now refused in one line, or named where it changes a figure.
 
 - `distill score` on a generations file that is not UTF-8: the replacement characters used to be scored as
-  text; now the line and the byte offset are named, as the corpus check names them.
+  text; now the line and the byte offset are named, as the corpus check names them; the same for eval's
+  --bios (a traceback before) and --prompts files (no offset before).
 - the downstream lens with an occupation that has no test biography (one person holds it, so the seeded split
   puts it in train): it used to be left out of the TPR-gap table and the RMS without a word; now the console,
   report.md and results.json name it and say why.
@@ -34,6 +35,25 @@ def test_score_names_the_line_and_offset_of_bytes_that_are_not_utf8(bad, needle,
     assert run_cli("score", "--generations", path, "--out", tmp_path / "rep") == 2
     assert_one_error_line(capsys, "score", f"{path} line 3: not UTF-8", needle, f"at offset {offset}", "iconv")
     assert snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("flag", ["--bios", "--prompts"])
+def test_eval_names_the_offset_of_a_bios_or_prompt_file_that_is_not_utf8(flag, tmp_path, monkeypatch, capsys):
+    model = tiny_model_run(tmp_path / "m")
+    if flag == "--bios":
+        bad = tmp_path / "bios.jsonl"
+        bad.write_bytes(b'{"text": "She runs a caf\xe9.", "occupation": "chef", "gender": "f"}\n')
+        argv = ["--lens", "downstream", "--bios", bad]
+    else:
+        bad = tmp_path / "prompts.json"
+        bad.write_bytes(b'{"c": {"chef": {"Chef_A": ["A caf\xe9 chef said"]}}}')
+        argv = ["--lens", "generation", "--prompts", bad]
+    monkeypatch.setattr("distill.models.load_model", lambda *a, **k: 1 / 0)  # refused before any model loads
+    capsys.readouterr()
+    assert run_cli("eval", "--model", f"s={model}", *argv, "--out", tmp_path / "rep") == 2
+    offset = bad.read_bytes().index(b"\xe9")
+    assert_one_error_line(capsys, "eval", str(bad), f"is not UTF-8 (byte 0xe9 at offset {offset}, line 1)", "iconv")
+    assert not (tmp_path / "rep").exists()
 
 
 def test_score_still_reads_utf8_text_beyond_ascii(tmp_path, capsys):

@@ -63,7 +63,9 @@ def load_bold_json(path: str | Path) -> list[Prompt]:
             raise UserError(f"prompt file {path} is empty")
         data = json.loads(text)
     except UnicodeDecodeError as exc:
-        raise UserError(f"prompt file {path} is not UTF-8 text: {exc.reason}") from exc
+        from distill.inputs import not_utf8
+
+        raise UserError(f"prompt file {path} is {not_utf8(exc)}") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"prompt file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc
     return parse_bold(data, str(path))

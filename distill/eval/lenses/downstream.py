@@ -82,8 +82,14 @@ def load_bios(spec: str) -> Bios:
 
 
 def _load_jsonl(path: Path, spec: str) -> Bios:
+    from distill.inputs import not_utf8
+
     texts, occs, gens, splits, pairs = [], [], [], [], []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    try:
+        content = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"--bios {spec} is {not_utf8(exc)}") from None
+    for n, line in enumerate(content.splitlines(), 1):
         if not line.strip():
             continue
         where = f"--bios {spec}: line {n}"
