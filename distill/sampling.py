@@ -1,6 +1,6 @@
 """Batched sampling generation for prompt sets, reproducible across models: the project's one sampling loop.
 
-    from distill.eval.sampling import SamplingConfig, generate_samples
+    from distill.sampling import SamplingConfig, generate_samples
     texts = generate_samples(model, tok, ["The nurse said that"], SamplingConfig(samples_per_prompt=4))
     texts[0]  # four continuations of the first prompt (new text only, prompt not repeated)
 

@@ -17,7 +17,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopK
 
 from distill.bench import memory as bench_memory
 from distill.bench import setup as bench_setup
-from distill.eval.sampling import SamplingConfig, TopKTopPSampler, generate_samples
+from distill.sampling import SamplingConfig, TopKTopPSampler, generate_samples
 from distill.train.losses import distill_loss
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -27,7 +27,7 @@ import pytest
 
 from distill.config import load_config
 from distill.eval.prompts import load_prompts
-from distill.train import transfer
+from distill.train import transfer, transfer_identity
 
 ROOT = Path(__file__).resolve().parents[1]
 # Other names for a scored job: gendered and older forms of a neutral title, short forms, the everyday word.
@@ -235,5 +235,5 @@ def test_a_changed_seed_file_changes_the_transfer_set_key(tmp_path, monkeypatch)
     seeds.write_text("# header\nThe storm passed, and\nMy grandfather told me\n")
     assert transfer.transfer_key("teacher", tcfg, transfer.read_seed_prompts(seeds), 0) != key
     seeds.write_text("# header\nThe storm passed, and\nMy grandmother told me\n")
-    monkeypatch.setattr(transfer, "MANIFEST_VERSION", transfer.MANIFEST_VERSION - 1)
+    monkeypatch.setattr(transfer_identity, "MANIFEST_VERSION", transfer.MANIFEST_VERSION - 1)
     assert transfer.transfer_key("teacher", tcfg, transfer.read_seed_prompts(seeds), 0) != key  # old sets unused

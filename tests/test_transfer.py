@@ -175,7 +175,7 @@ def test_corpus_command_with_a_random_teacher(teacher_dir, tmp_path, capsys):
 def test_the_transfer_set_and_eval_share_one_sampler(teacher_dir, teacher, tmp_path):
     """sample_continuations and generate_samples (the eval/samples path) draw the same continuations for the
     same prompts, settings and seed: one loop (generate.sample_batches), one seeding scheme."""
-    from distill.eval.sampling import generate_samples
+    from distill.sampling import generate_samples
 
     model, tok = teacher
     tcfg = transfer.parse_transfer_config({"max_new_tokens": 9, "batch_size": 4, "top_k": 20, "top_p": 0.9})

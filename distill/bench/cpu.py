@@ -36,7 +36,7 @@ settings (top-k 50, top-p 0.95, temperature 1), in the precision `auto` picks fo
 rounds (after an untimed warm-up batch):
 - before: `model.generate(do_sample=True, top_k, top_p)`, transformers' warpers, which sort the whole
   vocabulary for top-p and draw over all of it at every step (what transfer.py did before issue 12);
-- after: `transfer.sample_continuations`, i.e. `distill.eval.sampling.sample_batches` with `TopKTopPSampler`.
+- after: `transfer.sample_continuations`, i.e. `distill.sampling.sample_batches` with `TopKTopPSampler`.
 Reported: generated tokens/s (EOS counted where a row stops early, so both count the tokens they produced)
 and sequences/s of each, and their ratio.
 
@@ -68,8 +68,8 @@ import time
 
 import torch
 
-from distill.eval.sampling import batch_seed, prepare_tokenizer
 from distill.precision import choose, cpu_features
+from distill.sampling import batch_seed, prepare_tokenizer
 from distill.train.transfer import parse_transfer_config, read_seed_prompts, sample_continuations
 
 TEACHER = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -325,7 +325,7 @@ def measure_train(recipe: str, steps: int) -> dict:
 
 def measure_score(teacher, tok, n_prompts: int) -> dict:
     from distill.eval.prompts import load_prompts, select_prompts
-    from distill.eval.sampling import SamplingConfig, generate_samples
+    from distill.sampling import SamplingConfig, generate_samples
 
     prompts = [p.text for p in select_prompts(load_prompts("professions"), n_prompts, "category", 0)]
     cfg = SamplingConfig(samples_per_prompt=3, max_new_tokens=24, batch_size=64, seed=0)

@@ -20,7 +20,7 @@ def load_prompts(n: int) -> list[str]:
 
 def measure_generation(model, tokenizer, settings: dict) -> dict:
     """generate_samples at batch_size prompts vs one prompt at a time (interleaved rounds, medians)."""
-    from distill.eval.sampling import SamplingConfig, generate_samples
+    from distill.sampling import SamplingConfig, generate_samples
 
     g = settings["gen"]
     prompts = load_prompts(g["n_prompts"])

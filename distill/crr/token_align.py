@@ -6,14 +6,21 @@ question as each original position (the module docstring there states the rules)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import accumulate
-from typing import TYPE_CHECKING
 
 from distill.crr.lexicon import Replacement
 from distill.crr.token_table import NO_COUNTERPART, Codec, TokenSwapTable
 
-if TYPE_CHECKING:
-    from distill.crr.token_swap import _Group as Group
+
+@dataclass
+class Group:
+    """One swapped run of the original row and what replaces it (built by `token_swap`)."""
+    a: int  # token run [a, b) in the original row
+    b: int
+    reps: list[Replacement]
+    new_ids: list[int]
+    exact: bool
 
 
 def align_groups(row: list[int], cf: list[int], groups: list[Group], ends: list[int], codec: Codec,

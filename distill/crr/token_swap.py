@@ -83,6 +83,7 @@ import torch
 
 from distill.crr.causal import RowSwap, causal_rows, choices
 from distill.crr.lexicon import Lexicon, Lookahead, Replacement
+from distill.crr.token_align import Group as _Group
 from distill.crr.token_align import align_groups, maps_back
 from distill.crr.token_table import NO_COUNTERPART, SAME_CONTEXT, Codec, TokenSwapTable
 
@@ -203,15 +204,6 @@ class _Spelt:
     ends: list[int]
     text: str
     mended: bool
-
-
-@dataclass
-class _Group:
-    a: int  # token run [a, b) in the original row
-    b: int
-    reps: list[Replacement]
-    new_ids: list[int]
-    exact: bool
 
 
 def _row_counterfactual(row: list[int], cand: list[int], codec: Codec, table: TokenSwapTable, lexicon: Lexicon,

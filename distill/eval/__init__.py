@@ -1,8 +1,7 @@
 """The evaluation side of distill: scoring models for gender disparity and utility.
 
-What lives here:
+What lives here (the sampler both sides draw with is `distill.sampling`):
 
-* the one sampler (`sampling`: seeded, batched; also what the training side's transfer set draws with);
 * gender polarity of generations (`polarity`), the disparity statistics and paired tests (`stats`, `paired`),
   and the scoring of generation records that `distill eval` and `distill score` share (`scoring`);
 * utility on held-out text: perplexity and teacher agreement (`utility`);

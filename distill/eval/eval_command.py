@@ -9,7 +9,7 @@
 1. `_check_inputs`: validate every argument (including that every profession gets >= 2 generations), load
    every tokenizer (a model dir without one fails here), prompts, held-out text and word vectors.
 2. `_score_runs`: only then load the models, one run at a time, the teacher first. Each run generates K
-   samples per prompt with the same per-batch seeds (distill.eval.sampling), runs the likelihood probe
+   samples per prompt with the same per-batch seeds (distill.sampling), runs the likelihood probe
    (distill.eval.probe) and the lenses, scores perplexity and teacher agreement (distill.eval.utility), and
    is freed before the next loads.
 3. `_results`: the generation statistics and paired tests, from the generation records by
@@ -203,7 +203,7 @@ def _count_generation(gen: dict, seconds: float, slots: int) -> None:
 
 def _generate(inputs: EvalInputs, model, tok, cfg, name: str, k: int, label: str) -> list[dict]:
     """Run k of model `name`: K samples per prompt, one record per generation."""
-    from distill.eval.sampling import generate_samples
+    from distill.sampling import generate_samples
 
     path = inputs.paths[name][k]
     rows = generate_samples(model, tok, [p.text for p in inputs.prompts], cfg, desc=f"{label}: generate")

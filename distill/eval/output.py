@@ -21,6 +21,11 @@ def write_generations(path: Path, records: list[dict]) -> None:
             f.write(json.dumps({**rec, "unigram": unigram_polarity(rec["text"])}, ensure_ascii=False) + "\n")
 
 
+def write_results_json(path: Path, results: dict) -> None:
+    """results.json: indented, UTF-8 kept as is (report.py's docstring has the schema)."""
+    path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
 def lock_out(out: Path) -> None:
     """Lock the report folder (--out/.lock, `rundir.lock_output`) from before the models load until the
     command ends: a second eval or score on the same --out is refused with this process's PID."""

@@ -41,12 +41,12 @@ Plots use matplotlib's Agg backend (no display needed).
 from __future__ import annotations
 
 import html
-import json
 import math
 import re
 from pathlib import Path
 
 from distill.eval.lenses.report import predictions_differ_text, render_lenses_md, write_lens_outputs
+from distill.eval.output import write_results_json
 from distill.eval.polarity import gendered_spans
 from distill.eval.probe_plot import probe_scatter_md, write_probe_scatter
 
@@ -162,13 +162,6 @@ def highlight_html(text: str) -> str:
         pos = end
     parts.append(html.escape(text[pos:]))
     return "".join(parts)
-
-
-# ------------------------------------------------------------------------------------------ results.json
-
-
-def write_results_json(path: Path, results: dict) -> None:
-    path.write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------------ plots

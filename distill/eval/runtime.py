@@ -27,7 +27,7 @@ def log(msg: str) -> None:
 
 
 def sampling_config(args):
-    from distill.eval.sampling import SamplingConfig
+    from distill.sampling import SamplingConfig
 
     return SamplingConfig(
         samples_per_prompt=args.samples_per_prompt, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from distill.atomic import rescue_copy, write_text_atomic
 from distill.errors import UserError
-from distill.rundir import lock_output
 from distill.eval import runtime
 from distill.eval.validate import check_out_file, check_sampling_args, input_paths, parse_models
+from distill.rundir import lock_output
 
 SAMPLES_DEFAULT_PROMPTS = 24  # `distill samples` without --max-prompts shows this many prompts
 
@@ -53,8 +53,8 @@ def run_samples(args) -> int:
 
 def _generate(args, models, tokenizers, texts: list[str]) -> dict[str, list[list[str]]]:
     """Each model's samples, one model loaded at a time."""
-    from distill.eval.sampling import generate_samples
     from distill.models import load_model
+    from distill.sampling import generate_samples
 
     device, cfg = runtime.device(), runtime.sampling_config(args)
     runtime.resolve_dtype(args, device)

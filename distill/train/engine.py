@@ -74,7 +74,7 @@ def check_environment(environ=None) -> str:
 def check_config_file(path: str | Path) -> str:
     """`check_request` on an accelerate config YAML, for use before `accelerate launch` (whose own launcher
     stops with an ImportError traceback when DeepSpeed is missing, before distill could say anything)."""
-    from distill.launch import read_accelerate_config
+    from distill.accelerate_config import read_accelerate_config
 
     data = read_accelerate_config(path)  # a mapping accelerate's own loader accepts, or one line
     kind = str(data.get("distributed_type", "NO")).upper()

@@ -119,7 +119,7 @@ def _finished_set(cfg, cache_dir: Path, device) -> Path | None:
     or cannot be known without loading (a hub teacher not in the local cache)."""
     import torch
 
-    from distill.train.transfer import read_seed_prompts, teacher_identity, transfer_key
+    from distill.train.transfer_identity import read_seed_prompts, teacher_identity, transfer_key
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     identity = teacher_identity(cfg, cache_dir / "file_hashes.json", device)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill.eval.output import write_results_json
+
 LENS_PLOT = "lenses.png"
 # The generation lens's headline under either scorer: the unbiased RMS gap when present, else the mean |gap|.
 GENERATION_KEYS = (("disparity_rms", "disparity_rms_ci"), ("disparity", "disparity_ci"))
@@ -190,8 +192,6 @@ def plot_lenses(path: Path, results: dict) -> None:
 
 def write_lens_outputs(out_dir: Path, results: dict, standalone: bool = False) -> list[Path]:
     """The lenses plot; with standalone=True (no generation lens) also results.json and a report.md of its own."""
-    from distill.eval.report import write_results_json
-
     paths = [out_dir / LENS_PLOT]
     plot_lenses(paths[0], results)
     if standalone:
