@@ -18,6 +18,7 @@ KNOWN_CIRCLE_EDGES = {
     ("distill.eval.lenses.bios_hub", "distill.eval.lenses.downstream"),  # the Bios record and its label keys
     ("distill.eval.lenses.run", "distill.eval.report"),  # comparison_line
     ("distill.eval.power", "distill.eval.scoring"),  # runs_permutation_floor
+    ("distill.inputs", "distill.train.fairness"),  # validation_professions
     ("distill.study_table", "distill.study"),  # the arms' table and figure definitions
 }
 # Modules over MAX_LINES today, with their length when this list was written. A new one, or one of these
