@@ -107,8 +107,8 @@ class TrainConfig:
     mixed_precision: str = opt("auto", "bf16 autocast or none (no = fp32); auto: bf16 where the hardware runs it "
                                "natively (CUDA with bf16, a CPU with AMX), else no (distill/precision.py)",
                                choices=("auto", "no", "bf16", "fp16"))
-    compile: bool = opt(False, "torch.compile the student (inductor; needs a C++ compiler on CPU). GPT-2 shapes "
-                        "on 2 CPU cores: KD step about 6% faster after 7-40 s of compiling (distill bench --compile)")
+    compile: bool = opt(False, "torch.compile the student (inductor; needs a C++ compiler on CPU). "
+                        "Pays only over many steps: the first step compiles (distill bench --compile measures it)")
     log_steps: int = opt(10, "log every N steps", range=(1, INF))
     eval_steps: int = opt(200, "validation loss every N steps (0 = only at the end)", range=(0, INF))
     eval_batches: int = opt(20, "validation micro-batches per evaluation", range=(1, INF))
@@ -170,9 +170,9 @@ class RecipeLoader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2 booleans: only true/false (any case) are bools.
 
     YAML 1.1 also reads yes/no/on/off as bools, so `train.mixed_precision=no` (or `mixed_precision: no` in a
-    file) reached the config as False and was refused as "must be str" (issue 12). Here such words stay
+    file) reached the config as False and was refused as "must be str". Here such words stay
     strings; a field typed bool accepts them by name (`_coerce`), so nothing that worked before breaks.
-    A key given twice in one mapping is refused (PyYAML silently keeps the last; issue 16).
+    A key given twice in one mapping is refused (PyYAML silently keeps the last, hiding a typo).
     """
 
     def construct_mapping(self, node, deep=False):

@@ -5,7 +5,7 @@
     protected = check_train_inputs(cfg)                   # the recipe's local input paths, all checked
 
 Why: a missing `data.path` was once reported after the teacher and student had loaded, and an empty, binary
-or non-UTF-8 corpus gave datasets' "An error occurred while generating the dataset" (issue 16).
+or non-UTF-8 corpus gave datasets' "An error occurred while generating the dataset".
 """
 
 from __future__ import annotations

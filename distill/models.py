@@ -123,8 +123,8 @@ def use_fused_gelu(model: torch.nn.Module) -> int:
     the same formula as one fused kernel (`GELUTanh`); returns how many modules were swapped.
 
     Outputs agree to float rounding (tested). Only the module objects change: the config still says gelu_new,
-    so a saved model is unchanged. Why: the KD step at `distill bench` shapes ran 7% faster with it on
-    2 CPU cores (a one-off interleaved timing: 2.74 s vs 2.96 s)."""
+    so a saved model is unchanged. Why: one kernel instead of eight elementwise passes makes the KD step faster
+    on CPU (`distill bench`; figures in docs/performance.md)."""
     from transformers.activations import GELUTanh, NewGELUActivation
 
     swapped = 0

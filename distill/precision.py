@@ -4,12 +4,11 @@
     choice = choose("cpu")            # Precision(bf16=False, reason='CPU capability AVX2: no AMX or ...')
     choice.dtype, choice.mixed_precision, choice.reason
 
-Why by capability and not by device type (issue 12): on a CPU without native bf16 (AVX2 only) PyTorch
-emulates bf16 and a 512 x 512 matmul ran 11x slower than in fp32, so a recipe that hard-codes bf16 turns a
-20-minute demo into hours. bf16 is native on a CUDA device that says so, and on an x86 CPU with AMX tiles
-(`torch.cpu._is_amx_tile_supported()`). A CPU with AVX512-BF16 but no AMX (e.g. AMD Zen 4) has bf16 dot
-products but not the tile engine; `python -m distill.bench.cpu precision` measured the demo's shapes there
-(see BF16_WITHOUT_AMX below) and bf16 did not pay, so auto picks fp32 on it.
+Why by capability and not by device type: on a CPU without native bf16 PyTorch emulates it, many times slower
+than fp32, so a recipe that hard-codes bf16 would turn a short CPU run into a long one. bf16 is native on a
+CUDA device that says so, and on an x86 CPU with AMX tiles (`torch.cpu._is_amx_tile_supported()`). A CPU with
+AVX512-BF16 but no AMX has bf16 dot products but not the tile engine; there bf16 did not pay at the demo's
+shapes (`python -m distill.bench.cpu precision`; figures in docs/performance.md), so auto picks fp32 on it.
 
 The CPU checks go through ATen's dispatch level as well (`torch.backends.cpu.get_cpu_capability()`): with
 `ATEN_CPU_CAPABILITY=avx2` (how to emulate an AVX2-only machine on a newer one) torch's own kernels use AVX2
@@ -23,9 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-# Does auto pick bf16 on a CPU with AVX512-BF16 but no AMX? Measured on an AMD EPYC (Zen 4: avx512_bf16, no
-# amx) with `python -m distill.bench.cpu precision`: see README "Hardware and precision" for the figures. Kept as
-# a named constant so the decision and its evidence sit in one place.
+# Does auto pick bf16 on a CPU with AVX512-BF16 but no AMX? No: `python -m distill.bench.cpu precision` found
+# bf16 slower there (docs/performance.md). A named constant, so the decision can be revisited in one place.
 BF16_WITHOUT_AMX = False
 
 _CHOICES = {"auto", "bf16", "fp32"}

@@ -2,9 +2,8 @@
 
 On a small CPU, N runs with cores/N threads each, every lane pinned to its own cores, finish sooner than the
 same runs one after another on all cores: every parallel region of a run waits for its slowest thread, and
-on a shared machine that thread is often descheduled. Measured on the 2-core development machine (README,
-Study): a 48-step run took 7.3-7.6 min in each of two 1-thread lanes, 4.7 min alone at 2 threads, so two lanes
-finish two runs in 7.5 min instead of 9.4. On a GPU the lanes share the device; leave N at 1 there.
+on a shared machine that thread is often descheduled (figures in docs/study.md). On a GPU the lanes share
+the device; leave N at 1 there.
 
 Each run is a `distill train` subprocess whose output goes to OUT/logs/ARM_sSEED.log (interleaved progress
 bars would be unreadable); the study prints a line as each run starts and ends. A failed run does not stop the

@@ -94,7 +94,7 @@ def parse_models(specs: list[str]) -> list[tuple[str, str]]:
 
 def input_paths(args, models) -> list[Path]:
     """The local inputs of eval/samples (models, --text, --prompts, --bios): --out may not be, contain or lie
-    inside any of them (issue 16)."""
+    inside any of them."""
     paths = [Path(p).expanduser() for _, runs in models for p in ([runs] if isinstance(runs, str) else runs)
              if Path(p).expanduser().exists()]
     bios = getattr(args, "bios", None)

@@ -56,7 +56,7 @@ def precision_line(cfg: Config, accelerator, teacher) -> str:
 
 def _check_before_writing(cfg: Config, run_dir: Path, resume: bool, overwrite: bool,
                           discard_replaced: bool = False) -> None:
-    """Everything that can be checked without a model, before anything is written (issue 16)."""
+    """Everything that can be checked without a model, before anything is written."""
     from distill.inputs import check_train_inputs
 
     eng.check_environment()  # before accelerate builds a DeepSpeed plugin (an ImportError when it is missing)
