@@ -29,8 +29,9 @@ def test_the_requested_engine_is_read_from_the_launcher_environment():
     assert engine.requested_engine({"ACCELERATE_USE_DEEPSPEED": "true", **FSDP_ENV}) == "deepspeed"
 
 
-def test_every_accelerate_config_named_in_the_readme_exists():
-    named = set(re.findall(r"recipes/accelerate/[\w.]+\.yaml", Path("README.md").read_text()))
+def test_every_accelerate_config_named_in_the_docs_exists():
+    text = "".join(p.read_text() for p in [Path("README.md"), *sorted(Path("docs").glob("*.md"))])
+    named = set(re.findall(r"recipes/accelerate/[\w.]+\.yaml", text))
     assert named == {f"recipes/accelerate/{n}.yaml" for n in ("ddp", "fsdp", "deepspeed_zero3")}
     assert all(Path(p).is_file() for p in named)
 
