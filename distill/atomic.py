@@ -81,6 +81,8 @@ def _name_target(exc: OSError, tmp: Path, path: Path) -> None:
     """Let a failed write name what the user asked for (`path`, or the file inside it), not the temporary
     sibling, and name it at all when the OS names nothing (a write() on a full disk): its one-line message
     (distill.errors.os_error_line) then says which output could not be written."""
+    if exc.errno is None:  # OSError("message"): no OS error to place; naming a file would hide the message
+        return
     name = os.fsdecode(exc.filename) if exc.filename is not None else None
     if name is None:
         exc.filename = str(path)

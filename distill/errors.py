@@ -64,18 +64,6 @@ def os_error_line(exc: OSError) -> str:
     return f"{where}: {cause}; {advice}" if where else f"{cause}; {advice}"
 
 
-@contextlib.contextmanager
-def writing_to(path) -> Iterator[None]:
-    """An OSError raised inside that names no file (a write() on a full disk names none) names `path`, the
-    output being written, so that its line says where."""
-    try:
-        yield
-    except OSError as exc:
-        if exc.filename is None and not isinstance(exc, (StdoutError, StdoutClosed)):
-            exc.filename = os.fspath(path)
-        raise
-
-
 class _GuardedStream:
     """sys.stdout, with its write failures raised as StdoutError / StdoutClosed."""
 
