@@ -5,8 +5,8 @@ with no traceback. Raise it before any compute and before anything is written.
 
 A write that fails on the way (a full disk, a read-only file system, no permission), on any output including
 standard output, is one line too: `os_error_line` says where, why, and what to do, for every command's entry
-point alike (the `distill` CLI, the study, `python -m distill.rundir restore`, the engine check and the
-launcher). `guarded_stdout` marks a failure of standard output as such, so that its line says so, and a pipe
+point alike (the `distill` CLI, the study, `python -m distill.rundir restore`, the engine check, the launcher
+and the teacher fetcher). `guarded_stdout` marks a failure of standard output as such, so that its line says so, and a pipe
 closed by the reader (`distill swap < big.txt | head`) ends the command quietly, as other filters do.
 """
 
