@@ -54,7 +54,7 @@ demo: teacher  ## the main job, offline: transfer set -> KD and CRR students -> 
 
 demo-smoke:  ## the demo path end to end on the real teacher in about 2 minutes (CI): tiny budgets, out/smoke*
 	$(MAKE) demo DEMO_OUT=out/smoke DEMO_RUNS=out/smoke_runs \
-		DEMO_ARGS="train.max_steps=2 train.batch_size=2 data.transfer_set.num_sequences=48 data.transfer_set.max_new_tokens=32 train.eval_batches=1" \
+		DEMO_ARGS="train.max_steps=2 train.batch_size=2 train.probe_templates=2 data.transfer_set.num_sequences=48 data.transfer_set.max_new_tokens=32 train.eval_batches=1" \
 		DEMO_EVAL="--prompts professions --max-prompts 14 --samples-per-prompt 2 --max-new-tokens 8 --lens all --bios project"
 
 # Several training seeds per arm: the study's kd and cda_pair_mean arms, which are recipes/demo_kd.yaml and
