@@ -115,6 +115,7 @@ def test_a_probe_set_without_a_validation_half_is_refused_before_any_model_loads
     import json
 
     from bad_input_helpers import assert_one_error_line, run_cli
+
     from distill.eval.probe import probe_split
 
     one = next(p for p in ["nurse", "plumber", "judge", "baker", "pilot"] if probe_split([("c", p)])[0])

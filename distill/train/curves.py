@@ -44,7 +44,7 @@ def plot_training(run_dir: Path, teacher_figures: dict | None) -> Path | None:
     for key, label in (("kd", "train KD"), ("val_kd", "validation KD")):
         pts = [(r["step"], r[key]) for r in records if r.get(key) is not None]
         if pts:
-            loss_ax.plot(*zip(*pts), marker="o" if key == "val_kd" else None, label=label)
+            loss_ax.plot(*zip(*pts, strict=True), marker="o" if key == "val_kd" else None, label=label)
     loss_ax.set_xlabel("step")
     loss_ax.set_ylabel("divergence to the teacher")
     loss_ax.set_title("loss")
@@ -52,7 +52,7 @@ def plot_training(run_dir: Path, teacher_figures: dict | None) -> Path | None:
     for (key, label), color in zip(PROBE_KEYS, ("tab:red", "tab:blue", "tab:green"), strict=True):
         pts = [(r["step"], r[key]) for r in probed if r.get(key) is not None]
         if pts:
-            probe_ax.plot(*zip(*pts), marker="o", color=color, label=label)
+            probe_ax.plot(*zip(*pts, strict=True), marker="o", color=color, label=label)
         if teacher_figures and key != "probe_slope" and teacher_figures.get(key) is not None:
             probe_ax.axhline(teacher_figures[key], color=color, linestyle="--", linewidth=1,
                              label=f"teacher {label.split(' ')[0]}")
