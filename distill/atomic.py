@@ -46,6 +46,13 @@ def write_text_atomic(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def write_json_atomic(path: str | Path, data) -> None:
+    """`data` as indented JSON with a final newline, written whole or not at all (its folder made if missing)."""
+    import json
+
+    write_text_atomic(path, json.dumps(data, indent=1) + "\n")
+
+
 @contextmanager
 def atomic_dir(path: str | Path, *, replace: bool = True) -> Iterator[Path]:
     """An empty temporary folder beside `path`, renamed onto it when the block ends without an error.

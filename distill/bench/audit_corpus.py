@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections import Counter
-from pathlib import Path
+
+from distill.atomic import write_json_atomic
 
 SETS = ("original", "swapped", "combined")
 LISTS = ("probe", "lexicon words", "lexicon names")
@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(markdown(res))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+        write_json_atomic(args.out, res)
     return 0
 
 

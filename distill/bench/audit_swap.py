@@ -28,9 +28,9 @@ No model is loaded: the tokenizer and the lexicon only. One markdown report on s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
+
+from distill.atomic import write_json_atomic
 
 LEADS = ("", " ")  # the table holds each spelling with and without a leading space
 STATUSES = ("both one token", "male side only", "female side only", "neither")
@@ -209,8 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     res = audit(tokenizer, lexicon, examples=args.examples)
     print(markdown(res))
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1) + "\n")
+        write_json_atomic(args.out, res)
     return 0
 
 

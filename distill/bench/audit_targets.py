@@ -55,6 +55,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from distill.atomic import write_json_atomic
+
 MODES = ("none", "pair_mean", "cf_mean", "cf_max")
 AUGMENTS = ("none", "both")
 _WORD_CHAR = re.compile(r"\w")  # the lexicon's word boundary, as in distill.crr.vocab
@@ -359,11 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n({args.recipe}, seed {cfg.seed}, temperature {cfg.loss.temperature}; "
           f"{time.perf_counter() - t0:.0f} s)")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"recipe": args.recipe, "overrides": args.overrides,
-                                              "blocks": col.blocks, "id_counts": id_counts,
-                                              "figures": summary},
-                                             indent=1) + "\n")
+        write_json_atomic(args.out, {"recipe": args.recipe, "overrides": args.overrides, "blocks": col.blocks,
+                                     "id_counts": id_counts, "figures": summary})
     return 0
 
 

@@ -14,10 +14,11 @@ it accepts. One markdown table on stdout (and --out as JSON).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
+
+from distill.atomic import write_json_atomic
 
 TEACHER = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"({len(starts)} cuts of {args.drop} blocks, untrained; probe over the validation professions with "
           f"{args.templates} templates; fp32; {time.perf_counter() - t0:.0f} s)")
     if args.out:
-        Path(args.out).write_text(json.dumps(rows, indent=1) + "\n")
+        write_json_atomic(args.out, rows)
     return 0
 
 
