@@ -8,8 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from bad_input_helpers import assert_one_error_line, run_cli, snapshot
+from bad_input_helpers import assert_one_error_line, run_cli, snapshot, tiny_model_run
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bold_small.json"
 FAST = ["--max-prompts", 2, "--samples-per-prompt", 2, "--max-new-tokens", 2, "--batch-size", 2]
@@ -17,19 +16,7 @@ FAST = ["--max-prompts", 2, "--samples-per-prompt", 2, "--max-new-tokens", 2, "-
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
-
-    root = tmp_path_factory.mktemp("models")
-    tok = AutoTokenizer.from_pretrained("data/tiny_tokenizer")
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, n_positions=64, vocab_size=len(tok)))
-    run = root / "run"
-    (run / "final").mkdir(parents=True)
-    model.save_pretrained(run / "final")
-    tok.save_pretrained(run / "final")
-    (run / ".distill").write_text('{"tool": "distill", "kind": "run"}\n')
-    (run / "metrics.jsonl").write_text('{"step": 1}\n')
-    return run / "final"
+    return tiny_model_run(tmp_path_factory.mktemp("models"))
 
 
 def _run_dir_copy(model_dir, tmp_path) -> Path:
