@@ -31,7 +31,7 @@ teacher:  ## fetch the offline default teacher (SmolLM2-135M-Instruct GGUF from 
 	$(PY) -m distill.fetch_teacher
 
 TEACHER ?= cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf
-# 272 prompts = 2 per profession (136): scoring 3 models fits the 20-minute budget on 2 AVX2 cores (issue 12)
+# 272 prompts = 2 per profession (136): sized so that scoring 3 models fits the demo's budget (docs/performance.md)
 DEMO_EVAL ?= --prompts professions --max-prompts 272 --samples-per-prompt 3 --max-new-tokens 24 --batch-size 64 \
 	--dtype auto --lens all --bios project
 DEMO_ARGS ?=
@@ -92,7 +92,7 @@ STUDY_SAMPLES ?= 3
 STUDY_ARMS ?=
 STUDY_OUT ?= out/study
 
-study: teacher  ## the ablation table of issue 11 (about 4-5 h on 2 cores from scratch; STUDY_LANES=2 there): STUDY_SEEDS seeds x STUDY_ARMS -> out/study/
+study: teacher  ## the ablation table (hours on 2 cores: docs/study.md; STUDY_LANES=2 there): STUDY_SEEDS seeds x STUDY_ARMS -> out/study/
 	$(PY) -m distill.study --seeds $(STUDY_SEEDS) --arms "$(STUDY_ARMS)" --prompts-per-profession $(STUDY_PROMPTS) \
 		--samples-per-prompt $(STUDY_SAMPLES) --lanes $(STUDY_LANES) --out $(STUDY_OUT)
 

@@ -3,7 +3,7 @@
     from distill.rundir import prepare_output_dir, RunLock
     out = prepare_output_dir("out/eval", kind="report", overwrite=True, protected_paths=[model_dir, text_file])
 
-Rules (issue 16: `--overwrite` once deleted a training corpus and a scored model):
+Rules (an `--overwrite` that deletes what it did not write can take a training corpus or a scored model):
 - `--overwrite` only ever replaces a directory this tool wrote for the same purpose: one holding the
   marker file `.distill` naming its kind (run, report, ...), or an older one holding only files this tool
   writes. Anything else is refused with one line; the user removes it by hand.

@@ -1,6 +1,6 @@
-"""The ablation study of issue 11: which part of counterfactual role reversal buys what, over several seeds.
+"""The ablation study: which part of counterfactual role reversal buys what, over several seeds.
 
-    python -m distill.study --out out/study                          # every arm, 3 seeds (about 4-5 h on 2 cores)
+    python -m distill.study --out out/study                          # every arm, 3 seeds
     python -m distill.study --arms kd,cda_pair_mean --seeds 2 --out out/study_two
     python -m distill.study --smoke --out /tmp/study_smoke            # debug recipes, 2 steps: the code path
     make study STUDY_SEEDS=3 STUDY_ARMS=kd,cda,pair_mean             # the same through make
@@ -24,7 +24,7 @@ scratch that is one eval over everything; arms added later cost only themselves 
     OUT/table.md              per arm: mean +- sd over seeds of each figure, paired test against its baseline
     OUT/disparity_vs_perplexity.png   one panel per student size: a dot per run, each arm's mean +- sd
 
-The scorer's contract (issue 10): `--model NAME=DIR1,DIR2,...` gives one model several training runs, whose
+The scorer's contract: `--model NAME=DIR1,DIR2,...` gives one model several training runs, whose
 per-run figures are under `seeds`; per-model figures `disparity_rms`, `disparity_rms_ci`, `probe{...}`;
 comparisons `{a, b, metric, diff, ci, p, p_runs}`.
 
@@ -50,9 +50,9 @@ from pathlib import Path
 from distill import rundir, study_evals, study_lanes, study_primary
 from distill.atomic import write_text_atomic
 from distill.errors import UserError, guarded_stdout, report
+from distill.fetch_teacher import DEFAULT_TEACHER_GGUF as TEACHER
 from distill.study_table import write_plot, write_table  # noqa: F401  (the study's outputs; tests call them here)
 
-TEACHER = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
 BASE = "recipes/demo_kd.yaml"  # the demo budget; every arm differs from it only in the listed keys
 SMALL = "recipes/study/small_kd.yaml"  # 20 of 30 blocks: the real-compression arms
 BASELINE = "kd"
@@ -69,7 +69,7 @@ ARMS: dict[str, tuple[str, dict[str, str]]] = {
     "cda": (BASE, _crr("both")),
     **{m: (BASE, _crr(teacher=m)) for m in ("pair_mean", "cf_mean", "cf_max", "cf_expmean")},
     **{f"cda_{m}": (BASE, _crr("both", m)) for m in ("pair_mean", "cf_mean", "cf_max", "cf_expmean")},
-    # Real compression (issue 11): a third of the blocks removed, three times the steps. Two arms, because
+    # Real compression: a third of the blocks removed, three times the steps. Two arms, because
     # one compressed arm alone would have no baseline of its own size to be compared with.
     "small_kd": (SMALL, _crr()),
     "small_cda_pair_mean": (SMALL, _crr("both", "pair_mean")),
@@ -289,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--samples-per-prompt", type=int, default=3, metavar="K",
                    help="eval samples per prompt (default 3: the demo's)")
     p.add_argument("--lanes", type=int, default=1,
-                   help="train this many runs at once, each pinned to its share of the cores (default 1; 2 on a "
-                   "2-core CPU finished runs sooner here: distill/study_lanes.py; keep 1 on a GPU)")
+                   help="train this many runs at once, each pinned to its share of the cores (default 1; on a small "
+                   "CPU, one lane per core finishes sooner: distill/study_lanes.py; keep 1 on a GPU)")
     p.add_argument("--reuse-eval", action="store_true",
                    help="write results.json, table.md and the plot from the evals (OUT/eval*/) of an earlier "
                    "study with the same arms and seeds, without training or scoring again")

@@ -1,4 +1,4 @@
-"""CPU benchmarks behind issue 12 (any machine): bf16 against fp32, the transfer-set sampler, `make demo` sizing.
+"""CPU benchmarks (any machine): bf16 against fp32, the transfer-set sampler, `make demo` sizing.
 
     python -m distill.bench.cpu precision            # bf16 vs fp32 at the demo's shapes (real teacher)
     python -m distill.bench.cpu sampler              # transfer-set sampling: transformers' sampler vs ours
@@ -35,7 +35,7 @@ Both paths sample the same seed prompts (data/seed_prompts.txt, in the transfer 
 settings (top-k 50, top-p 0.95, temperature 1), in the precision `auto` picks for this CPU, interleaved in
 rounds (after an untimed warm-up batch):
 - before: `model.generate(do_sample=True, top_k, top_p)`, transformers' warpers, which sort the whole
-  vocabulary for top-p and draw over all of it at every step (what transfer.py did before issue 12);
+  vocabulary for top-p and draw over all of it at every step (what transfer.py once did);
 - after: `transfer.sample_continuations`, i.e. `distill.sampling.sample_batches` with `TopKTopPSampler`.
 Reported: generated tokens/s (EOS counted where a row stops early, so both count the tokens they produced)
 and sequences/s of each, and their ratio.
@@ -49,7 +49,7 @@ Short runs of each piece on the real teacher (`make teacher`), in the precision 
 - transfer: `transfer.sample_continuations` of `--sequences` seed prompts at the demo recipes' batch size;
 - train_kd / train_crr: optimizer steps of recipes/demo_kd.yaml and recipes/demo_crr.yaml as `train.loop.fit` runs
   them (`distill.bench.setup.Trainer`, i.e. `train.step.kd_step`), on blocks of data/tiny_corpus.txt (the same shapes as the transfer set's);
-- score: `generate.generate_samples` with the Makefile's eval settings (3 samples x 24 new tokens, batch 64)
+- score: `distill.sampling.generate_samples` with the Makefile's eval settings (3 samples x 24 new tokens, batch 64)
   for `--prompts` profession prompts, on the teacher (the students cost 26/30 of it).
 Each reports wall seconds and process CPU seconds (user + system) per unit. On a shared machine the wall time
 is inflated by other jobs; CPU seconds are less so, and CPU seconds / cores is a lower bound on the wall time
@@ -68,17 +68,15 @@ import time
 
 import torch
 
+from distill.fetch_teacher import DEFAULT_TEACHER_GGUF as TEACHER
 from distill.precision import choose, cpu_features
 from distill.sampling import batch_seed, prepare_tokenizer
 from distill.train.transfer import parse_transfer_config, read_seed_prompts, sample_continuations
 
-TEACHER = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
-
 # --------------------------------------------------------------------------------------------------------------
 # precision: bf16 against fp32
 
-DEMO_LAYERS = [*range(22), 26, 27, 28, 29]
-DEMO_TRAIN = [20, 21, 22, 23, 24, 25]
+DEMO_RECIPE = "recipes/demo_kd.yaml"  # the precision bench times the demo's own student: its cut, its trained blocks
 
 
 def precision_models(tiny: bool):
@@ -91,8 +89,11 @@ def precision_models(tiny: bool):
         teacher = GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=2, vocab_size=64, n_positions=64))
         layers, train, shape, gen = [0, 2], [1], (2, 16), (4, 4)
     else:
+        from distill.config import load_config
+
+        demo = load_config(DEMO_RECIPE).student
         teacher = load_model(TEACHER, "float32")
-        layers, train, shape, gen = DEMO_LAYERS, DEMO_TRAIN, (8, 128), (50, 16)
+        layers, train, shape, gen = demo.from_teacher_layers, demo.train_layers, (8, 128), (50, 16)
     teacher.eval().requires_grad_(False)
     student = student_from_teacher_layers(teacher, layers).float().train()
     freeze_except_layers(student, train)
@@ -189,10 +190,10 @@ def precision_main(argv=None) -> int:
     return 0
 
 # --------------------------------------------------------------------------------------------------------------
-# sampler: transformers' sampler (before issue 12) against generate.sample_batches
+# sampler: transformers' sampler against distill.sampling.sample_batches
 
 def sample_before(model, tokenizer, prompts, tcfg, seed: int) -> int:
-    """The pre-issue-12 loop: transformers' own sampler. Returns the generated (non-pad) token count."""
+    """The old loop: transformers' own sampler. Returns the generated (non-pad) token count."""
     prepare_tokenizer(tokenizer)
     n = 0
     for b, start in enumerate(range(0, len(prompts), tcfg.batch_size)):

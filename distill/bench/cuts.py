@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 
 from distill.atomic import write_json_atomic
-
-TEACHER = "cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf"
+from distill.fetch_teacher import DEFAULT_TEACHER_GGUF as TEACHER
 
 
 def _starts(spec: str | None, n_layers: int, drop: int) -> list[int]:

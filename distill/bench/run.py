@@ -64,7 +64,7 @@ What each key means:
 - kd_flops_fraction_of_peak: analytic FLOPs of the KD step (2 N_t + 6 N_s per token; attention scores and
   the loss not counted) per second of the step, over the FLOP/s of a 2048^3 fp32 matmul (best of 3) measured
   in the same round with the same threads.
-- gen_batched_over_sequential: tokens/s of `generate.generate_samples` (the eval path: sampling with top-k 40,
+- gen_batched_over_sequential: tokens/s of `distill.sampling.generate_samples` (the eval path: sampling with top-k 40,
   top-p 0.95, one sample per prompt) at batch_size prompts per call / one prompt per call: same 64 prompts of
   data/prompts/professions.json, same max_new_tokens, EOS disabled (generation_config.eos_token_id = None)
   so every row generates exactly max_new_tokens in both. Model: the student above (81.9M parameters).

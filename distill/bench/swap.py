@@ -2,7 +2,7 @@
 
     python -c "from distill.bench.swap import benchmark_swap; print(benchmark_swap())"
 
-`distill bench` reports it as cda_mb_per_s (`distill.bench.measure_swaps`).
+`distill bench` reports it as cda_mb_per_s (`distill.bench.generation.measure_swaps`).
 """
 
 from __future__ import annotations

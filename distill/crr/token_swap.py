@@ -46,7 +46,7 @@ How a block is swapped (one row at a time):
    counterfactual's next token maps back to it through the table (" he" <-> " she"). Otherwise the two
    positions predict different pieces (" wait|er" vs " wait|re|ss", " M|r" vs " M|s", " bro|ther" vs
    " s|is|ter" on data/tiny_tokenizer) that no table entry relates, and the counterfactual's mass on the
-   female piece would land in a male context (issue 11): align is -1 there, so the target is the teacher's
+   female piece would land in a male context: align is -1 there, so the target is the teacher's
    own. A one-token-for-one-token swap counts as exact only when the table maps the new id back.
 6. Length. A counterfactual longer than T is cut to T (the teacher never sees a longer sequence than the
    original, so position limits hold); original positions whose counterpart was cut get -1. Shorter rows

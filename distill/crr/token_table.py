@@ -79,7 +79,7 @@ class Codec:
     def __init__(self, tokenizer, pieces: list[str] | None = None, memo: dict | None = None):
         self.tok = tokenizer
         self.memo = {} if memo is None else memo
-        # The Rust tokenizer behind a fast HF tokenizer encodes ~10x faster than the Python wrapper.
+        # The Rust tokenizer behind a fast HF tokenizer encodes in bulk, far faster than the Python wrapper.
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._encode = ((lambda s: backend.encode(s, add_special_tokens=False).ids) if backend is not None
                         else (lambda s: tokenizer.encode(s, add_special_tokens=False)))
@@ -248,7 +248,7 @@ _WORD_CHAR = re.compile(r"\w")
 
 
 def word_piece_occurrences(rows: list[list[int]], table: TokenSwapTable) -> dict[str, int]:
-    """How often the table's ids occur in token rows as pieces of longer words (issue 11).
+    """How often the table's ids occur in token rows as pieces of longer words.
 
     An occurrence of a table id is a piece when a word character joins it to its neighbour: its text starts
     with one and the previous token's text ends with one ("Sher|man"), or it ends with one and the next token's

@@ -57,7 +57,7 @@ class SwapPlan:
     pair_cols: torch.Tensor  # (C,) ids in any gendered pair
     pair_slot: torch.Tensor  # (C,) 2 * component (of the pair graph) + side (0 male, 1 female) of each id
     slot_size: torch.Tensor  # (2K,) fp32 ids per slot
-    # The word-start rule (issue 11): a spelling without a leading space ("man", "She") is a word only where a
+    # The word-start rule: a spelling without a leading space ("man", "She") is a word only where a
     # word may start, so at a position whose context ends in a word character its mass is left in place.
     # None when the table carries no token texts (`pieces`).
     ends_word: torch.Tensor | None = None  # (V_tokenizer,) bool: the id's text ends in a word character

@@ -88,7 +88,7 @@ def run_eval(args) -> int:
     from distill.eval.lenses import run as lenses
 
     if "generation" not in lenses.parse_lenses(getattr(args, "lens", "generation")):
-        return run_lenses_only(args)  # issue 15: the embedding/downstream lenses without sampling
+        return run_lenses_only(args)  # the embedding/downstream lenses without sampling
     inputs = _check_inputs(args)
     lock_out(inputs.out)  # a second eval or score on this --out is refused until this one ends
     device = runtime.device()
@@ -230,7 +230,7 @@ def _results(inputs: EvalInputs, scores: RunScores, device, t_start: float) -> d
         lrs = {n: np.mean([runs[(n, k)]["probe"]["logratio"] for k in range(len(paths[n]))], axis=0) for n in names}
         _add_probe(per_model, runs, paths, inputs.teacher, lrs, inputs.professions)
         comparisons += probe_comparisons(names, lrs, [c for c, _ in inputs.professions], args.bootstrap, args.seed)
-    for n in names:  # issue 15: the embedding and downstream lenses, and their paired comparisons
+    for n in names:  # the embedding and downstream lenses, and their paired comparisons
         per_model[n].update(lenses.merge_runs([scores.lens_runs[(n, k)][0] for k in range(len(paths[n]))]))
     comparisons += lenses.lens_comparisons(
         inputs.lens_plan, {n: [scores.lens_runs[(n, k)][1] for k in range(len(paths[n]))] for n in names}, names)

@@ -21,7 +21,7 @@ distill/eval/probe.py and distill/eval/paired.py):
                        "perplexity": float | null, "teacher_agreement": float | null, "runs": int,
                        "seeds": [per-run figures] and "seeds_sd": {figure: sd}   (only with several runs),
                        ... extra keys: "embedding_polarity" (same figures, embedding rule), "source", "notes",
-                       "embedding" and "downstream": the lenses of issue 15 (distill/eval/lenses/report.py)}},
+                       "embedding" and "downstream": the other two lenses (distill/eval/lenses/report.py)}},
      "settings": {...},
      "comparisons": [{"a": NAME, "b": NAME, "metric": "disparity_rms" | "category_disparity_rms" |
                       "embedding_disparity_rms" | "embedding_category_disparity_rms" | "probe_rms_logratio",
@@ -354,7 +354,7 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
             for name, text in ex["texts"].items():
                 lines.append(f"- {name}: {highlight_md(text)}")
             lines.append("")
-    lines += render_lenses_md(results)  # issue 15: the embedding and downstream lenses next to generation
+    lines += render_lenses_md(results)  # the embedding and downstream lenses next to generation
     lines += ["", "## What the numbers mean", ""] + MEANING + [f"- Note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines) + "\n"
 

@@ -144,7 +144,7 @@ def score_generations(records, group_by: str = "category", n_boot: int = 1000, s
         rows = [r for rs in runs.values() for r in rs]
         entry["tie"] = sum(polarity.unigram_detail(r["text"]).tie for r in rows) / len(rows)
         entry["runs"] = len(runs)
-        entry["embedding_polarity"] = None  # "embedding" is the association lens (issue 15's contract)
+        entry["embedding_polarity"] = None  # "embedding" names the association lens, not this field
         if "embedding" in arrays:
             emb, emb_runs, sums[(name, "embedding")] = _polarity_figures(design, arrays["embedding"], n_boot, seed)
             entry["embedding_polarity"] = emb

@@ -84,7 +84,7 @@ def augment_documents(ds, lexicon, mode: str, p: float, seed: int):
              documents are shuffled with `seed`. Why: packing cuts the stream in order, so a counterfactual
              appended after its original shared a block with it (186 of 187 on data/tiny_corpus.txt at block
              size 64), and teacher and student then read the swapped copy as a copying task in which the
-             teacher's copy prior favours the original gender (issue 11). After the shuffle the share is the
+             teacher's copy prior favours the original gender. After the shuffle the share is the
              chance level of a random order (tests/test_data.py).
     """
 

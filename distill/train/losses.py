@@ -160,8 +160,8 @@ class _ChunkedDistillLoss(torch.autograd.Function):
         n = logits.shape[0]
         grad = None
         # fp16 logits get an fp32 gradient buffer: the gradient is stored at the 1/n_global scale, where fp16
-        # flushed 42.5% of the entries to zero, and GradScaler's 2^16 applied in fp16 overflowed it to inf
-        # (issue 11). Only backward's scaled result is rounded to fp16, as autograd would. bf16 has fp32's
+        # flushed 42.5% of the entries to zero, and GradScaler's 2^16 applied in fp16 overflowed it to inf.
+        # Only backward's scaled result is rounded to fp16, as autograd would. bf16 has fp32's
         # exponent range, so it keeps a buffer of its own dtype (half the memory).
         buf_dtype = torch.float32 if logits.dtype == torch.float16 else logits.dtype
         ctx.logits_dtype = logits.dtype

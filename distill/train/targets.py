@@ -26,7 +26,7 @@ Where the cf_* modes act: at EVERY position, target = combine(p, q_back), q the 
 the counterfactual of the context. A context with nothing to swap (before the first gendered word, in a row
 with none, in a later document under `cf_scope: document`) is its own counterfactual, so q = p and no extra
 forward is needed; q_back is then p with each gendered token's mass moved to its counterpart. Why one rule:
-before issue 11 those positions kept p in rows without a swap but were combined in rows with a later swap, so
+with two rules those positions would keep p in rows without a swap but were combined in rows with a later swap, so
 one context had two targets depending on tokens after it. The one exception is named by the alignment
 (`cf.align == -1`): a position predicting a piece of a multi-token swapped word, or whose counterpart was cut
 off at the block's end, keeps p, because no counterfactual prediction there can be mapped back. Whether a

@@ -86,7 +86,7 @@ def _stop_ids(teacher, tokenizer) -> list[int]:
 
 
 def sampling_config(tcfg: TransferSetConfig, seed: int):
-    """The transfer set's settings as a `generate.SamplingConfig` (one continuation per prompt)."""
+    """The transfer set's settings as a `distill.sampling.SamplingConfig` (one continuation per prompt)."""
     from distill.sampling import SamplingConfig
 
     return SamplingConfig(samples_per_prompt=1, max_new_tokens=tcfg.max_new_tokens, batch_size=tcfg.batch_size,
@@ -97,10 +97,10 @@ def sample_continuations(teacher, tokenizer, prompts: list[str], tcfg: TransferS
                          desc: str = "sampling", show_progress: bool = True) -> tuple[list[str], list[int], list[int]]:
     """Texts (prompt + continuation), their prompt token counts, and their generated token counts.
 
-    The sampling is `generate.sample_batches`, the loop `distill eval` and `distill samples` use: batches
+    The sampling is `distill.sampling.sample_batches`, the loop `distill eval` and `distill samples` use: batches
     left-padded so every row's continuation starts at the same position, each seeded from (seed, batch index)
-    in a forked RNG, top-k/top-p drawn over the k candidates only (the distribution of transformers' warpers;
-    issue 12 measured transformers' full-vocabulary sort as the bottleneck of this step on CPU). A row ends at
+    in a forked RNG, top-k/top-p drawn over the k candidates only (the distribution of transformers' warpers,
+    without their full-vocabulary sort at every step, which dominates this step on a CPU). A row ends at
     the first of the tokenizer's EOS / pad or the teacher's generation-config EOS.
     """
     from distill.sampling import sample_batches

@@ -1,4 +1,4 @@
-"""The downstream lens (issue 15): occupation classification fairness in the setup of Bias in Bios.
+"""The downstream lens: occupation classification fairness in the setup of Bias in Bios.
 
     distill eval --model teacher=T --model student=S --lens downstream --bios project --out out/eval
     # in Python:

@@ -1,4 +1,4 @@
-"""The embedding-association lens (issue 15): SEAT/CEAT-style tests on a model's own contextual representations.
+"""The embedding-association lens: SEAT/CEAT-style tests on a model's own contextual representations.
 
     distill eval --model teacher=T --model student=S --lens embedding --out out/eval
     # in Python:

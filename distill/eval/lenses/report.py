@@ -1,4 +1,4 @@
-"""report.md section and plot for the three lenses (issue 15): generation, embedding association, downstream.
+"""report.md section and plot for the three lenses: generation, embedding association, downstream.
 
     from distill.eval.lenses.report import render_lenses_md, plot_lenses
     md = "\n".join(render_lenses_md(results))      # the "Three lenses" section of report.md

@@ -1,4 +1,4 @@
-"""`distill eval --lens ...`: the embedding and downstream lenses inside the eval command (issue 15).
+"""`distill eval --lens ...`: the embedding and downstream lenses inside the eval command.
 
     distill eval --model teacher=T --model kd=K --model crr=C --prompts professions --lens all --bios project --out out/eval
     distill eval --model teacher=T --model crr=C --lens embedding,downstream --out out/lenses   # no generation
