@@ -19,15 +19,9 @@ import time
 from pathlib import Path
 
 from distill.errors import UserError
+from distill.hardware import usable_cores
 
 POLL_SECONDS = 2.0
-
-
-def usable_cores() -> list[int]:
-    """The cores this process may run on (its affinity mask where the OS has one)."""
-    if hasattr(os, "sched_getaffinity"):
-        return sorted(os.sched_getaffinity(0))
-    return list(range(os.cpu_count() or 1))
 
 
 def check_lanes(lanes: int, in_process: bool) -> None:

@@ -170,16 +170,17 @@ def test_lanes_train_in_parallel_processes_and_the_study_reads_them(tmp_path):
 
 def test_each_lane_gets_its_own_cores_and_one_thread_per_core_and_failures_are_named(tmp_path):
     from distill import study_lanes
+    from distill.hardware import usable_cores
 
     probe = (sys.executable, "-c", "import os, sys; print(sorted(os.sched_getaffinity(0)), "
              "os.environ['OMP_NUM_THREADS']); sys.exit(int(sys.argv[1]))")
-    lanes = min(2, len(study_lanes.usable_cores()))
+    lanes = min(2, len(usable_cores()))
     said = []
     with pytest.raises(UserError, match=r"1 training run\(s\) failed: see .*bad\.log"):
         study_lanes.run_in_lanes([("ok", ["0"]), ("bad", ["3"]), ("ok2", ["0"])], lanes, tmp_path, said.append,
                                  program=probe)
     seen = [(tmp_path / f"{n}.log").read_text().split() for n in ("ok", "bad", "ok2")]
-    per = len(study_lanes.usable_cores()) // lanes
+    per = len(usable_cores()) // lanes
     assert all(words[-1] == str(per) for words in seen)  # OMP_NUM_THREADS = the lane's share of the cores
     if lanes == 2:  # the first two jobs ran at the same time on disjoint cores
         assert seen[0][:-1] != seen[1][:-1]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from distill.study_lanes import usable_cores
+from distill.hardware import usable_cores
 
 ROOT = Path(__file__).resolve().parents[2]
 CORPUS = ROOT / "data" / "tiny_corpus.txt"
