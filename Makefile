@@ -59,7 +59,7 @@ demo-smoke:  ## the demo path end to end on the real teacher in about 2 minutes 
 
 # Several training seeds per arm: the study's kd and cda_pair_mean arms, which are recipes/demo_kd.yaml and
 # recipes/demo_crr.yaml at seed=0..SEEDS-1 (each seed draws its own transfer set, shared by both arms), scored
-# together by one `distill eval`: per-run figures, mean +- sd, paired tests on all runs (distill/study.py).
+# together by one `distill eval`: per-run figures, mean +- sd, paired tests on all runs (distill/study/).
 # Five by default: at three seeds every CRR run scored below every KD run, and two more seeds undid that
 # (README, Results).
 # Sizes from `distill power`, for the study's primary comparison (crr - kd disparity_rms, permutation test over

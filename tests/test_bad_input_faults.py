@@ -230,7 +230,7 @@ def test_disk_full_at_the_first_checkpoint_advises_what_works(earlier_run, tmp_p
     ("a_report", "is a report of distill"),
 ])
 def test_the_study_refuses_an_out_in_another_output_or_a_model(where, needle, tmp_path, capsys):
-    from distill import study
+    from distill.study import __main__ as study
 
     final = tiny_model_run(tmp_path)
     report = tmp_path / "report"

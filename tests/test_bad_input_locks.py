@@ -25,8 +25,8 @@ from bad_input_helpers import (
     tiny_model_run,
 )
 
-from distill import study
 from distill.rundir import RunLock
+from distill.study import __main__ as study
 from distill.train import checkpoint as ckpt
 from distill.train import transfer_cache
 

@@ -125,7 +125,8 @@ def test_a_failed_write_of_any_output_is_one_line_and_loses_nothing(case, err, t
 
 @pytest.mark.parametrize("err", ERRNOS)
 def test_the_study_and_restore_say_one_line_too(err, tmp_path, monkeypatch, capsys):
-    from distill import rundir, study
+    from distill import rundir
+    from distill.study import __main__ as study
 
     out = tmp_path / "disk" / "study"
     out.mkdir(parents=True)  # the disk fills after the study's checks and its lock

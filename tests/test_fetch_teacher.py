@@ -35,7 +35,7 @@ def no_shared_wheels(tmp_path, monkeypatch):
 def test_every_place_that_names_the_offline_teacher_names_the_file_fetch_teacher_writes():
     """The Makefile, the demo and study recipes and the study all spell the teacher's path by hand: a rename
     in one of them would send `make demo` to a file `make teacher` never writes."""
-    from distill import study
+    from distill.study import __main__ as study
 
     root = Path(__file__).resolve().parent.parent
     assert ft.SMOLLM2_135M_INSTRUCT_Q4_1.member.endswith(ft.GGUF_NAME)

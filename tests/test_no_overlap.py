@@ -142,7 +142,7 @@ def overlaps(text: str) -> list[str]:
 
 
 def _arm_configs():
-    from distill.study import ARMS, arm_plan
+    from distill.study.arms import ARMS, arm_plan
 
     for arm in ARMS:
         for smoke in (False, True):

@@ -12,14 +12,18 @@ import sys
 
 import pytest
 
-from distill import study
 from distill.config import load_config
 from distill.errors import UserError
+from distill.study import __main__ as study_main
+from distill.study import arms as study_arms
+from distill.study import figures as study_figures
+from distill.study import runs as study_runs
+from distill.study import table as study_table
 
 
 def test_smoke_study_trains_scores_and_writes_table_results_and_plot(tmp_path):
     out = tmp_path / "study"
-    code = study.main(["--smoke", "--in-process", "--seeds", "2", "--arms", "cda_cf_mean", "--out", str(out)])
+    code = study_main.main(["--smoke", "--in-process", "--seeds", "2", "--arms", "cda_cf_mean", "--out", str(out)])
     assert code == 0
     res = json.loads((out / "results.json").read_text())
     assert res["arms"] == ["kd", "cda_cf_mean"] and res["seeds"] == [0, 1]  # the baseline is always added
@@ -50,12 +54,12 @@ def test_smoke_study_trains_scores_and_writes_table_results_and_plot(tmp_path):
     assert (out / "disparity_vs_perplexity.png").read_bytes()[:4] == b"\x89PNG"
     # --reuse-eval rewrites the table from the scorer's results without training or scoring again.
     (out / "table.md").unlink()
-    assert study.main(["--smoke", "--reuse-eval", "--seeds", "2", "--arms", "cda_cf_mean", "--out", str(out)]) == 0
+    assert study_main.main(["--smoke", "--reuse-eval", "--seeds", "2", "--arms", "cda_cf_mean", "--out", str(out)]) == 0
     assert (out / "table.md").read_text().splitlines()[4:] == table[4:]
-    assert study.main(["--smoke", "--reuse-eval", "--seeds", "1", "--arms", "cda_cf_mean", "--out", str(out)]) == 2
+    assert study_main.main(["--smoke", "--reuse-eval", "--seeds", "1", "--arms", "cda_cf_mean", "--out", str(out)]) == 2
     # Arms added later are scored in a second eval, with their baselines: kd again (for cf_mean) and small_kd.
     more = ["--smoke", "--in-process", "--seeds", "2", "--arms", "cda_cf_mean,cf_mean,small_cda_pair_mean"]
-    assert study.main([*more, "--out", str(out)]) == 0
+    assert study_main.main([*more, "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     second = json.loads((out / "eval-2" / "results.json").read_text())
     assert sorted(second["models"]) == ["cf_mean", "kd", "small_cda_pair_mean", "small_kd"]  # not cda_cf_mean
@@ -67,9 +71,9 @@ def test_smoke_study_trains_scores_and_writes_table_results_and_plot(tmp_path):
     # A run trained again after its eval is not taken from that eval.
     late = (out / "runs" / "cf_mean" / "s0" / "final" / "config.json")
     os.utime(late, (late.stat().st_mtime + 3600,) * 2)
-    assert study.main([*more, "--reuse-eval", "--out", str(out)]) == 2
+    assert study_main.main([*more, "--reuse-eval", "--out", str(out)]) == 2
     # A second call reuses the finished runs (resume) and rewrites the outputs.
-    assert study.main(["--smoke", "--in-process", "--seeds", "1", "--arms", "kd", "--out", str(out)]) == 0
+    assert study_main.main(["--smoke", "--in-process", "--seeds", "1", "--arms", "kd", "--out", str(out)]) == 0
     assert json.loads((out / "results.json").read_text())["seeds"] == [0]
 
 
@@ -91,36 +95,36 @@ def test_reads_the_several_run_contract_and_orients_comparisons_against_kd(tmp_p
     res = _results_v2()
     runs = [{"arm": a, "seed": s, "final_dir": f"runs/{a}/s{s}/final"} for s in (0, 1) for a in ("kd", "cda_pair_mean")]
     for r in runs:
-        r["figures"] = study.run_figures(res, r["arm"], r["seed"])
-    assert [study.figure(r["figures"], study.FIGURES[0]) for r in runs] == [0.10, 0.04, 0.12, 0.06]
-    assert study.figure(runs[0]["figures"], study.FIGURES[3]) == 0.5  # probe slope on teacher
-    comps = study.baseline_comparisons(res, "cda_pair_mean")
+        r["figures"] = study_figures.run_figures(res, r["arm"], r["seed"])
+    assert [study_figures.figure(r["figures"], study_figures.FIGURES[0]) for r in runs] == [0.10, 0.04, 0.12, 0.06]
+    assert study_figures.figure(runs[0]["figures"], study_figures.FIGURES[3]) == 0.5  # probe slope on teacher
+    comps = study_figures.baseline_comparisons(res, "cda_pair_mean")
     assert comps == [{"metric": "disparity_rms", "a": "kd", "b": "cda_pair_mean", "diff": -0.06,
                       "ci": [-0.1, -0.01], "p": 0.02, "p_runs": 0.1}]
-    study.write_table(tmp_path / "t.md", ["kd", "cda_pair_mean"], runs, {"cda_pair_mean": comps}, "cmd")
+    study_table.write_table(tmp_path / "t.md", ["kd", "cda_pair_mean"], runs, {"cda_pair_mean": comps}, "cmd")
     text = (tmp_path / "t.md").read_text()
     assert "| cda_pair_mean | 2 | 0.050 ± 0.014 |" in text
     assert "disparity_rms: -0.060 [-0.100, -0.010], p 0.020, runs p 0.10" in text
-    study.write_plot(tmp_path / "p.png", ["kd", "cda_pair_mean"], runs)
+    study_table.write_plot(tmp_path / "p.png", ["kd", "cda_pair_mean"], runs)
     assert (tmp_path / "p.png").stat().st_size > 1000
 
 
 def test_a_single_run_arm_reads_its_own_figures():
     res = {"models": {"kd": {"disparity_rms": 0.3, "runs": 1}}}
-    assert study.run_figures(res, "kd", 0) == {"disparity_rms": 0.3, "runs": 1}
+    assert study_figures.run_figures(res, "kd", 0) == {"disparity_rms": 0.3, "runs": 1}
 
 
 def test_arms_cover_the_ablation_and_the_compressed_student_removes_a_third_of_the_blocks():
     assert {"kd", "cda", "pair_mean", "cf_mean", "cf_max", "cf_expmean", "cda_pair_mean", "cda_cf_mean",
-            "cda_cf_max", "cda_cf_expmean", "small_kd"} <= set(study.ARMS)
-    small = load_config(study.SMALL)
-    demo = load_config(study.BASE)
+            "cda_cf_max", "cda_cf_expmean", "small_kd"} <= set(study_arms.ARMS)
+    small = load_config(study_arms.SMALL)
+    demo = load_config(study_arms.BASE)
     assert len(small.student.from_teacher_layers) <= 20 and small.train.max_steps > demo.train.max_steps
-    for arm in study.ARMS:  # every arm's recipe loads with its overrides
-        recipe, over = study.arm_plan(arm, smoke=False)
+    for arm in study_arms.ARMS:  # every arm's recipe loads with its overrides
+        recipe, over = study_arms.arm_plan(arm, smoke=False)
         cfg = load_config(recipe, [f"{k}={v}" for k, v in over.items()])
         assert cfg.crr.teacher == over["crr.teacher"] and cfg.crr.augment == over["crr.augment"]
-        recipe, over = study.arm_plan(arm, smoke=True)
+        recipe, over = study_arms.arm_plan(arm, smoke=True)
         load_config(recipe, [f"{k}={v}" for k, v in over.items()])
 
 
@@ -133,22 +137,22 @@ def test_arms_cover_the_ablation_and_the_compressed_student_removes_a_third_of_t
 ])
 def test_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, argv, message):
     out = tmp_path / "study"
-    assert study.main([*argv, "--out", str(out)]) == 2
+    assert study_main.main([*argv, "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("distill study: error:") and message in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
 
 
 def test_parse_arms_keeps_order_and_adds_the_baseline():
-    assert study.parse_arms("cda, pair_mean") == ["kd", "cda", "pair_mean"]
-    assert study.parse_arms("") == list(study.ARMS)
-    assert study.parse_arms("small_cda_pair_mean") == ["small_kd", "small_cda_pair_mean"]
+    assert study_arms.parse_arms("cda, pair_mean") == ["kd", "cda", "pair_mean"]
+    assert study_arms.parse_arms("") == list(study_arms.ARMS)
+    assert study_arms.parse_arms("small_cda_pair_mean") == ["small_kd", "small_cda_pair_mean"]
     with pytest.raises(UserError):
-        study.parse_arms("kd,nope")
+        study_arms.parse_arms("kd,nope")
 
 
 def test_a_new_eval_never_lands_on_an_existing_one(tmp_path):
-    from distill import study_evals
+    from distill.study import evals as study_evals
 
     assert study_evals.next_eval_dir(tmp_path) == tmp_path / "eval"
     for name in ("eval", "eval-3", "evaluation"):  # eval-2 was deleted; "evaluation" is not ours
@@ -160,7 +164,7 @@ def test_a_new_eval_never_lands_on_an_existing_one(tmp_path):
 
 def test_lanes_train_in_parallel_processes_and_the_study_reads_them(tmp_path):
     out = tmp_path / "study"
-    assert study.main(["--smoke", "--lanes", "2", "--seeds", "1", "--arms", "cda", "--out", str(out)]) == 0
+    assert study_main.main(["--smoke", "--lanes", "2", "--seeds", "1", "--arms", "cda", "--out", str(out)]) == 0
     res = json.loads((out / "results.json").read_text())
     assert [(r["arm"], r["seed"]) for r in res["runs"]] == [("kd", 0), ("cda", 0)]
     for name in ("kd_s0", "cda_s0"):  # each run's output went to its own log, not interleaved on stdout
@@ -169,8 +173,8 @@ def test_lanes_train_in_parallel_processes_and_the_study_reads_them(tmp_path):
 
 
 def test_each_lane_gets_its_own_cores_and_one_thread_per_core_and_failures_are_named(tmp_path):
-    from distill import study_lanes
     from distill.hardware import usable_cores
+    from distill.study import lanes as study_lanes
 
     probe = (sys.executable, "-c", "import os, sys; print(sorted(os.sched_getaffinity(0)), "
              "os.environ['OMP_NUM_THREADS']); sys.exit(int(sys.argv[1]))")
@@ -191,7 +195,7 @@ def test_each_lane_gets_its_own_cores_and_one_thread_per_core_and_failures_are_n
     (0, False, "at least 1"), (10_000, False, "more than the"), (2, True, "drop --in-process"),
 ])
 def test_bad_lanes_are_refused_in_one_line(lanes, in_process, message):
-    from distill import study_lanes
+    from distill.study import lanes as study_lanes
 
     with pytest.raises(UserError, match=message):
         study_lanes.check_lanes(lanes, in_process)
@@ -205,10 +209,10 @@ def test_the_probe_slope_is_tested_over_training_runs_and_the_floor_follows_the_
 
     runs = [run("kd", s, v) for s, v in enumerate([0.27, 0.26, 0.30])] + \
            [run("pair_mean", s, v) for s, v in enumerate([0.12, 0.13, 0.14])]
-    t = study.slope_runs_test(runs, "pair_mean")
+    t = study_figures.slope_runs_test(runs, "pair_mean")
     assert t["a"] == "kd" and t["diff"] == pytest.approx(0.13 - 0.2766667, abs=1e-6)
     assert t["p_runs"] == pytest.approx(2 / 20)  # perfectly separated: the floor at 3 + 3
-    assert study.slope_runs_test(runs, "kd") is None
+    assert study_figures.slope_runs_test(runs, "kd") is None
     assert runs_permutation_floor(3, 3) == pytest.approx(0.1) and runs_permutation_floor(5, 5) == pytest.approx(2 / 252)
 
 
@@ -231,16 +235,16 @@ def test_the_primary_comparison_is_declared_before_scoring_and_the_rest_is_holm_
 
     def fake_train(arms, seeds, out_, smoke, run, lanes=1):
         seen["train"] = declared()
-        return study.plan_runs(arms, seeds, out_)
+        return study_runs.plan_runs(arms, seeds, out_)
 
     def fake_score(runs, arms, out_, smoke, run, teacher, reuse, eval_argv=None):
         seen["score"], seen["eval_argv"] = declared(), eval_argv
         return {a: scorer for a in arms}, {a: out_ / "eval" for a in arms}, {}
 
-    monkeypatch.setattr(study, "train_runs", fake_train)
-    monkeypatch.setattr(study, "score", fake_score)
+    monkeypatch.setattr(study_main, "train_runs", fake_train)
+    monkeypatch.setattr(study_main, "score", fake_score)
     argv = ["--smoke", "--seeds", "2", "--arms", "cda_pair_mean", "--out", str(out)]
-    assert study.main(argv) == 0
+    assert study_main.main(argv) == 0
     for moment in ("train", "score"):  # declared, not yet filled, before anything trained or was scored
         d = seen[moment]
         assert (d["a"], d["b"], d["metric"]) == ("kd", "cda_pair_mean", "disparity_rms") and "permutation" in d["test"]
@@ -267,11 +271,11 @@ def test_the_primary_comparison_is_declared_before_scoring_and_the_rest_is_holm_
         "over 2 + 2 runs = 0.333" in table and "not established" in table
     assert "runs p 0.10 (primary)" in table and "p 0.010 (Holm 0.030)" in table
     assert "Holm-adjusted value over all 3 secondary p values" in table
-    assert seen["eval_argv"] == study.EVAL_ARGS  # the demo's scoring design unless told otherwise
+    assert seen["eval_argv"] == study_arms.EVAL_ARGS  # the demo's scoring design unless told otherwise
     # a rerun keeps the declaration's time (here with the eval size `distill power` chose, passed to the scorer);
     # a study whose eval exists before any declaration says so
-    assert study.main([*argv, "--prompts-per-profession", "8", "--samples-per-prompt", "4"]) == 0
-    assert seen["eval_argv"] == study.eval_args(8, 4)
+    assert study_main.main([*argv, "--prompts-per-profession", "8", "--samples-per-prompt", "4"]) == 0
+    assert seen["eval_argv"] == study_arms.eval_args(8, 4)
     assert json.loads((out / "results.json").read_text())["primary"]["declared_at"] == primary["declared_at"]
     from distill import rundir
 
@@ -279,17 +283,17 @@ def test_the_primary_comparison_is_declared_before_scoring_and_the_rest_is_holm_
     (late / "eval").mkdir(parents=True)
     rundir.write_marker(late, "study")
     (late / "eval" / "results.json").write_text("{}")
-    assert study.main([*argv[:-1], str(late)]) == 0
+    assert study_main.main([*argv[:-1], str(late)]) == 0
     assert json.loads((late / "results.json").read_text())["primary"]["declared_before_scoring"] is False
     assert "after an earlier eval of this study had scored" in (late / "table.md").read_text()
 
 
 def test_the_eval_size_comes_from_the_options_and_an_eval_of_another_size_is_not_reused():
-    from distill import study_evals
+    from distill.study import evals as study_evals
 
-    assert study.eval_args() == study.EVAL_ARGS and "272" in study.EVAL_ARGS  # the demo's design by default
-    big = study.eval_args(8, 4)
-    assert study_evals.expected_settings(big) == {**study_evals.expected_settings(study.EVAL_ARGS),
+    assert study_arms.eval_args() == study_arms.EVAL_ARGS and "272" in study_arms.EVAL_ARGS  # the demo's design by default
+    big = study_arms.eval_args(8, 4)
+    assert study_evals.expected_settings(big) == {**study_evals.expected_settings(study_arms.EVAL_ARGS),
                                                   "max_prompts": "1088", "samples_per_prompt": "4"}
 
 
@@ -301,6 +305,6 @@ def test_a_study_of_kd_alone_declares_no_primary():
 
 
 def study_primary_declare(arms):
-    from distill import study_primary
+    from distill.study import primary as study_primary
 
-    return study_primary.declare(arms, study.baseline_of, previous=None, scored_before=False)
+    return study_primary.declare(arms, study_arms.baseline_of, previous=None, scored_before=False)

@@ -238,7 +238,7 @@ def _f(x, fmt="+.3f") -> str:
 
 
 def arm(augment: str, mode: str) -> str:
-    """The study arm (distill.study.ARMS) trained on these targets."""
+    """The study arm (distill.study.arms.ARMS) trained on these targets."""
     if augment == "none":
         return "kd" if mode == "none" else mode
     if augment == "both":

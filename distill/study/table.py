@@ -1,9 +1,9 @@
-"""The study's table.md and its plot (`python -m distill.study` writes both; see distill/study.py).
+"""The study's table.md and its plot (`python -m distill.study` writes both; see distill/study/__main__.py).
 
-    from distill.study import write_table, write_plot      # re-exported there
+    from distill.study.table import write_table, write_plot
     write_table(OUT / "table.md", arms, runs, comparisons, command, agreement, runs_tests, primary, family)
 
-The table's first line is the primary comparison (distill.study_primary); each arm's row then gives mean ± sd
+The table's first line is the primary comparison (distill.study.primary); each arm's row then gives mean ± sd
 over seeds of every FIGURES column and its paired tests against its baseline, all secondary, each p followed
 by its Holm-adjusted value.
 """
@@ -13,7 +13,9 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
-from distill import study_primary
+from distill.study import primary as study_primary
+from distill.study.arms import BASELINE, SMALL_BASELINE, baseline_of
+from distill.study.figures import FIGURES, TABLE_TESTS, figure
 
 
 def _holm(c: dict, key: str) -> str:
@@ -43,7 +45,6 @@ def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict
                 command: str, agreement: dict | None = None, runs_tests: dict[str, dict] | None = None,
                 primary: dict | None = None, family: int | None = None) -> None:
     from distill.eval.scoring import runs_permutation_floor
-    from distill.study import BASELINE, FIGURES, SMALL_BASELINE, TABLE_TESTS, baseline_of, figure
 
     n = len({r["seed"] for r in runs})
     secondary = (f"Every other test is secondary: each p is followed by its Holm-adjusted value over all {family} "
@@ -81,8 +82,6 @@ def write_plot(path: Path, arms: list[str], runs: list[dict]) -> None:
     panel per student size (arms grouped by their baseline), because compression moves perplexity far more than
     any arm."""
     import matplotlib
-
-    from distill.study import FIGURES, baseline_of, figure
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

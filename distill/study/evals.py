@@ -8,7 +8,7 @@ evals must get the same figures; `baseline_agreement` measures that, and the tab
 
 An arm counts as scored by an eval when that eval holds the arm and its baseline with exactly the planned run
 folders, settings equal to the study's, and no file in those runs is newer than the eval (a retrained run is
-scored again).
+scored again). `score` finds those evals and runs the one new eval for the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from distill.errors import UserError
+from distill.study.arms import EVAL_ARGS, SMOKE_EVAL, baseline_of
 
 # `distill eval` flag -> its key in results.json's settings: what must match for two evals to be comparable
 SETTING_OF_FLAG = {"--prompts": "prompts", "--max-prompts": "max_prompts", "--samples-per-prompt":
@@ -116,3 +117,30 @@ def check_reusable(missing: list[str], out: Path) -> None:
     if missing:
         raise UserError(f"no eval under {out}/eval* scores arm(s) {', '.join(missing)} with the runs of these "
                         "seeds; pass the arms and seeds of an earlier study, or run without --reuse-eval")
+
+
+def score(runs: list[dict], arms: list[str], out: Path, smoke: bool, run, teacher: str | None,
+          reuse: bool, eval_argv: list[str] | None = None) -> tuple[dict[str, dict], dict[str, Path], dict]:
+    """({arm: results.json of the eval that scored it}, {arm: that eval's folder}, baseline agreement).
+
+    Arms an earlier eval under OUT already scored are not scored again; the rest go into one new `distill eval`
+    with the teacher and their baselines. With `reuse`, nothing is scored."""
+    extra = SMOKE_EVAL if smoke else (eval_argv or EVAL_ARGS)
+    assigned, missing, evals = assign_evals(out, arms, runs, baseline_of, extra)
+    if reuse:
+        check_reusable(missing, out)
+    elif missing:
+        eval_dir = next_eval_dir(out)
+        head = ["--model", f"teacher={teacher}"] if teacher else []
+        models = eval_models(missing, baseline_of)
+        grouped = [f"{arm}=" + ",".join(r["final_dir"] for r in runs if r["arm"] == arm) for arm in models]
+        argv = ["eval", *head, *(x for m in grouped for x in ("--model", m)), *extra, "--out", str(eval_dir),
+                "--overwrite"]
+        if run(argv) != 0:
+            raise UserError("distill eval failed (see above); the trained runs are kept under " + str(out / "runs"))
+        assigned.update({arm: eval_dir for arm in models})
+        evals[eval_dir] = json.loads((eval_dir / "results.json").read_text())
+    evals = {d: evals[d] for d in dict.fromkeys(assigned.values())}  # only the evals the table draws on
+    agreement = baseline_agreement(evals, [a for a in arms if a == baseline_of(a)])
+    return {arm: evals[d] for arm, d in assigned.items()}, assigned, agreement
+

@@ -1,6 +1,6 @@
 """The study's one primary comparison, declared before any model is scored, and Holm's adjustment of the rest.
 
-    from distill import study_primary
+    from distill.study import primary as study_primary
     primary = study_primary.declare(arms, baseline_of, previous=None, scored_before=False)  # before training
     study_primary.fill(primary, runs)                       # after scoring: estimate, runs p, the runs' values
     family = study_primary.adjust_secondary(comparisons, runs_tests, primary)   # adds p_holm / p_runs_holm

@@ -1,0 +1,69 @@
+"""Training the study's runs: every (arm, seed) into OUT/runs/ARM/sSEED, one after another or in parallel
+lanes (distill.study.lanes). A finished run, one with final/config.json, is kept, so an interrupted study
+resumes where it stopped.
+
+    from distill.study.runs import Runner, train_runs
+    runs = train_runs(arms, seeds, out, smoke, Runner(in_process=False, log=print), lanes=1)
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+from distill.errors import UserError
+from distill.study.arms import arm_plan
+from distill.study.lanes import DISTILL, run_in_lanes
+
+
+class Runner:
+    """Runs `distill ...` as a subprocess (the study) or in this process (the smoke test: no start-up cost)."""
+
+    def __init__(self, in_process: bool, log):
+        self.in_process, self.log = in_process, log
+
+    def __call__(self, argv: list[str]) -> int:
+        self.log(f"$ distill {shlex.join(argv)}")
+        if not self.in_process:
+            return subprocess.run([*DISTILL, *argv]).returncode
+        from distill.cli import main
+
+        try:
+            main(argv)
+        except SystemExit as exc:
+            return int(exc.code or 0)
+        return 0
+
+
+def plan_runs(arms: list[str], seeds: list[int], out: Path) -> list[dict]:
+    """[{arm, seed, final_dir}] in training order (seed by seed), each run in OUT/runs/ARM/sSEED/."""
+    return [{"arm": arm, "seed": seed, "final_dir": str(out / "runs" / arm / f"s{seed}" / "final")}
+            for seed in seeds for arm in arms]
+
+
+def train_runs(arms: list[str], seeds: list[int], out: Path, smoke: bool, run, lanes: int = 1) -> list[dict]:
+    """Train every (arm, seed) not yet finished, one after another or in `lanes` parallel lanes
+    (distill.study.lanes); returns plan_runs' list."""
+    runs = plan_runs(arms, seeds, out)
+    jobs = []
+    for r in runs:
+        arm, seed, final = r["arm"], r["seed"], Path(r["final_dir"])
+        if (final / "config.json").exists():
+            continue  # finished earlier: an interrupted study picks up here
+        recipe, over = arm_plan(arm, smoke)
+        jobs.append((f"{arm}_s{seed}", recipe, seed, ["train", "--recipe", recipe, "--overwrite",
+                     f"output_dir={final.parent}", f"seed={seed}", *(f"{k}={v}" for k, v in over.items())]))
+    if not smoke:  # each seed's transfer set, once, before any of its runs (the lanes would race to build it)
+        for recipe, seed in dict.fromkeys((recipe, seed) for _, recipe, seed, _ in jobs):
+            if run(["corpus", "--recipe", recipe, f"seed={seed}"]) != 0:
+                raise UserError(f"distill corpus failed for seed {seed} (see above)")
+    if lanes > 1:
+        run_in_lanes([(name, argv) for name, _, _, argv in jobs], lanes, out / "logs", run.log)
+        return runs
+    for name, _, _, argv in jobs:
+        if run(argv) != 0:
+            raise UserError(f"training {name} failed (see above); rerun to resume the rest")
+    return runs
+
+
