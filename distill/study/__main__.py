@@ -55,7 +55,16 @@ from distill.fetch_teacher import DEFAULT_TEACHER_GGUF as TEACHER
 from distill.study import evals as study_evals
 from distill.study import lanes as study_lanes
 from distill.study import primary as study_primary
-from distill.study.arms import ARMS, BASELINE, PROMPTS_EACH, arm_plan, baseline_of, eval_args, parse_arms
+from distill.study.arms import (
+    ARMS,
+    BASELINE,
+    DEMO_EVAL,
+    PROMPTS_EACH,
+    arm_plan,
+    baseline_of,
+    eval_args,
+    parse_arms,
+)
 from distill.study.evals import score
 from distill.study.figures import FIGURES, baseline_comparisons, figure, run_figures, slope_runs_test
 from distill.study.runs import Runner, plan_runs, train_runs
@@ -81,7 +90,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reuse-eval", action="store_true",
                    help="write results.json, table.md and the plot from the evals (OUT/eval*/) of an earlier "
                    "study with the same arms and seeds, without training or scoring again")
+    p.add_argument("--print-demo-eval-args", action="store_true",
+                   help="print the demo's `distill eval` scoring arguments (the Makefile's DEMO_EVAL) and exit")
     args = p.parse_args(argv)
+    if args.print_demo_eval_args:
+        print(shlex.join(DEMO_EVAL))
+        return 0
     try:
         with rundir.command_locks(), guarded_stdout():  # the lock on --out ends with the study
             return _study(args, argv)

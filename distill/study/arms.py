@@ -38,12 +38,23 @@ ARMS: dict[str, tuple[str, dict[str, str]]] = {
 PROFESSIONS, PROMPTS_EACH = 136, 8  # the 'professions' prompt set: 8 prompts for each of 136 professions
 
 
-def eval_args(prompts_per_profession: int = 2, samples_per_prompt: int = 3) -> list[str]:
-    """The study's `distill eval` arguments: the demo's scoring budget (Makefile DEMO_EVAL) by default, 272 prompts
-    (2 per profession) x 3 samples, precision auto; larger designs come from `distill power` (Makefile)."""
+def scoring_args(prompts_per_profession: int = 2, samples_per_prompt: int = 3) -> list[str]:
+    """`distill eval`'s scoring budget: P prompts per profession x K samples, precision auto, every lens."""
     return ["--prompts", "professions", "--max-prompts", str(PROFESSIONS * prompts_per_profession),
             "--samples-per-prompt", str(samples_per_prompt), "--max-new-tokens", "24", "--batch-size", "64",
-            "--dtype", "auto", "--text", "data/tiny_heldout.txt"]
+            "--dtype", "auto", "--lens", "all", "--bios", "project"]
+
+
+# The demo's scoring budget, defined here only: `make demo` reads it as DEMO_EVAL from
+# `python -m distill.study --print-demo-eval-args`, and the study scores with it by default. 272 prompts = 2 per
+# profession: sized so that scoring 3 models fits the demo's budget (docs/performance.md).
+DEMO_EVAL = scoring_args()
+
+
+def eval_args(prompts_per_profession: int = 2, samples_per_prompt: int = 3) -> list[str]:
+    """The study's `distill eval` arguments: the demo's scoring budget (DEMO_EVAL) by default, with the demo's
+    held-out text; larger designs come from `distill power` (Makefile)."""
+    return [*scoring_args(prompts_per_profession, samples_per_prompt), "--text", "data/tiny_heldout.txt"]
 
 
 EVAL_ARGS = eval_args()
