@@ -45,6 +45,7 @@ import math
 import re
 from pathlib import Path
 
+from distill.eval.cost import render_cost_md
 from distill.eval.lenses.report import predictions_differ_text, render_lenses_md, write_lens_outputs
 from distill.eval.output import write_results_json
 from distill.eval.polarity import gendered_spans
@@ -355,6 +356,7 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
                 lines.append(f"- {name}: {highlight_md(text)}")
             lines.append("")
     lines += render_lenses_md(results)  # the embedding and downstream lenses next to generation
+    lines += render_cost_md(results)
     lines += ["", "## What the numbers mean", ""] + MEANING + [f"- Note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines) + "\n"
 
