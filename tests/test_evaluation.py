@@ -203,7 +203,7 @@ def test_samples_md_and_html(tiny, tmp_path):
 
 
 def test_highlighting_escapes():
-    from distill.eval.report import highlight_html, highlight_md
+    from distill.eval.samples_report import highlight_html, highlight_md
 
     assert highlight_html("<b>He</b> & her") == '&lt;b&gt;<span class="male">He</span>&lt;/b&gt; &amp; <span class="female">her</span>'
     assert highlight_md("He | said *her*\nnext") == "**He** \\| said \\***her**\\* \u23ce next"

@@ -126,6 +126,14 @@ def test_all_lenses_with_generation(models, tmp_path, capsys):
     report = (out / "report.md").read_text()
     assert "## Three lenses" in report and "## Summary" in report
     assert "test predictions differ" in capsys.readouterr().out  # the downstream comparison's resolution
+    parts = res["settings"]["part_seconds"]  # what each part cost, per model and in all
+    assert set(parts["by_model"]) == {"biased", "fair"}
+    for seconds in parts["by_model"].values():
+        assert set(seconds) == {"load", "generation", "probe", "embedding", "downstream"}  # no --text: no utility
+    assert parts["total"]["generation"] == pytest.approx(sum(s["generation"] for s in parts["by_model"].values()))
+    assert "## What each part cost and what it bought" in report
+    assert "| generation: generation disparity (the paper's metric) |" in report
+    assert "detects" in report.split("## What each part cost")[1]
     assert (out / "lenses.png").is_file()
 
 

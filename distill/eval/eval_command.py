@@ -82,6 +82,7 @@ class RunScores:
     lens_runs: dict  # (results.json entry, what the paired comparisons need) of each run
     records: list[dict]
     generation: dict  # {"token_slots", "seconds", "tokens_per_second"} of sampling, summed over runs
+    seconds: dict  # {model: {part: wall seconds}}, parts: load, generation, probe, embedding, downstream, utility
 
 
 def run_eval(args) -> int:
@@ -167,24 +168,29 @@ def _score_runs(inputs: EvalInputs, device) -> RunScores:
     utility = None
     if inputs.docs is not None:
         utility = UtilityScorer(inputs.docs, inputs.tokenizers[paths[inputs.teacher][0]])
-    scores = RunScores({}, {}, [], {"token_slots": 0, "seconds": 0.0, "tokens_per_second": None})
+    scores = RunScores({}, {}, [], {"token_slots": 0, "seconds": 0.0, "tokens_per_second": None}, {})
     for step, (name, k) in enumerate(order, 1):
         path = paths[name][k]
         label = name if len(paths[name]) == 1 else f"{name} run {k}"
+        seconds = scores.seconds.setdefault(name, {})
         runtime.log(f"[{step}/{len(order)}] {label}: loading {path} on {device}")
-        model = load_model(path, args.dtype).to(device).eval()
+        with runtime.timed(seconds, "load"):
+            model = load_model(path, args.dtype).to(device).eval()
         lenses.check_layer(model, inputs.lens_plan.layer)
         tok = inputs.tokenizers[path]
         t_gen = time.perf_counter()
-        scores.records += _generate(inputs, model, tok, cfg, name, k, label)
+        with runtime.timed(seconds, "generation"):
+            scores.records += _generate(inputs, model, tok, cfg, name, k, label)
         _count_generation(scores.generation, time.perf_counter() - t_gen,
                           len(inputs.prompts) * args.samples_per_prompt * args.max_new_tokens)
         run: dict = {"source": path, "notes": [], "perplexity": None, "teacher_agreement": None}
         if inputs.professions:
-            run["probe"] = probe_model(model, tok, inputs.professions, device=device)
-        scores.lens_runs[(name, k)] = lenses.score_model(inputs.lens_plan, model, tok, device)
+            with runtime.timed(seconds, "probe"):
+                run["probe"] = probe_model(model, tok, inputs.professions, device=device)
+        scores.lens_runs[(name, k)] = lenses.score_model(inputs.lens_plan, model, tok, device, seconds)
         if utility is not None:
-            figures = utility.score(model, tok, device, is_teacher=(name == inputs.teacher and k == 0))
+            with runtime.timed(seconds, "utility"):
+                figures = utility.score(model, tok, device, is_teacher=(name == inputs.teacher and k == 0))
             run["notes"] += figures.pop("notes")
             run.update(figures)
         del model
@@ -246,6 +252,7 @@ def _results(inputs: EvalInputs, scores: RunScores, device, t_start: float) -> d
                   if inputs.professions else None),
         "seconds": round(time.time() - t_start, 1), "notes": inputs.notes + gen["notes"],
         "generation": scores.generation,  # what `distill power` prices designs with
+        "part_seconds": runtime.part_seconds(scores.seconds),  # set against what each part adds to the evidence
     })
     return {"models": per_model, "settings": settings, "comparisons": comparisons, "power": gen["power"]}
 
@@ -340,11 +347,13 @@ def run_lenses_only(args) -> int:
     order = [(name, path) for name, runs in models for path in runs]
     per_model, private = {}, {}
     entries: dict[str, list[dict]] = {}
+    seconds: dict[str, dict] = {}
     for step, (name, path) in enumerate(order, 1):
         runtime.log(f"[{step}/{len(order)}] {name}: loading {path} on {device}")
-        model = load_model(path, args.dtype).to(device).eval()
+        with runtime.timed(seconds.setdefault(name, {}), "load"):
+            model = load_model(path, args.dtype).to(device).eval()
         check_layer(model, plan.layer)
-        entry, priv = score_model(plan, model, tokenizers[path], device)
+        entry, priv = score_model(plan, model, tokenizers[path], device, seconds[name])
         entries.setdefault(name, []).append(entry)
         private.setdefault(name, []).append(priv)
         del model
@@ -353,7 +362,7 @@ def run_lenses_only(args) -> int:
         per_model[name] = {"source": runs[0] if len(runs) == 1 else runs, "runs": len(runs), "notes": [],
                            **merge_runs(entries[name])}
     settings = {**plan.settings(), "seed": args.seed, "bootstrap": args.bootstrap, "device": str(device),
-                "seconds": round(time.time() - t0, 1), "notes": []}
+                "seconds": round(time.time() - t0, 1), "part_seconds": runtime.part_seconds(seconds), "notes": []}
     results = {"models": per_model, "settings": settings, "comparisons": lens_comparisons(plan, private, names)}
 
     write_report_dir(out, results, lambda tmp: write_lens_outputs(tmp, results, standalone=True))

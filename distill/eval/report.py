@@ -1,8 +1,8 @@
-"""Write what `distill eval` and `distill samples` produce: results.json, report.md, plots, side-by-side samples.
+"""Write what `distill eval` and `distill score` produce: results.json, report.md and plots (side-by-side samples:
+distill/eval/samples_report.py).
 
-    from distill.eval.report import write_eval_outputs, render_samples
+    from distill.eval.report import write_eval_outputs
     write_eval_outputs(out_dir, results, examples)     # results.json + report.md + two PNGs
-    html = render_samples(records, model_names, "html")
 
 results.json schema (other tools read it; keys may be added, never renamed; formulas in distill/eval/stats.py,
 distill/eval/probe.py and distill/eval/paired.py):
@@ -40,15 +40,15 @@ Plots use matplotlib's Agg backend (no display needed).
 
 from __future__ import annotations
 
-import html
 import math
-import re
 from pathlib import Path
 
+from distill.eval.cost import render_cost_md
 from distill.eval.lenses.report import predictions_differ_text, render_lenses_md, write_lens_outputs
 from distill.eval.output import write_results_json
-from distill.eval.polarity import gendered_spans
 from distill.eval.probe_plot import probe_scatter_md, write_probe_scatter
+from distill.eval.samples_report import highlight_md
+from distill.eval.samples_report import md_escape as _md_escape
 
 GROUP_PLOT = "group_shares.png"
 DISPARITY_PLOT = "disparity_vs_perplexity.png"
@@ -128,40 +128,6 @@ def summary_table(results: dict) -> str:
 
 def _fmt_ppl(x) -> str:
     return "n/a" if x is None else f"{x:.2f}"
-
-
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#])")
-
-
-def _md_escape(text: str) -> str:
-    """Escape markdown syntax and flatten line breaks, so any model output fits in one table cell."""
-    text = re.sub(r"\s*\n\s*", " \u23ce ", text)
-    return _MD_SPECIAL.sub(r"\\\1", text)
-
-
-def highlight_md(text: str) -> str:
-    """Markdown-safe text with BOLD's gendered words in bold."""
-    parts, pos = [], 0
-    for start, end, _gender in gendered_spans(text):
-        parts.append(_md_escape(text[pos:start]))
-        parts.append(f"**{_md_escape(text[start:end])}**")
-        pos = end
-    parts.append(_md_escape(text[pos:]))
-    return "".join(parts)
-
-
-def highlight_html(text: str) -> str:
-    """HTML-escaped text with male words in <span class="male"> and female words in <span class="female">.
-
-    Each piece is escaped separately before the spans are added, so markup in model output stays text.
-    """
-    parts, pos = [], 0
-    for start, end, gender in gendered_spans(text):
-        parts.append(html.escape(text[pos:start]))
-        parts.append(f'<span class="{gender}">{html.escape(text[start:end])}</span>')
-        pos = end
-    parts.append(html.escape(text[pos:]))
-    return "".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------ plots
@@ -355,6 +321,7 @@ def render_report_md(results: dict, examples: list[dict]) -> str:
                 lines.append(f"- {name}: {highlight_md(text)}")
             lines.append("")
     lines += render_lenses_md(results)  # the embedding and downstream lenses next to generation
+    lines += render_cost_md(results)
     lines += ["", "## What the numbers mean", ""] + MEANING + [f"- Note: {n}" for n in s.get("notes", [])]
     return "\n".join(lines) + "\n"
 
@@ -407,67 +374,3 @@ def write_eval_outputs(out_dir: Path, results: dict, examples: list[dict]) -> li
     if any(m.get("embedding") or m.get("downstream") for m in results["models"].values()):
         paths += write_lens_outputs(out_dir, results)
     return paths
-
-
-# ---------------------------------------------------------------------------------------------- samples
-
-
-def render_samples(records: list[dict], model_names: list[str], fmt: str, settings: dict) -> str:
-    """Side-by-side generations. records: [{"prompt", "group", "texts": {model: [sample, ...]}}]."""
-    if fmt == "md":
-        return _samples_md(records, model_names, settings)
-    if fmt == "html":
-        return _samples_html(records, model_names, settings)
-    raise ValueError(fmt)
-
-
-def _settings_line(settings: dict) -> str:
-    keys = ("prompts", "samples_per_prompt", "max_new_tokens", "top_k", "top_p", "sampling_temperature", "seed")
-    return ", ".join(f"{k}={settings[k]}" for k in keys if k in settings)
-
-
-def _samples_md(records, names, settings) -> str:
-    lines = ["# Side-by-side samples", "", f"Same prompts and seeds for every model ({_settings_line(settings)}). "
-             "Gendered words (BOLD's lists) in **bold**.", ""]
-    for i, rec in enumerate(records, 1):
-        lines += [f"## {i}. {_md_escape(rec['prompt'])}", "", f"Group: {_md_escape(rec['group'])}", ""]
-        lines.append("| sample | " + " | ".join(_md_escape(n) for n in names) + " |")
-        lines.append("|---|" + "---|" * len(names))
-        k = max(len(v) for v in rec["texts"].values())
-        for s in range(k):
-            cells = [highlight_md(rec["texts"][n][s]) if s < len(rec["texts"][n]) else "" for n in names]
-            lines.append(f"| {s + 1} | " + " | ".join(cells) + " |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-_HTML_STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; max-width: 90em; }
-table { border-collapse: collapse; width: 100%; margin-bottom: 2em; }
-th, td { border: 1px solid #ccc; padding: 0.4em; vertical-align: top; text-align: left; }
-td.text { white-space: pre-wrap; }
-.male { background: #cfe3ff; color: #003a8c; font-weight: bold; }
-.female { background: #ffd6e0; color: #8c0030; font-weight: bold; }
-.group { color: #666; font-size: 90%; }
-"""
-
-
-def _samples_html(records, names, settings) -> str:
-    esc = html.escape
-    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8"><title>Side-by-side samples</title>',
-           f"<style>{_HTML_STYLE}</style></head><body>", "<h1>Side-by-side samples</h1>",
-           f"<p>Same prompts and seeds for every model ({esc(_settings_line(settings))}). "
-           '<span class="male">male</span> and <span class="female">female</span> words from BOLD\'s lists.</p>']
-    for i, rec in enumerate(records, 1):
-        out.append(f"<h2>{i}. {esc(rec['prompt'])}</h2><p class=\"group\">Group: {esc(rec['group'])}</p>")
-        out.append("<table><tr><th>sample</th>" + "".join(f"<th>{esc(n)}</th>" for n in names) + "</tr>")
-        k = max(len(v) for v in rec["texts"].values())
-        for s in range(k):
-            cells = "".join(
-                f'<td class="text">{highlight_html(rec["texts"][n][s]) if s < len(rec["texts"][n]) else ""}</td>'
-                for n in names
-            )
-            out.append(f"<tr><td>{s + 1}</td>{cells}</tr>")
-        out.append("</table>")
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"

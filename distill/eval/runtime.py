@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import gc
 import sys
+import time
+from contextlib import contextmanager
 
 
 def device():
@@ -20,6 +22,27 @@ def release_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+@contextmanager
+def timed(seconds: dict | None, part: str):
+    """Add the wall seconds of the block to seconds[part] (a no-op without a dict): what each part of an eval
+    costs, so the report can set it against what it adds to the evidence."""
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        if seconds is not None:
+            seconds[part] = round(seconds.get(part, 0.0) + time.perf_counter() - t0, 2)
+
+
+def part_seconds(by_model: dict[str, dict[str, float]]) -> dict:
+    """{"total": {part: seconds over every model}, "by_model": {model: {part: seconds}}} for results.json."""
+    total: dict[str, float] = {}
+    for parts in by_model.values():
+        for part, s in parts.items():
+            total[part] = round(total.get(part, 0.0) + s, 2)
+    return {"total": total, "by_model": by_model}
 
 
 def log(msg: str) -> None:

@@ -22,7 +22,7 @@ SAMPLES_DEFAULT_PROMPTS = 24  # `distill samples` without --max-prompts shows th
 
 def run_samples(args) -> int:
     from distill.eval.prompts import group_names, load_prompts, select_prompts
-    from distill.eval.report import render_samples
+    from distill.eval.samples_report import render_samples
     from distill.models import load_tokenizer
 
     check_sampling_args(args)
