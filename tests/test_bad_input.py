@@ -18,6 +18,7 @@ from bad_input_helpers import assert_one_error_line, message_lines, no_leftovers
 import distill.train.step as step_module
 from distill.rundir import RunLock
 from distill.train import checkpoint as ckpt
+from distill.train import export, run_lifecycle
 
 CORPUS = Path("data/tiny_corpus.txt")
 # The base run's settings: a resume with them changes no key of the recipe. Steps take 0.1-3 s on a busy
@@ -256,14 +257,14 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_and_says_so(tmp_pa
 
 
 def test_a_failed_final_write_says_where_the_model_went(tmp_path, monkeypatch, capsys):
-    real = ckpt._write_final
+    real = export._write_final
 
     def fail_in_run_dir(folder, *args):
         if "distill-final-" not in str(folder):
             raise OSError(30, "Read-only file system")
         return real(folder, *args)
 
-    monkeypatch.setattr(ckpt, "_write_final", fail_in_run_dir)
+    monkeypatch.setattr(export, "_write_final", fail_in_run_dir)
     assert train(tmp_path / "new", "train.max_steps=2", "train.save_steps=0") == 2
     line = assert_one_error_line(capsys, "train", "could not write the final model", "Read-only file system")
     rescue = Path(line.split("written to ")[1].split(" instead")[0])
@@ -358,12 +359,12 @@ def test_resume_check_fills_keys_a_newer_recipe_added_and_names_changed_ones(tmp
     from distill.errors import UserError
 
     cfg = load_config("recipes/debug.yaml")
-    old = ckpt.config_dict(cfg)
+    old = run_lifecycle.config_dict(cfg)
     del old["train"]["compile"]  # a run from before the key existed: its default is no change
     old["train"]["max_steps"] = 10
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(old))
-    assert ckpt.check_resume_recipe(tmp_path, cfg) == ["train.max_steps"]
+    assert run_lifecycle.check_resume_recipe(tmp_path, cfg) == ["train.max_steps"]
     old["data"]["block_size"] = 32
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(UserError, match=r"data.block_size \(32 -> 64\)"):
-        ckpt.check_resume_recipe(tmp_path, cfg)
+        run_lifecycle.check_resume_recipe(tmp_path, cfg)

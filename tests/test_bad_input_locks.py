@@ -27,8 +27,7 @@ from bad_input_helpers import (
 
 from distill import study
 from distill.rundir import RunLock
-from distill.train import checkpoint as ckpt
-from distill.train import transfer_cache
+from distill.train import run_lifecycle, transfer_cache
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bold_small.json"
 FAST = ["--max-prompts", 2, "--samples-per-prompt", 2, "--max-new-tokens", 2, "--batch-size", 2]
@@ -152,7 +151,7 @@ def killed_overwrite(old_run, tmp_path, monkeypatch):
 
     with monkeypatch.context() as m:
         m.setattr(step_module, "distill_loss", nan_loss)
-        m.setattr(ckpt, "abandon_run", lambda *a, **k: None)
+        m.setattr(run_lifecycle, "abandon_run", lambda *a, **k: None)
         assert run_cli("train", "--recipe", "recipes/debug.yaml", *TRAIN, f"output_dir={run}", "--overwrite") == 2
     (kept,) = run.glob(".replaced-*")
     assert snapshot(kept) == {k: v for k, v in original.items() if k != ".lock"}

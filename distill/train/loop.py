@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from distill.config import Config
 from distill.train import checkpoint as ckpt
 from distill.train import engine as eng
+from distill.train import run_lifecycle
 from distill.train.data import BlockSampler
 from distill.train.fairness import build_fairness_probe, probe_memo
 from distill.train.losses import distill_loss, shift_labels
@@ -87,6 +88,8 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
         if cfg.train.save_steps and step % cfg.train.save_steps == 0 and step < cfg.train.max_steps:
             ckpt.save(run_dir, step, accelerator, student, optimizer, scheduler, sampler, state,
                       keep=cfg.train.keep_checkpoints, engine=setup.engine)
+            if accelerator.is_main_process:
+                run_lifecycle.commit_run(run_dir)
     bar.close()
     if isinstance(setup.teacher, eng.LockstepTeacher):  # what keeping a sharded teacher in step cost
         from distill.models import count_parameters
