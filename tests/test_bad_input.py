@@ -13,9 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from bad_input_helpers import assert_one_error_line, message_lines, no_leftovers, run_cli, snapshot
+from bad_input_helpers import (
+    assert_one_error_line,
+    message_lines,
+    nan_loss_at,
+    no_leftovers,
+    run_cli,
+    snapshot,
+)
 
-import distill.train.step as step_module
 from distill.rundir import RunLock
 from distill.train import checkpoint as ckpt
 from distill.train import export, run_lifecycle
@@ -51,18 +57,6 @@ def copy_run(base_run, tmp_path) -> Path:
     run = tmp_path / "run"
     shutil.copytree(base_run, run)
     return run
-
-
-def nan_at_call(monkeypatch, n: int):
-    """The loss of the n-th micro-batch becomes NaN: a divergence on demand."""
-    real, calls = step_module.distill_loss, {"n": 0}
-
-    def patched(*args, **kwargs):
-        total, kd, ce = real(*args, **kwargs)
-        calls["n"] += 1
-        return (total * float("nan") if calls["n"] == n else total), kd, ce
-
-    monkeypatch.setattr(step_module, "distill_loss", patched)
 
 
 # ------------------------------------------------------------------------------------------- data loss
@@ -108,13 +102,13 @@ def _loss_case(case, tmp_path, base_run, monkeypatch):
             ["loss.alpha_ce", "train.lr"]
     if case == "resume_that_stops_on_nan_keeps_the_recipe":
         run = copy_run(base_run, tmp_path)
-        nan_at_call(monkeypatch, 1)
+        nan_loss_at(monkeypatch, 1)
         # the metrics of steps 3-5 go (resume restarts at step 4): snapshot what must stay, not the log
         (run / "metrics.jsonl").unlink()
         return [f"output_dir={run}", "--resume", "train.max_steps=9"], run, ["loss became nan at step 5"]
     if case == "overwrite_of_a_finished_run_that_fails_at_step_1":
         run = copy_run(base_run, tmp_path)
-        nan_at_call(monkeypatch, 1)
+        nan_loss_at(monkeypatch, 1)
         return [f"output_dir={run}", "--overwrite", "train.max_steps=3", "train.save_steps=2"], run, \
             ["loss became nan at step 1"]
     raise AssertionError(case)

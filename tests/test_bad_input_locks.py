@@ -19,6 +19,7 @@ import pytest
 from bad_input_helpers import (
     assert_one_error_line,
     generations_file,
+    nan_loss_at,
     no_leftovers,
     run_cli,
     snapshot,
@@ -138,19 +139,11 @@ def old_run(tmp_path_factory):
 def killed_overwrite(old_run, tmp_path, monkeypatch):
     """The old run, then an `--overwrite` that stopped at step 1, before its first checkpoint, without putting
     the old run back (as after SIGKILL). Returns (run folder, snapshot of the old run)."""
-    import distill.train.step as step_module
-
     run = tmp_path / "run"
     shutil.copytree(old_run, run)
     original = snapshot(run)
-    real = step_module.distill_loss
-
-    def nan_loss(*args, **kwargs):
-        total, kd, ce = real(*args, **kwargs)
-        return total * float("nan"), kd, ce
-
     with monkeypatch.context() as m:
-        m.setattr(step_module, "distill_loss", nan_loss)
+        nan_loss_at(m)
         m.setattr(run_lifecycle, "abandon_run", lambda *a, **k: None)
         assert run_cli("train", "--recipe", "recipes/debug.yaml", *TRAIN, f"output_dir={run}", "--overwrite") == 2
     (kept,) = run.glob(".replaced-*")

@@ -5,7 +5,8 @@
 Per step: the sampler's micro-batches -> `step.kd_step` (targets, forward, loss, backward, clip, optimizer)
 -> log every train.log_steps -> `validate` every train.eval_steps (and the fairness probe with it, also once
 at step 0, before the first update) -> checkpoint every train.save_steps. No Trainer subclass and no
-callbacks.
+callbacks. A non-finite loss or gradient norm stops the run with TrainingDiverged, naming the step and the last
+good checkpoint.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from distill.config import Config
+from distill.errors import TrainingDiverged
 from distill.train import checkpoint as ckpt
 from distill.train import engine as eng
 from distill.train import run_lifecycle
@@ -28,7 +30,7 @@ from distill.train.data import BlockSampler
 from distill.train.fairness import build_fairness_probe, probe_memo
 from distill.train.losses import distill_loss, shift_labels
 from distill.train.setup import Setup, make_optimizer, make_scheduler
-from distill.train.step import StepStats, kd_step
+from distill.train.step import StepDiverged, StepStats, kd_step
 from distill.train.targets import teacher_targets
 
 
@@ -64,8 +66,10 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
     last = {}
     while state["step"] < cfg.train.max_steps:
         batches = [{**setup.train_blocks[idx], "blocks": idx} for idx in sampler.next_step()]
-        stats = kd_step(cfg, setup, student, optimizer, scheduler, accelerator, batches, step=state["step"] + 1,
-                        run_dir=run_dir)
+        try:
+            stats = kd_step(cfg, setup, student, optimizer, scheduler, accelerator, batches)
+        except StepDiverged as exc:
+            raise TrainingDiverged(diverged_message(exc.value, state["step"] + 1, run_dir, exc.what)) from exc
         state["step"] += 1
         state["tokens_seen"] += stats.n_tokens
         window["tokens"] += stats.n_tokens
@@ -101,12 +105,19 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
     return {"state": state, "last": last, "student": student, "teacher_probe": fairness and fairness.teacher_figures}
 
 
+def diverged_message(value: float, step: int, run_dir: Path, what: str = "loss") -> str:
+    latest = ckpt.latest_checkpoint(run_dir)
+    keep = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+    return (f"{what} became {value} at step {step}; training stopped and nothing was saved for that step; "
+            f"{keep}. Lower train.lr or raise train.warmup_steps, then --resume")
+
+
 def _log_record(cfg: Config, setup: Setup, accelerator: Accelerator, stats: StepStats, state: dict, window: dict,
                 scheduler, sampler: BlockSampler) -> dict:
     """The metrics.jsonl record of this step: global token means of the loss terms, throughput, schedule."""
-    n = stats.n_tokens
-    kd, ce, cos, swapped = (accelerator.reduce(stats.sums, "sum") / torch.tensor(
-        [n, n, n, sampler.global_batch], device=stats.sums.device)).tolist()
+    n, sums = stats.n_tokens, stats.sums.all_reduced(accelerator)
+    kd, ce, cos = sums.kd.item() / n, sums.ce.item() / n, sums.cos.item() / n
+    swapped = sums.swapped.item() / sampler.global_batch
     elapsed = time.perf_counter() - window["t0"]
     return {
         "step": state["step"],
