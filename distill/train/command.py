@@ -128,17 +128,17 @@ def main(args) -> int:
             accelerator.init_trackers(run_dir.name, config=hparams)
         result = fit(cfg, setup, accelerator, run_dir, resume=start)
         accelerator.wait_for_everyone()
-        student = accelerator.unwrap_model(result["student"])
+        student = accelerator.unwrap_model(result.student)
         if setup.engine in eng.SHARDED:  # gathered by every process, written by the main one as a plain model
-            state = eng.full_state_dict(accelerator, result["student"], setup.engine)
+            state = eng.full_state_dict(accelerator, result.student, setup.engine)
             student = eng.plain_model(student, state) if accelerator.is_main_process else None
         if accelerator.is_main_process:
-            teacher_probe = {f"teacher_{k}": v for k, v in (result["teacher_probe"] or {}).items()}
-            final = export.save_final(run_dir, cfg, student, setup.tokenizer, {**result["last"], **teacher_probe},
+            teacher_probe = {f"teacher_{k}": v for k, v in (result.teacher_probe or {}).items()}
+            final = export.save_final(run_dir, cfg, student, setup.tokenizer, {**result.last, **teacher_probe},
                                       setup)
             lifecycle.commit_run(run_dir)
-            plot = plot_training(run_dir, result["teacher_probe"])
-            accelerator.print(f"done: {result['state']['step']} steps; student written to {final}"
+            plot = plot_training(run_dir, result.teacher_probe)
+            accelerator.print(f"done: {result.state['step']} steps; student written to {final}"
                               + (f"; probe curves in {plot}" if plot else ""))
         # every process tears the process group down together, once the main one has written the student: a
         # worker that destroys its group and exits while a peer still holds the connection is a shutdown race

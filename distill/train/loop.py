@@ -1,6 +1,6 @@
 """The training loop: `fit` runs `kd_step` until train.max_steps, with logging, validation and checkpoints.
 
-    result = fit(cfg, setup, accelerator, run_dir, resume=False)
+    result = fit(cfg, setup, accelerator, run_dir, resume=False)   # a FitResult
 
 Per step: the sampler's micro-batches -> `step.kd_step` (targets, forward, loss, backward, clip, optimizer)
 -> log every train.log_steps -> `validate` every train.eval_steps (and the fairness probe with it, also once
@@ -15,6 +15,7 @@ import functools
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -34,7 +35,17 @@ from distill.train.step import StepDiverged, StepStats, kd_step
 from distill.train.targets import teacher_targets
 
 
-def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resume) -> dict:
+@dataclass
+class FitResult:
+    """What `fit` leaves to the command: the model to export and the figures of its model card."""
+
+    state: dict  # "step" (the last step taken) and "tokens_seen"
+    last: dict  # the last metrics.jsonl record with the latest validation and probe figures merged in
+    student: torch.nn.Module  # as prepared by accelerate (and compiled): accelerator.unwrap_model gives the model
+    teacher_probe: dict | None  # the fairness probe's figures for the teacher; None without the probe
+
+
+def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resume) -> FitResult:
     """Train to train.max_steps. `resume`: False, True (the newest intact checkpoint) or a checkpoint folder."""
     student, optimizer = eng.prepare_student(accelerator, cfg, setup.student, setup.engine,
                                              functools.partial(make_optimizer, cfg))
@@ -102,7 +113,7 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
               f"{setup.teacher.joined} one-token forwards joined for other processes; holds "
               f"{eng.local_numel(setup.teacher)} of the teacher's {count_parameters(setup.teacher)} parameters",
               flush=True)
-    return {"state": state, "last": last, "student": student, "teacher_probe": fairness and fairness.teacher_figures}
+    return FitResult(state, last, student, fairness.teacher_figures if fairness is not None else None)
 
 
 def diverged_message(value: float, step: int, run_dir: Path, what: str = "loss") -> str:
