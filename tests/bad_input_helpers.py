@@ -151,3 +151,21 @@ def fail_writes_under(monkeypatch, root: Path, err: int, spare: tuple[str, ...] 
     monkeypatch.setattr(os, "replace", move(real_replace))
     monkeypatch.setattr(os, "rename", move(real_rename))
     monkeypatch.setattr(os, "link", move(real_link))
+
+
+def nan_loss_at(monkeypatch, n: int | None = None) -> None:
+    """`distill train` diverges on demand: the loss of the n-th micro-batch (of every one if n is None) is NaN.
+    Injected through kd_step's `loss_fn`, the argument the bench uses to swap the loss."""
+    import functools
+
+    from distill.train import loop
+    from distill.train.losses import distill_loss
+
+    calls = {"n": 0}
+
+    def nan_loss(*args, **kwargs):
+        total, kd, ce = distill_loss(*args, **kwargs)
+        calls["n"] += 1
+        return (total * float("nan") if n is None or calls["n"] == n else total), kd, ce
+
+    monkeypatch.setattr(loop, "kd_step", functools.partial(loop.kd_step, loss_fn=nan_loss))

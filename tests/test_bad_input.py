@@ -13,11 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
-from bad_input_helpers import assert_one_error_line, message_lines, no_leftovers, run_cli, snapshot
+from bad_input_helpers import (
+    assert_one_error_line,
+    message_lines,
+    nan_loss_at,
+    no_leftovers,
+    run_cli,
+    snapshot,
+)
 
-import distill.train.step as step_module
 from distill.rundir import RunLock
 from distill.train import checkpoint as ckpt
+from distill.train import export, run_lifecycle
 
 CORPUS = Path("data/tiny_corpus.txt")
 # The base run's settings: a resume with them changes no key of the recipe. Steps take 0.1-3 s on a busy
@@ -50,18 +57,6 @@ def copy_run(base_run, tmp_path) -> Path:
     run = tmp_path / "run"
     shutil.copytree(base_run, run)
     return run
-
-
-def nan_at_call(monkeypatch, n: int):
-    """The loss of the n-th micro-batch becomes NaN: a divergence on demand."""
-    real, calls = step_module.distill_loss, {"n": 0}
-
-    def patched(*args, **kwargs):
-        total, kd, ce = real(*args, **kwargs)
-        calls["n"] += 1
-        return (total * float("nan") if calls["n"] == n else total), kd, ce
-
-    monkeypatch.setattr(step_module, "distill_loss", patched)
 
 
 # ------------------------------------------------------------------------------------------- data loss
@@ -107,13 +102,13 @@ def _loss_case(case, tmp_path, base_run, monkeypatch):
             ["loss.alpha_ce", "train.lr"]
     if case == "resume_that_stops_on_nan_keeps_the_recipe":
         run = copy_run(base_run, tmp_path)
-        nan_at_call(monkeypatch, 1)
+        nan_loss_at(monkeypatch, 1)
         # the metrics of steps 3-5 go (resume restarts at step 4): snapshot what must stay, not the log
         (run / "metrics.jsonl").unlink()
         return [f"output_dir={run}", "--resume", "train.max_steps=9"], run, ["loss became nan at step 5"]
     if case == "overwrite_of_a_finished_run_that_fails_at_step_1":
         run = copy_run(base_run, tmp_path)
-        nan_at_call(monkeypatch, 1)
+        nan_loss_at(monkeypatch, 1)
         return [f"output_dir={run}", "--overwrite", "train.max_steps=3", "train.save_steps=2"], run, \
             ["loss became nan at step 1"]
     raise AssertionError(case)
@@ -256,14 +251,14 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_and_says_so(tmp_pa
 
 
 def test_a_failed_final_write_says_where_the_model_went(tmp_path, monkeypatch, capsys):
-    real = ckpt._write_final
+    real = export._write_final
 
     def fail_in_run_dir(folder, *args):
         if "distill-final-" not in str(folder):
             raise OSError(30, "Read-only file system")
         return real(folder, *args)
 
-    monkeypatch.setattr(ckpt, "_write_final", fail_in_run_dir)
+    monkeypatch.setattr(export, "_write_final", fail_in_run_dir)
     assert train(tmp_path / "new", "train.max_steps=2", "train.save_steps=0") == 2
     line = assert_one_error_line(capsys, "train", "could not write the final model", "Read-only file system")
     rescue = Path(line.split("written to ")[1].split(" instead")[0])
@@ -358,12 +353,12 @@ def test_resume_check_fills_keys_a_newer_recipe_added_and_names_changed_ones(tmp
     from distill.errors import UserError
 
     cfg = load_config("recipes/debug.yaml")
-    old = ckpt.config_dict(cfg)
+    old = run_lifecycle.config_dict(cfg)
     del old["train"]["compile"]  # a run from before the key existed: its default is no change
     old["train"]["max_steps"] = 10
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(old))
-    assert ckpt.check_resume_recipe(tmp_path, cfg) == ["train.max_steps"]
+    assert run_lifecycle.check_resume_recipe(tmp_path, cfg) == ["train.max_steps"]
     old["data"]["block_size"] = 32
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(old))
     with pytest.raises(UserError, match=r"data.block_size \(32 -> 64\)"):
-        ckpt.check_resume_recipe(tmp_path, cfg)
+        run_lifecycle.check_resume_recipe(tmp_path, cfg)

@@ -19,6 +19,7 @@ import pytest
 from bad_input_helpers import (
     assert_one_error_line,
     generations_file,
+    nan_loss_at,
     no_leftovers,
     run_cli,
     snapshot,
@@ -27,8 +28,7 @@ from bad_input_helpers import (
 
 from distill.rundir import RunLock
 from distill.study import __main__ as study
-from distill.train import checkpoint as ckpt
-from distill.train import transfer_cache
+from distill.train import run_lifecycle, transfer_cache
 
 FIXTURE = Path(__file__).parent / "fixtures" / "bold_small.json"
 FAST = ["--max-prompts", 2, "--samples-per-prompt", 2, "--max-new-tokens", 2, "--batch-size", 2]
@@ -139,20 +139,12 @@ def old_run(tmp_path_factory):
 def killed_overwrite(old_run, tmp_path, monkeypatch):
     """The old run, then an `--overwrite` that stopped at step 1, before its first checkpoint, without putting
     the old run back (as after SIGKILL). Returns (run folder, snapshot of the old run)."""
-    import distill.train.step as step_module
-
     run = tmp_path / "run"
     shutil.copytree(old_run, run)
     original = snapshot(run)
-    real = step_module.distill_loss
-
-    def nan_loss(*args, **kwargs):
-        total, kd, ce = real(*args, **kwargs)
-        return total * float("nan"), kd, ce
-
     with monkeypatch.context() as m:
-        m.setattr(step_module, "distill_loss", nan_loss)
-        m.setattr(ckpt, "abandon_run", lambda *a, **k: None)
+        nan_loss_at(m)
+        m.setattr(run_lifecycle, "abandon_run", lambda *a, **k: None)
         assert run_cli("train", "--recipe", "recipes/debug.yaml", *TRAIN, f"output_dir={run}", "--overwrite") == 2
     (kept,) = run.glob(".replaced-*")
     assert snapshot(kept) == {k: v for k, v in original.items() if k != ".lock"}

@@ -89,8 +89,9 @@ def _step_grads(tmp_path, batch_size, grad_accum):
     sampler = BlockSampler(len(setup.train_blocks), batch_size, grad_accum, 1, 0, cfg.seed)
     batches = [setup.train_blocks[idx] for idx in sampler.next_step()]
     recorder = GradRecorder(setup.student)
-    stats = kd_step(cfg, setup, setup.student, recorder, recorder, accelerator, batches, step=1, run_dir=tmp_path)
-    return stats.n_tokens, stats.sums / stats.n_tokens, recorder.grads
+    stats = kd_step(cfg, setup, setup.student, recorder, recorder, accelerator, batches)
+    sums = stats.sums
+    return stats.n_tokens, torch.stack([sums.kd, sums.ce, sums.cos, sums.swapped]) / stats.n_tokens, recorder.grads
 
 
 def test_batch_4_accum_1_equals_batch_1_accum_4(tmp_path):
@@ -248,17 +249,9 @@ def test_existing_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
     """A loss that turns NaN at step 3 (injected: a real divergence is slow and flaky to provoke)."""
-    import distill.train.step as step_module
+    from bad_input_helpers import nan_loss_at
 
-    real = step_module.distill_loss
-    calls = {"n": 0}
-
-    def nan_on_third_step(*args, **kwargs):
-        total, kd, ce = real(*args, **kwargs)
-        calls["n"] += 1
-        return (total * float("nan") if calls["n"] == 3 else total), kd, ce
-
-    monkeypatch.setattr(step_module, "distill_loss", nan_on_third_step)
+    nan_loss_at(monkeypatch, 3)
     out = tmp_path / "run"
     assert run_cli("train", "--recipe", "recipes/debug.yaml", f"output_dir={out}", "train.save_steps=1",
                    "train.max_steps=10", "train.eval_steps=0") == 2

@@ -259,7 +259,7 @@ class Trainer:
         timer = PhaseTimer(self.device)
         with timer("step"):
             kd_step(cfg, self.setup, student, self.optimizer, self.scheduler, self.accelerator, [batch],
-                    step=self.steps, run_dir=self.run_dir, loss_fn=loss_fn, phases=timer)
+                    loss_fn=loss_fn, phases=timer)
         spent = timer.spent
         spent["fwd_bwd"] = spent["step"] - spent["clip"] - spent["optimizer"]
         return spent

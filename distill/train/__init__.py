@@ -4,6 +4,7 @@
 `step.kd_step` once per optimizer step, and so does `distill bench`. `targets` computes the teacher's
 targets (plain, pair-equalised, counterfactual), `target_cache` caches top-k targets per block, `losses`
 holds the divergences, `data` the datasets and block sampler, `transfer` the teacher-written corpus,
-`checkpoint` run directories and resume, `engine` the ddp / FSDP / DeepSpeed preparation. Nothing is
+`run_lifecycle` the run directory (checks, start, commit, abandon), `checkpoint` checkpoints and resume,
+`export` the final model and its card, `engine` the ddp / FSDP / DeepSpeed preparation. Nothing is
 re-exported here: import from the submodule.
 """

@@ -1,25 +1,21 @@
-"""Run directories, atomic checkpoints, exact resume, and the final Hugging Face export.
+"""Atomic checkpoints and exact resume.
 
-Layout of `output_dir`:
-    recipe.yaml                the resolved recipe of the run
-    metrics.jsonl              one JSON line per logged step
-    checkpoints/step-00000100/ model.safetensors, optimizer.pt, scheduler.pt, trainer_state.json, rng-<rank>.pt
-    final/                     save_pretrained safetensors + tokenizer + README.md model card
-    .distill                   marker: this folder is a distill run (--overwrite replaces nothing else)
-    .lock                      while a process trains here: its PID, under an exclusive flock (rundir.py)
+    ckpt.save(run_dir, step, accelerator, student, optimizer, scheduler, sampler, state, keep=2)
+    path = ckpt.choose_checkpoint(run_dir, resume_from=None)     # the newest intact one, checked file by file
+    state = ckpt.load_latest(run_dir, accelerator, student, optimizer, scheduler, sampler, path=path)
 
-A checkpoint is written into `checkpoints/.tmp-step-N/` and renamed when complete (a rename is atomic), so a
-kill mid-write leaves the previous checkpoint as the latest. Resume restores weights, optimizer, schedule,
-every process's RNG streams and the data position, so the continued run is bitwise the uninterrupted one.
-Before it loads anything, resume reads every file of the checkpoint: a truncated or corrupted one is named,
-and the previous intact checkpoint is used instead (said on stdout), or `--resume-from step-N` picks one.
-metrics.jsonl is cut back to the checkpoint's step, so no step is logged twice. A resume may change only
-RESUMABLE_KEYS of the recipe; recipe.yaml takes the new values at the first new checkpoint.
+A checkpoint, `checkpoints/step-00000100/`, holds model.safetensors, optimizer.pt, scheduler.pt,
+trainer_state.json and rng-<rank>.pt. It is written into `checkpoints/.tmp-step-N/` and renamed when complete
+(a rename is atomic), so a kill mid-write leaves the previous checkpoint as the latest. Resume restores weights,
+optimizer, schedule, every process's RNG streams and the data position, so the continued run is bitwise the
+uninterrupted one. Before it loads anything, resume reads every file of the checkpoint: a truncated or
+corrupted one is named, and the previous intact checkpoint is used instead (said on stdout), or
+`--resume-from step-N` picks one. metrics.jsonl is cut back to the checkpoint's step, so no step is logged
+twice. The run directory around the checkpoints is `run_lifecycle`'s; the exported model is `export`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -29,164 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from distill import rundir
-from distill.atomic import atomic_dir, write_text_atomic
+from distill.atomic import write_text_atomic
 from distill.errors import UserError
 
 _STEP_PREFIX = "step-"
 
 
-def config_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def latest_checkpoint(run_dir: Path) -> Path | None:
     done = _complete_checkpoints(run_dir)
     return done[-1] if done else None
-
-
-# Keys a resumed run may change: how long it runs, how often it logs, evaluates and saves, where it reports.
-# Anything else (model, data, loss, optimiser, seed) would make the continued run another experiment.
-RESUMABLE_KEYS = frozenset({
-    "output_dir", "description", "report_to", "train.max_steps", "train.log_steps", "train.eval_steps",
-    "train.eval_batches", "train.save_steps", "train.keep_checkpoints", "train.compile", "data.num_proc",
-    "loss.chunk_size",  # speed only: the KD term is summed in chunks of this many tokens
-})
-_PENDING_RECIPE = ".recipe.pending.yaml"
-
-
-def check_output_dir(run_dir: Path, *, resume: bool, overwrite: bool, protected_paths=(),
-                     discard_replaced: bool = False) -> None:
-    """Refuse, before any compute, to mix two runs in one directory or to replace what is not a run.
-
-    A run that an interrupted --overwrite set aside (`.replaced-<pid>/`) is named by every refusal, and a
-    new --overwrite deletes it only with `discard_replaced` (the user's explicit `--discard-replaced`)."""
-    if resume and overwrite:
-        raise UserError("--resume and --overwrite contradict each other; pick one")
-    if discard_replaced and not overwrite:
-        raise UserError("--discard-replaced goes with --overwrite (it deletes the run an interrupted --overwrite "
-                        "set aside); add --overwrite, or drop --discard-replaced")
-    note = rundir.replaced_note(run_dir)
-    if resume:
-        rundir.check_no_overlap(run_dir, protected_paths, what="output_dir")
-        if latest_checkpoint(run_dir) is None:
-            raise UserError(f"nothing to resume: {run_dir} has no complete checkpoint (train.save_steps writes "
-                            f"them){note}")
-        rundir.check_writable(run_dir, "output_dir")
-        return
-    holds_files = run_dir.is_dir() and any(p.name != rundir.LOCK for p in run_dir.iterdir())
-    if holds_files and not overwrite:
-        step = _last_logged_step(run_dir)
-        what = f"a run (logged up to step {step})" if step is not None else "files"
-        raise UserError(
-            f"output_dir {run_dir} already holds {what}; pass --resume to continue it, --overwrite to replace it, "
-            f"or set output_dir=... to a new directory{note}"
-        )
-    if note and not discard_replaced:
-        kept = rundir.replaced_runs(run_dir)[0]
-        raise UserError(f"--overwrite would delete {kept}, the run an earlier --overwrite of {run_dir} set aside "
-                        f"and did not finish replacing: restore it with `python -m distill.rundir restore "
-                        f"{run_dir}`, or pass --discard-replaced as well to delete it")
-    rundir.prepare_output_dir(run_dir, "run", overwrite, protected_paths, what="output_dir")
-
-
-def _last_logged_step(run_dir: Path) -> int | None:
-    log = run_dir / "metrics.jsonl"
-    if not log.is_file():
-        return None
-    for line in reversed(log.read_text(errors="replace").splitlines()):
-        try:
-            return json.loads(line).get("step")
-        except (ValueError, AttributeError):
-            continue  # a line cut short by a kill
-    return None
-
-
-def check_resume_recipe(run_dir: Path, cfg) -> list[str]:
-    """Refuse a resume whose recipe differs from the run's in a key outside RESUMABLE_KEYS; returns the
-    resumable keys that did change (the caller says so)."""
-    saved = run_dir / "recipe.yaml"
-    if not saved.is_file():
-        return []
-    try:
-        old = yaml.safe_load(saved.read_text())
-        old_flat = flat_keys(old) if isinstance(old, dict) else None
-    except (yaml.YAMLError, UnicodeDecodeError):
-        old_flat = None
-    if old_flat is not None:
-        from distill.config import config_from_dict
-
-        try:  # through the current defaults: a key added to the recipe since the run started is not a change
-            old_flat = flat_keys(config_dict(config_from_dict(old)))
-        except UserError:
-            pass  # a key since renamed or removed: compare as written
-    if old_flat is None:
-        raise UserError(f"{saved} is not a readable recipe, so the resume cannot be checked against the run; "
-                        "restore it, or start a new run")
-    new_flat = flat_keys(config_dict(cfg))
-    changed = sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
-    fixed = [k for k in changed if k not in RESUMABLE_KEYS]
-    if fixed:
-        shown = ", ".join(f"{k} ({old_flat.get(k)!r} -> {new_flat.get(k)!r})" for k in fixed[:4])
-        more = f" and {len(fixed) - 4} more" if len(fixed) > 4 else ""
-        raise UserError(f"--resume with a recipe that differs from the run's in {shown}{more}; a resumed run may "
-                        f"only change {', '.join(sorted(RESUMABLE_KEYS))}. Resume with the run's recipe "
-                        f"({saved}) or start a new run")
-    return changed
-
-
-def start_run(run_dir: Path, cfg, *, resume: bool, overwrite: bool) -> Path | None:
-    """Called once all inputs loaded fine. Returns the folder the replaced run was moved into (or None).
-
-    --overwrite: the old run's entries move aside, to be deleted at this run's first checkpoint
-    (`commit_run`) or moved back if it fails before that. --resume with changed resumable keys: the new
-    recipe waits in a pending file and replaces recipe.yaml only at the first checkpoint, so a run that
-    stops (a NaN, a kill) leaves the recipe that produced its checkpoints.
-    """
-    if overwrite:  # check_output_dir let a set-aside run through only with --discard-replaced
-        rundir.discard_replaced(run_dir)
-    aside = rundir.set_aside(run_dir) if overwrite and run_dir.exists() else None
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        rundir.write_marker(run_dir, "run")
-        recipe = yaml.safe_dump(config_dict(cfg), sort_keys=False)
-        saved = run_dir / "recipe.yaml"
-        if resume and saved.is_file():
-            if saved.read_text() != recipe:
-                write_text_atomic(run_dir / _PENDING_RECIPE, recipe)
-        else:
-            write_text_atomic(saved, recipe)
-    except BaseException:  # a full disk here: the replaced run comes back before the error is reported
-        abandon_run(run_dir, aside)
-        raise
-    return aside
-
-
-def commit_run(run_dir: Path) -> None:
-    """This run has a checkpoint or its final model: drop a replaced run, adopt a pending recipe."""
-    rundir.discard_replaced(run_dir)
-    pending = Path(run_dir) / _PENDING_RECIPE
-    if pending.is_file():
-        os.replace(pending, Path(run_dir) / "recipe.yaml")
-
-
-def abandon_run(run_dir: Path, aside: Path | None) -> None:
-    """The run failed before its first checkpoint: put a replaced run back, forget a pending recipe."""
-    (Path(run_dir) / _PENDING_RECIPE).unlink(missing_ok=True)
-    if aside is not None and aside.is_dir():
-        rundir.restore_replaced(run_dir, aside)
-
-
-def flat_keys(d: dict, prefix: str = "") -> dict:
-    """{"train": {"lr": 1}} -> {"train.lr": 1}: the dotted keys of the recipe."""
-    out = {}
-    for k, v in d.items():
-        out.update(flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def _rng_state() -> dict:
@@ -211,6 +61,8 @@ def _set_rng_state(state: dict) -> None:
 
 def save(run_dir: Path, step: int, accelerator, student, optimizer, scheduler, sampler, state: dict,
          keep: int, engine: str = "ddp") -> Path:
+    """Write checkpoint `step` (every process calls this) and keep the newest `keep`. The caller then commits
+    the run (`run_lifecycle.commit_run`): the checkpoint is what makes a replaced run safe to delete."""
     root = Path(run_dir) / "checkpoints"
     # Not atomic_dir: every process writes into this folder, so its name must not depend on the process.
     tmp, final = root / f".tmp-{_STEP_PREFIX}{step:08d}", root / f"{_STEP_PREFIX}{step:08d}"
@@ -238,7 +90,6 @@ def save(run_dir: Path, step: int, accelerator, student, optimizer, scheduler, s
         os.replace(tmp, final)
         for old in sorted(p for p in root.iterdir() if p.name.startswith(_STEP_PREFIX))[:-keep]:
             shutil.rmtree(old)
-        commit_run(run_dir)
     accelerator.wait_for_everyone()
     return final
 
@@ -387,77 +238,6 @@ def truncate_log(log: Path, step: int) -> int:
     if len(kept) != len(lines):
         write_text_atomic(log, "".join(ln + "\n" for ln in kept))
     return len(lines) - len(kept)
-
-
-def save_final(run_dir: Path, cfg, student, tokenizer, metrics: dict, setup) -> Path:
-    """`final/`: loadable with AutoModelForCausalLM / AutoTokenizer, plus a model card with recipe and metrics.
-
-    A write that fails (disk full, a file system gone read-only) is retried in a temporary folder, and the
-    one-line error says where the model was left."""
-    final = Path(run_dir) / "final"
-    try:
-        with atomic_dir(final) as tmp:
-            _write_final(tmp, cfg, student, tokenizer, metrics, setup)
-    except (OSError, RuntimeError, SafetensorError) as exc:
-        text = (str(exc).strip() or type(exc).__name__).splitlines()[0][:200]
-        try:
-            import tempfile
-
-            rescue = Path(tempfile.mkdtemp(prefix="distill-final-"))
-            _write_final(rescue, cfg, student, tokenizer, metrics, setup)
-            where = f"the model was written to {rescue} instead"
-        except (OSError, RuntimeError, SafetensorError):
-            latest = latest_checkpoint(run_dir)
-            where = f"nothing was written; the last checkpoint is {latest}" if latest else "nothing was written"
-        raise UserError(f"could not write the final model to {final} ({text}); {where}") from exc
-    commit_run(run_dir)
-    return final
-
-
-def _write_final(folder: Path, cfg, student, tokenizer, metrics: dict, setup) -> None:
-    shutil.rmtree(folder, ignore_errors=True)
-    student.save_pretrained(folder, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    (folder / "README.md").write_text(model_card(cfg, metrics, setup))
-
-
-def model_card(cfg, metrics: dict, setup) -> str:
-    from distill.models import count_parameters
-
-    teacher = cfg.teacher.name_or_path or f"random {cfg.teacher.config.get('model_type')} (debug)"
-    layers = cfg.student.from_teacher_layers
-    student_desc = (f"the teacher's blocks {list(layers)} with its embeddings, final norm and LM head"
-                    if layers is not None else (cfg.student.name_or_path or "a random-initialised config"))
-    method = ("plain knowledge distillation" if cfg.crr.augment == "none" and cfg.crr.teacher == "none" else
-              f"counterfactual role reversal (augment={cfg.crr.augment}, teacher={cfg.crr.teacher})")
-    rows = "\n".join(f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in metrics.items())
-    recipe = yaml.safe_dump(config_dict(cfg), sort_keys=False)
-    return f"""---
-library_name: transformers
-tags: [distillation, debiasing, counterfactual-role-reversal]
----
-# Distilled student
-
-Distilled with `distill` from **{teacher}** by {method}.
-Student: {student_desc}; {count_parameters(setup.student) / 1e6:.1f}M parameters,
-{setup.student.config.num_hidden_layers} layers.
-{cfg.description}
-
-Load it with `AutoModelForCausalLM.from_pretrained(path)` and `AutoTokenizer.from_pretrained(path)`.
-Score it with `distill eval --model student=PATH --prompts professions --out DIR`.
-
-## Final training metrics
-
-| metric | value |
-|---|---|
-{rows}
-
-## Recipe
-
-```yaml
-{recipe}```
-"""
-
 
 
 # ------------------------------------------------------------------ sharded state (FSDP2, DeepSpeed ZeRO-3)

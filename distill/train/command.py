@@ -17,8 +17,11 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 
 from distill.config import Config, check_block_size, describe, load_config
+from distill.rundir import RunLock
 from distill.train import checkpoint as ckpt
 from distill.train import engine as eng
+from distill.train import export
+from distill.train import run_lifecycle as lifecycle
 from distill.train.curves import plot_training
 from distill.train.loop import fit
 from distill.train.setup import Setup, build
@@ -68,10 +71,10 @@ def _check_before_writing(cfg: Config, run_dir: Path, resume: bool, overwrite: b
     for role in ("teacher", "student"):  # a random model's positions are known before it is built
         if getattr(cfg, role).config is not None:
             check_block_size(cfg.data.block_size, getattr(cfg, role).config, f"{role}.config")
-    ckpt.check_output_dir(run_dir, resume=resume, overwrite=overwrite, protected_paths=inputs,
+    lifecycle.check_output_dir(run_dir, resume=resume, overwrite=overwrite, protected_paths=inputs,
                           discard_replaced=discard_replaced)
     if resume:
-        changed = ckpt.check_resume_recipe(run_dir, cfg)
+        changed = lifecycle.check_resume_recipe(run_dir, cfg)
         if changed:
             print(f"note: resuming with a changed recipe ({', '.join(changed)})")
 
@@ -104,7 +107,7 @@ def main(args) -> int:
     _check_before_writing(cfg, run_dir, resume, args.overwrite, getattr(args, "discard_replaced", False))
     accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.train.mixed_precision),
                               log_with=cfg.report_to or None, project_dir=str(run_dir), cpu=_cpu_only_multiprocess())
-    lock = ckpt.rundir.RunLock(run_dir).acquire() if accelerator.is_main_process else None
+    lock = RunLock(run_dir).acquire() if accelerator.is_main_process else None
     aside, started = None, False
     try:
         if lock is not None and lock.stale_pid:
@@ -114,35 +117,36 @@ def main(args) -> int:
         set_seed(cfg.seed)
         setup = build(cfg, accelerator)
         if accelerator.is_main_process:
-            aside = ckpt.start_run(run_dir, cfg, resume=resume, overwrite=args.overwrite)
+            aside = lifecycle.start_run(run_dir, cfg, resume=resume, overwrite=args.overwrite)
             started = True
             _print_plan(cfg, setup, accelerator)
         accelerator.wait_for_everyone()
         if cfg.report_to:
             # trackers take flat scalar hyperparameters: dotted keys, anything else as text
             hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
-                       for k, v in ckpt.flat_keys(ckpt.config_dict(cfg)).items()}
+                       for k, v in lifecycle.flat_keys(lifecycle.config_dict(cfg)).items()}
             accelerator.init_trackers(run_dir.name, config=hparams)
         result = fit(cfg, setup, accelerator, run_dir, resume=start)
         accelerator.wait_for_everyone()
-        student = accelerator.unwrap_model(result["student"])
+        student = accelerator.unwrap_model(result.student)
         if setup.engine in eng.SHARDED:  # gathered by every process, written by the main one as a plain model
-            state = eng.full_state_dict(accelerator, result["student"], setup.engine)
+            state = eng.full_state_dict(accelerator, result.student, setup.engine)
             student = eng.plain_model(student, state) if accelerator.is_main_process else None
         if accelerator.is_main_process:
-            teacher_probe = {f"teacher_{k}": v for k, v in (result["teacher_probe"] or {}).items()}
-            final = ckpt.save_final(run_dir, cfg, student, setup.tokenizer, {**result["last"], **teacher_probe},
-                                    setup)
-            plot = plot_training(run_dir, result["teacher_probe"])
-            accelerator.print(f"done: {result['state']['step']} steps; student written to {final}"
+            teacher_probe = {f"teacher_{k}": v for k, v in (result.teacher_probe or {}).items()}
+            final = export.save_final(run_dir, cfg, student, setup.tokenizer, {**result.last, **teacher_probe},
+                                      setup)
+            lifecycle.commit_run(run_dir)
+            plot = plot_training(run_dir, result.teacher_probe)
+            accelerator.print(f"done: {result.state['step']} steps; student written to {final}"
                               + (f"; probe curves in {plot}" if plot else ""))
         # every process tears the process group down together, once the main one has written the student: a
         # worker that destroys its group and exits while a peer still holds the connection is a shutdown race
         accelerator.wait_for_everyone()
         accelerator.end_training()
     except BaseException:
-        if started:  # before this run's first checkpoint, a replaced run comes back (see ckpt.start_run)
-            ckpt.abandon_run(run_dir, aside if aside is not None and aside.exists() else None)
+        if started:  # before this run's first checkpoint, a replaced run comes back (see lifecycle.start_run)
+            lifecycle.abandon_run(run_dir, aside if aside is not None and aside.exists() else None)
         raise
     finally:
         if lock is not None:

@@ -1,11 +1,12 @@
 """The training loop: `fit` runs `kd_step` until train.max_steps, with logging, validation and checkpoints.
 
-    result = fit(cfg, setup, accelerator, run_dir, resume=False)
+    result = fit(cfg, setup, accelerator, run_dir, resume=False)   # a FitResult
 
 Per step: the sampler's micro-batches -> `step.kd_step` (targets, forward, loss, backward, clip, optimizer)
 -> log every train.log_steps -> `validate` every train.eval_steps (and the fairness probe with it, also once
 at step 0, before the first update) -> checkpoint every train.save_steps. No Trainer subclass and no
-callbacks.
+callbacks. A non-finite loss or gradient norm stops the run with TrainingDiverged, naming the step and the last
+good checkpoint.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import functools
 import json
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -21,17 +23,29 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from distill.config import Config
+from distill.errors import TrainingDiverged
 from distill.train import checkpoint as ckpt
 from distill.train import engine as eng
+from distill.train import run_lifecycle
 from distill.train.data import BlockSampler
 from distill.train.fairness import build_fairness_probe, probe_memo
 from distill.train.losses import distill_loss, shift_labels
 from distill.train.setup import Setup, make_optimizer, make_scheduler
-from distill.train.step import StepStats, kd_step
+from distill.train.step import StepDiverged, StepStats, kd_step
 from distill.train.targets import teacher_targets
 
 
-def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resume) -> dict:
+@dataclass
+class FitResult:
+    """What `fit` leaves to the command: the model to export and the figures of its model card."""
+
+    state: dict  # "step" (the last step taken) and "tokens_seen"
+    last: dict  # the last metrics.jsonl record with the latest validation and probe figures merged in
+    student: torch.nn.Module  # as prepared by accelerate (and compiled): accelerator.unwrap_model gives the model
+    teacher_probe: dict | None  # the fairness probe's figures for the teacher; None without the probe
+
+
+def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resume) -> FitResult:
     """Train to train.max_steps. `resume`: False, True (the newest intact checkpoint) or a checkpoint folder."""
     student, optimizer = eng.prepare_student(accelerator, cfg, setup.student, setup.engine,
                                              functools.partial(make_optimizer, cfg))
@@ -63,8 +77,10 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
     last = {}
     while state["step"] < cfg.train.max_steps:
         batches = [{**setup.train_blocks[idx], "blocks": idx} for idx in sampler.next_step()]
-        stats = kd_step(cfg, setup, student, optimizer, scheduler, accelerator, batches, step=state["step"] + 1,
-                        run_dir=run_dir)
+        try:
+            stats = kd_step(cfg, setup, student, optimizer, scheduler, accelerator, batches)
+        except StepDiverged as exc:
+            raise TrainingDiverged(diverged_message(exc.value, state["step"] + 1, run_dir, exc.what)) from exc
         state["step"] += 1
         state["tokens_seen"] += stats.n_tokens
         window["tokens"] += stats.n_tokens
@@ -87,6 +103,8 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
         if cfg.train.save_steps and step % cfg.train.save_steps == 0 and step < cfg.train.max_steps:
             ckpt.save(run_dir, step, accelerator, student, optimizer, scheduler, sampler, state,
                       keep=cfg.train.keep_checkpoints, engine=setup.engine)
+            if accelerator.is_main_process:
+                run_lifecycle.commit_run(run_dir)
     bar.close()
     if isinstance(setup.teacher, eng.LockstepTeacher):  # what keeping a sharded teacher in step cost
         from distill.models import count_parameters
@@ -95,15 +113,22 @@ def fit(cfg: Config, setup: Setup, accelerator: Accelerator, run_dir: Path, resu
               f"{setup.teacher.joined} one-token forwards joined for other processes; holds "
               f"{eng.local_numel(setup.teacher)} of the teacher's {count_parameters(setup.teacher)} parameters",
               flush=True)
-    return {"state": state, "last": last, "student": student, "teacher_probe": fairness and fairness.teacher_figures}
+    return FitResult(state, last, student, fairness.teacher_figures if fairness is not None else None)
+
+
+def diverged_message(value: float, step: int, run_dir: Path, what: str = "loss") -> str:
+    latest = ckpt.latest_checkpoint(run_dir)
+    keep = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
+    return (f"{what} became {value} at step {step}; training stopped and nothing was saved for that step; "
+            f"{keep}. Lower train.lr or raise train.warmup_steps, then --resume")
 
 
 def _log_record(cfg: Config, setup: Setup, accelerator: Accelerator, stats: StepStats, state: dict, window: dict,
                 scheduler, sampler: BlockSampler) -> dict:
     """The metrics.jsonl record of this step: global token means of the loss terms, throughput, schedule."""
-    n = stats.n_tokens
-    kd, ce, cos, swapped = (accelerator.reduce(stats.sums, "sum") / torch.tensor(
-        [n, n, n, sampler.global_batch], device=stats.sums.device)).tolist()
+    n, sums = stats.n_tokens, stats.sums.all_reduced(accelerator)
+    kd, ce, cos = sums.kd.item() / n, sums.ce.item() / n, sums.cos.item() / n
+    swapped = sums.swapped.item() / sampler.global_batch
     elapsed = time.perf_counter() - window["t0"]
     return {
         "step": state["step"],

@@ -1,6 +1,6 @@
 """One optimizer step of knowledge distillation, in one function: `kd_step`.
 
-    stats = kd_step(cfg, setup, student, optimizer, scheduler, accelerator, batches, step=n, run_dir=run_dir)
+    stats = kd_step(cfg, setup, student, optimizer, scheduler, accelerator, batches)
 
 `loop.fit` calls it once per step and `distill bench` calls it to time a step, so what the bench measures
 is what training runs. The bench times the named phases through `phases` (a callable returning a context
@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -24,7 +23,6 @@ from accelerate import Accelerator
 
 from distill.config import Config
 from distill.errors import TrainingDiverged
-from distill.train import checkpoint as ckpt
 from distill.train import engine as eng
 from distill.train.losses import cosine_loss, distill_loss, shift_labels
 from distill.train.targets import CF_MODES, Targets, teacher_targets
@@ -46,12 +44,44 @@ def no_phases(name: str) -> AbstractContextManager:
     return contextlib.nullcontext()
 
 
+class StepDiverged(TrainingDiverged):
+    """The loss (before its backward) or the gradient norm (before the optimizer step) is not finite.
+    `what` is "loss" or "gradient norm"; `loop.fit` words it for the run (its step and last checkpoint)."""
+
+    def __init__(self, what: str, value: float):
+        super().__init__(f"{what} became {value}")
+        self.what, self.value = what, value
+
+
+@dataclass
+class StepSums:
+    """One step's sums on this process, each a float64 scalar tensor: the KD, CE and cosine terms over its
+    real tokens (unweighted, T^2 included in kd) and its gender-swapped rows."""
+
+    kd: torch.Tensor
+    ce: torch.Tensor
+    cos: torch.Tensor
+    swapped: torch.Tensor
+
+    @classmethod
+    def zeros(cls, device) -> StepSums:
+        return cls(*torch.zeros(4, dtype=torch.float64, device=device).unbind())
+
+    def add(self, *, kd: torch.Tensor, ce: torch.Tensor, cos: torch.Tensor, swapped: torch.Tensor) -> None:
+        for name, value in (("kd", kd), ("ce", ce), ("cos", cos), ("swapped", swapped)):
+            getattr(self, name).add_(value.detach().double().to(getattr(self, name).device))
+
+    def all_reduced(self, accelerator: Accelerator) -> StepSums:
+        """The sums over all processes, in one collective for the four."""
+        return StepSums(*accelerator.reduce(torch.stack([self.kd, self.ce, self.cos, self.swapped]), "sum").unbind())
+
+
 @dataclass
 class StepStats:
     """What one step reports: sums over this process, counts over all processes."""
 
     n_tokens: int  # real (label != -100) tokens of the step on all processes: the loss's denominator
-    sums: torch.Tensor  # (4,) float64 on this process: kd, ce, cos term sums and gender-swapped rows
+    sums: StepSums  # this process's term sums and gender-swapped rows
     grad_norm: float
     changed_share: float  # mean over micro-batches of the share of positions whose target was perturbed
     topk_mass: float  # mean teacher mass kept by top-k targets (1.0 without the cache)
@@ -60,18 +90,19 @@ class StepStats:
 
 
 def kd_step(cfg: Config, setup: Setup, student: torch.nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler, accelerator: Accelerator, batches: list[dict], *, step: int, run_dir: Path,
-            loss_fn=None, phases: Phases = no_phases) -> StepStats:
+            scheduler, accelerator: Accelerator, batches: list[dict], *, loss_fn=distill_loss,
+            phases: Phases = no_phases) -> StepStats:
     """Forward and backward over one optimizer step's micro-batches `batches` (dicts with "input_ids",
     "swapped" and, for the top-k cache, "blocks"), then clip, optimizer step, schedule step, zero_grad.
 
     Every term is divided by the count of real tokens in ALL micro-batches of the step on ALL processes,
     counted before the first forward, so batch 4 x accum 1 and batch 1 x accum 4 give the same gradient, and
     so do 2 processes x batch 2 and 1 process x batch 4 (TRL issue 4719). `loss_fn` (default
-    `losses.distill_loss`) takes distill_loss's arguments. Raises TrainingDiverged on a non-finite loss
-    (before its backward) or gradient norm (before the optimizer step); `step` and `run_dir` name them.
+    `losses.distill_loss`; None means the default) takes distill_loss's arguments and returns its three
+    values. Raises StepDiverged on a non-finite loss (before its backward) or gradient norm (before the
+    optimizer step).
     """
-    loss_fn = loss_fn or distill_loss  # looked up at call time, so a test can wrap the module's distill_loss
+    loss_fn = loss_fn or distill_loss
     device = accelerator.device
     want_hidden = cfg.loss.alpha_cos > 0
     cache = setup.target_cache if cfg.loss.teacher_top_k else None
@@ -79,7 +110,7 @@ def kd_step(cfg: Config, setup: Setup, student: torch.nn.Module, optimizer: torc
     n_global = int(accelerator.reduce(torch.tensor(local_tokens, device=device), "sum").item())
     # DDP averages gradients over processes; the scale makes that average the global token mean.
     scale = eng.loss_scale(accelerator, setup.engine, len(batches), n_global)
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # kd, ce, cos, swapped rows
+    sums = StepSums.zeros(device)
     changed_share = topk_mass = 0.0
     cf_exact = cf_aligned = 0
     for m, batch in enumerate(batches):
@@ -119,12 +150,11 @@ def kd_step(cfg: Config, setup: Setup, student: torch.nn.Module, optimizer: torc
                         cos_sum = cosine_loss(out.hidden_states[-1], target.hidden, labels)
                         total = total + cfg.loss.alpha_cos * scale * cos_sum
             if not torch.isfinite(total):
-                raise TrainingDiverged(diverged_message(total.item(), step, run_dir))
+                raise StepDiverged("loss", total.item())
             # 4. Backward: gradients accumulate in .grad over the micro-batches.
             with phases("backward"):
                 accelerator.backward(total)
-        sums += torch.stack([kd_sum.detach().double(), ce_sum.detach().double(), cos_sum.detach().double(),
-                             batch["swapped"].sum().double().to(device)])
+        sums.add(kd=kd_sum, ce=ce_sum, cos=cos_sum, swapped=batch["swapped"].sum())
         changed_share += changed / len(batches)
         topk_mass += kept / len(batches)
         cf_exact += cf.n_exact if cf is not None else 0
@@ -133,7 +163,7 @@ def kd_step(cfg: Config, setup: Setup, student: torch.nn.Module, optimizer: torc
     with phases("clip"):
         grad_norm = eng.clip_grad_norm(accelerator, student, setup.engine, cfg.train.max_grad_norm)
     if not math.isfinite(grad_norm):
-        raise TrainingDiverged(diverged_message(grad_norm, step, run_dir, what="gradient norm"))
+        raise StepDiverged("gradient norm", grad_norm)
     with phases("optimizer"):
         optimizer.step()
         scheduler.step()
@@ -159,9 +189,3 @@ def batch_targets(cfg: Config, setup: Setup, input_ids: torch.Tensor,
                               want_hidden=cfg.loss.alpha_cos > 0)
     return out, cf
 
-
-def diverged_message(value: float, step: int, run_dir: Path, what: str = "loss") -> str:
-    latest = ckpt.latest_checkpoint(run_dir)
-    keep = f"the last good checkpoint is {latest}" if latest else "no checkpoint was written yet"
-    return (f"{what} became {value} at step {step}; training stopped and nothing was saved for that step; "
-            f"{keep}. Lower train.lr or raise train.warmup_steps, then --resume")
