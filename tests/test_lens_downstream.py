@@ -8,6 +8,7 @@ from lens_fixtures import equalise, tiny_model, vocabulary, word_tokenizer
 
 from distill.errors import UserError
 from distill.eval.lenses import downstream as ld
+from distill.eval.lenses.bios_record import Bios
 
 
 def test_tpr_gaps_by_hand():
@@ -62,7 +63,7 @@ def _synthetic(shortcut: float):
                 gens.append(g)
                 splits.append(split)
                 feats.append([signal, shortcut * (1.0 if g == "female" else -1.0)])
-    return ld.Bios(texts, occs, gens, splits, "synthetic"), np.array(feats)
+    return Bios(texts, occs, gens, splits, "synthetic"), np.array(feats)
 
 
 def test_planted_shortcut_gives_a_gap_with_its_sign_and_none_without_it():
@@ -102,7 +103,7 @@ def _synthetic_three(shortcut: float):
                 gens.append(g)
                 splits.append(split)
                 feats.append([*signal, shortcut * (1.0 if g == "female" else -1.0)])
-    return ld.Bios(texts, occs, gens, splits, "synthetic"), np.array(feats)
+    return Bios(texts, occs, gens, splits, "synthetic"), np.array(feats)
 
 
 def test_the_gap_follows_the_training_female_share_across_three_occupations():

@@ -14,6 +14,7 @@ label beyond the names, gender names that are not female and male, a missing col
 from __future__ import annotations
 
 from distill.errors import UserError
+from distill.eval.lenses.bios_record import GENDER_MAP, OCC_KEYS, TEXT_KEYS, Bios, gender_name
 
 # From the dataset card of LabHC/bias_in_bios (README.md, "Classification labels" and "Sensitive attributes"):
 # its parquet files hold these labels as integers without ClassLabel names.
@@ -43,8 +44,6 @@ def load_hub_bios(spec: str):
 
 
 def _read(spec: str, cache_dir: str | None):
-    from distill.eval.lenses.downstream import GENDER_MAP, OCC_KEYS, TEXT_KEYS, Bios, _gender
-
     try:
         import datasets
 
@@ -70,7 +69,7 @@ def _read(spec: str, cache_dir: str | None):
                             "(or f/m); the lens compares two genders")
         texts += [str(t) for t in d[tcol]]
         occs += _labels(d[ocol], _names(d, ocol, spec, where), f"{where} column {ocol!r}")
-        gens += [_gender(g, where) for g in _labels(d["gender"], gender_names, f"{where} column 'gender'")]
+        gens += [gender_name(g, where) for g in _labels(d["gender"], gender_names, f"{where} column 'gender'")]
         splits += [split] * len(d)
     return Bios(texts, occs, gens, splits, spec)
 

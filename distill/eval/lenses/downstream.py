@@ -22,30 +22,16 @@ Pearson correlation of gap_y with the share of women in occupation y in the trai
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from distill.errors import UserError
+from distill.eval.lenses.bios_record import OCC_KEYS, TEXT_KEYS, Bios, gender_name
 
 PROJECT_BIOS = Path(__file__).resolve().parents[3] / "data" / "lenses" / "bios.jsonl"
-TEXT_KEYS = ("text", "hard_text", "bio")
-OCC_KEYS = ("occupation", "profession", "title")
-GENDER_MAP = {"f": "female", "female": "female", "woman": "female", "w": "female",
-              "m": "male", "male": "male", "man": "male"}
 MAX_TOKENS = 128  # a biography's first 128 tokens: enough for the occupation cues, cheap on CPU
 TEST_SHARE = 0.3
-
-
-@dataclass(frozen=True)
-class Bios:
-    texts: list[str]
-    occupations: list[str]
-    genders: list[str]  # "female" or "male"
-    splits: list[str] | None  # "train"/"test" per record when the data says so, else None
-    source: str
-    pairs: list | None = None  # optional "pair" id: biographies that differ only in gender share one
 
 
 def _pick(rec: dict, keys: tuple[str, ...]):
@@ -53,13 +39,6 @@ def _pick(rec: dict, keys: tuple[str, ...]):
         if k in rec:
             return rec[k]
     return None
-
-
-def _gender(value, where: str) -> str:
-    g = GENDER_MAP.get(str(value).strip().lower())
-    if g is None:
-        raise UserError(f"{where}: gender {value!r} is not one of female/male (or f/m); the lens compares two genders")
-    return g
 
 
 def load_bios(spec: str) -> Bios:
@@ -105,7 +84,7 @@ def _load_jsonl(path: Path, spec: str) -> Bios:
                 raise UserError(f"{where} has no {field!r} field; each line needs text, occupation and gender")
         texts.append(str(text))
         occs.append(str(occ))
-        gens.append(_gender(gen, where))
+        gens.append(gender_name(gen, where))
         splits.append(rec.get("split"))
         pairs.append(rec.get("pair"))
     if not texts:

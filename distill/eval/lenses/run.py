@@ -19,6 +19,7 @@ import numpy as np
 from distill.errors import UserError
 from distill.eval.lenses import downstream as ld
 from distill.eval.lenses import embedding as le
+from distill.eval.lenses.bios_record import Bios
 from distill.eval.runtime import timed
 
 LENSES = ("generation", "embedding", "downstream")
@@ -40,7 +41,7 @@ def parse_lenses(spec: str) -> tuple[str, ...]:
 class LensPlan:
     lenses: tuple[str, ...]
     spec: le.EmbeddingSpec | None
-    bios: ld.Bios | None
+    bios: Bios | None
     test: np.ndarray | None
     layer: int
     seed: int
