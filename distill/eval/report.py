@@ -44,7 +44,8 @@ import math
 from pathlib import Path
 
 from distill.eval.cost import render_cost_md
-from distill.eval.lenses.report import predictions_differ_text, render_lenses_md, write_lens_outputs
+from distill.eval.lenses.report import render_lenses_md, write_lens_outputs
+from distill.eval.lines import UNIT_PLURAL, comparison_line, format_p
 from distill.eval.output import write_results_json
 from distill.eval.probe_plot import probe_scatter_md, write_probe_scatter
 from distill.eval.samples_report import highlight_md
@@ -64,13 +65,6 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}f}"
 
 
-def format_p(p: float | None) -> str:
-    """p to 3 decimals (never 0: sign-flip p-values count the observed split), or n/a."""
-    if p is None:
-        return "n/a"
-    return f"{p:.3f}" if p >= 0.001 else f"{p:.1e}"
-
-
 def _with_sd(m: dict, key: str, digits: int = 3) -> str:
     """A figure, with +- its spread over runs when the model has several."""
     text = _fmt(m.get(key), digits)
@@ -80,24 +74,6 @@ def _with_sd(m: dict, key: str, digits: int = 3) -> str:
 
 def model_label(name: str, m: dict) -> str:
     return name if m.get("runs", 1) == 1 else f"{name} ({m['runs']} runs)"
-
-
-UNIT_PLURAL = {"profession": "professions", "category": "categories"}
-
-
-def over_words(c: dict) -> str:
-    """' over professions' / ' over categories': what a comparison's sign-flip p flips signs over."""
-    unit = c.get("unit")
-    return f" over {UNIT_PLURAL.get(unit, unit)}" if unit else ""
-
-
-def comparison_line(c: dict) -> str:
-    lo, hi = c["ci"]
-    runs = "" if c.get("p_runs") is None else f", runs p = {format_p(c['p_runs'])}"
-    differ = predictions_differ_text(c)  # the downstream lens's resolution between the pair
-    differ = "" if differ is None else f"; {differ} test predictions differ"
-    return (f"{c['metric']}: {c['b']} - {c['a']} = {c['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}], "
-            f"sign-flip p{over_words(c)} = {format_p(c['p'])}{runs}{differ}")
 
 
 def power_line(results: dict) -> str | None:

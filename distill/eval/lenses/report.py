@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from distill.eval.lines import predictions_differ_text
 from distill.eval.output import write_results_json
 
 LENS_PLOT = "lenses.png"
@@ -119,11 +120,6 @@ def _downstream_table(models: dict, s: dict) -> list[str]:
                  + ", ".join(f"{n} {_f((models[n].get('downstream') or {}).get('tpr_gap_ms_unbiased'), '+.4f')}"
                              for n in names) + ".")
     return lines
-
-
-def predictions_differ_text(c: dict) -> str | None:
-    """'k of n' test biographies the two probes classify differently, for a downstream comparison; else None."""
-    return None if c.get("predictions_differ") is None else f"{c['predictions_differ']:.3g} of {c['n_test']}"
 
 
 def _comparisons_table(comparisons: list[dict]) -> list[str]:

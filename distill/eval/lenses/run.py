@@ -20,6 +20,7 @@ from distill.errors import UserError
 from distill.eval.lenses import downstream as ld
 from distill.eval.lenses import embedding as le
 from distill.eval.lenses.bios_record import Bios
+from distill.eval.lines import comparison_line
 from distill.eval.runtime import timed
 
 LENSES = ("generation", "embedding", "downstream")
@@ -212,8 +213,6 @@ def summary_lines(results: dict, comparisons: bool = True) -> list[str]:
     note = left_out_note(results["settings"])
     if note:
         lines.append(f"downstream lens: {note}")
-    from distill.eval.report import comparison_line
-
     lines += [comparison_line(c) for c in (results["comparisons"] if comparisons else [])
               if c.get("lens") in ("embedding", "downstream")]
     return lines
