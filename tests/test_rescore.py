@@ -124,7 +124,7 @@ def test_good_file_scores_and_refuses_to_overwrite(tmp_path, capsys):
 
 
 def test_runs_permutation_p_known_answer():
-    from distill.eval.scoring import runs_permutation_p
+    from distill.eval.paired import runs_permutation_p
 
     # 6 splits of 4 runs into 2 + 2; only the observed split and its mirror reach |0.35 - 0.15| = 0.2
     assert runs_permutation_p([0.1, 0.2], [0.3, 0.4]) == pytest.approx(2 / 6)
@@ -133,7 +133,7 @@ def test_runs_permutation_p_known_answer():
 
 
 def test_the_runs_permutation_floor_is_the_smallest_p_also_for_unequal_arms():
-    from distill.eval.scoring import runs_permutation_floor, runs_permutation_p
+    from distill.eval.paired import runs_permutation_floor, runs_permutation_p
 
     # 2 + 3 runs: C(5, 2) = 10 splits, and the arms swapped is no split of these sizes, so 1 / 10, not 2 / 10
     assert runs_permutation_floor(2, 3) == pytest.approx(0.10) == runs_permutation_floor(3, 2)

@@ -206,7 +206,7 @@ def test_bad_lanes_are_refused_in_one_line(lanes, in_process, message):
 
 
 def test_the_probe_slope_is_tested_over_training_runs_and_the_floor_follows_the_seeds():
-    from distill.eval.scoring import runs_permutation_floor
+    from distill.eval.paired import runs_permutation_floor
 
     def run(arm, seed, slope):
         return {"arm": arm, "seed": seed, "figures": {"probe": {"slope_on_teacher": slope}}}
@@ -223,8 +223,7 @@ def test_the_probe_slope_is_tested_over_training_runs_and_the_floor_follows_the_
 def test_the_primary_comparison_is_declared_before_scoring_and_the_rest_is_holm_adjusted(tmp_path, monkeypatch):
     """The study writes crr - kd on disparity_rms over runs into results.json before training and scoring (seen
     from inside both), fills it with the estimate and the runs p after, and Holm-adjusts every other p."""
-    from distill.eval.paired import holm
-    from distill.eval.scoring import runs_permutation_p
+    from distill.eval.paired import holm, runs_permutation_p
 
     out = tmp_path / "study"
     scorer = _results_v2()

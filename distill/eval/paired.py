@@ -20,12 +20,16 @@ knows about gender or models, so any per-cluster figure of two systems can be co
 * **ci**: percentile interval of diff over a bootstrap of clusters, stratified by `strata` when given (each
   stratum keeps its cluster count); both models see the same draws (paired). No widening: it may exclude
   the point estimate when t clamps near 0, and the report then says so.
+
+Across training runs rather than clusters, `runs_permutation_p` is the exact permutation test of two arms'
+per-run figures (unpaired: any split of the pooled runs), and `runs_permutation_floor` its smallest p.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -147,3 +151,30 @@ def paired_test(
 def rms_of_mean(m: np.ndarray) -> np.ndarray:
     """sqrt(max(0, m)): mean squared gaps -> RMS gap, clamped at 0 (non-decreasing, as paired_test needs)."""
     return np.sqrt(np.maximum(m, 0.0))
+
+
+def runs_permutation_p(a, b) -> float | None:
+    """Exact two-sided permutation p of mean(b) - mean(a) over all splits of the pooled runs; None unless
+    both arms have >= 2 runs (with 1 run per arm no split can be told from noise)."""
+    if len(a) < 2 or len(b) < 2:
+        return None
+    pooled = np.array(list(a) + list(b), dtype=np.float64)
+    observed = abs(np.mean(b) - np.mean(a))
+    hits = total = 0
+    for pick in itertools.combinations(range(len(pooled)), len(b)):
+        mask = np.zeros(len(pooled), bool)
+        mask[list(pick)] = True
+        total += 1
+        hits += abs(pooled[mask].mean() - pooled[~mask].mean()) >= observed - 1e-12
+    return hits / total
+
+
+def runs_permutation_floor(n_a: int, n_b: int) -> float:
+    """The smallest p `runs_permutation_p` can give with n_a + n_b runs.
+
+    The test counts the splits (b's n_b runs chosen from the pooled n_a + n_b) whose |mean(b) - mean(a)|
+    reaches the observed one, out of all C(n_a + n_b, n_b). At best only the observed split does, and with
+    equal arms its mirror (the arms swapped, itself a split of the same sizes) reaches the same |difference|,
+    so the floor is 2 / C(2n, n); with unequal arms the swapped split has other sizes and is not among the
+    splits, so the floor is 1 / C(n_a + n_b, n_a)."""
+    return (2 if n_a == n_b else 1) / math.comb(n_a + n_b, n_a)

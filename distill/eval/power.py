@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distill.eval.paired import _flip_signs
+from distill.eval.paired import _flip_signs, runs_permutation_floor
 from distill.eval.stats import sq_gap
 
 ALPHA, TARGET = 0.05, 0.80
@@ -118,7 +118,7 @@ def sign_flip_ps(diffs: np.ndarray, n_flips: int = N_FLIPS, seed: int = 0) -> np
 
 
 def runs_permutation_ps(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The exact two-sided permutation p (distill.eval.scoring.runs_permutation_p) of each row: a, b (sims, R)."""
+    """The exact two-sided permutation p (distill.eval.paired.runs_permutation_p) of each row: a, b (sims, R)."""
     pooled = np.concatenate([a, b], axis=1)
     k, total = b.shape[1], pooled.shape[1]
     splits = list(itertools.combinations(range(total), k))
@@ -158,8 +158,6 @@ TESTS = {"professions": "power", "runs": "power_runs"}  # --test -> the key of p
 def runs_test_possible(runs: int, alpha: float = ALPHA) -> bool:
     """Whether the runs permutation test can reach alpha at all: its smallest p with R + R runs is
     2 / C(2R, R) (0.33 at 2, 0.10 at 3, 0.029 at 4), so below 4 runs per arm it never rejects at 0.05."""
-    from distill.eval.scoring import runs_permutation_floor
-
     return runs >= 2 and runs_permutation_floor(runs, runs) <= alpha
 
 

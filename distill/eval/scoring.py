@@ -22,8 +22,9 @@ Per pair of models, in the order given, for each polarity rule (embedding ones p
 comparisons, each with "unit", the unit its p flips signs over:
 * disparity_rms (unit profession): b's headline minus a's; its interval from one clustered bootstrap shared
   by both models (paired); p from a sign-flip test over professions of each profession's U_c (mean over runs).
-  When both arms have >= 2 runs, `p_runs` is the exact permutation p of the runs' disparity_rms between arms:
-  the only p that includes training noise (a test of the recipe, not of these runs).
+  When both arms have >= 2 runs, `p_runs` is the exact permutation p of the runs' disparity_rms between arms
+  (`distill.eval.paired.runs_permutation_p`): the only p that includes training noise (a test of the recipe,
+  not of these runs).
 * category_disparity_rms (unit category): the same for the category figure, p from a sign-flip test over
   categories of each category's U_g.
 
@@ -33,13 +34,10 @@ simulated at the observed shares of the baseline model (the first one that is no
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import numpy as np
 
 from distill.eval import polarity, power, stats
-from distill.eval.paired import paired_test, rms_of_mean, sign_flip_p
+from distill.eval.paired import paired_test, rms_of_mean, runs_permutation_p, sign_flip_p
 
 LABEL_VALUE = {"male": 1, "female": -1, "neutral": 0}
 REQUIRED_FIELDS = ("model", "category", "profession", "prompt_index", "sample", "text")
@@ -192,33 +190,6 @@ def _compare(design, a, b, sums_a, sums_b, prefix, n_boot, seed) -> list[dict]:
 
 def _run_values(entry) -> list[float]:
     return [s["disparity_rms"] for s in entry.get("seeds", [])] or [entry["disparity_rms"]]
-
-
-def runs_permutation_p(a, b) -> float | None:
-    """Exact two-sided permutation p of mean(b) - mean(a) over all splits of the pooled runs; None unless
-    both arms have >= 2 runs (with 1 run per arm no split can be told from noise)."""
-    if len(a) < 2 or len(b) < 2:
-        return None
-    pooled = np.array(list(a) + list(b), dtype=np.float64)
-    observed = abs(np.mean(b) - np.mean(a))
-    hits = total = 0
-    for pick in itertools.combinations(range(len(pooled)), len(b)):
-        mask = np.zeros(len(pooled), bool)
-        mask[list(pick)] = True
-        total += 1
-        hits += abs(pooled[mask].mean() - pooled[~mask].mean()) >= observed - 1e-12
-    return hits / total
-
-
-def runs_permutation_floor(n_a: int, n_b: int) -> float:
-    """The smallest p `runs_permutation_p` can give with n_a + n_b runs.
-
-    The test counts the splits (b's n_b runs chosen from the pooled n_a + n_b) whose |mean(b) - mean(a)|
-    reaches the observed one, out of all C(n_a + n_b, n_b). At best only the observed split does, and with
-    equal arms its mirror (the arms swapped, itself a split of the same sizes) reaches the same |difference|,
-    so the floor is 2 / C(2n, n); with unequal arms the swapped split has other sizes and is not among the
-    splits, so the floor is 1 / C(n_a + n_b, n_a)."""
-    return (2 if n_a == n_b else 1) / math.comb(n_a + n_b, n_a)
 
 
 def probe_comparisons(names, logratios: dict, strata, n_boot: int = 1000, seed: int = 0) -> list[dict]:

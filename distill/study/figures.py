@@ -81,7 +81,7 @@ def slope_runs_test(runs: list[dict], arm: str) -> dict | None:
     """The probe's slope on the teacher, arm - baseline over training runs: mean difference and the exact
     permutation p over the runs (the scorer tests the probe within its trained models only; the slope's spread
     over seeds is what says an effect holds across training). None for a baseline or with too few runs."""
-    from distill.eval.scoring import runs_permutation_p
+    from distill.eval.paired import runs_permutation_p
 
     base = baseline_of(arm)
     if arm == base:

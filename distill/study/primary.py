@@ -7,7 +7,7 @@
 
 **Primary**: crr (`cda_pair_mean`, the demo's recipes/demo_crr.yaml) against plain KD (`kd`) on the headline
 disparity_rms, over training runs: the estimate is the mean of crr's per-run disparity_rms minus kd's, the p
-the exact permutation test over the runs (distill.eval.scoring.runs_permutation_p), the only test that counts
+the exact permutation test over the runs (distill.eval.paired.runs_permutation_p), the only test that counts
 training noise. A study without crr declares its first arm against that arm's baseline instead, and says so.
 The declaration is written into OUT/results.json before the first run trains, with the time; a study resumed
 after an eval already exists says that its declaration came after scoring (`declared_before_scoring`), unless
@@ -52,7 +52,7 @@ def fill(primary: dict | None, runs: list[dict], value) -> None:
     """Put the estimate, the runs p, its floor and each run's figure into the declared entry.
 
     value(run) -> the run's disparity_rms or None (a run the scorer gave no figure)."""
-    from distill.eval.scoring import runs_permutation_floor, runs_permutation_p
+    from distill.eval.paired import runs_permutation_floor, runs_permutation_p
 
     if primary is None:
         return

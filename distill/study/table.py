@@ -44,7 +44,7 @@ def _mean_sd(xs: list[float]) -> str:
 def write_table(path: Path, arms: list[str], runs: list[dict], comparisons: dict[str, list[dict]],
                 command: str, agreement: dict | None = None, runs_tests: dict[str, dict] | None = None,
                 primary: dict | None = None, family: int | None = None) -> None:
-    from distill.eval.scoring import runs_permutation_floor
+    from distill.eval.paired import runs_permutation_floor
 
     n = len({r["seed"] for r in runs})
     secondary = (f"Every other test is secondary: each p is followed by its Holm-adjusted value over all {family} "
