@@ -2,6 +2,7 @@
 
 A `UserError` is bad input: the CLI prints its message as one line (`distill: error: ...`) and exits 2,
 with no traceback. Raise it before any compute and before anything is written.
+`not_utf8` words a file that is not UTF-8 text (the byte, its offset and line, the fix) for such a line.
 
 A write that fails on the way (a full disk, a read-only file system, no permission), on any output including
 standard output, is one line too: `os_error_line` says where, why, and what to do, for every command's entry
@@ -62,6 +63,13 @@ def os_error_line(exc: OSError) -> str:
     if exc.errno in _WRITING:
         return f"could not write {where}: {cause}; {advice}" if where else f"a write failed: {cause}; {advice}"
     return f"{where}: {cause}; {advice}" if where else f"{cause}; {advice}"
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """'not UTF-8 (byte 0xe9 at offset 13, line 1); convert it with iconv' for a decode of a whole file's bytes."""
+    data = exc.object
+    line = data.count(b"\n", 0, exc.start) + 1
+    return f"not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}, line {line}); convert it with iconv"
 
 
 class _GuardedStream:

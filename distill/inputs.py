@@ -42,13 +42,6 @@ def text_file_problem(path: Path) -> str | None:
     return None if any_text else "empty" if offset == 0 else "empty (only whitespace)"
 
 
-def not_utf8(exc: UnicodeDecodeError) -> str:
-    """'not UTF-8 (byte 0xe9 at offset 13, line 1); convert it with iconv' for a decode of a whole file's bytes."""
-    data = exc.object
-    line = data.count(b"\n", 0, exc.start) + 1
-    return f"not UTF-8 (byte 0x{data[exc.start]:02x} at offset {exc.start}, line {line}); convert it with iconv"
-
-
 def check_text_file(path, what: str) -> None:
     problem = text_file_problem(Path(path))
     if problem:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.errors import UserError
+from distill.errors import UserError, not_utf8
 
 PROJECT_PROMPTS = Path(__file__).resolve().parents[2] / "data" / "prompts" / "professions.json"
 GROUP_KEYS = ("category", "profession")
@@ -63,8 +63,6 @@ def load_bold_json(path: str | Path) -> list[Prompt]:
             raise UserError(f"prompt file {path} is empty")
         data = json.loads(text)
     except UnicodeDecodeError as exc:
-        from distill.inputs import not_utf8
-
         raise UserError(f"prompt file {path} is {not_utf8(exc)}") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"prompt file {path} is not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})") from exc

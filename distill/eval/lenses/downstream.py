@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from distill.errors import UserError
+from distill.errors import UserError, not_utf8
 from distill.eval.lenses.bios_record import OCC_KEYS, TEXT_KEYS, Bios, gender_name
 
 PROJECT_BIOS = Path(__file__).resolve().parents[3] / "data" / "lenses" / "bios.jsonl"
@@ -61,8 +61,6 @@ def load_bios(spec: str) -> Bios:
 
 
 def _load_jsonl(path: Path, spec: str) -> Bios:
-    from distill.inputs import not_utf8
-
     texts, occs, gens, splits, pairs = [], [], [], [], []
     try:
         content = path.read_text(encoding="utf-8")
