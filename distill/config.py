@@ -4,8 +4,8 @@
     cfg = load_config("recipes/debug.yaml", ["train.max_steps=20", "loss.temperature=2.0"])
 
 Every field has a help string and, where it matters, a range or a set of choices. Unknown keys are refused
-with the closest valid key; values out of range are refused with the allowed range. Recipes are data: the code
-holds no default model or dataset.
+with the closest valid key; values out of range are refused with the allowed range (`distill.config_checks`).
+Recipes are data: the code holds no default model or dataset.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from distill.config_checks import check_fields, check_layer_list
 from distill.errors import UserError
 from distill.recipe_values import check_not_empty
 
@@ -337,61 +338,6 @@ def validate(cfg: Config) -> None:
         raise UserError("loss.teacher_top_k caches KD targets, but loss.alpha_kd is 0; set loss.teacher_top_k=0")
     if cfg.data.transfer_set is not None:
         cfg.data.transfer_set.split_counts()
-
-
-def check_layer_list(name: str, layers) -> None:
-    """A list of distinct block indices >= 0, checked element by element (the upper bound needs the model)."""
-    if layers is None:
-        return
-    if not layers:
-        raise UserError(f"{name} is empty; list block indices such as [0, 2] (or null for the default)")
-    for item in layers:
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise UserError(f"{name}={layers!r}: {item!r} is not a block index (give integers such as [0, 2])")
-        if item < 0:
-            raise UserError(f"{name}={layers!r}: {item} is negative; block indices count from 0")
-    dupes = sorted({i for i in layers if layers.count(i) > 1})
-    if dupes:
-        raise UserError(f"{name}={layers!r} names block {dupes[0]} twice; list each block once")
-
-
-_POSITION_KEYS = ("n_positions", "max_position_embeddings", "n_ctx")
-
-
-def model_positions(config) -> int | None:
-    """The longest sequence a model config accepts (n_positions / max_position_embeddings), or None."""
-    get = config.get if isinstance(config, dict) else (lambda k: getattr(config, k, None))
-    values = [get(k) for k in _POSITION_KEYS]
-    values = [v for v in values if isinstance(v, int) and not isinstance(v, bool)]
-    return min(values) if values else None
-
-
-def check_block_size(block_size: int, config, who: str) -> None:
-    """data.block_size may not exceed the positions of `who` (the teacher's or the student's config)."""
-    limit = model_positions(config)
-    if limit is not None and block_size > limit:
-        raise UserError(f"data.block_size={block_size} is longer than the {limit} positions of the {who}; "
-                        f"set data.block_size={limit} or less")
-
-
-def check_fields(obj, prefix: str) -> None:
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        name = prefix + f.name
-        if dataclasses.is_dataclass(value):
-            check_fields(value, name + ".")
-            continue
-        lo_hi, choices = f.metadata.get("range"), f.metadata.get("choices")
-        if value is None:
-            continue
-        if isinstance(value, float) and not math.isfinite(value):
-            raise UserError(f"{name}={value!r} must be a finite number")
-        if choices and value not in choices:
-            raise UserError(f"{name}={value!r} is not one of: {', '.join(choices)}")
-        if lo_hi and not (lo_hi[0] <= value <= lo_hi[1]):
-            lo, hi = lo_hi
-            bound = f">= {lo}" if hi == INF else f"in [{lo}, {hi}]"
-            raise UserError(f"{name}={value!r} is out of range: must be {bound}")
 
 
 def describe(cls=Config, prefix: str = "") -> list[tuple[str, str, str]]:

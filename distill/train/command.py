@@ -16,7 +16,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 
-from distill.config import Config, check_block_size, describe, load_config
+from distill.config import Config, describe, load_config
+from distill.config_checks import check_block_size
 from distill.rundir import RunLock
 from distill.train import checkpoint as ckpt
 from distill.train import engine as eng

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING
 import torch
 from accelerate import Accelerator
 
-from distill.config import Config, check_block_size
+from distill.config import Config
+from distill.config_checks import check_block_size
 from distill.errors import UserError
 from distill.train import engine as eng
 

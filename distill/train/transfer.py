@@ -34,7 +34,8 @@ from pathlib import Path
 import torch
 
 from distill.atomic import atomic_dir
-from distill.config import Config, TransferSetConfig, build_section, check_fields
+from distill.config import Config, TransferSetConfig, build_section
+from distill.config_checks import check_fields
 from distill.errors import UserError
 from distill.precision import resolve_dtype
 from distill.train import transfer_cache
