@@ -13,7 +13,8 @@ Lexicon (data/lexicon/*.tsv, format in data/lexicon/README.md): rows `male<TAB>f
 with several counterparts is a *declared* one-to-many case: the first row of a word gives its default
 counterpart, later rows carry `alt`. Loading refuses, with `UserError` naming file and line, a word listed on
 both sides, a duplicate pair, an undeclared second counterpart (a mapping that would not be its own inverse),
-and a malformed row. `!keep<TAB>phrase` rows name phrases that are never swapped ("man-made").
+and a malformed row (`distill.crr.lexicon_files`). `!keep<TAB>phrase` rows name phrases that are never
+swapped ("man-made").
 
 Text swap rules (all in one compiled regular expression plus a small callback per match):
 
@@ -56,6 +57,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from distill.crr.english import follow_reach, her_is_object, his_is_standalone
+from distill.crr.lexicon_files import PairRow, check_pair_graph, read_pair_file
 from distill.crr.trie import trie_pattern
 from distill.errors import UserError
 
@@ -93,100 +95,15 @@ class _Entry:
     male: bool
 
 
-@dataclass(frozen=True)
-class _Row:
-    male: str
-    female: str
-    alt: bool
-    where: str  # "path:line"
-
-
-_WORD_OK = re.compile(r"[^\W\d_](?:[\w'.\-]*[\w.])?")
-
-
-def _read_rows(path: Path, is_names: bool) -> tuple[list[_Row], list[tuple[str, str]]]:
-    """Parse one pair file; returns (rows, keep phrases as (phrase, where)). Format errors raise UserError."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise UserError(f"lexicon file {path} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"lexicon file {path}: cannot read it ({exc})") from None
-    rows, keep = [], []
-    for n, raw in enumerate(lines, 1):
-        where = f"{path}:{n}"
-        line = raw.split("#", 1)[0].rstrip()
-        if not line.strip():
-            continue
-        cols = [c.strip() for c in line.split("\t")]
-        if cols[0] == "!keep":
-            if len(cols) != 2 or not cols[1]:
-                raise UserError(f"{where}: expected '!keep<TAB>phrase', got {raw.strip()!r}")
-            keep.append((cols[1].lower(), where))
-            continue
-        if len(cols) not in (2, 3):
-            raise UserError(f"{where}: expected 'male<TAB>female' or 'male<TAB>female<TAB>alt', "
-                            f"got {len(cols)} tab-separated column(s) in {raw.strip()!r}")
-        if len(cols) == 3 and cols[2] != "alt":
-            raise UserError(f"{where}: third column must be 'alt' (a declared one-to-many pair), got {cols[2]!r}")
-        male, female = cols[0], cols[1]
-        for w in (male, female):
-            if not _WORD_OK.fullmatch(w):
-                raise UserError(f"{where}: {w!r} is not a word (letters, digits, ' - . only, starting with a letter)")
-            if is_names and not w[0].isupper():
-                raise UserError(f"{where}: name {w!r} must be written capitalised, as it appears in text")
-        if male.endswith(".") != female.endswith("."):
-            raise UserError(f"{where}: abbreviation and full word paired ({male!r}, {female!r}); "
-                            "an entry ending in '.' must pair with one ending in '.'")
-        rows.append(_Row(male, female, len(cols) == 3, where))
-    return rows, keep
-
-
-def _validate(rows: list[_Row]) -> tuple[dict[str, list[str]], dict[str, str]]:
-    """Check the pair graph; returns (counterparts by lower-cased word in file order, side by word)."""
-    side: dict[str, tuple[str, str]] = {}  # lower word -> ("male"/"female", where first seen)
-    counterparts: dict[str, list[str]] = {}
-    first_pair_at: dict[str, str] = {}  # lower word -> where its first counterpart was given
-    seen_pairs: dict[tuple[str, str], str] = {}
-    for row in rows:
-        m, f = row.male.lower(), row.female.lower()
-        if m == f:
-            raise UserError(f"{row.where}: {row.male!r} is on both sides of its own pair")
-        for word, s in ((m, "male"), (f, "female")):
-            other, where = side.get(word, (s, ""))
-            if other != s:
-                raise UserError(f"{row.where}: {word!r} is listed as {s} here but as {other} at {where}; "
-                                "a word may be on one side only")
-        if (m, f) in seen_pairs:
-            raise UserError(f"{row.where}: duplicate pair ({row.male}, {row.female}), first at {seen_pairs[(m, f)]}")
-        grows = [w for w in (m, f) if w in counterparts]
-        if grows and not row.alt:
-            w = grows[0]
-            new = f if w == m else m
-            raise UserError(
-                f"{row.where}: {w!r} -> {new!r} is not its own inverse: {w!r} already pairs with "
-                f"{counterparts[w][0]!r} at {first_pair_at[w]}; mark a deliberate one-to-many pair with a third "
-                "column 'alt'")
-        if row.alt and not grows:
-            raise UserError(f"{row.where}: 'alt' declares a second counterpart, but neither {row.male!r} nor "
-                            f"{row.female!r} has a first one on an earlier line")
-        seen_pairs[(m, f)] = row.where
-        for word, s, other in ((m, "male", row.female), (f, "female", row.male)):
-            side.setdefault(word, (s, row.where))
-            first_pair_at.setdefault(word, row.where)
-            counterparts.setdefault(word, []).append(other)
-    return counterparts, {w: s for w, (s, _) in side.items()}
-
-
 class Lexicon:
     """Gendered word and name pairs with a compiled swap. Build with `load_lexicon()`.
 
     swap_text(text) -> str; has_gendered_word(text) -> bool; replacements(text) -> [Replacement];
     entries: lower-cased word -> _Entry; pairs: every (male, female) form pair, file order."""
 
-    def __init__(self, rows: list[_Row], name_rows: list[_Row], keep: list[tuple[str, str]],
+    def __init__(self, rows: list[PairRow], name_rows: list[PairRow], keep: list[tuple[str, str]],
                  sources: tuple[str, ...]):
-        counterparts, side = _validate(rows + name_rows)
+        counterparts, side = check_pair_graph(rows + name_rows)
         name_words = {r.male.lower() for r in name_rows} | {r.female.lower() for r in name_rows}
         forms: dict[str, str] = {}
         for r in rows + name_rows:
@@ -398,8 +315,8 @@ def load_lexicon(word_pairs_path: str | Path | None = None, names_path: str | Pa
     """Read and validate the word-pair and name-pair files (defaults: data/lexicon/). Raises UserError."""
     wp = Path(word_pairs_path) if word_pairs_path else DEFAULT_WORD_PAIRS
     npath = Path(names_path) if names_path else DEFAULT_NAME_PAIRS
-    rows, keep = _read_rows(wp, is_names=False)
-    name_rows, name_keep = _read_rows(npath, is_names=True)
+    rows, keep = read_pair_file(wp, is_names=False)
+    name_rows, name_keep = read_pair_file(npath, is_names=True)
     if not rows and not name_rows:
         raise UserError(f"lexicon files {wp} and {npath} hold no pairs")
     return Lexicon(rows, name_rows, keep + name_keep, (str(wp), str(npath)))
