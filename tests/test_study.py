@@ -330,3 +330,19 @@ def study_primary_declare(arms):
     from distill.study import primary as study_primary
 
     return study_primary.declare(arms, study_arms.baseline_of, previous=None, scored_before=False)
+
+
+def test_a_finished_run_is_reused_only_while_its_recipe_is_unchanged(tmp_path):
+    import yaml
+
+    from distill.config import load_config
+    from distill.study.runs import changed_keys
+    from distill.train.run_lifecycle import config_dict
+
+    over = [f"output_dir={tmp_path}", "seed=1", "crr.augment=both"]
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(config_dict(load_config("recipes/debug.yaml", over))))
+    assert changed_keys(tmp_path, "recipes/debug.yaml", over) == []
+    assert changed_keys(tmp_path, "recipes/debug.yaml", [*over, "description=reworded"]) == []
+    assert changed_keys(tmp_path, "recipes/debug.yaml", [*over, "train.lr=1e-3", "seed=2"]) == ["seed", "train.lr"]
+    (tmp_path / "recipe.yaml").write_text(": not yaml [")
+    assert changed_keys(tmp_path, "recipes/debug.yaml", over) == ["recipe.yaml (missing or unreadable)"]

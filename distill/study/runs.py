@@ -1,6 +1,7 @@
 """Training the study's runs: every (arm, seed) into OUT/runs/ARM/sSEED, one after another or in parallel
 lanes (distill.study.lanes). A finished run, one with final/config.json, is kept, so an interrupted study
-resumes where it stopped.
+resumes where it stopped; unless its recipe.yaml differs from what the study would train now (a recipe edited
+since, e.g. another cut): then it is trained again, and the study says which keys changed.
 
     from distill.study.runs import Runner, train_runs
     runs = train_runs(arms, seeds, out, smoke, Runner(in_process=False, log=print), lanes=1)
@@ -11,6 +12,8 @@ from __future__ import annotations
 import shlex
 import subprocess
 from pathlib import Path
+
+import yaml
 
 from distill.errors import UserError
 from distill.study.arms import arm_plan
@@ -42,6 +45,22 @@ def plan_runs(arms: list[str], seeds: list[int], out: Path) -> list[dict]:
             for seed in seeds for arm in arms]
 
 
+IGNORED_KEYS = frozenset({"description", "report_to"})  # words and loggers: the trained model is the same
+
+
+def changed_keys(run_dir: Path, recipe: str, overrides: list[str]) -> list[str]:
+    """The recipe keys in which a finished run differs from `recipe` + `overrides` ([]: it can be reused)."""
+    from distill.config import config_from_dict, load_config
+    from distill.train.run_lifecycle import config_dict, flat_keys
+
+    try:
+        old = flat_keys(config_dict(config_from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text()))))
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, UserError, TypeError, AttributeError):
+        return ["recipe.yaml (missing or unreadable)"]
+    new = flat_keys(config_dict(load_config(recipe, overrides)))
+    return sorted(k for k in set(old) | set(new) if k not in IGNORED_KEYS and old.get(k) != new.get(k))
+
+
 def train_runs(arms: list[str], seeds: list[int], out: Path, smoke: bool, run, lanes: int = 1) -> list[dict]:
     """Train every (arm, seed) not yet finished, one after another or in `lanes` parallel lanes
     (distill.study.lanes); returns plan_runs' list."""
@@ -49,11 +68,15 @@ def train_runs(arms: list[str], seeds: list[int], out: Path, smoke: bool, run, l
     jobs = []
     for r in runs:
         arm, seed, final = r["arm"], r["seed"], Path(r["final_dir"])
-        if (final / "config.json").exists():
-            continue  # finished earlier: an interrupted study picks up here
         recipe, over = arm_plan(arm, smoke)
-        jobs.append((f"{arm}_s{seed}", recipe, seed, ["train", "--recipe", recipe, "--overwrite",
-                     f"output_dir={final.parent}", f"seed={seed}", *(f"{k}={v}" for k, v in over.items())]))
+        overrides = [f"output_dir={final.parent}", f"seed={seed}", *(f"{k}={v}" for k, v in over.items())]
+        if (final / "config.json").exists():
+            changed = changed_keys(final.parent, recipe, overrides)
+            if not changed:
+                continue  # finished earlier with this recipe: an interrupted study picks up here
+            run.log(f"{arm} seed {seed}: trained again, its recipe differs from {recipe} now in "
+                    f"{', '.join(changed[:4])}{' ...' if len(changed) > 4 else ''}")
+        jobs.append((f"{arm}_s{seed}", recipe, seed, ["train", "--recipe", recipe, "--overwrite", *overrides]))
     if not smoke:  # each seed's transfer set, once, before any of its runs (the lanes would race to build it)
         for recipe, seed in dict.fromkeys((recipe, seed) for _, recipe, seed, _ in jobs):
             if run(["corpus", "--recipe", recipe, f"seed={seed}"]) != 0:
