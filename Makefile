@@ -62,18 +62,14 @@ demo-smoke:  ## the demo path end to end on the real teacher in about 2 minutes 
 # together by one `distill eval`: per-run figures, mean +- sd, paired tests on all runs (distill/study/).
 # Five by default: at three seeds every CRR run scored below every KD run, and two more seeds undid that
 # (README, Results).
-# Sizes from `distill power`, for the study's primary comparison (crr - kd disparity_rms, permutation test over
-# runs, alpha 0.05, 80% power), on its simulation model at the demo's figures without training noise:
-#   distill power --gap 0.07 --share 0.49 --tokens-per-second 200 --max-new-tokens 24 --train-minutes 4.7 \
-#     --test runs --prompts-per-profession 4,8 --samples-per-prompt 2,3,4,5,6,7,8 --runs 4,5,6,7,8
-# The default, 5 seeds x 2 prompts x 3 samples per profession, detects a difference of 0.158 (power 0.07 for
-# 0.03). SEEDS=5 DEMO_SEEDS_PROMPTS=8 DEMO_SEEDS_SAMPLES=5 is the largest design within the 3-hour budget: it
-# detects 0.034 (power 0.73 for 0.03; 0.039 with a training-noise sd of 0.03 per profession); 80% for 0.03
-# needs 8 x 6 x 5, over the budget. The default stays the demo's scoring budget, comparable with the earlier
-# results; a powered run names the larger size. `distill power --eval OUT/eval --test runs` sizes from a
-# finished eval's measured gaps and rate.
+# Sized by `distill power` for the study's primary comparison (crr - kd disparity_rms, permutation test over
+# runs, alpha 0.05, 80% power for a difference of 0.03), from a finished five-seed eval's measured gaps and
+# sampling rate (docs/results.md, 2026-12-06):
+#   distill power --eval out/demo_seeds/eval --test runs --runs 5 --prompts-per-profession 2,8 --samples-per-prompt 3,5
+# 8 prompts x 3 samples per profession (24 generations, 11 models scored) is the cheapest design with 80% power
+# there (0.90; 2 x 3 has 0.24), at the simulation's assumption of no training-run noise (run sd 0).
 SEEDS ?= 5
-DEMO_SEEDS_PROMPTS ?= 2
+DEMO_SEEDS_PROMPTS ?= 8
 DEMO_SEEDS_SAMPLES ?= 3
 DEMO_SEEDS_OUT ?= out/demo_seeds
 STUDY_LANES ?= 1

@@ -108,7 +108,7 @@ def test_reads_the_several_run_contract_and_orients_comparisons_against_kd(tmp_p
     study_table.write_table(tmp_path / "t.md", ["kd", "cda_pair_mean"], runs, {"cda_pair_mean": comps}, "cmd")
     text = (tmp_path / "t.md").read_text()
     assert "| cda_pair_mean | 2 | 0.050 ± 0.014 |" in text
-    assert "disparity_rms: -0.060 [-0.100, -0.010], p 0.020, runs p 0.10" in text
+    assert "disparity_rms: -0.060 [-0.100, -0.010], p 0.020, runs p 0.100" in text
     study_table.write_plot(tmp_path / "p.png", ["kd", "cda_pair_mean"], runs)
     assert (tmp_path / "p.png").stat().st_size > 1000
 
@@ -272,7 +272,7 @@ def test_the_primary_comparison_is_declared_before_scoring_and_the_rest_is_holm_
     assert table.startswith("**Primary comparison** (declared in results.json at ")
     assert "crr (`cda_pair_mean`) - `kd`, disparity_rms, mean over training runs: -0.060, exact permutation p " \
         "over 2 + 2 runs = 0.333" in table and "not established" in table
-    assert "runs p 0.10 (primary)" in table and "p 0.010 (Holm 0.030)" in table
+    assert "runs p 0.100 (primary)" in table and "p 0.010 (Holm 0.030)" in table
     assert "Holm-adjusted value over all 3 secondary p values" in table
     assert seen["eval_argv"] == study_arms.EVAL_ARGS  # the demo's scoring design unless told otherwise
     # a rerun keeps the declaration's time (here with the eval size `distill power` chose, passed to the scorer);
@@ -343,6 +343,6 @@ def test_a_finished_run_is_reused_only_while_its_recipe_is_unchanged(tmp_path):
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(config_dict(load_config("recipes/debug.yaml", over))))
     assert changed_keys(tmp_path, "recipes/debug.yaml", over) == []
     assert changed_keys(tmp_path, "recipes/debug.yaml", [*over, "description=reworded"]) == []
-    assert changed_keys(tmp_path, "recipes/debug.yaml", [*over, "train.lr=1e-3", "seed=2"]) == ["seed", "train.lr"]
+    assert changed_keys(tmp_path, "recipes/debug.yaml", [*over, "train.lr=3e-5", "seed=2"]) == ["seed", "train.lr"]
     (tmp_path / "recipe.yaml").write_text(": not yaml [")
     assert changed_keys(tmp_path, "recipes/debug.yaml", over) == ["recipe.yaml (missing or unreadable)"]

@@ -13,23 +13,24 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from distill.eval.lines import format_p
 from distill.study import primary as study_primary
 from distill.study.arms import BASELINE, SMALL_BASELINE, baseline_of
 from distill.study.figures import FIGURES, TABLE_TESTS, figure
 
 
 def _holm(c: dict, key: str) -> str:
-    return f" (Holm {c[f'{key}_holm']:.3f})" if isinstance(c.get(f"{key}_holm"), (int, float)) else ""
+    return f" (Holm {format_p(c[f'{key}_holm'])})" if isinstance(c.get(f"{key}_holm"), (int, float)) else ""
 
 
 def _test_cell(c: dict) -> str:
     """One test: the difference, its interval, p over professions and runs p, each secondary p followed by its
     Holm-adjusted value; the primary's runs p is labelled instead."""
     ci = f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]" if c.get("ci") else ""
-    p = f", p {c['p']:.3f}{_holm(c, 'p')}" if isinstance(c.get("p"), (int, float)) else ""
+    p = f", p {format_p(c['p'])}{_holm(c, 'p')}" if isinstance(c.get("p"), (int, float)) else ""
     runs = ""
     if isinstance(c.get("p_runs"), (int, float)):
-        runs = f", runs p {c['p_runs']:.2f}" + (" (primary)" if c.get("primary") else _holm(c, "p_runs"))
+        runs = f", runs p {format_p(c['p_runs'])}" + (" (primary)" if c.get("primary") else _holm(c, "p_runs"))
     return f"{c['metric']}: {c['diff']:+.3f}{ci}{p}{runs}"
 
 
