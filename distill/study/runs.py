@@ -13,8 +13,6 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import yaml
-
 from distill.errors import UserError
 from distill.study.arms import arm_plan
 from distill.study.lanes import DISTILL, run_in_lanes
@@ -50,15 +48,13 @@ IGNORED_KEYS = frozenset({"description", "report_to"})  # words and loggers: the
 
 def changed_keys(run_dir: Path, recipe: str, overrides: list[str]) -> list[str]:
     """The recipe keys in which a finished run differs from `recipe` + `overrides` ([]: it can be reused)."""
-    from distill.config import config_from_dict, load_config
-    from distill.train.run_lifecycle import config_dict, flat_keys
+    from distill.config import load_config
+    from distill.train.run_lifecycle import recipe_changes, saved_recipe_keys
 
-    try:
-        old = flat_keys(config_dict(config_from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text()))))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, UserError, TypeError, AttributeError):
+    old = saved_recipe_keys(run_dir)
+    if old is None:
         return ["recipe.yaml (missing or unreadable)"]
-    new = flat_keys(config_dict(load_config(recipe, overrides)))
-    return sorted(k for k in set(old) | set(new) if k not in IGNORED_KEYS and old.get(k) != new.get(k))
+    return [k for k in recipe_changes(old, load_config(recipe, overrides)) if k not in IGNORED_KEYS]
 
 
 def train_runs(arms: list[str], seeds: list[int], out: Path, smoke: bool, run, lanes: int = 1) -> list[dict]:

@@ -94,29 +94,42 @@ def _last_logged_step(run_dir: Path) -> int | None:
     return None
 
 
+def saved_recipe_keys(run_dir: Path) -> dict | None:
+    """The dotted keys of run_dir/recipe.yaml, read through today's defaults (a key added to the recipes since
+    the run started is not a change; one since renamed or removed is compared as written). None when the
+    file is missing or unreadable."""
+    try:
+        old = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    if not isinstance(old, dict):
+        return None
+    from distill.config import config_from_dict
+
+    try:
+        return flat_keys(config_dict(config_from_dict(old)))
+    except UserError:
+        return flat_keys(old)
+
+
+def recipe_changes(old_flat: dict, cfg) -> list[str]:
+    """The dotted keys in which `cfg` differs from a run's saved keys (`saved_recipe_keys`), sorted."""
+    new_flat = flat_keys(config_dict(cfg))
+    return sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
+
+
 def check_resume_recipe(run_dir: Path, cfg) -> list[str]:
     """Refuse a resume whose recipe differs from the run's in a key outside RESUMABLE_KEYS; returns the
     resumable keys that did change (the caller says so)."""
     saved = run_dir / "recipe.yaml"
     if not saved.is_file():
         return []
-    try:
-        old = yaml.safe_load(saved.read_text())
-        old_flat = flat_keys(old) if isinstance(old, dict) else None
-    except (yaml.YAMLError, UnicodeDecodeError):
-        old_flat = None
-    if old_flat is not None:
-        from distill.config import config_from_dict
-
-        try:  # through the current defaults: a key added to the recipe since the run started is not a change
-            old_flat = flat_keys(config_dict(config_from_dict(old)))
-        except UserError:
-            pass  # a key since renamed or removed: compare as written
+    old_flat = saved_recipe_keys(run_dir)
     if old_flat is None:
         raise UserError(f"{saved} is not a readable recipe, so the resume cannot be checked against the run; "
                         "restore it, or start a new run")
     new_flat = flat_keys(config_dict(cfg))
-    changed = sorted(k for k in set(old_flat) | set(new_flat) if old_flat.get(k) != new_flat.get(k))
+    changed = recipe_changes(old_flat, cfg)
     fixed = [k for k in changed if k not in RESUMABLE_KEYS]
     if fixed:
         shown = ", ".join(f"{k} ({old_flat.get(k)!r} -> {new_flat.get(k)!r})" for k in fixed[:4])
