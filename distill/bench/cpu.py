@@ -308,7 +308,7 @@ def measure_train(recipe: str, steps: int) -> dict:
     cfg = load_config(recipe, ["data.transfer_set=null", "data.path=data/tiny_corpus.txt"])
     accelerator = Accelerator(cpu=True, mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision, "cpu")[0])
     setup = build(cfg, accelerator)
-    trainer = Trainer(cfg, setup, accelerator, accelerator.project_dir or ".")
+    trainer = Trainer(cfg, setup, accelerator)
     B = cfg.train.batch_size
     times = []
     for s in range(steps + 1):  # step 0: warm-up (allocator, AdamW state)

@@ -129,6 +129,6 @@ def memory_child(spec: dict, tok, batch: dict) -> dict:
     names = spec["configs"]
     setup = build_setup(cfgs["kd"], tok, torch.device("cpu"), with_teacher=any(n != "ce" for n in names))
     gc.collect()
-    trainer = Trainer(cfgs["kd"], setup, Accelerator(cpu=True), workdir)
+    trainer = Trainer(cfgs["kd"], setup, Accelerator(cpu=True))
     trainer.init_optimizer_state()
     return {name: measure_step_memory(trainer, cfgs, name, batch, rss=spec["rss"]) for name in names}

@@ -227,15 +227,14 @@ class Trainer:
     """One student and one AdamW shared by every configuration (only the loss and targets differ, and the
     optimizer's cost does not depend on them), set up as `train.loop.fit` does, wrapped by accelerate."""
 
-    def __init__(self, cfg, setup, accelerator, run_dir: Path):
+    def __init__(self, cfg, setup, accelerator):
         from distill.train.setup import make_optimizer, make_scheduler
 
         opt = make_optimizer(cfg, setup.student)
         self.student, self.optimizer = accelerator.prepare(setup.student, opt)
         self.scheduler = make_scheduler(cfg, self.optimizer)
-        self.setup, self.accelerator, self.run_dir = setup, accelerator, Path(run_dir)
+        self.setup, self.accelerator = setup, accelerator
         self.device = accelerator.device
-        self.steps = 0
         self.compiled = None  # torch.compile(student), made on the first step of a train.compile config
 
     def init_optimizer_state(self) -> None:
@@ -250,7 +249,6 @@ class Trainer:
         "fwd_bwd" (the step less clip and optimizer)."""
         from distill.train.step import kd_step
 
-        self.steps += 1
         student = self.student
         if cfg.train.compile:  # the same module and weights, run through torch.compile as train.loop.fit does
             if self.compiled is None:
