@@ -178,10 +178,10 @@ def _score_runs(inputs: EvalInputs, device) -> RunScores:
             model = load_model(path, args.dtype).to(device).eval()
         lenses.check_layer(model, inputs.lens_plan.layer)
         tok = inputs.tokenizers[path]
-        t_gen = time.perf_counter()
+        before = seconds.get("generation", 0.0)
         with runtime.timed(seconds, "generation"):
             scores.records += _generate(inputs, model, tok, cfg, name, k, label)
-        _count_generation(scores.generation, time.perf_counter() - t_gen,
+        _count_generation(scores.generation, seconds["generation"] - before,
                           len(inputs.prompts) * args.samples_per_prompt * args.max_new_tokens)
         run: dict = {"source": path, "notes": [], "perplexity": None, "teacher_agreement": None}
         if inputs.professions:
