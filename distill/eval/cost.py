@@ -39,6 +39,7 @@ def cost_rows(results: dict) -> list[dict]:
     pair = _pair(results)
     found = {c["metric"]: c for c in results.get("comparisons", [])
              if pair is not None and (c["a"], c["b"]) == pair}
+    detectable = (results.get("power") or {}).get("detectable_difference")
     rows = []
     for part, metric, what in PARTS:
         if part not in total:
@@ -48,11 +49,9 @@ def cost_rows(results: dict) -> list[dict]:
                "metric": metric if c else None, "comparison": f"{pair[1]} - {pair[0]}" if c else None,
                "diff": c["diff"] if c else None, "p": c.get("p") if c else None,
                "half_width": (c["ci"][1] - c["ci"][0]) / 2 if c and c.get("ci") else None}
-        rows.append(row)
-    detectable = (results.get("power") or {}).get("detectable_difference")
-    for row in rows:
-        if row["part"] == "generation":
+        if part == "generation":
             row["detectable"] = detectable
+        rows.append(row)
     return rows
 
 
