@@ -129,6 +129,9 @@ class LossConfig:
     alpha_kd: float = opt(1.0, "weight of the distillation divergence", range=(0.0, INF))
     alpha_ce: float = opt(0.0, "weight of the next-token cross-entropy on the data", range=(0.0, INF))
     alpha_cos: float = opt(0.0, "weight of the hidden-state cosine loss (needs equal widths)", range=(0.0, INF))
+    alpha_balance: float = opt(0.0, "weight of the gender-balance term: the squared gap between the student's "
+                               "and the targets' log P(male)/P(female) over the swap table's word pairs, at every "
+                               "position (docs/crr.md); 0: off", range=(0.0, INF))
     temperature: float = opt(2.0, "loss temperature T: both distributions softened by T, KD term scaled by T^2",
                              range=(1e-6, INF))
     divergence: str = opt("forward_kl", "D(teacher, student)", choices=("forward_kl", "reverse_kl", "jsd"))

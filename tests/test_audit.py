@@ -85,6 +85,21 @@ def test_pair_mean_targets_balance_the_table_wherever_a_word_may_start(collected
     assert abs(fig["mean_logratio"]) < 1e-6 and abs(fig["pooled_logratio"]) < 1e-6
 
 
+def test_a_student_column_is_the_students_own_distribution_on_the_same_positions():
+    from distill.bench.audit_targets import arm_table, collect, summarise
+
+    cfg = load_config(RECIPE)
+    teacher = _teacher_and_blocks(cfg, "none").teacher
+    col = collect(cfg, modes=("none",), augments=("none",), max_blocks=4, show_progress=False,
+                  students={"teacher": teacher})
+    # the plain targets are the teacher's softmax at the loss temperature: scored as a student, it matches them
+    for name in col.ids:
+        for got, want in zip(col.masses["none"]["student teacher"][name], col.masses["none"]["none"][name],
+                             strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-9)
+    assert "| student teacher | none | student teacher |" in "\n".join(arm_table(summarise(col)))
+
+
 def test_tables_from_json_name_each_arm(collected, tmp_path, capsys):
     import json
 
@@ -193,6 +208,8 @@ def test_corpus_audit_counts_swapped_copies_as_mirror_images():
     ("audit_targets", ["--augment", "twice"], "--augment 'twice': choose from"),
     ("audit_targets", ["--max-blocks", "-1"], "--max-blocks must be >= 0"),
     ("audit_targets", ["--from-json", "/nonexistent.json"], "--from-json /nonexistent.json: not an --out file"),
+    ("audit_targets", ["--student", "out/demo_runs/crr/final"], "write NAME=DIR"),
+    ("audit_targets", ["--student", "crr=/nonexistent"], "--student crr=/nonexistent: no config.json there"),
     ("audit_swap", ["crr.lexicon=/nonexistent.tsv"], "lexicon file /nonexistent.tsv not found"),
     ("audit_corpus", ["crr.names=/nonexistent.tsv"], "lexicon file /nonexistent.tsv not found"),
 ])

@@ -120,9 +120,12 @@ def test_the_step_sums_are_reduced_across_processes_in_one_collective():
             return tensor * 2  # two processes holding the same sums
 
     sums = StepSums.zeros("cpu")
-    sums.add(kd=torch.tensor(1.5), ce=torch.tensor(2.0), cos=torch.tensor(0.25), swapped=torch.tensor(3))
-    sums.add(kd=torch.tensor(0.5), ce=torch.tensor(1.0), cos=torch.tensor(0.25), swapped=torch.tensor(1))
+    sums.add(kd=torch.tensor(1.5), ce=torch.tensor(2.0), cos=torch.tensor(0.25), balance=torch.tensor(0.5),
+             swapped=torch.tensor(3))
+    sums.add(kd=torch.tensor(0.5), ce=torch.tensor(1.0), cos=torch.tensor(0.25), balance=torch.tensor(0.0),
+             swapped=torch.tensor(1))
     reduced = sums.all_reduced(CountingAccelerator())
-    assert CountingAccelerator.calls == [((4,), "sum")]
-    assert [reduced.kd.item(), reduced.ce.item(), reduced.cos.item(), reduced.swapped.item()] == [4.0, 6.0, 1.0, 8.0]
+    assert CountingAccelerator.calls == [((5,), "sum")]
+    assert [reduced.kd.item(), reduced.ce.item(), reduced.cos.item(), reduced.balance.item(),
+            reduced.swapped.item()] == [4.0, 6.0, 1.0, 1.0, 8.0]
     assert sums.kd.dtype == torch.float64 and sums.kd.item() == 2.0, "this process's sums are left as they were"

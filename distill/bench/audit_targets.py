@@ -3,6 +3,8 @@
     python -m distill.bench.audit_targets --recipe recipes/demo_crr.yaml --threads 1 --out targets.json
     python -m distill.bench.audit_targets --recipe recipes/debug_crr.yaml --modes none,pair_mean --max-blocks 16
     python -m distill.bench.audit_targets --from-json targets.json          # the tables again, no model run
+    python -m distill.bench.audit_targets --recipe recipes/demo_crr.yaml --modes none,pair_mean --augment none \
+        --student kd=out/demo_runs/kd/final --student crr=out/demo_runs/crr/final   # do students fit them?
 
 Tests: `python -m pytest tests/test_audit.py -q`.
 
@@ -36,6 +38,11 @@ Position kinds (position t predicts token t+1; the last position of a block has 
 All blocks by default: with `augment: both` a document and its swapped copy sit in different blocks, and a
 subset holding one without the other leans with the subset's mix of he- and she-documents (on the demo,
 96 of 227 blocks gave cf_mean +0.12 on the probe words, pooled; all of them give -0.01).
+
+Students (`--student NAME=DIR`, repeatable): a trained model's own next-token distribution on the same
+positions, at the same temperature, counted as one more column (`student NAME`). Beside the targets it was
+trained on, this says whether a student's lean on the probe is one it learned at the training positions (it
+did not fit the even targets) or one it shows only on contexts it never trained on (it fitted them).
 
 Cost: every mode of a batch reuses one teacher forward and one counterfactual forward (`_SameOutputs`
 remembers them; the outputs are deterministic, so the targets are those of separate calls).
@@ -139,9 +146,10 @@ def _is_male(lexicon, word: str) -> bool:
 
 
 def collect(cfg, *, modes=MODES, augments=AUGMENTS, max_blocks: int | None = 48, batch_size: int = 8,
-            show_progress: bool = True) -> Collected:
+            show_progress: bool = True, students: dict | None = None) -> Collected:
     """Build the recipe's teacher and data as training does, then the targets of every mode on the first
-    `max_blocks` training blocks (all when None) of each augmentation in `augments`."""
+    `max_blocks` training blocks (all when None) of each augmentation in `augments`; and, for each
+    students[name] (a loaded model), its own distribution there as mode `student NAME`."""
     from accelerate import Accelerator
 
     from distill.bench.audit_swap import word_lists
@@ -177,7 +185,9 @@ def collect(cfg, *, modes=MODES, augments=AUGMENTS, max_blocks: int | None = 48,
         n = len(train_blocks) if max_blocks is None else min(max_blocks, len(train_blocks))
         sampler = BlockSampler(len(train_blocks), 1, 1, 1, 0, cfg.seed)  # the order a run of this seed sees
         order = [sampler.next_step()[0][0] for _ in range(n)]
-        per_mode = {m: {name: ([], []) for name in lists} for m in modes}
+        students = students or {}
+        columns = [*modes, *(f"student {name}" for name in students)]
+        per_mode = {m: {name: ([], []) for name in lists} for m in columns}
         kind_parts: dict[str, list] = {}
         t0 = time.perf_counter()
         for start in range(0, n, batch_size):
@@ -188,10 +198,10 @@ def collect(cfg, *, modes=MODES, augments=AUGMENTS, max_blocks: int | None = 48,
             for mode in modes:
                 cfg_m = dataclasses.replace(base, crr=dataclasses.replace(base.crr, augment=aug, teacher=mode))
                 probs = batch_targets(cfg_m, audit_setup, ids)[0].probs[:, :-1].reshape(-1, V)
-                for name, (m_ix, f_ix) in index.items():
-                    per_mode[mode][name][0].append(probs[:, m_ix].sum(-1).double().numpy())
-                    per_mode[mode][name][1].append(probs[:, f_ix].sum(-1).double().numpy())
-                del probs
+                _add_masses(per_mode[mode], probs, index)
+            for name, student in students.items():
+                probs = student_probs(student, ids, V, cfg.loss.temperature)
+                _add_masses(per_mode[f"student {name}"], probs, index)
             if show_progress:
                 done = min(start + batch_size, n)
                 print(f"  augment={aug}: {done}/{n} blocks, {time.perf_counter() - t0:.0f} s", file=sys.stderr)
@@ -201,6 +211,20 @@ def collect(cfg, *, modes=MODES, augments=AUGMENTS, max_blocks: int | None = 48,
         kinds[aug] = {k: np.concatenate(v) for k, v in kind_parts.items()}
         blocks[aug] = order
     return Collected(masses, kinds, blocks, lists)
+
+
+def student_probs(student: torch.nn.Module, ids: torch.Tensor, vocab_rows: int, temperature: float) -> torch.Tensor:
+    """A student's next-token distribution at positions 0..T-2 of each row, at the loss temperature, as the
+    targets are made: softmax over the first `vocab_rows` logits in fp32. Shape (B * (T-1), vocab_rows)."""
+    with torch.inference_mode():
+        logits = student(input_ids=ids.to(next(student.parameters()).device)).logits[:, :-1, :vocab_rows]
+    return torch.softmax(logits.float().cpu() / temperature, -1).reshape(-1, vocab_rows)
+
+
+def _add_masses(per_list: dict, probs: torch.Tensor, index: dict) -> None:
+    for name, (m_ix, f_ix) in index.items():
+        per_list[name][0].append(probs[:, m_ix].sum(-1).double().numpy())
+        per_list[name][1].append(probs[:, f_ix].sum(-1).double().numpy())
 
 
 def kind_masks(kinds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -239,6 +263,8 @@ def _f(x, fmt="+.3f") -> str:
 
 def arm(augment: str, mode: str) -> str:
     """The study arm (distill.study.arms.ARMS) trained on these targets."""
+    if mode.startswith("student "):
+        return mode
     if augment == "none":
         return "kd" if mode == "none" else mode
     if augment == "both":
@@ -307,6 +333,37 @@ def _names(spec: str, allowed: tuple, what: str) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def _student_dirs(specs: list[str]) -> dict[str, str]:
+    """NAME=DIR pairs, each DIR a directory with a config.json; checked before any model loads."""
+    from distill.errors import UserError
+
+    dirs: dict[str, str] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise UserError(f"--student {spec!r}: write NAME=DIR, e.g. crr=out/demo_runs/crr/final")
+        if name in dirs:
+            raise UserError(f"--student {name} is given twice: give each student its own name")
+        if not (Path(path) / "config.json").is_file():
+            raise UserError(f"--student {name}={path}: no config.json there; give a `distill train` run's final/ "
+                            "directory (or any Hugging Face model directory)")
+        dirs[name.strip()] = path
+    return dirs
+
+
+def _load_student(path: str, cfg) -> torch.nn.Module:
+    """fp32, eval mode, with the recipe's tokenizer: a student of another tokenizer cannot be scored here."""
+    from distill.errors import UserError
+    from distill.models import load_model, load_tokenizer
+
+    teacher_tok = load_tokenizer(cfg.teacher.name_or_path)
+    student_tok = load_tokenizer(path)
+    if student_tok.get_vocab() != teacher_tok.get_vocab():
+        raise UserError(f"--student {path}: its tokenizer is not the recipe's teacher's; audit it with the "
+                        "recipe it was trained from")
+    return load_model(path, "float32").eval()
+
+
 def _print_json(path: str) -> int:
     from distill.errors import UserError
 
@@ -331,6 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="blocks per augmentation, the first a run of the recipe's seed trains on (default 0: all)")
     p.add_argument("--batch-size", type=int, default=8, help="blocks per teacher call (default 8)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--student", action="append", default=[], metavar="NAME=DIR",
+                   help="also score a trained student (a `distill train` final/ dir) on the same positions; repeatable")
     p.add_argument("--out", help="also write the figures as JSON here")
     p.add_argument("overrides", nargs="*", help="recipe overrides key=value")
     args = p.parse_args(argv)
@@ -346,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         augments = _names(args.augment, ("none", "replace", "both"), "--augment")
         if args.max_blocks < 0 or args.batch_size < 1:
             raise UserError("--max-blocks must be >= 0 (0: all) and --batch-size >= 1")
+        student_dirs = _student_dirs(args.student)
         cfg = load_config(args.recipe, args.overrides)
     except UserError as exc:
         print(f"audit_targets: error: {exc}", file=sys.stderr)
@@ -353,8 +413,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
+    try:
+        students = {name: _load_student(path, cfg) for name, path in student_dirs.items()}
+    except UserError as exc:
+        print(f"audit_targets: error: {exc}", file=sys.stderr)
+        return 2
     col = collect(cfg, modes=modes, augments=augments, max_blocks=args.max_blocks or None,
-                  batch_size=args.batch_size)
+                  batch_size=args.batch_size, students=students)
     summary = summarise(col)
     id_counts = {name: [len(m), len(f)] for name, (m, f) in col.ids.items()}
     print(markdown(summary, id_counts, {a: len(b) for a, b in col.blocks.items()}))

@@ -241,6 +241,18 @@ def softmax_t(logits: torch.Tensor, vocab_rows: int, temperature: float, out: to
     return out.div_(out.sum(-1, keepdim=True))
 
 
+def word_start_sides(plan: SwapPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """(male ids, female ids) of the pair table that begin a word wherever they stand (a leading space, or
+    no word character first): the ids `pair_mean_` balances at every position, so their pooled log ratio
+    is 0 under pair-equalised targets."""
+    keep = plan.pair_cols.new_ones(plan.pair_cols.shape, dtype=torch.bool)
+    if plan.pair_nospace is not None:
+        keep = ~plan.pair_nospace
+    male = keep & (plan.pair_slot % 2 == 0)
+    female = keep & (plan.pair_slot % 2 == 1)
+    return plan.pair_cols[male], plan.pair_cols[female]
+
+
 def pair_mean_(p: torch.Tensor, plan: SwapPlan, mid_word: torch.Tensor | None = None) -> torch.Tensor:
     """Equalise the two genders within every gendered pair group, in place on p (..., V).
 

@@ -127,13 +127,14 @@ def _log_record(cfg: Config, setup: Setup, accelerator: Accelerator, stats: Step
                 scheduler, sampler: BlockSampler) -> dict:
     """The metrics.jsonl record of this step: global token means of the loss terms, throughput, schedule."""
     n, sums = stats.n_tokens, stats.sums.all_reduced(accelerator)
-    kd, ce, cos = sums.kd.item() / n, sums.ce.item() / n, sums.cos.item() / n
+    kd, ce, cos, balance = (x.item() / n for x in (sums.kd, sums.ce, sums.cos, sums.balance))
     swapped = sums.swapped.item() / sampler.global_batch
     elapsed = time.perf_counter() - window["t0"]
     return {
         "step": state["step"],
-        "loss": cfg.loss.alpha_kd * kd + cfg.loss.alpha_ce * ce + cfg.loss.alpha_cos * cos,
-        "kd": kd, "ce": ce, "cos": cos,
+        "loss": cfg.loss.alpha_kd * kd + cfg.loss.alpha_ce * ce + cfg.loss.alpha_cos * cos
+        + cfg.loss.alpha_balance * balance,
+        "kd": kd, "ce": ce, "cos": cos, "balance": balance,
         "lr": scheduler.get_last_lr()[0], "grad_norm": stats.grad_norm,
         "tokens_per_s": window["tokens"] / max(elapsed, 1e-9), "tokens_seen": state["tokens_seen"],
         "epoch": sampler.epoch,

@@ -92,6 +92,36 @@ def cosine_loss(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, labe
     return torch.where(labels != -100, 1.0 - cos, 0.0).sum()
 
 
+def gender_logratio(logits: torch.Tensor, male_ids: torch.Tensor, female_ids: torch.Tensor,
+                    temperature: float = 1.0) -> torch.Tensor:
+    """log P(male ids) - log P(female ids) per position, from logits (..., V) at `temperature`.
+
+    The softmax normaliser cancels, so only the gendered columns are read: log-sum-exp over each side.
+    """
+    z = logits.float() / temperature
+    return torch.logsumexp(z.index_select(-1, male_ids), -1) - torch.logsumexp(z.index_select(-1, female_ids), -1)
+
+
+def target_logratio(probs: torch.Tensor, male_ids: torch.Tensor, female_ids: torch.Tensor) -> torch.Tensor:
+    """log P(male ids) - log P(female ids) per position of target probabilities (..., V); masses floored."""
+    pm = probs.float().index_select(-1, male_ids).sum(-1).clamp_min(_TINY)
+    pf = probs.float().index_select(-1, female_ids).sum(-1).clamp_min(_TINY)
+    return pm.log() - pf.log()
+
+
+def balance_loss(student_logits: torch.Tensor, target_ratio: torch.Tensor, labels: torch.Tensor,
+                 male_ids: torch.Tensor, female_ids: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Sum over unmasked positions of (student's log P(male)/P(female) - the targets')^2.
+
+    The KD divergence weighs a position's gender ratio by the mass it holds, so where gendered words are
+    unlikely it barely constrains the ratio; this term weighs every position alike. With pair-equalised
+    targets (target_ratio 0) it asks the student for no gender preference anywhere, not only where the
+    training text made a pronoun likely.
+    """
+    diff = gender_logratio(student_logits, male_ids, female_ids, temperature) - target_ratio.float()
+    return torch.where(labels != -100, diff.square(), 0.0).sum()
+
+
 def forward_kl_ce_chunk(
     z: torch.Tensor,
     teacher_probs: torch.Tensor | None,

@@ -60,12 +60,12 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
         teacher.to(accelerator.device)
 
     lexicon = swap_table = None
-    if cfg.crr.augment != "none" or cfg.crr.teacher != "none":
+    if cfg.crr.augment != "none" or cfg.crr.teacher != "none" or cfg.loss.alpha_balance > 0:
         from distill.crr.lexicon import load_lexicon
         from distill.crr.token_table import build_token_swap_table
 
         lexicon = load_lexicon(cfg.crr.lexicon, cfg.crr.names)
-        if cfg.crr.teacher != "none":
+        if cfg.crr.teacher != "none" or cfg.loss.alpha_balance > 0:
             swap_table = build_token_swap_table(tokenizer, lexicon)
     train_blocks, val_blocks, stats = _data(cfg, accelerator, teacher, tokenizer, lexicon)
     target_cache = _target_cache(cfg, len(train_blocks), vocab_rows)

@@ -24,7 +24,7 @@ from accelerate import Accelerator
 from distill.config import Config
 from distill.errors import TrainingDiverged
 from distill.train import engine as eng
-from distill.train.losses import cosine_loss, distill_loss, shift_labels
+from distill.train.losses import balance_loss, cosine_loss, distill_loss, shift_labels, target_logratio
 from distill.train.targets import CF_MODES, Targets, teacher_targets
 
 if TYPE_CHECKING:
@@ -55,25 +55,27 @@ class StepDiverged(TrainingDiverged):
 
 @dataclass
 class StepSums:
-    """One step's sums on this process, each a float64 scalar tensor: the KD, CE and cosine terms over its
-    real tokens (unweighted, T^2 included in kd) and its gender-swapped rows."""
+    """One step's sums on this process, each a float64 scalar tensor: the KD, CE, cosine and gender-balance
+    terms over its real tokens (unweighted, T^2 included in kd) and its gender-swapped rows."""
 
     kd: torch.Tensor
     ce: torch.Tensor
     cos: torch.Tensor
+    balance: torch.Tensor
     swapped: torch.Tensor
 
     @classmethod
     def zeros(cls, device) -> StepSums:
-        return cls(*torch.zeros(4, dtype=torch.float64, device=device).unbind())
+        return cls(*torch.zeros(5, dtype=torch.float64, device=device).unbind())
 
-    def add(self, *, kd: torch.Tensor, ce: torch.Tensor, cos: torch.Tensor, swapped: torch.Tensor) -> None:
-        for name, value in (("kd", kd), ("ce", ce), ("cos", cos), ("swapped", swapped)):
+    def add(self, **terms: torch.Tensor) -> None:
+        for name, value in terms.items():
             getattr(self, name).add_(value.detach().double().to(getattr(self, name).device))
 
     def all_reduced(self, accelerator: Accelerator) -> StepSums:
-        """The sums over all processes, in one collective for the four."""
-        return StepSums(*accelerator.reduce(torch.stack([self.kd, self.ce, self.cos, self.swapped]), "sum").unbind())
+        """The sums over all processes, in one collective for the five."""
+        stacked = torch.stack([self.kd, self.ce, self.cos, self.balance, self.swapped])
+        return StepSums(*accelerator.reduce(stacked, "sum").unbind())
 
 
 @dataclass
@@ -106,6 +108,7 @@ def kd_step(cfg: Config, setup: Setup, student: torch.nn.Module, optimizer: torc
     device = accelerator.device
     want_hidden = cfg.loss.alpha_cos > 0
     cache = setup.target_cache if cfg.loss.teacher_top_k else None
+    sides = balance_sides(setup, device) if cfg.loss.alpha_balance > 0 else None
     local_tokens = sum((shift_labels(b["input_ids"]) != -100).sum().item() for b in batches)
     n_global = int(accelerator.reduce(torch.tensor(local_tokens, device=device), "sum").item())
     # DDP averages gradients over processes; the scale makes that average the global token mean.
@@ -133,6 +136,8 @@ def kd_step(cfg: Config, setup: Setup, student: torch.nn.Module, optimizer: torc
                     target, cf = batch_targets(cfg, setup, ids, phases)
                     probs, changed = target.probs, target.changed_share
                 eng.drain(setup.teacher)  # a sharded teacher: the processes finish their teacher work together
+                # Read before the KD term, which may overwrite the targets' buffer with its gradient.
+                ratio = target_logratio(probs, *sides) if sides is not None else None
                 # 2. Student forward.
                 with phases("student_forward"):
                     out = student(input_ids=ids, output_hidden_states=want_hidden, use_cache=False)
@@ -145,16 +150,20 @@ def kd_step(cfg: Config, setup: Setup, student: torch.nn.Module, optimizer: torc
                         chunk_size=cfg.loss.chunk_size,
                         reuse_teacher_buffer=True,  # the targets are not read again: their memory holds the gradient
                     )
-                    cos_sum = torch.zeros((), device=device)
+                    cos_sum = balance_sum = torch.zeros((), device=device)
                     if want_hidden:
                         cos_sum = cosine_loss(out.hidden_states[-1], target.hidden, labels)
                         total = total + cfg.loss.alpha_cos * scale * cos_sum
+                    if sides is not None:
+                        balance_sum = balance_loss(out.logits[..., : setup.vocab_rows], ratio, labels, *sides,
+                                                   temperature=cfg.loss.temperature)
+                        total = total + cfg.loss.alpha_balance * scale * balance_sum
             if not torch.isfinite(total):
                 raise StepDiverged("loss", total.item())
             # 4. Backward: gradients accumulate in .grad over the micro-batches.
             with phases("backward"):
                 accelerator.backward(total)
-        sums.add(kd=kd_sum, ce=ce_sum, cos=cos_sum, swapped=batch["swapped"].sum())
+        sums.add(kd=kd_sum, ce=ce_sum, cos=cos_sum, balance=balance_sum, swapped=batch["swapped"].sum())
         changed_share += changed / len(batches)
         topk_mass += kept / len(batches)
         cf_exact += cf.n_exact if cf is not None else 0
@@ -169,6 +178,13 @@ def kd_step(cfg: Config, setup: Setup, student: torch.nn.Module, optimizer: torc
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return StepStats(n_global, sums, grad_norm, changed_share, topk_mass, cf_exact, cf_aligned)
+
+
+def balance_sides(setup: Setup, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (male, female) ids the gender-balance term compares: the swap table's word-start spellings."""
+    from distill.crr.vocab import swap_plan, word_start_sides
+
+    return word_start_sides(swap_plan(setup.swap_table, setup.vocab_rows, device))
 
 
 def batch_targets(cfg: Config, setup: Setup, input_ids: torch.Tensor,
