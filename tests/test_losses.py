@@ -197,3 +197,35 @@ def test_fp16_logits_under_a_grad_scaler_scale_get_the_autograd_gradient():
     assert z.grad.dtype == torch.float16 and torch.isfinite(z.grad).all()
     assert (z.grad.float() - want.float()).abs().max().item() <= 1e-3 * want.float().abs().max().item()
     assert (z.grad == 0).float().mean().item() == pytest.approx((want == 0).float().mean().item(), abs=0.01)
+
+
+def test_gender_logratio_reads_only_the_gendered_columns_and_matches_the_softmax():
+    from distill.train.losses import gender_logratio, target_logratio
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, 5, 11)
+    male, female = torch.tensor([1, 4]), torch.tensor([2, 7, 9])
+    p = torch.softmax(logits / 2.0, -1)
+    want = p[..., male].sum(-1).log() - p[..., female].sum(-1).log()
+    torch.testing.assert_close(gender_logratio(logits, male, female, temperature=2.0), want)
+    torch.testing.assert_close(target_logratio(p, male, female), want)
+    other = logits.clone()
+    other[..., 0] += 5.0  # a word of neither side: the ratio does not move
+    torch.testing.assert_close(gender_logratio(other, male, female, 2.0), gender_logratio(logits, male, female, 2.0))
+
+
+def test_balance_loss_is_the_masked_squared_gap_and_its_gradient_closes_the_gap():
+    from distill.train.losses import balance_loss, gender_logratio
+
+    male, female = torch.tensor([0]), torch.tensor([1])
+    logits = torch.tensor([[[2.0, 0.0, 1.0], [0.0, 0.0, 3.0], [0.0, 1.0, 0.0]]], requires_grad=True)
+    target = torch.tensor([[0.0, 0.5, 0.0]])
+    labels = torch.tensor([[5, 5, -100]])
+    loss = balance_loss(logits, target, labels, male, female)
+    assert loss.item() == pytest.approx((2.0 - 0.0) ** 2 + (0.0 - 0.5) ** 2)  # the last position is masked
+    loss.backward()
+    # gradient descent lowers "he" where the student leans male past the target, raises it where it falls short
+    assert logits.grad[0, 0, 0] > 0 and logits.grad[0, 0, 1] < 0
+    assert logits.grad[0, 1, 0] < 0 and logits.grad[0, 1, 1] > 0
+    assert logits.grad[0, 2].abs().sum() == 0 and logits.grad[0, :, 2].abs().sum() == 0
+    assert balance_loss(logits, gender_logratio(logits, male, female), labels, male, female).item() == 0.0

@@ -129,3 +129,37 @@ def test_the_step_sums_are_reduced_across_processes_in_one_collective():
     assert [reduced.kd.item(), reduced.ce.item(), reduced.cos.item(), reduced.balance.item(),
             reduced.swapped.item()] == [4.0, 6.0, 1.0, 1.0, 8.0]
     assert sums.kd.dtype == torch.float64 and sums.kd.item() == 2.0, "this process's sums are left as they were"
+
+
+def test_the_balance_term_is_the_students_squared_gender_ratio_under_pair_equalised_targets(tmp_path):
+    from distill.crr.vocab import pair_mean_, swap_plan, word_start_sides
+    from distill.train.losses import gender_logratio, target_logratio
+
+    overrides = [f"output_dir={tmp_path}", "train.batch_size=2", "train.max_grad_norm=0", "crr.teacher=pair_mean",
+                 "crr.augment=none", *FIXED]
+    accelerator = Accelerator(cpu=True)
+    runs = {}
+    for weight in (0.0, 2.0):
+        cfg = load_config("recipes/debug.yaml", [*overrides, f"loss.alpha_balance={weight}"])
+        setup = build(cfg, accelerator)
+        batch = setup.train_blocks[[0, 1]]
+        recorder = GradRecorder(setup.student)
+        stats = kd_step(cfg, setup, setup.student, recorder, recorder, accelerator, [batch])
+        runs[weight] = (setup, batch, stats, recorder.grads)
+    setup, batch, stats, _ = runs[2.0]
+    male, female = word_start_sides(swap_plan(setup.swap_table, setup.vocab_rows, "cpu"))
+    assert len(male) > 0 and len(female) > 0
+    ids = batch["input_ids"]
+    with torch.no_grad():
+        teacher_p = torch.softmax(setup.teacher(input_ids=ids).logits[..., : setup.vocab_rows].float(), -1)
+        pair_mean_(teacher_p, swap_plan(setup.swap_table, setup.vocab_rows, "cpu"),
+                   swap_plan(setup.swap_table, setup.vocab_rows, "cpu").ends_word[ids])
+        # the word-start sides are exactly balanced by pair_mean: the term's target is 0 at every position
+        assert target_logratio(teacher_p, male, female).abs().max() < 1e-5
+        r = gender_logratio(runs[0.0][0].student(input_ids=ids).logits[..., : setup.vocab_rows], male, female,
+                            temperature=cfg.loss.temperature)
+    # both runs start from the same student (the debug cut); the step's balance sum is over the labelled positions
+    assert stats.sums.balance.item() == pytest.approx(r[:, :-1].square().sum().item(), rel=1e-4)
+    assert runs[0.0][2].sums.balance.item() == 0.0
+    grads_off, grads_on = runs[0.0][3], runs[2.0][3]
+    assert any(not torch.allclose(grads_off[k], grads_on[k]) for k in grads_off)

@@ -19,6 +19,11 @@ BASELINE = "kd"
 SMALL_BASELINE = "small_kd"  # the compressed arms are paired with plain KD of their own size
 
 
+# The balance weight of the study's arm, the smaller of the two tried at seed 0: both cut the training-time
+# probe's slope to under half of cda_pair_mean's, and 0.3 cost less validation perplexity (docs/results.md).
+BALANCE_WEIGHT = 0.3
+
+
 def _crr(augment: str = "none", teacher: str = "none") -> dict[str, str]:
     return {"crr.augment": augment, "crr.teacher": teacher}
 
@@ -29,6 +34,9 @@ ARMS: dict[str, tuple[str, dict[str, str]]] = {
     "cda": (BASE, _crr("both")),
     **{m: (BASE, _crr(teacher=m)) for m in ("pair_mean", "cf_mean", "cf_max", "cf_expmean")},
     **{f"cda_{m}": (BASE, _crr("both", m)) for m in ("pair_mean", "cf_mean", "cf_max", "cf_expmean")},
+    # The demo's role reversal with the gender-balance term (loss.alpha_balance, docs/crr.md): with and without
+    # it is this arm against cda_pair_mean.
+    "cda_pair_mean_balance": (BASE, {**_crr("both", "pair_mean"), "loss.alpha_balance": str(BALANCE_WEIGHT)}),
     # Real compression: a third of the blocks removed, three times the steps. Two arms, because
     # one compressed arm alone would have no baseline of its own size to be compared with.
     "small_kd": (SMALL, _crr()),
