@@ -86,7 +86,8 @@ def test_pair_mean_targets_balance_the_table_wherever_a_word_may_start(collected
 
 
 def test_a_student_column_is_the_students_own_distribution_on_the_same_positions():
-    from distill.bench.audit_targets import arm_table, collect, summarise
+    from distill.bench.audit_tables import arm_table
+    from distill.bench.audit_targets import collect, summarise
 
     cfg = load_config(RECIPE)
     teacher = _teacher_and_blocks(cfg, "none").teacher

@@ -8,7 +8,9 @@
     swap.py        text swap throughput (the augmentation's `Lexicon.swap_text`)
     report.py      the result keys, the targets and the printed table of `distill bench`
     cpu.py         `python -m distill.bench.cpu`: precision, sampler and demo-sizing timings on a CPU
-    audit_targets.py  `python -m distill.bench.audit_targets`: male/female mass of the training targets
+    audit_targets.py  `python -m distill.bench.audit_targets`: male/female mass of the training targets (and
+                      of trained students, `--student`) on the training positions; its tables: audit_tables.py
+    probe_contexts.py `python -m distill.bench.probe_contexts`: the probe's offset after neutral prose, per run
     audit_swap.py     `python -m distill.bench.audit_swap`: where the swap table is not one-to-one in mass
     audit_corpus.py   `python -m distill.bench.audit_corpus`: gendered-word counts before/after augmentation
 
