@@ -334,6 +334,9 @@ def validate(cfg: Config) -> None:
         raise UserError("loss: all of alpha_kd, alpha_ce, alpha_cos are 0; nothing to train on")
     if cfg.crr.teacher != "none" and cfg.loss.alpha_kd == 0:
         raise UserError(f"crr.teacher={cfg.crr.teacher} perturbs the KD targets, but loss.alpha_kd is 0")
+    if cfg.loss.alpha_balance > 0 and cfg.loss.alpha_kd == 0:
+        raise UserError("loss.alpha_balance compares the student's gender ratio with the KD targets', but "
+                        "loss.alpha_kd is 0; set loss.alpha_kd > 0 or loss.alpha_balance=0")
     if cfg.loss.teacher_top_k and cfg.loss.alpha_cos > 0:
         raise UserError("loss.teacher_top_k caches the teacher's targets, not its hidden states, so it cannot serve "
                         "loss.alpha_cos; set one of them to 0")

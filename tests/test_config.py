@@ -45,6 +45,14 @@ def test_bad_values_give_one_line_naming_the_key(override, message):
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+def test_the_balance_term_needs_kd_targets_and_a_sane_weight():
+    with pytest.raises(UserError, match="loss.alpha_balance compares .* but loss.alpha_kd is 0"):
+        load_config("recipes/debug.yaml", ["loss.alpha_balance=0.3", "loss.alpha_kd=0", "loss.alpha_ce=1"])
+    with pytest.raises(UserError, match="loss.alpha_balance=-0.1 is out of range"):
+        load_config("recipes/debug.yaml", ["loss.alpha_balance=-0.1"])
+    assert load_config("recipes/debug.yaml", ["loss.alpha_balance=0.3"]).loss.alpha_balance == 0.3
+
+
 def test_missing_recipe_and_invalid_yaml(tmp_path):
     with pytest.raises(UserError, match="not found"):
         load_config(tmp_path / "nope.yaml")

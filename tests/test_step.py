@@ -163,3 +163,15 @@ def test_the_balance_term_is_the_students_squared_gender_ratio_under_pair_equali
     assert runs[0.0][2].sums.balance.item() == 0.0
     grads_off, grads_on = runs[0.0][3], runs[2.0][3]
     assert any(not torch.allclose(grads_off[k], grads_on[k]) for k in grads_off)
+
+
+def test_a_balance_term_with_no_single_token_pairs_is_refused_before_training(tmp_path):
+    from distill.errors import UserError
+
+    words, names = tmp_path / "words.tsv", tmp_path / "names.tsv"
+    words.write_text("zqxjkvbwy\tpfhgmtrdq\n")  # words the tiny tokenizer splits into several tokens
+    names.write_text("Wqxzjkvby\tTrdqpfhgm\n")
+    cfg = load_config("recipes/debug.yaml", [f"output_dir={tmp_path}", "loss.alpha_balance=0.3",
+                                             f"crr.lexicon={words}", f"crr.names={names}", *FIXED])
+    with pytest.raises(UserError, match="loss.alpha_balance needs male and female words"):
+        build(cfg, Accelerator(cpu=True))

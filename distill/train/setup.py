@@ -67,6 +67,8 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
         lexicon = load_lexicon(cfg.crr.lexicon, cfg.crr.names)
         if cfg.crr.teacher != "none" or cfg.loss.alpha_balance > 0:
             swap_table = build_token_swap_table(tokenizer, lexicon)
+        if cfg.loss.alpha_balance > 0:
+            _check_balance_sides(swap_table, vocab_rows)
     train_blocks, val_blocks, stats = _data(cfg, accelerator, teacher, tokenizer, lexicon)
     target_cache = _target_cache(cfg, len(train_blocks), vocab_rows)
     # After the transfer set: sampling it runs the teacher on the main process alone, which a sharded teacher
@@ -74,6 +76,16 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
     teacher = eng.prepare_teacher(accelerator, teacher, engine, cfg.train.batch_size)
     return Setup(teacher, student, tokenizer, train_blocks, val_blocks, vocab_rows, lexicon, swap_table, stats,
                  target_cache, engine)
+
+
+def _check_balance_sides(table, vocab_rows: int) -> None:
+    from distill.crr.vocab import swap_plan, word_start_sides
+
+    male, female = word_start_sides(swap_plan(table, vocab_rows, "cpu"))
+    if len(male) == 0 or len(female) == 0:
+        raise UserError("loss.alpha_balance needs male and female words the tokenizer spells as single tokens "
+                        "(the swap table's pairs), and this tokenizer has none; set loss.alpha_balance=0 or "
+                        "give crr.lexicon pairs it can spell")
 
 
 def _models(cfg: Config, accelerator: Accelerator):
