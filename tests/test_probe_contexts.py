@@ -65,6 +65,7 @@ def test_each_context_is_read_before_every_template_and_runs_are_compared(tiny_r
 @pytest.mark.parametrize(("args", "needle"), [
     (["--model", "out/demo_runs/crr/final"], "write NAME=DIR[,DIR...]"),
     (["--model", "a=x", "--baseline", "kd"], "--baseline kd: not one of the --model names (a)"),
+    (["--model", "a=x", "--contexts", "none,beach"], "--contexts 'none,beach': choose from none, street"),
 ])
 def test_bad_input_is_one_line_before_any_model_loads(args, needle, tmp_path, capsys):
     from distill.bench.probe_contexts import main

@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", action="append", default=[], metavar="NAME=DIR[,DIR...]",
                    help="a student, or several training runs of one (comma-separated); repeatable")
     p.add_argument("--baseline", help="the model the others are compared with over runs (e.g. kd)")
+    p.add_argument("--contexts", default=",".join(CONTEXTS),
+                   help=f"which contexts, comma-separated (default all: {','.join(CONTEXTS)})")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--out", help="also write the figures as JSON here")
     args = p.parse_args(argv)
@@ -117,6 +119,12 @@ def main(argv: list[str] | None = None) -> int:
                   "crr=out/demo_runs/crr/final", file=sys.stderr)
             return 2
         models[name] = [x for x in paths.split(",") if x]
+    names = [c.strip() for c in args.contexts.split(",") if c.strip()]
+    unknown = [c for c in names if c not in CONTEXTS]
+    if unknown or not names:
+        print(f"probe_contexts: error: --contexts {args.contexts!r}: choose from {', '.join(CONTEXTS)}, "
+              "comma-separated", file=sys.stderr)
+        return 2
     if args.baseline and args.baseline not in models:
         print(f"probe_contexts: error: --baseline {args.baseline}: not one of the --model names "
               f"({', '.join(models) or 'none given'})", file=sys.stderr)
@@ -125,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    figures = measure(args.teacher, models)
+    figures = measure(args.teacher, models, {c: CONTEXTS[c] for c in names})
     summary = summarise(figures, args.baseline)
     print(markdown(figures, summary))
     if args.out:
-        write_json_atomic(args.out, {"contexts": CONTEXTS, "models": models, "figures": figures,
+        write_json_atomic(args.out, {"contexts": {c: CONTEXTS[c] for c in names}, "models": models, "figures": figures,
                                      "summary": summary})
     return 0
 
