@@ -168,6 +168,7 @@ def _print_plan(cfg: Config, setup: Setup, accelerator) -> None:
         f"of {st.block_size} tokens; {st.validation_blocks} validation blocks\n"
         f"loss: {cfg.loss.alpha_kd} x T^2 {cfg.loss.divergence} (T={cfg.loss.temperature}) + {cfg.loss.alpha_ce} "
         f"x CE + {cfg.loss.alpha_cos} x cos"
+        + (f" + {cfg.loss.alpha_balance} x gender balance" if cfg.loss.alpha_balance else "")
         + (f"; teacher top-{cfg.loss.teacher_top_k} targets, cached per block" if cfg.loss.teacher_top_k else "")
         + f"; crr: augment={cfg.crr.augment}, teacher={cfg.crr.teacher}\n"
         f"{cfg.train.max_steps} steps x {cfg.train.batch_size} x {cfg.train.grad_accum} accum x "
