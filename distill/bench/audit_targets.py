@@ -70,6 +70,7 @@ AUGMENTS = ("none", "both")
 _WORD_CHAR = re.compile(r"\w")  # the lexicon's word boundary, as in distill.crr.vocab
 TINY = 1e-30  # the probe's floor (distill.eval.probe.TINY): a mass that underflows keeps a finite log
 
+
 class _SameOutputs(torch.nn.Module):
     """The teacher, with the outputs of the current batch's calls remembered by their arguments."""
 
@@ -169,6 +170,7 @@ def collect(cfg, *, modes=MODES, augments=AUGMENTS, max_blocks: int | None = 48,
                                            for side in lists["probe"]),
              "table": lists["table"]}
     index = {name: (torch.tensor(m), torch.tensor(f)) for name, (m, f) in lists.items()}
+    students = students or {}
     memo = _SameOutputs(setup.teacher)
     audit_setup = dataclasses.replace(setup, teacher=memo)
     masses, kinds, blocks = {}, {}, {}
@@ -181,7 +183,6 @@ def collect(cfg, *, modes=MODES, augments=AUGMENTS, max_blocks: int | None = 48,
         n = len(train_blocks) if max_blocks is None else min(max_blocks, len(train_blocks))
         sampler = BlockSampler(len(train_blocks), 1, 1, 1, 0, cfg.seed)  # the order a run of this seed sees
         order = [sampler.next_step()[0][0] for _ in range(n)]
-        students = students or {}
         columns = [*modes, *(f"student {name}" for name in students)]
         per_mode = {m: {name: ([], []) for name in lists} for m in columns}
         kind_parts: dict[str, list] = {}
