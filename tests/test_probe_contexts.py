@@ -4,6 +4,7 @@ baseline over runs. Tiny random GPT-2s with the project's tiny tokenizer; no net
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,8 @@ def tiny_runs(tmp_path_factory):
         GPT2LMHeadModel(cfg).save_pretrained(root / name)
         tok.save_pretrained(root / name)
         dirs[name] = str(root / name)
+    shutil.copytree(root / "teacher", root / "teacher_copy")  # the teacher's weights as a second run
+    dirs["teacher_copy"] = str(root / "teacher_copy")
     return dirs
 
 
@@ -38,7 +41,7 @@ def test_each_context_is_read_before_every_template_and_runs_are_compared(tiny_r
     d = tiny_runs
     out = tmp_path / "contexts.json"
     assert main(["--teacher", d["teacher"], "--model", f"a={d['a0']},{d['a1']}", "--model",
-                 f"same={d['teacher']},{d['teacher']}", "--baseline", "a", "--out", str(out)]) == 0
+                 f"same={d['teacher']},{d['teacher_copy']}", "--baseline", "a", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
     assert set(res["figures"]["teacher"]) == set(CONTEXTS)
     # the context "none" is the eval's probe: the held-out professions, the templates as they are

@@ -100,6 +100,25 @@ def markdown(figures: dict, summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _checked(args) -> tuple[dict[str, list[str]], list[str]]:
+    """({name: [run paths]}, context names) from the command line, each input checked before any model loads.
+    Models are parsed as `distill eval --model` parses them (several runs, globs), each given a NAME."""
+    from distill.errors import UserError
+    from distill.eval.validate import parse_model_runs
+
+    for spec in args.model:
+        name, sep, paths = spec.partition("=")
+        if not sep or not name or not paths:
+            raise UserError(f"--model {spec!r}: write NAME=DIR[,DIR...], e.g. crr=out/demo_runs/crr/final")
+    models = dict(parse_model_runs(args.model))
+    names = [c.strip() for c in args.contexts.split(",") if c.strip()]
+    if not names or any(c not in CONTEXTS for c in names):
+        raise UserError(f"--contexts {args.contexts!r}: choose from {', '.join(CONTEXTS)}, comma-separated")
+    if args.baseline and args.baseline not in models:
+        raise UserError(f"--baseline {args.baseline}: not one of the --model names ({', '.join(models) or 'none given'})")
+    return models, names
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m distill.bench.probe_contexts", description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", required=True, help="the teacher (a GGUF file, a model directory or a hub name)")
@@ -111,23 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     p.add_argument("--out", help="also write the figures as JSON here")
     args = p.parse_args(argv)
-    models: dict[str, list[str]] = {}
-    for spec in args.model:
-        name, sep, paths = spec.partition("=")
-        if not sep or not name or not paths:
-            print(f"probe_contexts: error: --model {spec!r}: write NAME=DIR[,DIR...], e.g. "
-                  "crr=out/demo_runs/crr/final", file=sys.stderr)
-            return 2
-        models[name] = [x for x in paths.split(",") if x]
-    names = [c.strip() for c in args.contexts.split(",") if c.strip()]
-    unknown = [c for c in names if c not in CONTEXTS]
-    if unknown or not names:
-        print(f"probe_contexts: error: --contexts {args.contexts!r}: choose from {', '.join(CONTEXTS)}, "
-              "comma-separated", file=sys.stderr)
-        return 2
-    if args.baseline and args.baseline not in models:
-        print(f"probe_contexts: error: --baseline {args.baseline}: not one of the --model names "
-              f"({', '.join(models) or 'none given'})", file=sys.stderr)
+    from distill.errors import UserError
+
+    try:
+        models, names = _checked(args)
+    except UserError as exc:
+        print(f"probe_contexts: error: {exc}", file=sys.stderr)
         return 2
     if args.threads:
         import torch

@@ -49,6 +49,8 @@ class Setup:
     data_stats: DataStats | None = None
     target_cache: TopKTargetCache | None = None  # when loss.teacher_top_k > 0
     engine: str = "ddp"  # ddp, fsdp or deepspeed: see distill/train/engine.py
+    # (male ids, female ids) the gender-balance term compares, on the training device; when loss.alpha_balance > 0
+    balance_ids: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def build(cfg: Config, accelerator: Accelerator) -> Setup:
@@ -59,33 +61,36 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
     if engine == "ddp":  # a sharded teacher stays on the CPU until it is sharded (end of build)
         teacher.to(accelerator.device)
 
-    lexicon = swap_table = None
-    if cfg.crr.augment != "none" or cfg.crr.teacher != "none" or cfg.loss.alpha_balance > 0:
+    lexicon = swap_table = balance_ids = None
+    needs_table = cfg.crr.teacher != "none" or cfg.loss.alpha_balance > 0  # the token-level pairs
+    if cfg.crr.augment != "none" or needs_table:
         from distill.crr.lexicon import load_lexicon
         from distill.crr.token_table import build_token_swap_table
 
         lexicon = load_lexicon(cfg.crr.lexicon, cfg.crr.names)
-        if cfg.crr.teacher != "none" or cfg.loss.alpha_balance > 0:
+        if needs_table:
             swap_table = build_token_swap_table(tokenizer, lexicon)
         if cfg.loss.alpha_balance > 0:
-            _check_balance_sides(swap_table, vocab_rows)
+            balance_ids = _balance_ids(swap_table, vocab_rows, accelerator.device)
     train_blocks, val_blocks, stats = _data(cfg, accelerator, teacher, tokenizer, lexicon)
     target_cache = _target_cache(cfg, len(train_blocks), vocab_rows)
     # After the transfer set: sampling it runs the teacher on the main process alone, which a sharded teacher
     # cannot do.
     teacher = eng.prepare_teacher(accelerator, teacher, engine, cfg.train.batch_size)
     return Setup(teacher, student, tokenizer, train_blocks, val_blocks, vocab_rows, lexicon, swap_table, stats,
-                 target_cache, engine)
+                 target_cache, engine, balance_ids)
 
 
-def _check_balance_sides(table, vocab_rows: int) -> None:
+def _balance_ids(table, vocab_rows: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The swap table's word-start spellings, male and female (`word_start_sides`): what the balance term reads."""
     from distill.crr.vocab import swap_plan, word_start_sides
 
-    male, female = word_start_sides(swap_plan(table, vocab_rows, "cpu"))
+    male, female = word_start_sides(swap_plan(table, vocab_rows, device))
     if len(male) == 0 or len(female) == 0:
         raise UserError("loss.alpha_balance needs male and female words the tokenizer spells as single tokens "
                         "(the swap table's pairs), and this tokenizer has none; set loss.alpha_balance=0 or "
                         "give crr.lexicon pairs it can spell")
+    return male, female
 
 
 def _models(cfg: Config, accelerator: Accelerator):

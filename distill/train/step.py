@@ -108,7 +108,7 @@ def kd_step(cfg: Config, setup: Setup, student: torch.nn.Module, optimizer: torc
     device = accelerator.device
     want_hidden = cfg.loss.alpha_cos > 0
     cache = setup.target_cache if cfg.loss.teacher_top_k else None
-    sides = balance_sides(setup, device) if cfg.loss.alpha_balance > 0 else None
+    sides = setup.balance_ids if cfg.loss.alpha_balance > 0 else None
     local_tokens = sum((shift_labels(b["input_ids"]) != -100).sum().item() for b in batches)
     n_global = int(accelerator.reduce(torch.tensor(local_tokens, device=device), "sum").item())
     # DDP averages gradients over processes; the scale makes that average the global token mean.
@@ -178,13 +178,6 @@ def kd_step(cfg: Config, setup: Setup, student: torch.nn.Module, optimizer: torc
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
     return StepStats(n_global, sums, grad_norm, changed_share, topk_mass, cf_exact, cf_aligned)
-
-
-def balance_sides(setup: Setup, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The (male, female) ids the gender-balance term compares: the swap table's word-start spellings."""
-    from distill.crr.vocab import swap_plan, word_start_sides
-
-    return word_start_sides(swap_plan(setup.swap_table, setup.vocab_rows, device))
 
 
 def batch_targets(cfg: Config, setup: Setup, input_ids: torch.Tensor,
