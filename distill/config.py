@@ -110,6 +110,10 @@ class TrainConfig:
                                choices=("auto", "no", "bf16", "fp16"))
     compile: bool = opt(False, "torch.compile the student (inductor; needs a C++ compiler on CPU). "
                         "Pays only over many steps: the first step compiles (distill bench --compile measures it)")
+    share_teacher_prefix: bool = opt(True, "a student whose first blocks are the teacher's own, frozen "
+                                     "(student.from_teacher_layers starting 0, 1, ...), starts from the teacher's "
+                                     "hidden state after them instead of computing them again; used only where a "
+                                     "start-up check gives the same logits (docs/performance.md)")
     log_steps: int = opt(10, "log every N steps", range=(1, INF))
     eval_steps: int = opt(200, "validation loss every N steps (0 = only at the end)", range=(0, INF))
     eval_batches: int = opt(20, "validation micro-batches per evaluation", range=(1, INF))

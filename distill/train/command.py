@@ -163,7 +163,9 @@ def _print_plan(cfg: Config, setup: Setup, accelerator) -> None:
     print(
         f"teacher {count_parameters(setup.teacher) / 1e6:.1f}M params ({setup.teacher.config.num_hidden_layers} "
         f"layers) -> student {count_parameters(setup.student) / 1e6:.1f}M ({setup.student.config.num_hidden_layers}"
-        f" layers, {trainable / 1e6:.1f}M trainable); vocab {setup.vocab_rows}\n"
+        f" layers, {trainable / 1e6:.1f}M trainable); vocab {setup.vocab_rows}"
+        + (f"; its first {setup.prefix_depth} blocks are the teacher's own, run once per step (in the teacher)"
+           if setup.prefix_depth else "") + "\n"
         f"data: {st.train_documents} documents ({st.swapped_documents} gender-swapped) -> {st.train_blocks} blocks "
         f"of {st.block_size} tokens; {st.validation_blocks} validation blocks\n"
         f"loss: {cfg.loss.alpha_kd} x T^2 {cfg.loss.divergence} (T={cfg.loss.temperature}) + {cfg.loss.alpha_ce} "

@@ -51,6 +51,8 @@ class Setup:
     engine: str = "ddp"  # ddp, fsdp or deepspeed: see distill/train/engine.py
     # (male ids, female ids) the gender-balance term compares, on the training device; when loss.alpha_balance > 0
     balance_ids: tuple[torch.Tensor, torch.Tensor] | None = None
+    # leading student blocks that are the teacher's own: the step starts the student after them (train/prefix.py)
+    prefix_depth: int = 0
 
 
 def build(cfg: Config, accelerator: Accelerator) -> Setup:
@@ -74,11 +76,25 @@ def build(cfg: Config, accelerator: Accelerator) -> Setup:
             balance_ids = _balance_ids(swap_table, vocab_rows, accelerator.device)
     train_blocks, val_blocks, stats = _data(cfg, accelerator, teacher, tokenizer, lexicon)
     target_cache = _target_cache(cfg, len(train_blocks), vocab_rows)
+    prefix_depth = _prefix_depth(cfg, engine, teacher, student, train_blocks)
     # After the transfer set: sampling it runs the teacher on the main process alone, which a sharded teacher
     # cannot do.
     teacher = eng.prepare_teacher(accelerator, teacher, engine, cfg.train.batch_size)
     return Setup(teacher, student, tokenizer, train_blocks, val_blocks, vocab_rows, lexicon, swap_table, stats,
-                 target_cache, engine, balance_ids)
+                 target_cache, engine, balance_ids, prefix_depth)
+
+
+def _prefix_depth(cfg: Config, engine: str, teacher, student, train_blocks) -> int:
+    """The student's blocks shared with the teacher (`train.share_teacher_prefix`); 0 where sharing does not
+    apply: a sharded engine, a compiled student, top-k cached targets (the teacher skips cached blocks) or
+    no KD targets (the teacher does not run), and wherever the start-up check finds other logits."""
+    from distill.train.prefix import shared_prefix_depth
+
+    if (not cfg.train.share_teacher_prefix or engine != "ddp" or cfg.train.compile or cfg.loss.teacher_top_k
+            or (cfg.loss.alpha_kd == 0 and cfg.loss.alpha_cos == 0)):
+        return 0
+    sample = train_blocks[0]["input_ids"].reshape(1, -1)
+    return shared_prefix_depth(teacher, student, cfg.student.from_teacher_layers, sample)
 
 
 def _balance_ids(table, vocab_rows: int, device) -> tuple[torch.Tensor, torch.Tensor]:

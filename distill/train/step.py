@@ -25,6 +25,7 @@ from distill.config import Config
 from distill.errors import TrainingDiverged
 from distill.train import engine as eng
 from distill.train.losses import balance_loss, cosine_loss, distill_loss, shift_labels, target_logratio
+from distill.train.prefix import forward_from
 from distill.train.targets import CF_MODES, Targets, teacher_targets
 
 if TYPE_CHECKING:
@@ -138,9 +139,14 @@ def kd_step(cfg: Config, setup: Setup, student: torch.nn.Module, optimizer: torc
                 eng.drain(setup.teacher)  # a sharded teacher: the processes finish their teacher work together
                 # Read before the KD term, which may overwrite the targets' buffer with its gradient.
                 ratio = target_logratio(probs, *sides) if sides is not None else None
-                # 2. Student forward.
+                # 2. Student forward: from the teacher's hidden state after the blocks they share, if any.
                 with phases("student_forward"):
-                    out = student(input_ids=ids, output_hidden_states=want_hidden, use_cache=False)
+                    if target is not None and target.prefix_hidden is not None:
+                        out = forward_from(student, target.prefix_hidden, setup.prefix_depth,
+                                           unwrapped=accelerator.unwrap_model(student),
+                                           output_hidden_states=want_hidden)
+                    else:
+                        out = student(input_ids=ids, output_hidden_states=want_hidden, use_cache=False)
                 # 3. Loss: this process's sums, scaled to its share of the global token mean.
                 with phases("loss"):
                     total, kd_sum, ce_sum = loss_fn(
@@ -195,6 +201,6 @@ def batch_targets(cfg: Config, setup: Setup, input_ids: torch.Tensor,
     with phases("teacher"):
         out = teacher_targets(setup.teacher, input_ids, mode=cfg.crr.teacher, temperature=cfg.loss.temperature,
                               vocab_rows=setup.vocab_rows, table=setup.swap_table, cf=cf,
-                              want_hidden=cfg.loss.alpha_cos > 0)
+                              want_hidden=cfg.loss.alpha_cos > 0, prefix_depth=setup.prefix_depth)
     return out, cf
 

@@ -78,6 +78,8 @@ class Targets:
     probs: torch.Tensor  # (B, T, V) fp32 target distribution at the loss temperature
     hidden: torch.Tensor | None  # (B, T, H) fp32 last hidden state (after the final norm) if want_hidden
     changed_share: float  # share of positions whose target moved by more than CHANGED_TV in total variation
+    # (B, T, H) the teacher's hidden state entering block prefix_depth, in its dtype (train/prefix.py)
+    prefix_hidden: torch.Tensor | None = None
 
 
 @dataclass
@@ -179,6 +181,7 @@ def teacher_targets(
     table: TokenSwapTable | None = None,
     cf: CounterfactualBatch | None = None,
     want_hidden: bool = False,
+    prefix_depth: int = 0,
 ) -> Targets:
     """The teacher's next-token targets for packed blocks `input_ids` (B, T) (no padding).
 
@@ -186,7 +189,8 @@ def teacher_targets(
     targets are softmax(logits[..., :vocab_rows] / temperature) before any perturbation. `table` is needed by
     every mode but `none`; `cf` by the cf_* modes (None or no rows: every context is its own counterfactual,
     q = p). Positions whose cf.align is -1 keep p (see the module docstring for the rule and why).
-    The teacher must be in eval mode (dropout would make the targets noisy).
+    The teacher must be in eval mode (dropout would make the targets noisy). `prefix_depth` > 0 also keeps
+    the hidden state entering the teacher's block prefix_depth, for a student that shares those blocks.
     """
     if mode not in MODES:
         raise ValueError(f"unknown teacher mode {mode!r}; expected one of {MODES}")
@@ -203,29 +207,31 @@ def teacher_targets(
     job = _prepare_cf(cf, input_ids) if mode in CF_MODES and cf is not None and cf.rows.numel() > 0 else None
 
     with torch.inference_mode():
-        out = teacher(input_ids=input_ids, use_cache=False, output_hidden_states=want_hidden)
+        out = teacher(input_ids=input_ids, use_cache=False, output_hidden_states=want_hidden or prefix_depth > 0)
     if out.logits.shape[-1] < V:
         raise ValueError(f"vocab_rows={V} but the teacher has only {out.logits.shape[-1]} output rows")
     p = softmax_t(out.logits, V, temperature)
     hidden = out.hidden_states[-1].to(torch.float32, copy=True) if want_hidden else None
+    # A copy made outside inference mode: the student's trained blocks keep it for their backward pass.
+    prefix = out.hidden_states[prefix_depth].clone() if prefix_depth > 0 else None
     del out  # frees the (B, T, V) logits before any further (.., V) tensor exists
 
     if mode == "none":
-        return Targets(p, hidden, 0.0)
+        return Targets(p, hidden, 0.0, prefix)
     plan = swap_plan(table, V, p.device)
     mid = None  # (B, T): the context ends inside a word (the word-start rule, see SwapPlan)
     if plan.ends_word is not None and int(input_ids.max()) < plan.ends_word.numel():
         mid = plan.ends_word[input_ids]
     if mode == "pair_mean":
         tv = pair_mean_(p, plan, mid)
-        return Targets(p, hidden, (tv > CHANGED_TV).sum().item() / max(B * T, 1))
+        return Targets(p, hidden, (tv > CHANGED_TV).sum().item() / max(B * T, 1), prefix)
     flat_mid = mid.view(-1) if mid is not None else None
     if job is None:  # no row has a swap: every context is its own counterfactual
         same = torch.ones(B * T, dtype=torch.bool, device=p.device)
         changed = combine_same_context_(p.view(B * T, V), same, plan, mode, flat_mid)
     else:
         changed = _apply_counterfactual(teacher, p, job, plan, mode, temperature, flat_mid)
-    return Targets(p, hidden, changed / max(B * T, 1))
+    return Targets(p, hidden, changed / max(B * T, 1), prefix)
 
 
 def _apply_counterfactual(teacher, p: torch.Tensor, job: _CfJob, plan: SwapPlan, mode: str, temperature: float,
