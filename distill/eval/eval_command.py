@@ -310,8 +310,11 @@ def _add_probe(per_model, runs, paths, teacher, lrs, professions) -> None:
         probe = {k: _mean_or_none([f[k] for f in figs]) for k in keys if k in figs[0]}
         probe["logratio"] = {f"{c}/{p}": float(x) for (c, p), x in zip(professions, lrs[name], strict=True)}
         entry["probe"] = probe
-        for seed, f in zip(entry.get("seeds", []), figs, strict=False):
-            seed["probe"] = f
+        for k, (seed, f) in enumerate(zip(entry.get("seeds", []), figs, strict=False)):
+            # Each run's own ratios too: a later reader can then set them against a teacher scored elsewhere.
+            own = runs[(name, k)]["probe"]["logratio"]
+            seed["probe"] = {**f, "logratio": {f"{c}/{p}": float(x) for (c, p), x in zip(professions, own,
+                                                                                          strict=True)}}
         if "seeds" in entry:
             entry["seeds_sd"]["probe_rms_logratio"] = float(np.std([f["rms_logratio"] for f in figs], ddof=1))
 
