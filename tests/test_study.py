@@ -43,6 +43,11 @@ def test_smoke_study_trains_scores_and_writes_table_results_and_plot(tmp_path):
     assert [f["embedding_effect_size"] for f in kd_runs] == \
         [x["combined_effect_size"] for x in scored["embedding"]["runs"]]
     assert [f["downstream_tpr_gap_rms"] for f in kd_runs] == [x["tpr_gap_rms"] for x in scored["downstream"]["runs"]]
+    # each run keeps its own probe ratios, and their mean is the model's (python -m distill.bench.probe_runs)
+    per_run = [s["probe"]["logratio"] for s in scored["seeds"]]
+    assert len(per_run) == 2 and all(set(r) == set(scored["probe"]["logratio"]) for r in per_run)
+    for key, mean in scored["probe"]["logratio"].items():
+        assert (per_run[0][key] + per_run[1][key]) / 2 == pytest.approx(mean, abs=1e-6)
     assert res["recipes"]["cda_cf_mean"]["overrides"]["crr.teacher"] == "cf_mean"
     assert res["comparisons"]["cda_cf_mean"]  # paired against kd by the scorer
     assert all(c["b"].startswith("cda_cf_mean") for c in res["comparisons"]["cda_cf_mean"])
