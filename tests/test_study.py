@@ -299,7 +299,7 @@ def test_the_primary_comparison_is_declared_before_scoring_and_the_rest_is_holm_
 def test_the_eval_size_comes_from_the_options_and_an_eval_of_another_size_is_not_reused():
     from distill.study import evals as study_evals
 
-    assert study_arms.eval_args() == study_arms.EVAL_ARGS and "272" in study_arms.EVAL_ARGS  # the demo's design by default
+    assert study_arms.eval_args() == study_arms.EVAL_ARGS and "136" in study_arms.EVAL_ARGS  # the demo's design by default
     big = study_arms.eval_args(8, 4)
     assert study_evals.expected_settings(big) == {**study_evals.expected_settings(study_arms.EVAL_ARGS),
                                                   "max_prompts": "1088", "samples_per_prompt": "4"}
@@ -318,7 +318,7 @@ def test_the_demo_scores_with_the_budget_the_study_defines_and_demo_smoke_still_
         return next(line for line in out.splitlines() if " distill eval " in line)
 
     demo = shlex.join(study_arms.DEMO_EVAL)
-    assert "--max-prompts 272 --samples-per-prompt 3" in demo
+    assert "--max-prompts 136 --samples-per-prompt 3" in demo
     assert eval_line("demo").endswith(" " + demo)
     assert demo not in eval_line("demo-smoke") and " --max-prompts 14 " in eval_line("demo-smoke")
     assert study_arms.EVAL_ARGS == [*study_arms.DEMO_EVAL, "--text", "data/tiny_heldout.txt"]

@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--teacher", default=None, help=f"first scored model (default {TEACHER}; none in --smoke)")
     p.add_argument("--smoke", action="store_true", help="debug recipes, 2 steps, few prompts: tests the code path")
     p.add_argument("--in-process", action="store_true", help="run the distill commands in this process")
-    p.add_argument("--prompts-per-profession", type=int, default=2, metavar="P",
-                   help=f"eval prompts per profession, 1-{PROMPTS_EACH} (default 2: the demo's; size it with "
+    p.add_argument("--prompts-per-profession", type=int, default=1, metavar="P",
+                   help=f"eval prompts per profession, 1-{PROMPTS_EACH} (default 1: the demo's; size it with "
                    "`distill power`)")
     p.add_argument("--samples-per-prompt", type=int, default=3, metavar="K",
                    help="eval samples per prompt (default 3: the demo's)")
