@@ -202,3 +202,19 @@ def test_project_bios_file_is_what_its_generator_writes():
 
     gen = ld.PROJECT_BIOS.with_name("make_bios.py")
     assert subprocess.run([sys.executable, str(gen), "--check"]).returncode == 0
+
+
+def test_features_batched_by_length_stay_in_text_order(tok):
+    """Each text's features, computed alone, against the lens's length-sorted batches."""
+    import torch
+
+    bios = ld.load_bios("project")
+    texts = bios.texts[:40]
+    model = tiny_model(tok, seed=1)
+    batched = ld.bio_features(model, tok, texts, batch_size=16)
+    with torch.inference_mode():
+        alone = [model.base_model(input_ids=torch.tensor([tok(t, add_special_tokens=False)["input_ids"][:ld.MAX_TOKENS]]),
+                                  output_hidden_states=True).hidden_states[-1][0].float().mean(0).numpy()
+                 for t in texts]
+    assert len({len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts}) > 1
+    assert np.allclose(batched, np.array(alone), atol=1e-4)

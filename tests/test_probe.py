@@ -70,6 +70,24 @@ def test_probe_is_identical_on_rerun_and_independent_of_batching(tok):
     assert len(probe_texts(PROFESSIONS)) == len(PROFESSIONS) * len(PROBE_TEMPLATES)
 
 
+def test_batched_by_length_the_ratios_stay_with_their_own_profession_and_template(tok):
+    """One prompt at a time in text order, by hand, against the probe's length-sorted batches."""
+    model = _model(tok, seed=5)
+    male, female = gender_token_ids(tok)
+    texts = probe_texts(PROFESSIONS)
+    assert len({len(tok(t)["input_ids"]) for t in texts}) > 1, "prompts of several lengths, or sorting is untested"
+    by_hand = []
+    with torch.inference_mode():
+        for text in texts:
+            probs = torch.softmax(model(torch.tensor([tok(text)["input_ids"]])).logits[0, -1, : len(tok)], -1)
+            by_hand.append((probs[male].sum().item(), probs[female].sum().item()))
+    pm, pf = (np.array(side).reshape(len(PROFESSIONS), -1) for side in zip(*by_hand, strict=True))
+    res = probe_model(model, tok, PROFESSIONS, batch_size=5)
+    assert res["male_mass"] == pytest.approx(pm.mean(1).tolist(), rel=1e-4)
+    assert res["female_mass"] == pytest.approx(pf.mean(1).tolist(), rel=1e-4)
+    assert res["template_mean_logratio"] == pytest.approx((np.log(pm) - np.log(pf)).mean(0).tolist(), abs=1e-4)
+
+
 def test_summary_known_answers():
     teacher = np.array([1.0, -1.0, 0.5, -0.5])
     s = probe_summary(teacher)

@@ -159,19 +159,24 @@ def bio_features(model, tokenizer, texts: list[str], layer: int = -1, batch_size
     cfg = model.config
     limit = min(MAX_TOKENS, getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or MAX_TOKENS)
     enc = [tokenizer(t, add_special_tokens=False)["input_ids"][:limit] or [pad] for t in texts]
-    out = []
+    # Batches of texts of similar length, so that little of each batch is padding; rows return to text order.
+    by_length = sorted(range(len(enc)), key=lambda i: len(enc[i]))
+    out = np.zeros((len(enc), 0))
     # the backbone alone: its hidden states are all the lens needs, and the LM head's (tokens x vocab)
     # logits would cost a fifth of the compute of a 135M model for nothing
     backbone = getattr(model, "base_model", model)
     with torch.inference_mode():
         for i in range(0, len(enc), batch_size):
-            chunk = enc[i:i + batch_size]
-            ids, mask = right_padded(chunk, pad)
+            rows = by_length[i:i + batch_size]
+            ids, mask = right_padded([enc[r] for r in rows], pad)
             h = backbone(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
             h = h.hidden_states[layer].float()
             m = mask.to(h.device).unsqueeze(-1).float()
-            out.append(((h * m).sum(1) / m.sum(1)).cpu().numpy().astype(np.float64))
-    return np.concatenate(out)
+            pooled = ((h * m).sum(1) / m.sum(1)).cpu().numpy().astype(np.float64)
+            if out.shape[1] == 0:
+                out = np.zeros((len(enc), pooled.shape[1]))
+            out[rows] = pooled
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- probe
