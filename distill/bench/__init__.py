@@ -11,6 +11,8 @@
     audit_targets.py  `python -m distill.bench.audit_targets`: male/female mass of the training targets (and
                       of trained students, `--student`) on the training positions; its tables: audit_tables.py
     probe_contexts.py `python -m distill.bench.probe_contexts`: the probe's offset after neutral prose, per run
+    probe_runs.py     `python -m distill.bench.probe_runs`: the probe and perplexity of several-run models per
+                      run, from evals' results.json, with runs p against a baseline
     audit_swap.py     `python -m distill.bench.audit_swap`: where the swap table is not one-to-one in mass
     audit_corpus.py   `python -m distill.bench.audit_corpus`: gendered-word counts before/after augmentation
 
