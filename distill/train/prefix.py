@@ -94,7 +94,8 @@ def shared_prefix_depth(teacher: torch.nn.Module, student: torch.nn.Module, from
     if next(teacher.parameters()).dtype != next(student.parameters()).dtype:
         return 0
     ids = sample_ids[:, :CHECK_TOKENS].to(next(student.parameters()).device)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    cuda = [ids.device] if ids.device.type == "cuda" else []  # dropout on a GPU draws from its own generator
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
         with torch.inference_mode():
             teacher_out = teacher(input_ids=ids.to(next(teacher.parameters()).device), use_cache=False,
                                   output_hidden_states=True)

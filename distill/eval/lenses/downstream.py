@@ -161,7 +161,7 @@ def bio_features(model, tokenizer, texts: list[str], layer: int = -1, batch_size
     enc = [tokenizer(t, add_special_tokens=False)["input_ids"][:limit] or [pad] for t in texts]
     # Batches of texts of similar length, so that little of each batch is padding; rows return to text order.
     by_length = sorted(range(len(enc)), key=lambda i: len(enc[i]))
-    out = np.zeros((len(enc), 0))
+    out: list[np.ndarray | None] = [None] * len(enc)
     # the backbone alone: its hidden states are all the lens needs, and the LM head's (tokens x vocab)
     # logits would cost a fifth of the compute of a 135M model for nothing
     backbone = getattr(model, "base_model", model)
@@ -173,10 +173,9 @@ def bio_features(model, tokenizer, texts: list[str], layer: int = -1, batch_size
             h = h.hidden_states[layer].float()
             m = mask.to(h.device).unsqueeze(-1).float()
             pooled = ((h * m).sum(1) / m.sum(1)).cpu().numpy().astype(np.float64)
-            if out.shape[1] == 0:
-                out = np.zeros((len(enc), pooled.shape[1]))
-            out[rows] = pooled
-    return out
+            for row, features in zip(rows, pooled, strict=True):
+                out[row] = features
+    return np.stack(out)
 
 
 # ---------------------------------------------------------------------------------------------- probe
