@@ -4,14 +4,15 @@ A student made by `student.from_teacher_layers` whose first k blocks are the tea
 with the embeddings, computes exactly what the teacher computed up to block k on the same input. The step
 then starts the student at block k from the teacher's hidden state there:
 
-    depth = shared_prefix_depth(cfg, teacher, student, engine, sample_ids)   # 0: not shared
+    depth = shared_prefix_depth(teacher, student, from_teacher_layers, ids)  # 0: not shared
     targets = teacher_targets(..., prefix_depth=depth)                       # keeps targets.prefix_hidden
     out = forward_from(student, targets.prefix_hidden, depth)                 # blocks k.., norm, head
 
 Nothing below block k has a gradient, so the backward pass is unchanged. `shared_prefix_depth` runs both
 paths on a few tokens before training and shares only if they agree: a model that does more to its input
 embeddings than pass them to block 0 (GPT-2 adds position embeddings, Gemma scales them), dropout in the
-prefix, or a teacher in another dtype than the student all fail that check and train the ordinary way.
+prefix all fail that check, a teacher in another dtype than the student is not tried, and each trains the
+ordinary way.
 """
 
 from __future__ import annotations
