@@ -241,6 +241,13 @@ def train_byte_bpe_tokenizer(texts: list[str], vocab_size: int = 512):
                                    unk_token="<|endoftext|>", pad_token="<|endoftext|>")
 
 
+def batches_by_length(rows: list[list[int]], batch_size: int) -> list[list[int]]:
+    """Indices of `rows` in batches of up to `batch_size`, shortest rows first, so that a right-padded batch
+    (`right_padded`) spends few positions on padding; the caller puts each result back at its index."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
 def right_padded(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(ids, attention_mask), both (len(rows), longest row), for token-id rows padded on the right: the
     batch shape of one-forward probes (the likelihood probe, the lenses), which read the last real position."""

@@ -20,6 +20,7 @@ import numpy as np
 
 from distill.errors import UserError
 from distill.eval.paired import runs_permutation_p
+from distill.eval.probe import probe_summary
 
 FIGURES = ("offset", "|offset|", "|offset - teacher|", "slope", "perplexity")
 
@@ -59,14 +60,14 @@ def load_runs(evals: list[Path]) -> tuple[dict[str, dict[str, np.ndarray]], dict
 
 
 def slope(student: dict[str, float], teacher: dict[str, float]) -> float:
-    """Least-squares slope of the student's per-profession log ratios on the teacher's (shared professions)."""
+    """Least-squares slope of the student's per-profession log ratios on the teacher's (shared professions), as
+    `distill eval` computes it (`probe_summary`)."""
     shared = sorted(set(student) & set(teacher))
     if len(shared) < 2:
         raise UserError("the student and the teacher share fewer than 2 probed professions: score them with the "
                         "same --prompts")
-    x = np.array([teacher[k] for k in shared])
-    y = np.array([student[k] for k in shared])
-    return float(np.cov(x, y)[0, 1] / np.var(x, ddof=1))
+    fitted = probe_summary([student[k] for k in shared], [teacher[k] for k in shared])["slope_on_teacher"]
+    return np.nan if fitted is None else fitted  # None: the teacher's ratios do not vary
 
 
 def table(models: dict[str, dict[str, np.ndarray]], teacher: dict[str, float] | None, baseline: str) -> str:

@@ -304,17 +304,19 @@ def _add_probe(per_model, runs, paths, teacher, lrs, professions) -> None:
     from distill.eval.probe import probe_summary
 
     keys = ("rms_logratio", "mean_logratio", "sd_logratio", "slope_on_teacher", "r_on_teacher")
+
+    def by_profession(ratios) -> dict[str, float]:
+        return {f"{c}/{p}": float(x) for (c, p), x in zip(professions, ratios, strict=True)}
+
     for name, entry in per_model.items():
         ref = None if name == teacher else lrs[teacher]
         figs = [probe_summary(runs[(name, k)]["probe"]["logratio"], ref) for k in range(len(paths[name]))]
         probe = {k: _mean_or_none([f[k] for f in figs]) for k in keys if k in figs[0]}
-        probe["logratio"] = {f"{c}/{p}": float(x) for (c, p), x in zip(professions, lrs[name], strict=True)}
+        probe["logratio"] = by_profession(lrs[name])
         entry["probe"] = probe
         for k, (seed, f) in enumerate(zip(entry.get("seeds", []), figs, strict=False)):
             # Each run's own ratios too: a later reader can then set them against a teacher scored elsewhere.
-            own = runs[(name, k)]["probe"]["logratio"]
-            seed["probe"] = {**f, "logratio": {f"{c}/{p}": float(x) for (c, p), x in zip(professions, own,
-                                                                                          strict=True)}}
+            seed["probe"] = {**f, "logratio": by_profession(runs[(name, k)]["probe"]["logratio"])}
         if "seeds" in entry:
             entry["seeds_sd"]["probe_rms_logratio"] = float(np.std([f["rms_logratio"] for f in figs], ddof=1))
 

@@ -113,7 +113,7 @@ def probe_model(model, tokenizer, professions, templates=PROBE_TEMPLATES, batch_
     """
     import torch
 
-    from distill.models import right_padded
+    from distill.models import batches_by_length, right_padded
 
     device = device or next(model.parameters()).device
     rows = len(tokenizer)
@@ -123,13 +123,11 @@ def probe_model(model, tokenizer, professions, templates=PROBE_TEMPLATES, batch_
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     pm, pf = np.zeros(len(texts)), np.zeros(len(texts))
     male_ix, female_ix = torch.tensor(male), torch.tensor(female)
-    # Batches of prompts of similar length: the templates differ by up to 10 tokens, and a batch in text order
-    # would spend about a third of its positions on padding.
-    by_length = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
     model.eval()
     with torch.inference_mode():
-        for start in range(0, len(texts), batch_size):
-            rows_here = by_length[start : start + batch_size]
+        # Batches of prompts of similar length: the templates differ by up to 10 tokens, and a batch in text
+        # order would spend about a third of its positions on padding.
+        for rows_here in batches_by_length(encoded, batch_size):
             batch = [encoded[i] for i in rows_here]
             ids, mask = right_padded(batch, pad)
             last = torch.tensor([len(e) - 1 for e in batch])

@@ -152,22 +152,19 @@ def bio_features(model, tokenizer, texts: list[str], layer: int = -1, batch_size
     the model's context is shorter), from the frozen model."""
     import torch
 
-    from distill.models import right_padded
+    from distill.models import batches_by_length, right_padded
 
     device = device or next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     cfg = model.config
     limit = min(MAX_TOKENS, getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None) or MAX_TOKENS)
     enc = [tokenizer(t, add_special_tokens=False)["input_ids"][:limit] or [pad] for t in texts]
-    # Batches of texts of similar length, so that little of each batch is padding; rows return to text order.
-    by_length = sorted(range(len(enc)), key=lambda i: len(enc[i]))
-    out: list[np.ndarray | None] = [None] * len(enc)
+    out: list[np.ndarray | None] = [None] * len(enc)  # filled in text order from batches of similar length
     # the backbone alone: its hidden states are all the lens needs, and the LM head's (tokens x vocab)
     # logits would cost a fifth of the compute of a 135M model for nothing
     backbone = getattr(model, "base_model", model)
     with torch.inference_mode():
-        for i in range(0, len(enc), batch_size):
-            rows = by_length[i:i + batch_size]
+        for rows in batches_by_length(enc, batch_size):
             ids, mask = right_padded([enc[r] for r in rows], pad)
             h = backbone(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
             h = h.hidden_states[layer].float()
