@@ -11,7 +11,8 @@
 2. `_score_runs`: only then load the models, one run at a time, the teacher first. Each run generates K
    samples per prompt with the same per-batch seeds (distill.sampling), runs the likelihood probe
    (distill.eval.probe) and the lenses, scores perplexity and teacher agreement (distill.eval.utility), and
-   is freed before the next loads.
+   is freed before the next loads. A student whose first blocks are the teacher's own runs those four from the
+   teacher's hidden state after them (distill.eval.shared_prefix).
 3. `_results`: the generation statistics and paired tests, from the generation records by
    distill.eval.scoring (the same code `distill score` runs on generations.jsonl), plus the probe and lenses.
 4. `_write_outputs`: results.json, report.md, generations.jsonl and the plots go into a temporary folder beside
@@ -164,11 +165,13 @@ def _score_runs(inputs: EvalInputs, device) -> RunScores:
     from distill.models import load_model
 
     args, paths, order = inputs.args, inputs.paths, inputs.order()
+    later = [paths[n][j] for n, j in order[1:]]  # the runs that may start from the first one's hidden states
     cfg = runtime.sampling_config(args)
     utility = None
     if inputs.docs is not None:
         utility = UtilityScorer(inputs.docs, inputs.tokenizers[paths[inputs.teacher][0]])
     scores = RunScores({}, {}, [], {"token_slots": 0, "seconds": 0.0, "tokens_per_second": None}, {})
+    shared = None
     for step, (name, k) in enumerate(order, 1):
         path = paths[name][k]
         label = name if len(paths[name]) == 1 else f"{name} run {k}"
@@ -177,6 +180,7 @@ def _score_runs(inputs: EvalInputs, device) -> RunScores:
         with runtime.timed(seconds, "load"):
             model = load_model(path, args.dtype).to(device).eval()
         lenses.check_layer(model, inputs.lens_plan.layer)
+        forward, shared = _shared_prefix_forward(model, path, label, shared, later, inputs.lens_plan.layer)
         tok = inputs.tokenizers[path]
         before = seconds.get("generation", 0.0)
         with runtime.timed(seconds, "generation"):
@@ -186,17 +190,35 @@ def _score_runs(inputs: EvalInputs, device) -> RunScores:
         run: dict = {"source": path, "notes": [], "perplexity": None, "teacher_agreement": None}
         if inputs.professions:
             with runtime.timed(seconds, "probe"):
-                run["probe"] = probe_model(model, tok, inputs.professions, device=device)
-        scores.lens_runs[(name, k)] = lenses.score_model(inputs.lens_plan, model, tok, device, seconds)
+                run["probe"] = probe_model(model, tok, inputs.professions, device=device, forward=forward)
+        scores.lens_runs[(name, k)] = lenses.score_model(inputs.lens_plan, model, tok, device, seconds, forward)
         if utility is not None:
             with runtime.timed(seconds, "utility"):
-                figures = utility.score(model, tok, device, is_teacher=(name == inputs.teacher and k == 0))
+                figures = utility.score(model, tok, device, is_teacher=(name == inputs.teacher and k == 0),
+                                        forward=forward)
             run["notes"] += figures.pop("notes")
             run.update(figures)
         del model
         runtime.release_memory()
         scores.runs[(name, k)] = run
     return scores
+
+
+def _shared_prefix_forward(model, path: str, label: str, shared, later: list[str], lens_layer: int):
+    """(the `forward` this run's probe, lenses and perplexity use, the SharedPrefix): the first run keeps its
+    hidden states where later runs share its first blocks; a later run starts from them
+    (distill.eval.shared_prefix)."""
+    from distill.eval.shared_prefix import SharedPrefix
+
+    if shared is None:
+        shared = SharedPrefix.plan(model, later, lens_layer)
+        return shared.recorder(model), shared
+    forward = shared.reader(model, path)
+    depth = getattr(forward, "depth", 0)
+    if depth:
+        runtime.log(f"  {label}: its first {depth} blocks are the first model's; probe, lenses and perplexity "
+                    f"start from that model's hidden state there")
+    return forward, shared
 
 
 def _count_generation(gen: dict, seconds: float, slots: int) -> None:
@@ -353,12 +375,15 @@ def run_lenses_only(args) -> int:
     per_model, private = {}, {}
     entries: dict[str, list[dict]] = {}
     seconds: dict[str, dict] = {}
+    shared = None
     for step, (name, path) in enumerate(order, 1):
         runtime.log(f"[{step}/{len(order)}] {name}: loading {path} on {device}")
         with runtime.timed(seconds.setdefault(name, {}), "load"):
             model = load_model(path, args.dtype).to(device).eval()
         check_layer(model, plan.layer)
-        entry, priv = score_model(plan, model, tokenizers[path], device, seconds[name])
+        forward, shared = _shared_prefix_forward(model, path, labels[path], shared, [p for _, p in order[1:]],
+                                                 plan.layer)
+        entry, priv = score_model(plan, model, tokenizers[path], device, seconds[name], forward)
         entries.setdefault(name, []).append(entry)
         private.setdefault(name, []).append(priv)
         del model

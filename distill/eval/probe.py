@@ -105,15 +105,19 @@ def gender_token_ids(tokenizer, vocab_rows: int | None = None) -> tuple[list[int
 
 
 def probe_model(model, tokenizer, professions, templates=PROBE_TEMPLATES, batch_size: int = PROBE_BATCH,
-                device=None) -> dict:
+                device=None, forward=None) -> dict:
     """Per-profession masses and log ratios: {"logratio", "male_mass", "female_mass"} (lists, profession order).
 
     Prompts are batched by length, right-padded within a batch and read at their last real position; with
     causal attention the pads after it change nothing. Logits are sliced to the tokenizer's rows and upcast to fp32.
+    `forward(module, **inputs)` runs the model (default: an ordinary call; `distill.eval.shared_prefix`).
     """
     import torch
 
+    from distill.eval.shared_prefix import plain_forward
     from distill.models import batches_by_length, right_padded
+
+    forward = forward or plain_forward
 
     device = device or next(model.parameters()).device
     rows = len(tokenizer)
@@ -135,8 +139,8 @@ def probe_model(model, tokenizer, professions, templates=PROBE_TEMPLATES, batch_
             keep[torch.arange(len(batch)), last] = True
             # Only the last real position goes through the LM head: the head over the whole vocabulary at every
             # position would cost more than the blocks for prompts this short.
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
-                           logits_to_keep=keep.to(device)).logits
+            logits = forward(model, input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=False,
+                             logits_to_keep=keep.to(device)).logits
             if logits.dim() == 3:  # a model that ignored the mask: select afterwards
                 logits = logits[keep.to(logits.device)]
             probs = torch.softmax(logits[:, :rows].float(), -1).cpu()

@@ -113,12 +113,14 @@ class UtilityScorer:
         self.docs, self.teacher_tokenizer = docs, teacher_tokenizer
         self.teacher_windows, self.teacher_argmax = None, None
 
-    def score(self, model, tokenizer, device, is_teacher: bool = False) -> dict:
-        """{"perplexity", "perplexity_tokens", "teacher_agreement", "notes"} of one loaded model."""
+    def score(self, model, tokenizer, device, is_teacher: bool = False, forward=None) -> dict:
+        """{"perplexity", "perplexity_tokens", "teacher_agreement", "notes"} of one loaded model; `forward`
+        runs it (`distill.eval.shared_prefix`)."""
         from distill.models import check_same_tokenizer
 
         windows = make_windows(token_stream(tokenizer, self.docs), context_length(model))
-        nll, n_tok, argmax = score_windows(model, windows, len(tokenizer), batch_size=8, device=device)
+        nll, n_tok, argmax = score_windows(model, windows, len(tokenizer), batch_size=8, device=device,
+                                           forward=forward)
         out = {"perplexity": perplexity(nll, n_tok), "perplexity_tokens": n_tok, "teacher_agreement": None,
                "notes": []}
         if is_teacher:
@@ -148,7 +150,8 @@ def make_windows(token_ids: Sequence[int], block: int) -> list[list[int]]:
     return [w for w in windows if len(w) >= 2]
 
 
-def score_windows(model, windows: Sequence[Sequence[int]], vocab_rows: int, batch_size: int = 8, device=None):
+def score_windows(model, windows: Sequence[Sequence[int]], vocab_rows: int, batch_size: int = 8, device=None,
+                  forward=None):
     """Sum of next-token NLL, number of predicted tokens and per-window argmax ids over `windows`.
 
     Logits are upcast to fp32 before the loss (a bf16 model otherwise loses precision in log-softmax) and
@@ -156,9 +159,14 @@ def score_windows(model, windows: Sequence[Sequence[int]], vocab_rows: int, batc
     are right-padded within a batch; causal attention keeps real positions blind to the pads after them,
     and padded positions are excluded from the loss.
     Returns (nll_sum: float, n_tokens: int, argmax: list of int32 CPU tensors, one per window, length-1 each).
+    `forward(module, **inputs)` runs the model (default: an ordinary call; `distill.eval.shared_prefix`).
     """
     import torch
     import torch.nn.functional as F
+
+    from distill.eval.shared_prefix import plain_forward
+
+    forward = forward or plain_forward
 
     device = device or next(model.parameters()).device
     nll, n_tok, argmax = 0.0, 0, []
@@ -172,7 +180,7 @@ def score_windows(model, windows: Sequence[Sequence[int]], vocab_rows: int, batc
                 ids[r, : len(w)] = torch.tensor(w)
                 mask[r, : len(w)] = 1
             ids, mask = ids.to(device), mask.to(device)
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1, :vocab_rows].float()
+            logits = forward(model, input_ids=ids, attention_mask=mask).logits[:, :-1, :vocab_rows].float()
             targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
             nll += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1),
                                          ignore_index=-100, reduction="sum"))

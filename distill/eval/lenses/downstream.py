@@ -147,12 +147,17 @@ def left_out_occupations(bios: Bios, test: np.ndarray) -> dict[str, str]:
 # -------------------------------------------------------------------------------------------- features
 
 
-def bio_features(model, tokenizer, texts: list[str], layer: int = -1, batch_size: int = 16, device=None) -> np.ndarray:
+def bio_features(model, tokenizer, texts: list[str], layer: int = -1, batch_size: int = 16, device=None,
+                 forward=None) -> np.ndarray:
     """(n, hidden) float64: mean of hidden_states[layer] over each text's first MAX_TOKENS tokens (fewer when
-    the model's context is shorter), from the frozen model."""
+    the model's context is shorter), from the frozen model. `forward(module, **inputs)` runs the model
+    (default: an ordinary call; `distill.eval.shared_prefix`)."""
     import torch
 
+    from distill.eval.shared_prefix import plain_forward
     from distill.models import batches_by_length, right_padded
+
+    forward = forward or plain_forward
 
     device = device or next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -166,7 +171,7 @@ def bio_features(model, tokenizer, texts: list[str], layer: int = -1, batch_size
     with torch.inference_mode():
         for rows in batches_by_length(enc, batch_size):
             ids, mask = right_padded([enc[r] for r in rows], pad)
-            h = backbone(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+            h = forward(backbone, input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
             h = h.hidden_states[layer].float()
             m = mask.to(h.device).unsqueeze(-1).float()
             pooled = ((h * m).sum(1) / m.sum(1)).cpu().numpy().astype(np.float64)

@@ -140,13 +140,18 @@ def check_placeable(spec: EmbeddingSpec, tokenizer, name: str = "") -> None:
 
 
 def word_representations(model, tokenizer, spec: EmbeddingSpec, layer: int = -1, batch_size: int = 32,
-                         device=None) -> dict[str, np.ndarray]:
+                         device=None, forward=None) -> dict[str, np.ndarray]:
     """{word: float64 array (n_templates, hidden)}: mean of hidden_states[layer] over the word's tokens.
 
     Sentences are right-padded, so a causal model's hidden states at the word are those of the unpadded
-    sentence. `layer` indexes `output_hidden_states` (0 = token embeddings, -1 = last layer).
+    sentence. `layer` indexes `output_hidden_states` (0 = token embeddings, -1 = last layer). `forward(module,
+    **inputs)` runs the model (default: an ordinary call; `distill.eval.shared_prefix`).
     """
     import torch
+
+    from distill.eval.shared_prefix import plain_forward
+
+    forward = forward or plain_forward
 
     place = _placements(spec, tokenizer)
     items = [(w, t, ids, pos) for w, rows in place.items() for t, (ids, pos) in enumerate(rows)]
@@ -169,7 +174,7 @@ def word_representations(model, tokenizer, spec: EmbeddingSpec, layer: int = -1,
             for r, (_, _, row, _) in enumerate(chunk):
                 ids[r, :len(row)] = torch.tensor(row)
                 mask[r, :len(row)] = 1
-            hs = backbone(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+            hs = forward(backbone, input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
             h = hs.hidden_states[layer].float().cpu().numpy().astype(np.float64)
             for r, (w, t, _, pos) in enumerate(chunk):
                 vecs[(w, t)] = h[r, pos].mean(axis=0)

@@ -111,23 +111,25 @@ def check_layer(model, layer: int) -> None:
         raise UserError(f"--lens-layer {layer} is out of range for a model with {n} layers (use 0..{n} or -1 for the last)")
 
 
-def score_model(plan: LensPlan, model, tok, device=None, seconds: dict | None = None) -> tuple[dict, dict]:
+def score_model(plan: LensPlan, model, tok, device=None, seconds: dict | None = None,
+                forward=None) -> tuple[dict, dict]:
     """({"embedding": ..., "downstream": ...} for results.json, the per-cluster figures for the comparisons).
-    Each lens's wall seconds are added to `seconds` under its name when a dict is given."""
+    Each lens's wall seconds are added to `seconds` under its name when a dict is given; `forward` runs the
+    model (`distill.eval.shared_prefix`)."""
 
     entry, private = {}, {}
     if plan.spec is not None:
         n = len(plan.spec.words()) * len(plan.spec.templates)
         print(f"  embedding lens: {n} sentences", flush=True)
         with timed(seconds, "embedding"):
-            reps = le.word_representations(model, tok, plan.spec, layer=plan.layer, device=device)
+            reps = le.word_representations(model, tok, plan.spec, layer=plan.layer, device=device, forward=forward)
             entry["embedding"] = le.embedding_lens(reps, plan.spec, n_perm=N_PERMUTATIONS, seed=plan.seed)
             private["units"] = le.word_effects(le.associations_for(reps, plan.spec),
                                                [t.name for t in plan.spec.tests])
     if plan.bios is not None:
         print(f"  downstream lens: {len(plan.bios.texts)} biographies, probe", flush=True)
         with timed(seconds, "downstream"):
-            feats = ld.bio_features(model, tok, plan.bios.texts, layer=plan.layer, device=device)
+            feats = ld.bio_features(model, tok, plan.bios.texts, layer=plan.layer, device=device, forward=forward)
             res = ld.downstream_lens(feats, plan.bios, plan.test, seed=plan.seed, n_boot=plan.n_boot)
             private["predictions"] = res.pop("_predictions")
             private["sq_gaps"] = ld.occupation_squared_gaps(private["predictions"], plan.bios, plan.test)
