@@ -48,8 +48,8 @@ demo: teacher  ## the main job, offline: transfer set -> KD and CRR students -> 
 	$(TIMED) "train kd" -- distill train --recipe recipes/demo_kd.yaml --overwrite output_dir=$(DEMO_RUNS)/kd $(DEMO_ARGS)
 	$(TIMED) "train crr" -- distill train --recipe recipes/demo_crr.yaml --overwrite output_dir=$(DEMO_RUNS)/crr $(DEMO_ARGS)
 	$(TIMED) eval -- distill eval $(DEMO_MODELS) --text data/tiny_heldout.txt --out $(DEMO_OUT) --overwrite $(DEMO_EVAL)
-	$(TIMED) samples -- distill samples $(DEMO_MODELS) --prompts professions --max-prompts 14 --samples-per-prompt 1 \
-		--max-new-tokens 24 --dtype auto --out $(DEMO_OUT)/samples.html --overwrite
+	$(TIMED) samples -- distill samples --from-eval $(DEMO_OUT) --max-prompts 14 --samples-per-prompt 1 \
+		--out $(DEMO_OUT)/samples.html --overwrite
 	$(PY) -m distill.timing table $(DEMO_TIMINGS) --json $(DEMO_OUT)/timings.json
 
 demo-smoke:  ## the demo path end to end on the real teacher in about 2 minutes (CI): tiny budgets, out/smoke*

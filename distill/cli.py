@@ -41,13 +41,14 @@ def _add_train(sub) -> None:
     p.add_argument("--help-recipe", action="store_true", help="list every recipe key with its default and exit")
 
 
-def _add_model_args(p, what: str, prompts_required: bool = True) -> None:
-    p.add_argument("--model", action="append", required=True, metavar="M",
+def _add_model_args(p, what: str, prompts_required: bool = True, prompts_note: str = "",
+                    model_required: bool = True) -> None:
+    p.add_argument("--model", action="append", required=model_required, metavar="M",
                    help=f"model to {what}: hub id, local dir, .gguf file, or NAME=PATH to label it; NAME=DIR1,DIR2 or "
                    "NAME='GLOB' scores several training runs of one arm (eval only); repeatable")
     p.add_argument("--prompts", required=prompts_required, metavar="SPEC",
                    help="'professions' (the project's prompts in data/), a BOLD-format JSON file, or a hub dataset"
-                   + ("" if prompts_required else " (needed by the generation lens)"))
+                   + prompts_note)
     p.add_argument("--max-prompts", type=int, default=None, metavar="N", help="use at most N prompts (spread over groups)")
     p.add_argument("--samples-per-prompt", type=int, default=4, metavar="K", help="generations per prompt (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=30, metavar="L", help="tokens generated per sample (default 30)")
@@ -72,7 +73,7 @@ def _add_eval(sub) -> None:
         epilog="Example: distill eval --model teacher=gpt2 --model student=out/run/final --prompts professions "
         "--text data/heldout.txt --out out/eval",
     )
-    _add_model_args(p, "score", prompts_required=False)
+    _add_model_args(p, "score", prompts_required=False, prompts_note=" (needed by the generation lens)")
     p.add_argument("--out", required=True, metavar="DIR", help="output directory")
     p.add_argument("--lens", default="all", metavar="LENSES",
                    help="generation, embedding, downstream (comma-separated) or all (default all: what the demo runs)")
@@ -154,15 +155,33 @@ def _add_power(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing --json FILE")
 
 
+# How `distill samples` samples. They default to None in the samples parser, which tells a flag the user gave
+# from one left out: with --from-eval the eval's own samples are shown, so a given one is refused there (all
+# but --samples-per-prompt, which picks how many to show); the model-loading path puts the usual defaults
+# (args.sampling_defaults) back.
+_SAMPLING_DESTS = ("samples_per_prompt", "max_new_tokens", "seed", "batch_size", "group_by", "top_k", "top_p",
+                   "sampling_temperature", "dtype")
+
+
 def _add_samples(sub) -> None:
     p = sub.add_parser(
         "samples",
         help="side-by-side generations of several models on the same prompts and seeds",
-        epilog="Example: distill samples --model a=gpt2 --model b=out/run/final --prompts professions --out s.html",
+        epilog="Examples: distill samples --model a=gpt2 --model b=out/run/final --prompts professions --out s.html; "
+        "distill samples --from-eval out/demo --out out/demo/samples.html",
     )
-    _add_model_args(p, "sample from")
+    _add_model_args(p, "sample from", prompts_required=False, prompts_note=" (needed with --model)",
+                    model_required=False)
+    p.add_argument("--from-eval", default=None, metavar="DIR",
+                   help="show the generations a `distill eval --out DIR` wrote (DIR/generations.jsonl) instead of "
+                   "sampling: no model loads. Its models in its order (run 0 of a model with several runs); "
+                   "--max-prompts N of its prompts, chosen as from --prompts with the eval's --group-by and --seed; "
+                   "the first K of each prompt's samples (--samples-per-prompt K, default all of the eval's, at most "
+                   "4). Not with --model, --prompts or the other sampling flags (the eval's settings are shown)")
     p.add_argument("--out", required=True, metavar="FILE", help="FILE.md or FILE.html (24 prompts unless --max-prompts)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing FILE")
+    p.set_defaults(sampling_defaults={d: p.get_default(d) for d in _SAMPLING_DESTS},
+                   **dict.fromkeys(_SAMPLING_DESTS))
 
 
 def _add_corpus(sub) -> None:

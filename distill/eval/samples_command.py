@@ -1,10 +1,12 @@
 """`distill samples`: the same prompts through several models, shown side by side in one .md or .html file.
 
     distill samples --model a=gpt2 --model b=out/run/final --prompts professions --max-prompts 12 --out s.html
+    distill samples --from-eval out/demo --max-prompts 14 --out out/demo/samples.html   # no model loads
 
-Every argument and the --out file are checked and every tokenizer is loaded before any model; then each
-model, one at a time, samples with the sampler and seeds `distill eval` uses and is freed before the next
-loads. The file is written to a temporary sibling and renamed into place.
+With --from-eval the file shows the samples a finished `distill eval` wrote (distill/eval/samples_from_eval.py).
+Otherwise every argument and the --out file are checked and every tokenizer is loaded before any model; then
+each model, one at a time, samples with the sampler and seeds `distill eval` uses and is freed before the
+next loads. The file is written to a temporary sibling and renamed into place.
 """
 
 from __future__ import annotations
@@ -21,15 +23,17 @@ SAMPLES_DEFAULT_PROMPTS = 24  # `distill samples` without --max-prompts shows th
 
 
 def run_samples(args) -> int:
+    if getattr(args, "from_eval", None) is not None:
+        from distill.eval.samples_from_eval import run_from_eval
+
+        return run_from_eval(args)
     from distill.eval.prompts import group_names, load_prompts, select_prompts
     from distill.eval.samples_report import render_samples
     from distill.models import load_tokenizer
 
+    _model_args(args)
     check_sampling_args(args)
-    out = Path(args.out).expanduser()
-    fmt = {".md": "md", ".html": "html", ".htm": "html"}.get(out.suffix.lower())
-    if fmt is None:
-        raise UserError(f"--out {args.out!r} must end in .md or .html")
+    out, fmt = out_file(args)
     models = parse_models(args.model)
     check_out_file(out, getattr(args, "overwrite", False), input_paths(args, models))
     group_by = getattr(args, "group_by", "category")
@@ -46,9 +50,30 @@ def run_samples(args) -> int:
     names = [n for n, _ in models]
     records = [{"prompt": p.text, "group": g, "texts": {n: generations[n][i] for n in names}}
                for i, (p, g) in enumerate(zip(prompts, groups, strict=True))]
-    _write(out, render_samples(records, names, fmt, runtime.settings(args, prompts, len(set(groups)))))
+    write_samples(out, render_samples(records, names, fmt, runtime.settings(args, prompts, len(set(groups)))))
     print(f"wrote {out}: {len(prompts)} prompts x {args.samples_per_prompt} samples x {len(names)} models")
     return 0
+
+
+def _model_args(args) -> None:
+    """Sampling needs --model and --prompts (the parser cannot require them: --from-eval needs neither), and the
+    sampling flags left out take their usual defaults (the parser leaves them None; see distill/cli.py)."""
+    if not args.model:
+        raise UserError("give --model NAME=PATH (repeatable) with --prompts SPEC, or --from-eval DIR")
+    if args.prompts is None:
+        raise UserError("--model needs --prompts SPEC (e.g. --prompts professions)")
+    for dest, default in getattr(args, "sampling_defaults", {}).items():
+        if getattr(args, dest, None) is None:
+            setattr(args, dest, default)
+
+
+def out_file(args) -> tuple[Path, str]:
+    """--out and its format, md or html, from its suffix."""
+    out = Path(args.out).expanduser()
+    fmt = {".md": "md", ".html": "html", ".htm": "html"}.get(out.suffix.lower())
+    if fmt is None:
+        raise UserError(f"--out {args.out!r} must end in .md or .html")
+    return out, fmt
 
 
 def _generate(args, models, tokenizers, texts: list[str]) -> dict[str, list[list[str]]]:
@@ -68,7 +93,7 @@ def _generate(args, models, tokenizers, texts: list[str]) -> dict[str, list[list
     return generations
 
 
-def _write(out: Path, text: str) -> None:
+def write_samples(out: Path, text: str) -> None:
     """Write through a temporary sibling; on failure the samples go to a temporary file the error names."""
     try:
         write_text_atomic(out, text)

@@ -56,8 +56,13 @@ def render_samples(records: list[dict], model_names: list[str], fmt: str, settin
 
 
 def _settings_line(settings: dict) -> str:
+    """The sampling settings; with settings["from_eval"] (`samples --from-eval`), the eval's, followed by
+    settings["showing"] (what of the eval is shown)."""
     keys = ("prompts", "samples_per_prompt", "max_new_tokens", "top_k", "top_p", "sampling_temperature", "seed")
-    return ", ".join(f"{k}={settings[k]}" for k in keys if k in settings)
+    line = ", ".join(f"{k}={settings[k]}" for k in keys if k in settings)
+    if "from_eval" in settings:
+        line = f"from the eval in {settings['from_eval']}" + (f": {line}" if line else "")
+    return "; ".join([line, *settings.get("showing", ())])
 
 
 def _samples_md(records, names, settings) -> str:
