@@ -162,6 +162,7 @@ def _score_runs(inputs: EvalInputs, device) -> RunScores:
     """Load each run in turn (the teacher's first), score it, free it."""
     from distill.eval.lenses import run as lenses
     from distill.eval.probe import probe_model
+    from distill.eval.shared_prefix import shared_prefix_forward
     from distill.models import load_model
 
     args, paths, order = inputs.args, inputs.paths, inputs.order()
@@ -180,7 +181,7 @@ def _score_runs(inputs: EvalInputs, device) -> RunScores:
         with runtime.timed(seconds, "load"):
             model = load_model(path, args.dtype).to(device).eval()
         lenses.check_layer(model, inputs.lens_plan.layer)
-        forward, shared = _shared_prefix_forward(model, path, label, shared, later, inputs.lens_plan.layer)
+        forward, shared = shared_prefix_forward(model, path, label, shared, later, inputs.lens_plan.layer)
         tok = inputs.tokenizers[path]
         before = seconds.get("generation", 0.0)
         with runtime.timed(seconds, "generation"):
@@ -202,23 +203,6 @@ def _score_runs(inputs: EvalInputs, device) -> RunScores:
         runtime.release_memory()
         scores.runs[(name, k)] = run
     return scores
-
-
-def _shared_prefix_forward(model, path: str, label: str, shared, later: list[str], lens_layer: int):
-    """(the `forward` this run's probe, lenses and perplexity use, the SharedPrefix): the first run keeps its
-    hidden states where later runs share its first blocks; a later run starts from them
-    (distill.eval.shared_prefix)."""
-    from distill.eval.shared_prefix import SharedPrefix
-
-    if shared is None:
-        shared = SharedPrefix.plan(model, later, lens_layer)
-        return shared.recorder(model), shared
-    forward = shared.reader(model, path)
-    depth = getattr(forward, "depth", 0)
-    if depth:
-        runtime.log(f"  {label}: its first {depth} blocks are the first model's; probe, lenses and perplexity "
-                    f"start from that model's hidden state there")
-    return forward, shared
 
 
 def _count_generation(gen: dict, seconds: float, slots: int) -> None:
@@ -358,6 +342,7 @@ def run_lenses_only(args) -> int:
         score_model,
         summary_lines,
     )
+    from distill.eval.shared_prefix import shared_prefix_forward
     from distill.models import load_model, load_tokenizer
 
     check_bootstrap(args)
@@ -381,7 +366,7 @@ def run_lenses_only(args) -> int:
         with runtime.timed(seconds.setdefault(name, {}), "load"):
             model = load_model(path, args.dtype).to(device).eval()
         check_layer(model, plan.layer)
-        forward, shared = _shared_prefix_forward(model, path, labels[path], shared, [p for _, p in order[1:]],
+        forward, shared = shared_prefix_forward(model, path, labels[path], shared, [p for _, p in order[1:]],
                                                  plan.layer)
         entry, priv = score_model(plan, model, tokenizers[path], device, seconds[name], forward)
         entries.setdefault(name, []).append(entry)

@@ -11,15 +11,11 @@ next loads. The file is written to a temporary sibling and renamed into place.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from distill.atomic import rescue_copy, write_text_atomic
 from distill.errors import UserError
 from distill.eval import runtime
+from distill.eval.samples_report import SAMPLES_DEFAULT_PROMPTS, out_file, write_samples
 from distill.eval.validate import check_out_file, check_sampling_args, input_paths, parse_models
 from distill.rundir import lock_output
-
-SAMPLES_DEFAULT_PROMPTS = 24  # `distill samples` without --max-prompts shows this many prompts
 
 
 def run_samples(args) -> int:
@@ -67,15 +63,6 @@ def _model_args(args) -> None:
             setattr(args, dest, default)
 
 
-def out_file(args) -> tuple[Path, str]:
-    """--out and its format, md or html, from its suffix."""
-    out = Path(args.out).expanduser()
-    fmt = {".md": "md", ".html": "html", ".htm": "html"}.get(out.suffix.lower())
-    if fmt is None:
-        raise UserError(f"--out {args.out!r} must end in .md or .html")
-    return out, fmt
-
-
 def _generate(args, models, tokenizers, texts: list[str]) -> dict[str, list[list[str]]]:
     """Each model's samples, one model loaded at a time."""
     from distill.models import load_model
@@ -91,13 +78,3 @@ def _generate(args, models, tokenizers, texts: list[str]) -> dict[str, list[list
         del model
         runtime.release_memory()
     return generations
-
-
-def write_samples(out: Path, text: str) -> None:
-    """Write through a temporary sibling; on failure the samples go to a temporary file the error names."""
-    try:
-        write_text_atomic(out, text)
-    except OSError as exc:
-        name = rescue_copy(text, "distill-samples-", out.suffix)
-        where = f"the samples were written to {name} instead" if name else "they could not be written elsewhere"
-        raise UserError(f"could not write {out} ({exc.strerror or exc}); {where}") from exc

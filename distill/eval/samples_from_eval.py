@@ -17,7 +17,7 @@ from pathlib import Path
 
 from distill.errors import UserError
 from distill.eval import runtime
-from distill.eval.samples_command import SAMPLES_DEFAULT_PROMPTS, out_file, write_samples
+from distill.eval.samples_report import SAMPLES_DEFAULT_PROMPTS, out_file, write_samples
 from distill.eval.validate import check_out_file
 from distill.rundir import lock_output
 

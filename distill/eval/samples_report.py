@@ -1,5 +1,5 @@
 """Side-by-side samples (`distill samples`, and report.md's examples): markdown or HTML with BOLD's gendered
-words highlighted, every piece of model output escaped so markup in it stays text.
+words highlighted, every piece of model output escaped so markup in it stays text; and the file's writing.
 
     from distill.eval.samples_report import render_samples, highlight_md
     html = render_samples(records, model_names, "html", settings)
@@ -9,8 +9,13 @@ from __future__ import annotations
 
 import html
 import re
+from pathlib import Path
 
+from distill.atomic import rescue_copy, write_text_atomic
+from distill.errors import UserError
 from distill.eval.polarity import gendered_spans
+
+SAMPLES_DEFAULT_PROMPTS = 24  # `distill samples` without --max-prompts shows this many prompts
 
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#])")
 
@@ -110,3 +115,22 @@ def _samples_html(records, names, settings) -> str:
         out.append("</table>")
     out.append("</body></html>")
     return "\n".join(out) + "\n"
+
+
+def out_file(args) -> tuple[Path, str]:
+    """--out and its format, md or html, from its suffix."""
+    out = Path(args.out).expanduser()
+    fmt = {".md": "md", ".html": "html", ".htm": "html"}.get(out.suffix.lower())
+    if fmt is None:
+        raise UserError(f"--out {args.out!r} must end in .md or .html")
+    return out, fmt
+
+
+def write_samples(out: Path, text: str) -> None:
+    """Write through a temporary sibling; on failure the samples go to a temporary file the error names."""
+    try:
+        write_text_atomic(out, text)
+    except OSError as exc:
+        name = rescue_copy(text, "distill-samples-", out.suffix)
+        where = f"the samples were written to {name} instead" if name else "they could not be written elsewhere"
+        raise UserError(f"could not write {out} ({exc.strerror or exc}); {where}") from exc

@@ -166,3 +166,20 @@ class SharedPrefix:
 
         forward.depth = depth
         return forward
+
+
+def shared_prefix_forward(model, path: str, label: str, shared: SharedPrefix | None, later: list[str],
+                          lens_layer: int):
+    """(the `forward` one run of an eval scores with, the SharedPrefix): the eval's first run (shared is None)
+    plans the reuse for the `later` paths and keeps its hidden states; a later run starts from them."""
+    from distill.eval import runtime
+
+    if shared is None:
+        shared = SharedPrefix.plan(model, later, lens_layer)
+        return shared.recorder(model), shared
+    forward = shared.reader(model, path)
+    depth = getattr(forward, "depth", 0)
+    if depth:
+        runtime.log(f"  {label}: its first {depth} blocks are the first model's; probe, lenses and perplexity "
+                    f"start from that model's hidden state there")
+    return forward, shared
