@@ -30,6 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from distill.eval.polarity import FEMALE_WORDS, MALE_WORDS
+from distill.eval.runtime import plain_forward
 
 # Sixteen templates, each ending where a pronoun is a likely next word. One template's quirk (a phrase that
 # happens to favour "he" or "she" whatever the profession) shifts the offset of every profession alike, so
@@ -105,19 +106,16 @@ def gender_token_ids(tokenizer, vocab_rows: int | None = None) -> tuple[list[int
 
 
 def probe_model(model, tokenizer, professions, templates=PROBE_TEMPLATES, batch_size: int = PROBE_BATCH,
-                device=None, forward=None) -> dict:
+                device=None, forward=plain_forward) -> dict:
     """Per-profession masses and log ratios: {"logratio", "male_mass", "female_mass"} (lists, profession order).
 
     Prompts are batched by length, right-padded within a batch and read at their last real position; with
     causal attention the pads after it change nothing. Logits are sliced to the tokenizer's rows and upcast to fp32.
-    `forward(module, **inputs)` runs the model (default: an ordinary call; `distill.eval.shared_prefix`).
+    `forward(module, **inputs)` runs the model (`distill.eval.shared_prefix` may start it past shared blocks).
     """
     import torch
 
-    from distill.eval.shared_prefix import plain_forward
     from distill.models import batches_by_length, right_padded
-
-    forward = forward or plain_forward
 
     device = device or next(model.parameters()).device
     rows = len(tokenizer)

@@ -9,6 +9,13 @@ import time
 from contextlib import contextmanager
 
 
+def plain_forward(module, **inputs):
+    """The ordinary call of a model: the default `forward` of the code that scores a loaded model (the probe,
+    the lenses, perplexity), which `distill.eval.shared_prefix` replaces for a student that shares the teacher's
+    first blocks."""
+    return module(**inputs)
+
+
 def device():
     import torch
 

@@ -17,7 +17,7 @@ tensors in the dtype the eval loads (so any folder of safetensors works, however
 anything, a check on a few tokens runs it both ways and keeps the reuse only if the logits agree: GPT-2 adds
 position embeddings inside its forward, which a start from a hidden state would add twice, and fails the check.
 Batches are matched by their exact token ids and mask; one the first model did not see runs the ordinary way,
-as does everything past MEMORY_CAP bytes of kept states.
+as does everything past MEMORY_CAP bytes of kept states (kept in CPU memory).
 """
 
 from __future__ import annotations
@@ -27,15 +27,11 @@ from pathlib import Path
 
 import torch
 
+from distill.eval.runtime import plain_forward
 from distill.train.prefix import decoder_blocks, forward_from
 
-MEMORY_CAP = 2 << 30  # bytes of kept hidden states (on the model's device); later batches are not kept
+MEMORY_CAP = 2 << 30  # bytes of kept hidden states, in CPU memory; later batches are not kept
 CHECK_TOKENS = 32
-
-
-def plain_forward(module, **kwargs):
-    """The ordinary call, for code that takes a `forward`."""
-    return module(**kwargs)
 
 
 def _batch_key(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple:
@@ -123,7 +119,7 @@ class SharedPrefix:
                 hidden = out.hidden_states[depth]
                 size = hidden.numel() * hidden.element_size()
                 if self.bytes + size <= MEMORY_CAP:
-                    kept[key] = hidden
+                    kept[key] = hidden.to("cpu")  # not the accelerator's memory: the teacher is still loaded
                     self.bytes += size
             if not wanted:
                 out.hidden_states = None
@@ -159,7 +155,8 @@ class SharedPrefix:
             if hidden is None or (layer_inside and kwargs.get("output_hidden_states")):
                 return module(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
             kwargs.pop("use_cache", None)
-            out = forward_from(module, hidden, depth, unwrapped=model, attention_mask=attention_mask, **kwargs)
+            out = forward_from(module, hidden.to(input_ids.device), depth, unwrapped=model,
+                               attention_mask=attention_mask, **kwargs)
             if kwargs.get("output_hidden_states"):
                 out.hidden_states = (None,) * depth + tuple(out.hidden_states)  # the full model's indices
             return out

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import UserError
+from distill.eval.runtime import plain_forward
 
 MAX_EVAL_TOKENS = 16384  # held-out tokens scored per model: enough for a stable perplexity
 WINDOW = 256  # perplexity window length (capped by each model's context)
@@ -113,7 +114,7 @@ class UtilityScorer:
         self.docs, self.teacher_tokenizer = docs, teacher_tokenizer
         self.teacher_windows, self.teacher_argmax = None, None
 
-    def score(self, model, tokenizer, device, is_teacher: bool = False, forward=None) -> dict:
+    def score(self, model, tokenizer, device, is_teacher: bool = False, forward=plain_forward) -> dict:
         """{"perplexity", "perplexity_tokens", "teacher_agreement", "notes"} of one loaded model; `forward`
         runs it (`distill.eval.shared_prefix`)."""
         from distill.models import check_same_tokenizer
@@ -151,7 +152,7 @@ def make_windows(token_ids: Sequence[int], block: int) -> list[list[int]]:
 
 
 def score_windows(model, windows: Sequence[Sequence[int]], vocab_rows: int, batch_size: int = 8, device=None,
-                  forward=None):
+                  forward=plain_forward):
     """Sum of next-token NLL, number of predicted tokens and per-window argmax ids over `windows`.
 
     Logits are upcast to fp32 before the loss (a bf16 model otherwise loses precision in log-softmax) and
@@ -159,14 +160,10 @@ def score_windows(model, windows: Sequence[Sequence[int]], vocab_rows: int, batc
     are right-padded within a batch; causal attention keeps real positions blind to the pads after them,
     and padded positions are excluded from the loss.
     Returns (nll_sum: float, n_tokens: int, argmax: list of int32 CPU tensors, one per window, length-1 each).
-    `forward(module, **inputs)` runs the model (default: an ordinary call; `distill.eval.shared_prefix`).
+    `forward(module, **inputs)` runs the model (`distill.eval.shared_prefix` may start it past shared blocks).
     """
     import torch
     import torch.nn.functional as F
-
-    from distill.eval.shared_prefix import plain_forward
-
-    forward = forward or plain_forward
 
     device = device or next(model.parameters()).device
     nll, n_tok, argmax = 0.0, 0, []

@@ -28,6 +28,7 @@ import numpy as np
 
 from distill.errors import UserError, not_utf8
 from distill.eval.lenses.bios_record import OCC_KEYS, TEXT_KEYS, Bios, gender_name
+from distill.eval.runtime import plain_forward
 
 PROJECT_BIOS = Path(__file__).resolve().parents[3] / "data" / "lenses" / "bios.jsonl"
 MAX_TOKENS = 128  # a biography's first 128 tokens: enough for the occupation cues, cheap on CPU
@@ -148,16 +149,13 @@ def left_out_occupations(bios: Bios, test: np.ndarray) -> dict[str, str]:
 
 
 def bio_features(model, tokenizer, texts: list[str], layer: int = -1, batch_size: int = 16, device=None,
-                 forward=None) -> np.ndarray:
+                 forward=plain_forward) -> np.ndarray:
     """(n, hidden) float64: mean of hidden_states[layer] over each text's first MAX_TOKENS tokens (fewer when
     the model's context is shorter), from the frozen model. `forward(module, **inputs)` runs the model
-    (default: an ordinary call; `distill.eval.shared_prefix`)."""
+    (`distill.eval.shared_prefix` may start it past shared blocks)."""
     import torch
 
-    from distill.eval.shared_prefix import plain_forward
     from distill.models import batches_by_length, right_padded
-
-    forward = forward or plain_forward
 
     device = device or next(model.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

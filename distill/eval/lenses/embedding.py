@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import UserError
+from distill.eval.runtime import plain_forward
 
 DATA = Path(__file__).resolve().parents[3] / "data" / "lenses"
 TESTS_FILE = DATA / "embedding_tests.json"
@@ -140,18 +141,14 @@ def check_placeable(spec: EmbeddingSpec, tokenizer, name: str = "") -> None:
 
 
 def word_representations(model, tokenizer, spec: EmbeddingSpec, layer: int = -1, batch_size: int = 32,
-                         device=None, forward=None) -> dict[str, np.ndarray]:
+                         device=None, forward=plain_forward) -> dict[str, np.ndarray]:
     """{word: float64 array (n_templates, hidden)}: mean of hidden_states[layer] over the word's tokens.
 
     Sentences are right-padded, so a causal model's hidden states at the word are those of the unpadded
     sentence. `layer` indexes `output_hidden_states` (0 = token embeddings, -1 = last layer). `forward(module,
-    **inputs)` runs the model (default: an ordinary call; `distill.eval.shared_prefix`).
+    **inputs)` runs the model (`distill.eval.shared_prefix` may start it past shared blocks).
     """
     import torch
-
-    from distill.eval.shared_prefix import plain_forward
-
-    forward = forward or plain_forward
 
     place = _placements(spec, tokenizer)
     items = [(w, t, ids, pos) for w, rows in place.items() for t, (ids, pos) in enumerate(rows)]

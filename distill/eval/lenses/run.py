@@ -21,7 +21,7 @@ from distill.eval.lenses import downstream as ld
 from distill.eval.lenses import embedding as le
 from distill.eval.lenses.bios_record import Bios
 from distill.eval.lines import comparison_line
-from distill.eval.runtime import timed
+from distill.eval.runtime import plain_forward, timed
 
 LENSES = ("generation", "embedding", "downstream")
 N_PERMUTATIONS = 10000  # per embedding test; numpy on a few dozen numbers, milliseconds
@@ -112,7 +112,7 @@ def check_layer(model, layer: int) -> None:
 
 
 def score_model(plan: LensPlan, model, tok, device=None, seconds: dict | None = None,
-                forward=None) -> tuple[dict, dict]:
+                forward=plain_forward) -> tuple[dict, dict]:
     """({"embedding": ..., "downstream": ...} for results.json, the per-cluster figures for the comparisons).
     Each lens's wall seconds are added to `seconds` under its name when a dict is given; `forward` runs the
     model (`distill.eval.shared_prefix`)."""
