@@ -159,8 +159,8 @@ def _add_power(sub) -> None:
 # from one left out: with --from-eval the eval's own samples are shown, so a given one is refused there (all
 # but --samples-per-prompt, which picks how many to show); the model-loading path puts the usual defaults
 # (args.sampling_defaults) back.
-_SAMPLING_DESTS = ("samples_per_prompt", "max_new_tokens", "seed", "batch_size", "group_by", "top_k", "top_p",
-                   "sampling_temperature", "dtype")
+_SAMPLING_DESTS = ("samples_per_prompt", "max_new_tokens", "top_k", "top_p", "sampling_temperature", "seed",
+                   "group_by", "batch_size", "dtype")
 
 
 def _add_samples(sub) -> None:

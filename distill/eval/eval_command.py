@@ -360,14 +360,13 @@ def run_lenses_only(args) -> int:
     per_model, private = {}, {}
     entries: dict[str, list[dict]] = {}
     seconds: dict[str, dict] = {}
-    shared = None
+    later, shared = [p for _, p in order[1:]], None  # the runs that may start from the first one's hidden states
     for step, (name, path) in enumerate(order, 1):
         runtime.log(f"[{step}/{len(order)}] {name}: loading {path} on {device}")
         with runtime.timed(seconds.setdefault(name, {}), "load"):
             model = load_model(path, args.dtype).to(device).eval()
         check_layer(model, plan.layer)
-        forward, shared = shared_prefix_forward(model, path, labels[path], shared, [p for _, p in order[1:]],
-                                                 plan.layer)
+        forward, shared = shared_prefix_forward(model, path, labels[path], shared, later, plan.layer)
         entry, priv = score_model(plan, model, tokenizers[path], device, seconds[name], forward)
         entries.setdefault(name, []).append(entry)
         private.setdefault(name, []).append(priv)

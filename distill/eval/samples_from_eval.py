@@ -23,12 +23,6 @@ from distill.rundir import lock_output
 
 SHOWN_SAMPLES_MAX = 4  # without --samples-per-prompt: all the eval's samples, at most the model-loading default
 
-# The models, prompts and sampling of the file are the eval's, so these flags have nothing to act on. The
-# samples parser leaves each None unless given (distill/cli.py), so a given one can be refused.
-_NOT_WITH_FROM_EVAL = (("model", "--model"), ("prompts", "--prompts"), ("max_new_tokens", "--max-new-tokens"),
-                       ("top_k", "--top-k"), ("top_p", "--top-p"), ("sampling_temperature", "--sampling-temperature"),
-                       ("seed", "--seed"), ("group_by", "--group-by"), ("batch_size", "--batch-size"),
-                       ("dtype", "--dtype"))
 
 
 def run_from_eval(args) -> int:
@@ -70,7 +64,11 @@ def run_from_eval(args) -> int:
 
 
 def _check_args(args) -> None:
-    given = [flag for dest, flag in _NOT_WITH_FROM_EVAL if getattr(args, dest, None) is not None]
+    # The models, prompts and sampling of the file are the eval's, so --model, --prompts and the sampling flags
+    # (but --samples-per-prompt, which picks how many to show) have nothing to act on. The samples parser leaves
+    # each None unless given (distill/cli.py), so a given one can be refused.
+    dests = ["model", "prompts", *(d for d in getattr(args, "sampling_defaults", {}) if d != "samples_per_prompt")]
+    given = ["--" + d.replace("_", "-") for d in dests if getattr(args, d, None) is not None]
     if given:
         raise UserError(f"--from-eval shows the eval's own models, prompts and samples: drop {', '.join(given)} "
                         "(only --max-prompts and --samples-per-prompt choose what is shown)")

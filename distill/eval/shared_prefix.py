@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from distill.eval.runtime import plain_forward
-from distill.train.prefix import decoder_blocks, forward_from
+from distill.train.prefix import decoder_blocks, forward_from, starts_alike
 
 MEMORY_CAP = 2 << 30  # bytes of kept hidden states, in CPU memory; later batches are not kept
 CHECK_TOKENS = 32
@@ -136,10 +136,8 @@ class SharedPrefix:
         if depth == 0 or depth not in self.check_hidden or blocks is None or depth >= len(blocks):
             return 0
         with torch.inference_mode():
-            full = model(input_ids=self.check_ids, use_cache=False).logits
-            shared = forward_from(model, self.check_hidden[depth], depth).logits
-        scale = full.abs().max().clamp_min(1.0).item()
-        return depth if torch.allclose(shared, full, rtol=0.0, atol=1e-4 * scale) else 0
+            same = starts_alike(model, self.check_ids, self.check_hidden[depth], depth)
+        return depth if same else 0
 
     def reader(self, model: torch.nn.Module, path: str):
         """`forward` for a later model: from the kept hidden state where the batch was kept, else ordinary.

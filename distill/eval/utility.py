@@ -165,17 +165,14 @@ def score_windows(model, windows: Sequence[Sequence[int]], vocab_rows: int, batc
     import torch
     import torch.nn.functional as F
 
+    from distill.models import right_padded
+
     device = device or next(model.parameters()).device
     nll, n_tok, argmax = 0.0, 0, []
     with torch.inference_mode():
         for start in range(0, len(windows), batch_size):
             batch = windows[start : start + batch_size]
-            width = max(len(w) for w in batch)
-            ids = torch.zeros((len(batch), width), dtype=torch.long)
-            mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for r, w in enumerate(batch):
-                ids[r, : len(w)] = torch.tensor(w)
-                mask[r, : len(w)] = 1
+            ids, mask = right_padded([list(w) for w in batch], 0)  # pads are masked out of the loss
             ids, mask = ids.to(device), mask.to(device)
             logits = forward(model, input_ids=ids, attention_mask=mask).logits[:, :-1, :vocab_rows].float()
             targets = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)

@@ -101,7 +101,15 @@ def shared_prefix_depth(teacher: torch.nn.Module, student: torch.nn.Module, from
             teacher_out = teacher(input_ids=ids.to(next(teacher.parameters()).device), use_cache=False,
                                   output_hidden_states=True)
         hidden = teacher_out.hidden_states[depth].clone().to(ids.device)
-        full = student(input_ids=ids, use_cache=False).logits
-        shared = forward_from(student, hidden, depth).logits
-    scale = full.abs().max().clamp_min(1.0)
-    return depth if torch.allclose(shared, full, rtol=0.0, atol=1e-4 * scale.item()) else 0
+        same = starts_alike(student, ids, hidden, depth)
+    return depth if same else 0
+
+
+def starts_alike(model: torch.nn.Module, ids: torch.Tensor, hidden: torch.Tensor, depth: int) -> bool:
+    """Whether `model` started at block `depth` from `hidden` (another model's hidden state entering that block on
+    `ids`) gives its own full forward's logits, to 1e-4 of their largest magnitude. The caller sets the mode and
+    the grad context."""
+    full = model(input_ids=ids, use_cache=False).logits
+    shared = forward_from(model, hidden, depth).logits
+    scale = full.abs().max().clamp_min(1.0).item()
+    return torch.allclose(shared, full, rtol=0.0, atol=1e-4 * scale)

@@ -150,6 +150,8 @@ def word_representations(model, tokenizer, spec: EmbeddingSpec, layer: int = -1,
     """
     import torch
 
+    from distill.models import right_padded
+
     place = _placements(spec, tokenizer)
     items = [(w, t, ids, pos) for w, rows in place.items() for t, (ids, pos) in enumerate(rows)]
     n_layers = int(getattr(model.config, "num_hidden_layers", 0) or getattr(model.config, "n_layer", 0))
@@ -165,12 +167,7 @@ def word_representations(model, tokenizer, spec: EmbeddingSpec, layer: int = -1,
     with torch.inference_mode():
         for i in range(0, len(items), batch_size):
             chunk = items[i:i + batch_size]
-            width = max(len(ids) for _, _, ids, _ in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, (_, _, row, _) in enumerate(chunk):
-                ids[r, :len(row)] = torch.tensor(row)
-                mask[r, :len(row)] = 1
+            ids, mask = right_padded([row for _, _, row, _ in chunk], pad)
             hs = forward(backbone, input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
             h = hs.hidden_states[layer].float().cpu().numpy().astype(np.float64)
             for r, (w, t, _, pos) in enumerate(chunk):
